@@ -1,0 +1,30 @@
+# The two commands a newcomer runs on a fresh machine:
+#   make run   - set up .venv and run the main job (the data half) on the bundled demo data
+#   make test  - set up .venv and run the whole test suite
+VENV ?= .venv
+BIN := $(VENV)/bin
+export OMP_NUM_THREADS ?= 1
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+
+.PHONY: setup run test lint bench clean-outputs
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	@bash scripts/run_demo.sh
+
+test: setup
+	$(BIN)/python -m ruff check src tests bench
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/python -m ruff check src tests bench
+
+bench: setup
+	$(BIN)/python bench/dedup.py --sizes 10000 100000
+	$(BIN)/python bench/data_pipeline.py
+
+clean-outputs:
+	rm -rf data/interim data/processed data/rejected reports out

@@ -1,0 +1,126 @@
+"""`tuneline` command line: one command per stage, `data` for any files, `config show`.
+
+Every command takes `--params FILE` (default: ./params.yaml when present, else built-in defaults) and
+any number of `--set section.key=value` overrides.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tuneline.config import Config, dump_config, load_config
+from tuneline.errors import TunelineError
+from tuneline.layout import Layout
+from tuneline.stages import DATA_STAGES, DESCRIPTIONS, run_stage
+
+app = typer.Typer(
+    help="tuneline: turn raw, dirty data into a fine-tuned, validated model without silent failures.\n\n"
+    "The data half runs as stages: ingest -> validate_raw -> clean -> dedup -> split -> augment -> "
+    "validate_splits. Run them all with `dvc repro`, one with `tuneline <stage>`, or on any files with "
+    "`tuneline data --input PATH --output DIR`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ParamsOpt = Annotated[
+    Path | None,
+    typer.Option("--params", "-p", help="params YAML file (default: ./params.yaml if present, else defaults)."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override one setting, e.g. --set dedup.threshold=0.9 (repeatable)."),
+]
+
+
+def _setup_logging() -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(show_path=False, console=None, markup=False)],
+    )
+
+
+def _load(params: Path | None, overrides: list[str] | None) -> Config:
+    if params is None:
+        params = Path("params.yaml") if Path("params.yaml").exists() else None
+    return load_config(params, overrides or [])
+
+
+def _fail(exc: TunelineError) -> typer.Exit:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    return typer.Exit(exc.exit_code)
+
+
+def _stage_command(name: str):
+    def command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
+        _setup_logging()
+        try:
+            run_stage(name, _load(params, set_), Layout(Path(".")))
+        except TunelineError as exc:
+            raise _fail(exc) from None
+
+    command.__name__ = name
+    command.__doc__ = f"{DESCRIPTIONS[name]}\n\nReads and writes the workspace layout under ./data and ./reports."
+    return command
+
+
+for _name in DATA_STAGES:
+    app.command(_name)(_stage_command(_name))
+
+
+@app.command("data")
+def data_command(
+    input: Annotated[list[Path], typer.Option("--input", "-i", help="Raw file or directory (repeatable).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for train/val/test and reports.")],
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run the whole data half on any files, outside the DVC workspace.
+
+    Writes DIR/train.jsonl, val.jsonl, test.jsonl, rejected.jsonl (every dropped row with stage, reason and
+    source), report.json (the funnel) and report.html.
+    """
+    from tuneline.data.pipeline import run_data
+
+    _setup_logging()
+    try:
+        summary = run_data(input, output, _load(params, set_))
+    except TunelineError as exc:
+        raise _fail(exc) from None
+    typer.echo(summary)
+
+
+@app.command("report")
+def report_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """Write reports/data.json and reports/data.html (funnel, categories, lengths) for the workspace."""
+    from tuneline.data.pipeline import workspace_report
+
+    _setup_logging()
+    try:
+        path = workspace_report(Layout(Path(".")), _load(params, set_))
+    except TunelineError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"report: {path}")
+
+
+@config_app.command("show")
+def config_show(params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """Print the resolved configuration (params file + overrides + defaults) as YAML."""
+    try:
+        typer.echo(dump_config(_load(params, set_)), nl=False)
+    except TunelineError as exc:
+        raise _fail(exc) from None
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())

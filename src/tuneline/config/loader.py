@@ -1,0 +1,121 @@
+"""Load params.yaml into `Config`, apply dotted `--set key=value` overrides, report every error at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from tuneline.config.augment import AugmentParams
+from tuneline.config.base import Section
+from tuneline.config.clean import CleanParams
+from tuneline.config.dedup import DedupParams
+from tuneline.config.ingest import IngestParams
+from tuneline.config.split import SplitParams
+from tuneline.config.task import TaskParams
+from tuneline.config.validate_raw import ValidateRawParams
+from tuneline.config.validate_splits import ValidateSplitsParams
+from tuneline.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class Config(Section):
+    seed: int = Field(42, description="Seed of every random choice (split, augmentation).")
+    task: TaskParams = Field(default_factory=TaskParams, description="What the model is tuned to do.")
+    ingest: IngestParams = Field(default_factory=IngestParams, description="Raw sources -> canonical JSONL.")
+    validate_raw: ValidateRawParams = Field(
+        default_factory=ValidateRawParams, description="Contract on ingested records."
+    )
+    clean: CleanParams = Field(default_factory=CleanParams, description="Noise removal and quality filters.")
+    dedup: DedupParams = Field(default_factory=DedupParams, description="Exact and near-duplicate removal.")
+    split: SplitParams = Field(default_factory=SplitParams, description="Stratified train/val/test split.")
+    augment: AugmentParams = Field(default_factory=AugmentParams, description="Small-data augmentation.")
+    validate_splits: ValidateSplitsParams = Field(
+        default_factory=ValidateSplitsParams, description="Contract checked before training."
+    )
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ["clean.urls=remove", "split.test=0.2"] into a nested dict; values are parsed as YAML."""
+    out: dict[str, Any] = {}
+    problems = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            problems.append(f"--set {pair!r}: expected dotted.key=value")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            problems.append(f"--set {pair!r}: value is not valid YAML ({exc.__class__.__name__})")
+            continue
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                problems.append(f"--set {pair!r}: {part} was already set to a plain value")
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise ConfigError("invalid overrides:\n  " + "\n  ".join(problems))
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: Path | str | None = DEFAULT_PARAMS, overrides: list[str] | None = None) -> Config:
+    """Read `path` (missing file = all defaults only when path is None), apply overrides, validate.
+
+    Raises:
+        ConfigError: naming the file and listing every invalid or unknown key at once.
+    """
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.exists():
+            raise ConfigError(f"{path}: params file not found (pass --params FILE)")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+    raw = _merge(raw, parse_overrides(overrides or []))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = "unknown key (not a tuneline setting)" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{loc}: {msg}")
+        raise ConfigError(f"{where}: {len(lines)} invalid setting(s):\n  " + "\n  ".join(lines)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML (what `tuneline config show` prints)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
