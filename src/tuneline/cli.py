@@ -32,7 +32,7 @@ app.add_typer(config_app, name="config")
 
 ParamsOpt = Annotated[
     Path | None,
-    typer.Option("--params", "-p", help="params YAML file (default: ./params.yaml if present, else defaults)."),
+    typer.Option("--params", "-p", help="params YAML (default: ./params.yaml if present, else defaults)."),
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -70,7 +70,7 @@ def _stage_command(name: str):
             raise _fail(exc) from None
 
     command.__name__ = name
-    command.__doc__ = f"{DESCRIPTIONS[name]}\n\nReads and writes the workspace layout under ./data and ./reports."
+    command.__doc__ = f"{DESCRIPTIONS[name]}\n\nReads and writes the workspace under ./data and ./reports."
     return command
 
 

@@ -45,7 +45,9 @@ def finish_stage(
 ) -> dict[str, Any]:
     """Check the ledger, then write every output, the stage's rejected file and its report, atomically."""
     if len(rejected) != ledger.rows_rejected:
-        raise LedgerError(f"{ledger.stage}: {len(rejected)} rejected rows written but {ledger.rows_rejected} counted")
+        raise LedgerError(
+            f"{ledger.stage}: {len(rejected)} rejected rows written but {ledger.rows_rejected} counted"
+        )
     report = ledger.report()
     for path, rows in outputs.items():
         write_jsonl(path, rows)

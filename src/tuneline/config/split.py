@@ -15,7 +15,7 @@ class SplitParams(Section):
         3, ge=1, description="Strata smaller than this go to train only (reported as tiny)."
     )
     eval_dir: Path | None = Field(
-        Path("data/eval"), description="Fixed eval sets; rows near-duplicating them are removed (decontamination)."
+        Path("data/eval"), description="Fixed eval sets; rows duplicating them are removed (decontamination)."
     )
 
     @model_validator(mode="after")

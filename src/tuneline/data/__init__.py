@@ -1,1 +1,4 @@
-"""The data half: one module per stage (ingest, validate_raw, clean, dedup, split, augment, validate_splits)."""
+"""The data half: one module per stage.
+
+ingest, validate_raw, clean, dedup, split, augment, validate_splits.
+"""

@@ -1,0 +1,343 @@
+"""Row converters: one raw row (a dict) of a known format -> canonical messages, category and meta.
+
+Formats (DESIGN §4):
+
+- ``alpaca``: ``instruction``, ``input``, ``output``, optional ``system`` and ``history`` ([[q, a], ...]).
+- ``sharegpt``: ``conversations[{from, value}]`` (human/user, gpt/assistant, system, function_call,
+  observation), optional top-level ``system`` and ``tools`` (a JSON string or a list).
+- ``messages``: OpenAI style ``messages[{role, content}]``; content may be a list of text parts; an assistant
+  turn with ``tool_calls`` becomes that call's JSON text.
+- ``table``: a flat row (CSV, parquet, or JSON with prompt/response-like keys) read through a column mapping
+  (canonical name -> column), auto-detected from common header names when none is given.
+
+Tool calls: an assistant turn that is a tool call (sharegpt ``function_call``, OpenAI ``tool_calls``) keeps
+``role: assistant`` with the call's JSON as ``content``; its index in ``messages`` is listed in
+``meta["tool_call_messages"]`` so later stages can leave structured payloads alone.
+
+Every problem raises `RowError(reason, detail)`; the caller turns it into a rejected row.
+Empty strings are *not* a problem here (`clean` owns empty content); absent, null or mistyped fields are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+Message = dict[str, Any]
+Converted = tuple[list[Message], dict[str, Any]]  # messages, meta (category is resolved by the caller)
+
+TOOL_CALL_KEY = "tool_call_messages"
+
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "function_call": "assistant",
+    "observation": "tool",
+    "tool": "tool",
+}
+OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
+                "tool": "tool", "function": "tool"}
+
+# Header names recognised when a table source gives no column mapping (compared case-insensitively).
+COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
+    "instruction": ("instruction", "prompt", "question", "query", "指令", "问题", "提问", "提示"),
+    "input": ("input", "context", "输入", "上下文"),
+    "output": ("output", "response", "answer", "completion", "输出", "回答", "答案", "回复"),
+    "system": ("system", "system_prompt", "系统提示"),
+    "category": ("category", "类别", "分类"),
+    "messages": ("messages", "conversations", "对话"),
+}
+
+
+class RowError(ValueError):
+    """A row that cannot become a canonical record; `reason` is the machine-readable rejection reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def require_str(row: dict[str, Any], key: str, where: str = "") -> str:
+    """The string value of a required field, or RowError missing_field / null_field / wrong_type."""
+    label = f"{where}{key}"
+    if key not in row:
+        raise RowError("missing_field", f"field `{label}` is missing")
+    return expect_str(row[key], label)
+
+
+def expect_str(value: Any, label: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        raise RowError("null_field", f"field `{label}` is null")
+    if not isinstance(value, str):
+        raise RowError("wrong_type", f"field `{label}` must be a string, got {type(value).__name__}")
+    return value
+
+
+def optional_str(row: dict[str, Any], key: str) -> str | None:
+    """A string field that may be absent or null (-> None); any other type is wrong_type."""
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return expect_str(value, key)
+
+
+def jsonable(value: Any) -> Any:
+    """Make a raw value safe for canonical JSON: NaN/inf -> None, unknown types (dates, bytes) -> str."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars from parquet
+        return jsonable(value.tolist())
+    return str(value)
+
+
+def _extra_meta(row: dict[str, Any], known: set[str]) -> dict[str, Any]:
+    return {k: jsonable(v) for k, v in row.items() if k not in known}
+
+
+def parse_tools(value: Any) -> Any:
+    """`tools` as given by sharegpt/OpenAI rows: a JSON string or a list -> parsed list/dict."""
+    if isinstance(value, str):
+        if not value.strip():
+            return []
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise RowError("wrong_type", f"field `tools` is a string but not valid JSON ({exc.msg})") from None
+    if isinstance(value, list | dict):
+        return jsonable(value)
+    raise RowError("wrong_type", f"field `tools` must be a JSON string or a list, got {type(value).__name__}")
+
+
+def alpaca(row: dict[str, Any], category_field: str = "category") -> Converted:
+    """Alpaca row -> messages: [system], history turns, user (instruction + input), assistant (output)."""
+    instruction = require_str(row, "instruction")
+    output = require_str(row, "output")
+    inp = optional_str(row, "input") or ""
+    system = optional_str(row, "system")
+    messages: list[Message] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    history = row.get("history")
+    if history is not None:
+        if not isinstance(history, list):
+            raise RowError("wrong_type", f"field `history` must be a list of [q, a] pairs, got "
+                                         f"{type(history).__name__}")
+        for i, pair in enumerate(history):
+            if not isinstance(pair, list | tuple) or len(pair) != 2:
+                raise RowError("wrong_type", f"field `history[{i}]` must be a [question, answer] pair")
+            messages.append({"role": "user", "content": expect_str(pair[0], f"history[{i}][0]")})
+            messages.append({"role": "assistant", "content": expect_str(pair[1], f"history[{i}][1]")})
+    user = f"{instruction}\n\n{inp}" if inp.strip() else instruction
+    messages.append({"role": "user", "content": user})
+    messages.append({"role": "assistant", "content": output})
+    meta = _extra_meta(row, {"instruction", "input", "output", "system", "history", category_field})
+    return messages, meta
+
+
+def sharegpt(row: dict[str, Any], category_field: str = "category") -> Converted:
+    """ShareGPT row -> messages; function_call -> assistant (tool call), observation -> tool."""
+    turns = row.get("conversations")
+    if "conversations" not in row:
+        raise RowError("missing_field", "field `conversations` is missing")
+    if turns is None:
+        raise RowError("null_field", "field `conversations` is null")
+    if not isinstance(turns, list):
+        raise RowError("wrong_type", f"field `conversations` must be a list, got {type(turns).__name__}")
+    messages: list[Message] = []
+    tool_calls: list[int] = []
+    system = optional_str(row, "system")
+    if system:
+        messages.append({"role": "system", "content": system})
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise RowError("wrong_type", f"`conversations[{i}]` must be an object, got {type(turn).__name__}")
+        sender = require_str(turn, "from", f"conversations[{i}].")
+        value = require_str(turn, "value", f"conversations[{i}].")
+        role = SHAREGPT_ROLES.get(sender)
+        if role is None:
+            raise RowError("unknown_role", f"`conversations[{i}].from` is {sender!r}; known: "
+                                           f"{', '.join(SHAREGPT_ROLES)}")
+        if sender == "function_call":
+            tool_calls.append(len(messages))
+        messages.append({"role": role, "content": value})
+    meta = _extra_meta(row, {"conversations", "system", "tools", category_field})
+    if row.get("tools") is not None:
+        meta["tools"] = parse_tools(row["tools"])
+    if tool_calls:
+        meta[TOOL_CALL_KEY] = tool_calls
+    return messages, meta
+
+
+def _openai_content(msg: dict[str, Any], i: int) -> str | None:
+    if "content" not in msg:
+        return None
+    content = msg["content"]
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            if isinstance(part, str):
+                texts.append(part)
+                continue
+            if not isinstance(part, dict) or part.get("type") != "text":
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise RowError("unsupported_content", f"`messages[{i}].content[{j}]` is {kind!r}; only text "
+                                                      "parts can be tuned on")
+            texts.append(expect_str(part.get("text"), f"messages[{i}].content[{j}].text"))
+        return "\n".join(texts)
+    raise RowError("wrong_type", f"`messages[{i}].content` must be a string or a list of text parts, got "
+                                 f"{type(content).__name__}")
+
+
+def messages_format(row: dict[str, Any], category_field: str = "category") -> Converted:
+    """OpenAI `messages` row -> canonical messages (text parts joined by newlines, tool calls as JSON)."""
+    if "messages" not in row:
+        raise RowError("missing_field", "field `messages` is missing")
+    raw = row["messages"]
+    if raw is None:
+        raise RowError("null_field", "field `messages` is null")
+    if not isinstance(raw, list):
+        raise RowError("wrong_type", f"field `messages` must be a list, got {type(raw).__name__}")
+    messages: list[Message] = []
+    tool_calls: list[int] = []
+    for i, msg in enumerate(raw):
+        if not isinstance(msg, dict):
+            raise RowError("wrong_type", f"`messages[{i}]` must be an object, got {type(msg).__name__}")
+        role_name = require_str(msg, "role", f"messages[{i}].")
+        role = OPENAI_ROLES.get(role_name)
+        if role is None:
+            raise RowError("unknown_role", f"`messages[{i}].role` is {role_name!r}; known: "
+                                           f"{', '.join(OPENAI_ROLES)}")
+        content = _openai_content(msg, i)
+        calls = msg.get("tool_calls") if role == "assistant" else None
+        if calls:
+            if not isinstance(calls, list):
+                raise RowError("wrong_type", f"`messages[{i}].tool_calls` must be a list")
+            call_text = json.dumps(jsonable(calls), ensure_ascii=False)
+            content = f"{content}\n\n{call_text}" if content else call_text
+            tool_calls.append(len(messages))
+        elif content is None:
+            kind = "missing" if "content" not in msg else "null"
+            raise RowError(f"{kind}_field", f"field `messages[{i}].content` is {kind}")
+        messages.append({"role": role, "content": content})
+    meta = _extra_meta(row, {"messages", "tools", category_field})
+    if row.get("tools") is not None:
+        meta["tools"] = parse_tools(row["tools"])
+    if tool_calls:
+        meta[TOOL_CALL_KEY] = tool_calls
+    return messages, meta
+
+
+def resolve_columns(header: list[str], mapping: dict[str, str]) -> dict[str, str]:
+    """Canonical name -> column of `header`: the configured mapping, else detected from common names."""
+    if mapping:
+        return dict(mapping)
+    lowered = {h.strip().lower(): h for h in header}
+    found: dict[str, str] = {}
+    for canon, aliases in COLUMN_ALIASES.items():
+        for alias in aliases:
+            if alias in lowered:
+                found[canon] = lowered[alias]
+                break
+    return found
+
+
+def table(row: dict[str, Any], columns: dict[str, str], category_field: str = "category") -> Converted:
+    """A flat row read through `columns` (canonical -> column): a messages column, or instruction/output."""
+    if "messages" in columns:
+        value = _column(row, columns, "messages")
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise RowError("bad_json", f"column `{columns['messages']}` is not valid JSON ({exc.msg})") from None
+        if isinstance(value, list) and value and isinstance(value[0], dict) and "from" in value[0]:
+            messages, meta = sharegpt({"conversations": value})
+        else:
+            messages, meta = messages_format({"messages": value})
+    else:
+        if "instruction" not in columns or "output" not in columns:
+            raise RowError("unknown_format", "no instruction/output or messages column recognised (map them "
+                                             "with `columns` in the source's config)")
+        fields = {k: _column(row, columns, k) for k in ("instruction", "output")}
+        for k in ("input", "system"):
+            if k in columns:
+                fields[k] = _column(row, columns, k)
+        messages, meta = alpaca(fields)
+    used = set(columns.values()) | {category_field}
+    meta.update(_extra_meta(row, used))
+    return messages, meta
+
+
+def _column(row: dict[str, Any], columns: dict[str, str], canon: str) -> Any:
+    col = columns[canon]
+    if col not in row:
+        raise RowError("missing_field", f"column `{col}` (for {canon}) is missing; columns: {', '.join(row)}")
+    return row[col]
+
+
+def detect(row: dict[str, Any]) -> str | None:
+    """The format of one JSON object row: messages, sharegpt, alpaca, table (prompt/response-like), or None."""
+    if "messages" in row:
+        return "messages"
+    if "conversations" in row:
+        return "sharegpt"
+    if "instruction" in row or "output" in row:
+        return "alpaca"
+    cols = resolve_columns(list(row), {})
+    if "instruction" in cols and "output" in cols:
+        return "table"
+    return None
+
+
+def converter(fmt: str, columns: dict[str, str], category_field: str) -> Callable[[dict[str, Any]], Converted]:
+    """The row converter of a format name (table formats use the column mapping)."""
+    if fmt == "alpaca":
+        return lambda row: alpaca(row, category_field)
+    if fmt == "sharegpt":
+        return lambda row: sharegpt(row, category_field)
+    if fmt == "messages":
+        return lambda row: messages_format(row, category_field)
+    return lambda row: table(row, columns or resolve_columns(list(row), {}), category_field)
+
+
+def check_roles(messages: list[Message], tool_call_indices: list[int]) -> None:
+    """Structural rules: [system] user assistant (user assistant)*, tool turns only after a tool call.
+
+    Raises:
+        RowError: empty_conversation, bad_role_order or no_final_assistant.
+    """
+    if not messages:
+        raise RowError("empty_conversation", "the conversation has no messages")
+    calls = set(tool_call_indices)
+    prev = None
+    for i, msg in enumerate(messages):
+        role = msg["role"]
+        if role == "system":
+            ok = i == 0
+        elif role == "user":
+            ok = prev in (None, "system", "assistant") and (i - 1) not in calls
+        elif role == "assistant":
+            ok = prev in ("user", "tool")
+        else:  # tool: answers the assistant's tool call just before it (or another tool result)
+            ok = prev == "tool" or (prev == "assistant" and (i - 1) in calls)
+        if not ok:
+            after = f"after {prev!r}" if prev else "first"
+            raise RowError("bad_role_order", f"`{role}` at message {i} cannot come {after}")
+        prev = role
+    # Ending on a tool call is fine: teaching the model to emit the call is the point of tool-use data.
+    if prev != "assistant":
+        raise RowError("no_final_assistant", f"the conversation ends with a `{prev}` turn, not `assistant`")
