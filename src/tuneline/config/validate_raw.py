@@ -1,8 +1,15 @@
 """`validate_raw` section: the Great Expectations contract on ingested records."""
 
-from pydantic import Field
+import re
+
+from pydantic import Field, field_validator
 
 from tuneline.config.base import Section
+
+# Optional system turn, then user/assistant exchanges; after an assistant turn, tool results may follow
+# but must be answered by the assistant again, so every conversation ends on an assistant turn.
+_EXCHANGE = r"user,assistant(,tool(,tool)*,assistant)*"
+DEFAULT_ROLE_PATTERN = rf"^(system,)?{_EXCHANGE}(,{_EXCHANGE})*$"
 
 
 class ValidateRawParams(Section):
@@ -22,3 +29,17 @@ class ValidateRawParams(Section):
         0.9, ge=0, le=1, description="Share of assistant outputs that must validate against task.output_schema."
     )
     sample_size: int = Field(20, ge=0, description="Unexpected ids kept per expectation in the report.")
+    role_pattern: str = Field(
+        DEFAULT_ROLE_PATTERN,
+        description="Regex every record's comma-joined role sequence must match (also checked by "
+        "validate_splits): optional system, alternating user/assistant, tool turns answered by the assistant.",
+    )
+
+    @field_validator("role_pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"role_pattern is not a valid regular expression: {exc}") from None
+        return v

@@ -1,0 +1,99 @@
+"""The typed config: params.yaml validates, unknown keys and bad types fail at once, overrides work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from tuneline.config import Config, dump_config, load_config, parse_overrides
+from tuneline.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_params_validate() -> None:
+    cfg = load_config(REPO / "params.yaml")
+    assert cfg.dedup.threshold == 0.95
+    assert cfg.split.test == 0.1
+
+
+def test_params_yaml_sets_every_section() -> None:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(raw) == set(Config.model_fields)
+
+
+def _walk(model: type[BaseModel], prefix: str = ""):
+    for name, field in model.model_fields.items():
+        yield f"{prefix}{name}", field
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from _walk(ann, f"{prefix}{name}.")
+
+
+def test_every_field_is_described() -> None:
+    missing = [name for name, field in _walk(Config) if not field.description]
+    assert missing == []
+
+
+def test_unknown_keys_and_bad_types_are_all_listed(tmp_path: Path) -> None:
+    p = tmp_path / "params.yaml"
+    p.write_text("dedup:\n  threshhold: 0.9\n  exact: maybe\nsplit:\n  test: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    msg = str(err.value)
+    assert str(p) in msg
+    assert "dedup.threshhold: unknown key" in msg
+    assert "dedup.exact" in msg
+    assert "split.test" in msg
+    assert "3 invalid setting(s)" in msg
+
+
+def test_cross_field_rule_lives_in_the_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"split.test \+ split.val must be < 1"):
+        load_config(None, ["split.test=0.6", "split.val=0.5"])
+
+
+def test_overrides_are_parsed_as_yaml_and_nested() -> None:
+    overrides = ["dedup.threshold=0.9", "clean.urls=remove", "dedup.ngram_range=[2, 4]", "seed=7"]
+    cfg = load_config(None, overrides)
+    assert cfg.dedup.threshold == 0.9
+    assert cfg.clean.urls == "remove"
+    assert cfg.dedup.ngram_range == (2, 4)
+    assert cfg.seed == 7
+    assert parse_overrides(["a.b.c=1", "a.b.d=x"]) == {"a": {"b": {"c": 1, "d": "x"}}}
+
+
+@pytest.mark.parametrize("bad", ["novalue", "=3", "a..b=1", "dedup.threshold=[unclosed"])
+def test_malformed_override_is_a_clear_error(bad: str) -> None:
+    with pytest.raises(ConfigError, match="--set"):
+        parse_overrides([bad])
+
+
+def test_override_of_unknown_key_fails() -> None:
+    with pytest.raises(ConfigError, match="dedup.nope: unknown key"):
+        load_config(None, ["dedup.nope=1"])
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    p = tmp_path / "params.yaml"
+    p.write_text("seed: 1\ndedup:\n  threshold: [0.9\n")
+    with pytest.raises(ConfigError, match=r"params.yaml line \d+: not valid YAML"):
+        load_config(p)
+
+
+def test_missing_and_non_mapping_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    p = tmp_path / "list.yaml"
+    p.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(p)
+
+
+def test_dump_round_trips() -> None:
+    cfg = load_config(REPO / "params.yaml", ["dedup.threshold=0.91"])
+    again = Config.model_validate(yaml.safe_load(dump_config(cfg)))
+    assert again == cfg

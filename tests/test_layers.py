@@ -1,0 +1,56 @@
+"""Keep the layers honest (DESIGN §1-2): one verb per stage everywhere, no prefect in the library."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from pathlib import Path
+
+import yaml
+
+import tuneline
+from tuneline.cli import app
+from tuneline.config import Config
+from tuneline.stages import DATA_STAGES
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_library_never_imports_prefect() -> None:
+    offenders = [
+        str(p.relative_to(REPO))
+        for p in (REPO / "src" / "tuneline").rglob("*.py")
+        if re.search(r"^\s*(import prefect|from prefect)", p.read_text(), re.MULTILINE)
+    ]
+    assert offenders == []
+
+
+def test_every_module_imports() -> None:
+    names = [m.name for m in pkgutil.walk_packages(tuneline.__path__, "tuneline.")]
+    assert "tuneline.data.ingest" in names
+    for name in names:
+        importlib.import_module(name)
+
+
+def test_dvc_stages_match_params_cli_and_modules() -> None:
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    commands = {c.name for c in app.registered_commands}
+    for stage in DATA_STAGES:
+        assert stage in dvc, f"dvc.yaml lacks stage {stage}"
+        assert dvc[stage]["cmd"] == f"tuneline {stage}"
+        assert stage in Config.model_fields, f"params section {stage} missing"
+        assert stage in dvc[stage]["params"], f"{stage} does not depend on its params section"
+        assert f"src/tuneline/data/{stage}.py" in dvc[stage]["deps"]
+        assert stage in commands
+        assert callable(importlib.import_module(f"tuneline.data.{stage}").run)
+        metrics = [next(iter(m)) if isinstance(m, dict) else m for m in dvc[stage].get("metrics", [])]
+        assert f"reports/{stage}.json" in metrics
+
+
+def test_dvc_dependencies_exist() -> None:
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage, spec in dvc.items():
+        for dep in spec.get("deps", []):
+            if dep.startswith("src/"):
+                assert (REPO / dep).exists(), f"{stage} depends on missing {dep}"
