@@ -1,17 +1,244 @@
 """Text patterns and normalizers shared by `clean` (which removes noise) and `validate_splits`
-(which proves none is left)."""
+(which proves none is left).
+
+Every normalizer is a pure `str -> str` function built on precompiled regexes (no per-character Python
+loops) so the clean stage stays fast; each has a cheap "is there anything to do?" check first, because
+most texts need no change at all.
+
+Code is data: HTML, number and date rewriting skip Markdown code (``` fences and `inline` spans) when
+asked to, because "How do I use `<br>`?" or `f(1,234)` would lose their meaning. E-mails and URLs are
+replaced everywhere, code included: personal data is never kept for the sake of code.
+"""
 
 from __future__ import annotations
 
+import datetime as _dt
+import html
 import re
+import unicodedata
+from collections.abc import Callable
+from typing import Literal
 
-# An HTML tag: <p>, </div>, <br/>, <a href="…">, <!-- comments -->. Requires a letter, '/' or '!' after '<'
-# so that "a < b" and "x<5" survive.
-HTML_TAG_RE = re.compile(r"<!--.*?-->|</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>", re.DOTALL)
-# Named or numeric HTML entities: &amp; &nbsp; &#39; &#x27;
+# Element names of HTML (current and obsolete ones still found in scraped text). A tag must name one of
+# them, so "a < b", "x<5", generics such as List<String> and our own "<URL>" / "<EMAIL>" placeholders
+# are not taken for HTML.
+_HTML_ELEMENTS = (
+    "a|abbr|acronym|address|area|article|aside|audio|b|base|basefont|bdi|bdo|big|blink|blockquote|body|"
+    "br|button|canvas|caption|center|cite|code|col|colgroup|data|datalist|dd|del|details|dfn|dialog|dir|"
+    "div|dl|dt|em|embed|fieldset|figcaption|figure|font|footer|form|frame|frameset|h[1-6]|head|header|"
+    "hgroup|hr|html|i|iframe|img|input|ins|kbd|label|legend|li|link|main|map|mark|marquee|menu|meta|"
+    "meter|nav|nobr|noscript|object|ol|optgroup|option|output|p|param|picture|pre|progress|q|rp|rt|ruby|"
+    "s|samp|script|section|select|small|source|span|strike|strong|style|sub|summary|sup|svg|table|tbody|"
+    "td|template|textarea|tfoot|th|thead|time|title|tr|track|tt|u|ul|var|video|wbr"
+)
+# An HTML tag: <p>, </div>, <br/>, <a href="…">, <!-- comments -->, <!DOCTYPE html>.
+HTML_TAG_RE = re.compile(
+    rf"<!--.*?-->|<!doctype[^<>]*>|</?(?:{_HTML_ELEMENTS})(?=[\s/>])(?:\s[^<>]*)?/?>",
+    re.DOTALL | re.IGNORECASE,
+)
+# Named or numeric HTML entities: &amp; &nbsp; &#39; &#x27; (the ';' is required: "a=1&notify=2" in a URL
+# is not an entity, although lenient HTML parsers would read "&not" as "¬").
 HTML_ENTITY_RE = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")
+# CJK ideographs, kana, hangul and full-width forms end a URL: Chinese text writes "访问http://x.cn获取".
+_CJK = "\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef"
 URL_RE = re.compile(
-    r"""(?:\b(?:https?|ftp)://|\bwww\.)[^\s<>"'`，。；、）)\]}]+""",
+    rf"""(?<![A-Za-z0-9])(?:(?:https?|ftp)://|www\.)[^\s<>"'`{_CJK})\]}}]*[^\s<>"'`{_CJK})\]}}.,;:!?]""",
     re.IGNORECASE,
 )
-EMAIL_RE = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
+# The local part starts where an ASCII run starts (not at a word boundary: "请联系john@x.com" has none).
+EMAIL_RE = re.compile(
+    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![A-Za-z0-9-])"
+)
+# Markdown code: fenced blocks first (they may contain single backticks), then inline spans.
+CODE_SPAN_RE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`", re.DOTALL)
+
+_URL_HINT_RE = re.compile(r"://|www\.", re.IGNORECASE)
+_NEWLINES_RE = re.compile(r"\r\n|[\r\x0b\x0c\x85\u2028\u2029]")
+# C0/C1 controls except \t and \n, BOM, zero-width space, word joiners, soft hyphen and bidi overrides.
+# ZWJ/ZWNJ (U+200C/U+200D) are kept: emoji sequences and Persian/Indic spelling depend on them.
+_CONTROL_RE = re.compile(
+    "[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\u00ad\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064"
+    "\u2066-\u2069\ufeff\ufff9-\ufffb]+"
+)
+_SCRIPT_STYLE_RE = re.compile(r"<(script|style)\b[^>]*>.*?</\1\s*>", re.DOTALL | re.IGNORECASE)
+# Tags that start a new line when a browser renders them; cells become a space so "a</td><td>b" stays apart.
+_BLOCK_TAG_RE = re.compile(
+    r"</?(?:br|p|div|li|ul|ol|dl|dt|dd|tr|table|thead|tbody|tfoot|h[1-6]|blockquote|pre|section|article|"
+    r"header|footer|nav|aside|main|hr|figure|figcaption|form|title)(?=[\s/>])[^<>]*>",
+    re.IGNORECASE,
+)
+_CELL_TAG_RE = re.compile(r"</?(?:td|th)(?=[\s/>])[^<>]*>", re.IGNORECASE)
+_TRAILING_WS_RE = re.compile(r"[ \t]+$", re.MULTILINE)
+_BLANK_RUN_RE = re.compile(r"\n{4,}")  # 4 newlines = 3 blank lines
+# 1,234 and 1,234,567 (optionally followed by decimals), never "1,2", "1, 2, 3", "12,34,567" or "1.234,5".
+_THOUSANDS_RE = re.compile(r"(?<![0-9A-Za-z_.,])[0-9]{1,3}(?:,[0-9]{3})+(?![0-9]|,[0-9])")
+
+_MONTHS = {
+    "january": 1, "february": 2, "march": 3, "april": 4, "may": 5, "june": 6, "july": 7, "august": 8,
+    "september": 9, "october": 10, "november": 11, "december": 12, "jan": 1, "feb": 2, "mar": 3,
+    "apr": 4, "jun": 6, "jul": 7, "aug": 8, "sep": 9, "sept": 9, "oct": 10, "nov": 11, "dec": 12,
+}
+_MONTH_ALT = "|".join(sorted(_MONTHS, key=len, reverse=True))
+_ORD = r"(?:st|nd|rd|th)?"
+# Only forms whose day/month order cannot be misread: month names, year-first numerics, Chinese 年月日.
+# "03/05/2024" (US March 5 or European 3 May?) is deliberately not matched. '.'-separated numerics are
+# not dates either: "2023.7.22" is far more often a version number.
+_DATE_RE = re.compile(
+    rf"\b(?P<m1>{_MONTH_ALT})\.?\s+(?P<d1>[0-9]{{1,2}}){_ORD},?\s+(?P<y1>[0-9]{{4}})(?![0-9])"
+    rf"|\b(?P<d2>[0-9]{{1,2}}){_ORD}\s+(?:of\s+)?(?P<m2>{_MONTH_ALT})\.?,?\s+(?P<y2>[0-9]{{4}})(?![0-9])"
+    r"|(?<![0-9/.\-])(?P<y3>[0-9]{4})(?P<sep>[/\-])(?P<m3>[0-9]{1,2})(?P=sep)(?P<d3>[0-9]{1,2})(?![0-9/\-])"
+    r"|(?P<y4>[0-9]{4})\s*年\s*(?P<m4>[0-9]{1,2})\s*月\s*(?P<d4>[0-9]{1,2})\s*[日号]",
+    re.IGNORECASE,
+)
+
+Mode = Literal["remove", "placeholder", "keep"]
+
+
+def normalize_unicode(text: str) -> str:
+    """NFKC: full-width digits and letters, ligatures and compatibility forms become their canonical form."""
+    if unicodedata.is_normalized("NFKC", text):
+        return text
+    return unicodedata.normalize("NFKC", text)
+
+
+def normalize_newlines(text: str) -> str:
+    """\\r\\n, \\r, vertical tab, form feed and Unicode line/paragraph separators become \\n."""
+    return _NEWLINES_RE.sub("\n", text)
+
+
+def strip_control(text: str) -> str:
+    """Drop control characters (but \\t and \\n), BOMs, zero-width spaces, soft hyphens and bidi overrides."""
+    return _CONTROL_RE.sub("", text)
+
+
+def split_code(text: str) -> list[tuple[bool, str]]:
+    """Split text into (is_code, segment) pieces along Markdown code fences and inline code spans."""
+    if "`" not in text:
+        return [(False, text)]
+    pieces: list[tuple[bool, str]] = []
+    last = 0
+    for m in CODE_SPAN_RE.finditer(text):
+        if m.start() > last:
+            pieces.append((False, text[last : m.start()]))
+        pieces.append((True, m.group(0)))
+        last = m.end()
+    if last < len(text):
+        pieces.append((False, text[last:]))
+    return pieces
+
+
+def outside_code(text: str, fn: Callable[[str], str], protect_code: bool = True) -> str:
+    """Apply `fn` to the prose of `text`, leaving Markdown code untouched when `protect_code`."""
+    if not protect_code or "`" not in text:
+        return fn(text)
+    return "".join(seg if is_code else fn(seg) for is_code, seg in split_code(text))
+
+
+def _unescape_entity(m: re.Match[str]) -> str:
+    return html.unescape(m.group(0))
+
+
+def unescape_entities(text: str, rounds: int = 3) -> str:
+    """Decode HTML entities, repeatedly so that double-escaped text ("&amp;lt;p&amp;gt;") is decoded too."""
+    for _ in range(rounds):
+        if "&" not in text:
+            break
+        decoded = HTML_ENTITY_RE.sub(_unescape_entity, text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
+def _strip_html_prose(text: str) -> str:
+    text = unescape_entities(text)
+    if "<" in text:
+        text = _SCRIPT_STYLE_RE.sub("", text)
+        text = _BLOCK_TAG_RE.sub("\n", text)
+        text = _CELL_TAG_RE.sub(" ", text)
+        text = HTML_TAG_RE.sub("", text)
+    # A non-breaking space from &nbsp; is layout, not content.
+    return text.replace("\xa0", " ")
+
+
+def strip_html(text: str, protect_code: bool = True) -> str:
+    """Decode entities, drop <script>/<style> blocks with their content, turn block tags into newlines
+    and remove every other tag. Comparisons ("a < b", "x<5") survive; Markdown code is left alone when
+    `protect_code`.
+    """
+    if "<" not in text and "&" not in text:
+        return text
+    return outside_code(text, _strip_html_prose, protect_code)
+
+
+def replace_emails(text: str, mode: Mode = "placeholder", placeholder: str = "<EMAIL>") -> str:
+    """Remove e-mail addresses or replace each by `placeholder` (`keep` leaves them)."""
+    if mode == "keep" or "@" not in text:
+        return text
+    out = EMAIL_RE.sub(placeholder if mode == "placeholder" else "", text)
+    return _squeeze_removed(out) if mode == "remove" else out
+
+
+def replace_urls(text: str, mode: Mode = "placeholder", placeholder: str = "<URL>") -> str:
+    """Remove URLs (http, https, ftp, www.) or replace each by `placeholder` (`keep` leaves them).
+
+    Trailing sentence punctuation and closing brackets are not part of the URL.
+    """
+    if mode == "keep" or not _URL_HINT_RE.search(text):
+        return text
+    out = URL_RE.sub(placeholder if mode == "placeholder" else "", text)
+    return _squeeze_removed(out) if mode == "remove" else out
+
+
+_DOUBLE_SPACE_RE = re.compile(r"(?<=\S) {2,}(?=\S)")
+
+
+def _squeeze_removed(text: str) -> str:
+    # "see http://x.com for" -> "see  for": a removal leaves two spaces between words.
+    return _DOUBLE_SPACE_RE.sub(" ", text) if "  " in text else text
+
+
+def _drop_commas(m: re.Match[str]) -> str:
+    return m.group(0).replace(",", "")
+
+
+def normalize_numbers(text: str, protect_code: bool = True) -> str:
+    """Drop thousands separators from well-formed groups only: "1,234,567" -> "1234567".
+
+    Lists ("1, 2, 3"), "1,2", irregular groups ("12,34,567") and decimals are left alone.
+    """
+    if "," not in text:
+        return text
+    return outside_code(text, lambda s: _THOUSANDS_RE.sub(_drop_commas, s), protect_code)
+
+
+def _iso_date(m: re.Match[str]) -> str:
+    g = m.groupdict()
+    if g["y1"]:
+        y, mo, d = int(g["y1"]), _MONTHS[g["m1"].lower()], int(g["d1"])
+    elif g["y2"]:
+        y, mo, d = int(g["y2"]), _MONTHS[g["m2"].lower()], int(g["d2"])
+    elif g["y3"]:
+        y, mo, d = int(g["y3"]), int(g["m3"]), int(g["d3"])
+    else:
+        y, mo, d = int(g["y4"]), int(g["m4"]), int(g["d4"])
+    try:
+        return _dt.date(y, mo, d).isoformat()
+    except ValueError:  # "February 30, 2024" is not a date: leave the text as it was
+        return m.group(0)
+
+
+def normalize_dates(text: str, protect_code: bool = True) -> str:
+    """Rewrite unambiguous dates to ISO 8601: "March 5, 2024", "5 March 2024", "2024/03/05" and
+    "2024年3月5日" all become "2024-03-05". Ambiguous numeric forms ("03/05/2024") are left alone.
+    """
+    return outside_code(text, lambda s: _DATE_RE.sub(_iso_date, s), protect_code)
+
+
+def tidy_whitespace(text: str) -> str:
+    """Drop trailing spaces per line, collapse 3+ blank lines to 2, strip the ends."""
+    if " \n" in text or "\t\n" in text or text.endswith((" ", "\t")):
+        text = _TRAILING_WS_RE.sub("", text)
+    if "\n\n\n\n" in text:
+        text = _BLANK_RUN_RE.sub("\n\n\n", text)
+    return text.strip()

@@ -1,0 +1,239 @@
+"""`ingest`: read raw sources (alpaca, sharegpt, OpenAI messages, CSV, parquet) into canonical JSONL.
+
+Each configured source is a file or a directory read recursively in sorted path order. Inside a directory,
+hidden files/folders and files without a data extension (README.md, LICENSE, ATTRIBUTION.md, ...) are skipped
+and listed in the report; a source given as a single file is always read (its format sniffed if needed).
+
+Every raw row ends up either as a canonical record (`data/interim/ingest.jsonl`) or as a rejected row with
+its file, line/index and a machine-readable reason (`data/rejected/ingest.jsonl`). A whole file that cannot
+be read becomes one rejected row (source without line/index) or, with `ingest.on_bad_file: error`, an
+`InputFileError` naming it.
+
+Rejection reasons: bad_json, invalid_utf8, not_an_object, missing_field, null_field, wrong_type,
+unsupported_content, unknown_role, bad_role_order, no_final_assistant, empty_conversation, unknown_format,
+ragged_row, bad_csv, and for whole files unreadable_file, bad_json_file, top_level_object, unknown_format.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneline.config import Config
+from tuneline.config.ingest import IngestParams, Source
+from tuneline.data import formats
+from tuneline.data.formats import RowError
+from tuneline.data.readers import DATA_EXTS, READERS, FileProblem, FileStats, container_of, is_empty
+from tuneline.errors import InputFileError
+from tuneline.layout import Layout
+from tuneline.ledger import Ledger
+from tuneline.progress import track
+from tuneline.records import make_record, reject
+from tuneline.stages import finish_stage
+
+log = logging.getLogger(__name__)
+
+STAGE = "ingest"
+ROW_FORMATS = ("alpaca", "sharegpt", "messages")
+
+
+@dataclass
+class FileResult:
+    """Records and rejected rows of one file, and its line in the report."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    format: str | None = None
+    container: str | None = None
+    blank_lines: int = 0
+    rows_in: int = 0  # counted as rows are read, independently of where they end up
+
+    def summary(self) -> dict[str, Any]:
+        return {"format": self.format, "container": self.container, "rows_in": self.rows_in,
+                "rows_kept": len(self.records), "rows_rejected": len(self.rejected),
+                "blank_lines": self.blank_lines}
+
+
+def discover(path: Path) -> tuple[list[Path], list[dict[str, str]]]:
+    """The data files of a source (sorted) and the files skipped with why (`hidden` or `not_data`).
+
+    Raises:
+        InputFileError: the source path does not exist.
+    """
+    if not path.exists():
+        raise InputFileError(f"{path}: ingest source not found (check ingest.sources[].path in params.yaml)")
+    if path.is_file():
+        return [path], []
+    found: list[Path] = []
+    skipped: list[dict[str, str]] = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        here = Path(dirpath)
+        for name in list(dirnames):
+            if name.startswith("."):  # .git, .ipynb_checkpoints, ...: never data
+                skipped.append({"file": (here / name).as_posix() + "/", "reason": "hidden"})
+                dirnames.remove(name)
+        for name in filenames:
+            p = here / name
+            if name.startswith("."):
+                skipped.append({"file": p.as_posix(), "reason": "hidden"})
+            elif p.suffix.lower() not in DATA_EXTS:
+                skipped.append({"file": p.as_posix(), "reason": "not_data"})
+            else:
+                found.append(p)
+    found.sort(key=lambda p: p.relative_to(path).parts)
+    skipped.sort(key=lambda s: s["file"])
+    return found, skipped
+
+
+def row_category(row: dict[str, Any], key: str, default: str | None) -> str | None:
+    """The row's own category (field `key`), else `default`; a non-string category is wrong_type."""
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return default
+    if not isinstance(value, str):
+        raise RowError("wrong_type", f"field `{key}` (category) must be a string, got {type(value).__name__}")
+    return value.strip() or default
+
+
+def convert_row(
+    row: dict[str, Any],
+    fmt: str,
+    columns: dict[str, str],
+    source: dict[str, Any],
+    category_field: str = "category",
+    default_category: str | None = None,
+) -> dict[str, Any]:
+    """One parsed raw row -> canonical record, checked for role order.
+
+    Args:
+        row: the raw object (JSON object, CSV row by header, parquet row).
+        fmt: alpaca, sharegpt, messages or table.
+        columns: canonical name -> column, for `table` rows (resolved, not empty).
+        source: {"file", "line"} or {"file", "index"}.
+        category_field: the raw field holding a row's own category.
+        default_category: the source's category for rows without one.
+
+    Raises:
+        RowError: the reason the row cannot be a record.
+    """
+    cat_key = columns.get("category", category_field) if fmt == "table" else category_field
+    messages, meta = formats.converter(fmt, columns, cat_key)(row)
+    category = row_category(row, cat_key, default_category)
+    formats.check_roles(messages, meta.get(formats.TOOL_CALL_KEY, []))
+    return make_record(messages, source, category=category, meta=meta)
+
+
+def _raw_text(raw: str | None, row: dict[str, Any] | None) -> str | None:
+    if raw is not None:
+        return raw
+    if row is None:
+        return None
+    return json.dumps(formats.jsonable(row), ensure_ascii=False)
+
+
+def read_source_file(path: Path, label: str, src: Source, params: IngestParams) -> FileResult:
+    """Read one file of a source into records and rejected rows (a whole-file problem per `on_bad_file`)."""
+    res = FileResult()
+    stats = FileStats()
+    try:
+        if is_empty(path):
+            return res
+        res.container = container_of(path, src.format)
+        if res.container is None:
+            raise FileProblem("unknown_format", "cannot detect the format (not JSON, JSONL, CSV or parquet); "
+                                                "declare `format` for this source")
+        fmt: str | None = src.format if src.format in ROW_FORMATS else None
+        if res.container in ("csv", "parquet") or src.format in ("csv", "parquet"):
+            fmt = "table"
+        convert: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
+        for raw in READERS[res.container](path, label, stats):
+            res.rows_in += 1
+            try:
+                if raw.row is None:
+                    raise RowError(raw.reason or "bad_json", raw.detail)
+                if convert is None:
+                    fmt = fmt or formats.detect(raw.row)
+                    if fmt is None:
+                        raise RowError("unknown_format", "no known format fits this row's fields ("
+                                       + ", ".join(list(raw.row)[:8]) + ")")
+                    convert = _make_converter(fmt, raw.row, src, params)
+                res.records.append(convert(raw.row, raw.source))
+            except RowError as exc:
+                res.rejected.append(reject(STAGE, exc.reason, raw.source, exc.detail,
+                                           raw=_raw_text(raw.raw, raw.row)))
+        res.format = fmt
+    except FileProblem as exc:
+        if params.on_bad_file == "error":
+            raise InputFileError(f"{label}: {exc.detail}") from None
+        log.warning("%s: %s (whole file rejected: %s)", label, exc.detail, exc.reason)
+        res.rows_in += 1
+        res.rejected.append(reject(STAGE, exc.reason, {"file": label}, exc.detail))
+    res.blank_lines = stats.blank_lines
+    return res
+
+
+def _make_converter(
+    fmt: str, first_row: dict[str, Any], src: Source, params: IngestParams
+) -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
+    # Columns are resolved once per file (from the first row's keys = the header), not per row.
+    columns = formats.resolve_columns(list(first_row), src.columns) if fmt == "table" else {}
+    category_field = params.category_field
+
+    def convert(row: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
+        return convert_row(row, fmt, columns, source, category_field, src.category)
+
+    return convert
+
+
+def ingest_sources(
+    params: IngestParams,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int, dict[str, Any]]:
+    """Read every source; returns (records, rejected rows, rows read, report extra: files/skipped/empty).
+
+    Raises:
+        InputFileError: a source path is missing, or a file is unusable and `on_bad_file` is `error`.
+    """
+    plan: list[tuple[Path, Source]] = []
+    skipped: list[dict[str, str]] = []
+    for src in params.sources:  # check every path before reading anything: fail fast, naming the path
+        found, skip = discover(Path(src.path))
+        plan.extend((p, src) for p in found)
+        skipped.extend(skip)
+    for s in skipped:
+        log.info("ingest: skipped %s (%s)", s["file"], s["reason"])
+    records: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    rows_in = 0
+    files: dict[str, dict[str, Any]] = {}
+    empty: list[str] = []
+    for path, src in track(plan, "ingest files"):
+        label = path.as_posix()
+        res = read_source_file(path, label, src, params)
+        records.extend(res.records)
+        rejected.extend(res.rejected)
+        rows_in += res.rows_in
+        files[label] = res.summary()
+        if res.rows_in == 0:
+            empty.append(label)
+            log.warning("ingest: %s holds no rows", label)
+        log.info("ingest: %s: %s, %d kept, %d rejected", label, res.format, len(res.records), len(res.rejected))
+    extra = {"files": files, "skipped_files": skipped, "empty_files": empty}
+    return records, rejected, rows_in, extra
+
+
+def run(cfg: Config, layout: Layout) -> dict[str, Any]:
+    """Ingest cfg.ingest.sources into layout.interim("ingest"); returns the report."""
+    records, rejected, rows_in, extra = ingest_sources(cfg.ingest)
+    ledger = Ledger(STAGE)
+    ledger.rows_in = rows_in
+    ledger.rows_kept = len(records)
+    for row in rejected:
+        ledger.rejected_by_reason[row["reason"]] += 1
+    ledger.extra.update(extra)
+    return finish_stage(layout, ledger, rejected, {layout.interim(STAGE): records})

@@ -1,0 +1,183 @@
+"""Quality filters of the clean stage: Gopher/C4-style heuristics, the output-schema check and the
+optional classifier hook.
+
+Each heuristic is a pure function of a text returning the measured value; `heuristic_failures` compares
+them with the configured limits and returns every failing rule, in a fixed order, so the stage can
+record the first one as the reason and all of them as the detail.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tuneline.config.clean import ClassifierParams, QualityParams
+from tuneline.errors import ConfigError, InputFileError
+
+# Rule names in the order they are checked; the first failing one becomes the rejection reason.
+RULES = (
+    "empty_turn",
+    "too_short",
+    "too_long",
+    "output_schema_invalid",
+    "symbol_ratio",
+    "non_alnum",
+    "duplicate_lines",
+    "repeated_ngrams",
+    "low_quality_score",
+)
+
+_CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+# A token is one CJK character (those scripts do not separate words by spaces, so character bigrams
+# stand in for word bigrams) or a run of other word characters.
+_TOKEN_RE = re.compile(rf"[{_CJK_CHARS}]|[^\W{_CJK_CHARS}]+")
+_HASH_RE = re.compile(r"#+")  # a Markdown "###" heading marker is one symbol, not three
+_ELLIPSIS_RE = re.compile(r"\.\.\.|…")
+_WS_RE = re.compile(r"\s+")
+_ALNUM_RE = re.compile(r"[^\W_]+")
+
+
+def symbol_ratio(text: str, n_words: int) -> float:
+    """Gopher: the larger of (# symbols per word) and (ellipses per word)."""
+    if n_words == 0:
+        return 0.0
+    hashes = len(_HASH_RE.findall(text)) if "#" in text else 0
+    ellipses = len(_ELLIPSIS_RE.findall(text)) if ("..." in text or "…" in text) else 0
+    return max(hashes, ellipses) / n_words
+
+
+def non_alnum_fraction(text: str) -> float:
+    """Share of non-space characters that are neither a letter nor a digit (spaces are not counted, so
+    Chinese and English text score alike)."""
+    visible = _WS_RE.sub("", text)
+    if not visible:
+        return 0.0
+    return len(_ALNUM_RE.sub("", visible)) / len(visible)
+
+
+def duplicate_line_fraction(text: str) -> float:
+    """Gopher: share of the non-blank lines that repeat an earlier line."""
+    lines = [line.strip() for line in text.split("\n")]
+    lines = [line for line in lines if line]
+    if len(lines) < 2:
+        return 0.0
+    return (len(lines) - len(set(lines))) / len(lines)
+
+
+def top_bigram_fraction(tokens: list[str]) -> float:
+    """Gopher: share of the token characters covered by the most frequent bigram, counting only bigrams
+    that occur more than once (a short text's single bigram would otherwise cover all of it)."""
+    if len(tokens) < 3:
+        return 0.0
+    (first, second), count = Counter(zip(tokens, tokens[1:], strict=False)).most_common(1)[0]
+    if count < 2:
+        return 0.0
+    total = sum(map(len, tokens))
+    return count * (len(first) + len(second)) / total
+
+
+def heuristic_failures(text: str, params: QualityParams) -> list[tuple[str, str]]:
+    """The Gopher-style rules (symbol_ratio, non_alnum, duplicate_lines, repeated_ngrams) failed by `text`,
+    each as (rule, detail)."""
+    if not text:
+        return []
+    failures: list[tuple[str, str]] = []
+    tokens = _TOKEN_RE.findall(text)
+    ratio = symbol_ratio(text, len(tokens))
+    if ratio > params.max_symbol_ratio:
+        failures.append(("symbol_ratio", f"symbol_ratio {ratio:.3f} > {params.max_symbol_ratio}"))
+    frac = non_alnum_fraction(text)
+    if frac > params.max_non_alnum_fraction:
+        failures.append(("non_alnum", f"non_alnum {frac:.3f} > {params.max_non_alnum_fraction}"))
+    dup = duplicate_line_fraction(text) if "\n" in text else 0.0
+    if dup > params.max_duplicate_line_fraction:
+        failures.append(
+            ("duplicate_lines", f"duplicate_lines {dup:.3f} > {params.max_duplicate_line_fraction}")
+        )
+    top = top_bigram_fraction(tokens)
+    if top > params.max_top_ngram_fraction:
+        failures.append(("repeated_ngrams", f"repeated_ngrams {top:.3f} > {params.max_top_ngram_fraction}"))
+    return failures
+
+
+def load_schema_validator(path: Path) -> Any:
+    """A jsonschema validator for the `task.output_schema` file.
+
+    Raises:
+        ConfigError: the file is missing, not JSON, or not a valid JSON Schema.
+    """
+    import jsonschema
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"task.output_schema: schema file not found: {path}")
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"task.output_schema: {path} is not readable JSON: {exc}") from None
+    cls = jsonschema.validators.validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ConfigError(f"task.output_schema: {path} is not a valid JSON Schema: {exc.message}") from None
+    return cls(schema)
+
+
+def schema_failure(content: Any, validator: Any) -> str | None:
+    """Why an assistant output does not satisfy the schema (None when it does)."""
+    if isinstance(content, str):
+        try:
+            value = json.loads(content)
+        except json.JSONDecodeError as exc:
+            return f"output is not JSON: {exc.msg} at char {exc.pos}"
+    else:
+        value = content
+    error = next(iter(validator.iter_errors(value)), None)
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+    return f"output fails the schema at {where}: {error.message}"
+
+
+class QualityClassifier:
+    """The classifier hook: a joblib-saved scikit-learn pipeline scoring record texts.
+
+    The score is the probability of the positive class, i.e. the last column of `predict_proba`
+    (scikit-learn orders `classes_` ascending, so 1 / True / the later label of a binary model).
+    """
+
+    def __init__(self, params: ClassifierParams) -> None:
+        if params.path is None:
+            raise ConfigError("clean.classifier.path is not set")
+        self.path = Path(params.path)
+        self.threshold = params.threshold
+        if not self.path.is_file():
+            raise ConfigError(f"clean.classifier.path: classifier file not found: {self.path}")
+        import joblib
+
+        try:
+            self.model = joblib.load(self.path)
+        except Exception as exc:  # unpickling can fail in many ways: all mean "not a usable model file"
+            raise InputFileError(
+                f"{self.path}: cannot load the quality classifier (expected a joblib-saved scikit-learn "
+                f"pipeline): {exc.__class__.__name__}: {exc}"
+            ) from None
+        if not callable(getattr(self.model, "predict_proba", None)):
+            raise ConfigError(
+                f"clean.classifier.path: {self.path} holds a {type(self.model).__name__} without predict_proba"
+            )
+
+    def scores(self, texts: list[str]) -> list[float]:
+        """Positive-class probability of each text (one batched call)."""
+        if not texts:
+            return []
+        try:
+            proba = self.model.predict_proba(texts)
+        except Exception as exc:
+            raise InputFileError(
+                f"{self.path}: the quality classifier failed on text input: {exc.__class__.__name__}: {exc}"
+            ) from None
+        return [float(row[-1]) for row in proba]
