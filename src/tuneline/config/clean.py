@@ -43,6 +43,11 @@ class CleanParams(Section):
     nfkc: bool = Field(True, description="Unicode NFKC normalization (full-width digits, ligatures).")
     numbers: bool = Field(True, description="Drop thousands separators in plain numbers (1,234,567 -> 1234567).")
     dates: bool = Field(False, description="Rewrite unambiguous dates to ISO 8601 (2024-03-05).")
+    protect_code: bool = Field(
+        True,
+        description="Leave Markdown code (``` fences, `inline` spans) out of HTML, number and date rewriting; "
+        "e-mails and URLs are replaced everywhere.",
+    )
     roles: list[str] = Field(
         default_factory=lambda: ["system", "user", "assistant"],
         description="Roles whose content is cleaned; tool turns (structured payloads) are left alone.",

@@ -31,3 +31,9 @@ class IngestParams(Section):
     category_field: str = Field(
         "category", description="Field of a raw row that holds its category, when the row has one."
     )
+    on_bad_file: Literal["reject", "error"] = Field(
+        "reject",
+        description="A whole file that cannot be read (binary, truncated, not an array, no known format): "
+        "`reject` records it as one rejected row and goes on (validate_raw's gate then judges the share); "
+        "`error` stops with an error naming the file.",
+    )

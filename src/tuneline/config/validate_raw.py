@@ -8,8 +8,9 @@ from tuneline.config.base import Section
 
 # Optional system turn, then user/assistant exchanges; after an assistant turn, tool results may follow
 # but must be answered by the assistant again, so every conversation ends on an assistant turn.
-_EXCHANGE = r"user,assistant(,tool(,tool)*,assistant)*"
-DEFAULT_ROLE_PATTERN = rf"^(system,)?{_EXCHANGE}(,{_EXCHANGE})*$"
+# Groups are non-capturing: pandas warns about capturing groups in a match-only regex.
+_EXCHANGE = r"user,assistant(?:,tool(?:,tool)*,assistant)*"
+DEFAULT_ROLE_PATTERN = rf"^(?:system,)?{_EXCHANGE}(?:,{_EXCHANGE})*$"
 
 
 class ValidateRawParams(Section):
@@ -26,13 +27,14 @@ class ValidateRawParams(Section):
         None, description="When set, every record's category must be one of these (or empty)."
     )
     schema_mostly: float = Field(
-        0.9, ge=0, le=1, description="Share of assistant outputs that must validate against task.output_schema."
+        0.9, ge=0, le=1,
+        description="Share of records whose assistant outputs validate against task.output_schema.",
     )
     sample_size: int = Field(20, ge=0, description="Unexpected ids kept per expectation in the report.")
     role_pattern: str = Field(
         DEFAULT_ROLE_PATTERN,
-        description="Regex every record's comma-joined role sequence must match (also checked by "
-        "validate_splits): optional system, alternating user/assistant, tool turns answered by the assistant.",
+        description="Regex every record's comma-joined role sequence must match (validate_splits uses it "
+        "too): optional system, alternating user/assistant, tool turns answered by the assistant.",
     )
 
     @field_validator("role_pattern")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -53,6 +54,16 @@ class Check:
     frame: str = "records"
 
 
+def _import_gx() -> Any:
+    gx_logger = logging.getLogger("great_expectations")
+    if gx_logger.level == logging.NOTSET:
+        # GX logs its own internals at INFO (hundreds of lines per import); keep tuneline's log readable.
+        gx_logger.setLevel(logging.WARNING)
+    import great_expectations
+
+    return great_expectations
+
+
 @lru_cache(maxsize=1)
 def gx_batch_definition() -> Any:
     """The one in-memory GX context of this process, reduced to a whole-dataframe batch definition.
@@ -61,7 +72,7 @@ def gx_batch_definition() -> Any:
     dataframe passed as a batch parameter. Analytics and progress bars are off: tuneline runs offline and
     logs its own progress.
     """
-    import great_expectations as gx
+    gx = _import_gx()
     from great_expectations.data_context.types.base import (
         DataContextConfig,
         InMemoryStoreBackendDefaults,
@@ -78,7 +89,9 @@ def gx_batch_definition() -> Any:
     return asset.add_batch_definition_whole_dataframe("whole")
 
 
-def run_checks(frames: dict[str, pd.DataFrame], checks: list[Check], sample_size: int) -> list[dict[str, Any]]:
+def run_checks(
+    frames: dict[str, pd.DataFrame], checks: list[Check], sample_size: int
+) -> list[dict[str, Any]]:
     """Validate each check on its frame with Great Expectations; returns one report row per check.
 
     Args:
@@ -90,9 +103,8 @@ def run_checks(frames: dict[str, pd.DataFrame], checks: list[Check], sample_size
         Rows {name, expectation, column, description, critical, success, observed, unexpected_count,
         unexpected_percent, unexpected_ids}.
     """
-    import great_expectations as gx
-
     batch_definition = gx_batch_definition()
+    gx = _import_gx()
     result_format = {
         "result_format": "SUMMARY",
         "unexpected_index_column_names": [REF],
@@ -107,7 +119,10 @@ def run_checks(frames: dict[str, pd.DataFrame], checks: list[Check], sample_size
                 raise KeyError(f"frame {check.frame!r} has no {REF!r} column")
             batches[check.frame] = batch_definition.get_batch(batch_parameters={"dataframe": frame})
         expectation = getattr(gx.expectations, check.expectation)(**check.kwargs)
-        result = batches[check.frame].validate(expectation, result_format=result_format).to_json_dict()
+        with warnings.catch_warnings():
+            # pandas warns when a user's role regex has capturing groups; matching is still correct.
+            warnings.filterwarnings("ignore", message="This pattern is interpreted as a regular expression")
+            result = batches[check.frame].validate(expectation, result_format=result_format).to_json_dict()
         rows.append(_report_row(check, result, sample_size))
     return rows
 
@@ -142,7 +157,9 @@ def _report_row(check: Check, result: dict[str, Any], sample_size: int) -> dict[
 
 
 def _short(value: Any) -> Any:
-    """JSON-safe, short values for reports (long texts cut, NaN as null)."""
+    """JSON-safe, short values for reports (numpy scalars as Python, long texts cut, NaN as null)."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()
     if isinstance(value, float) and value != value:
         return None
     if isinstance(value, (bool, int, float)) or value is None:
@@ -153,7 +170,9 @@ def _short(value: Any) -> Any:
     return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 1] + "…"
 
 
-def build_report(stage: str, rows: int, results: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
+def build_report(
+    stage: str, rows: int, results: list[dict[str, Any]], extra: dict[str, Any]
+) -> dict[str, Any]:
     """The gate's report: success, counts of passed / failed checks, every check's row, stage numbers."""
     failed_critical = [r["name"] for r in results if not r["success"] and r["critical"]]
     failed_warning = [r["name"] for r in results if not r["success"] and not r["critical"]]
@@ -206,7 +225,7 @@ def failure_message(report: dict[str, Any], html_path: Path | str) -> str:
         f"(full report: {html_path}):"
     ]
     lines += [f"  - {_failure_line(row)}" for row in failed]
-    lines.append("Fix the data (or the thresholds in params.yaml, section " f"`{report['stage']}`) and rerun.")
+    lines.append(f"Fix the data (or the thresholds in params.yaml, section `{report['stage']}`) and rerun.")
     return "\n".join(lines)
 
 
@@ -239,7 +258,9 @@ def message_contents(record: dict[str, Any]) -> list[str]:
     messages = record.get("messages")
     if not isinstance(messages, list):
         return []
-    return [m["content"] if isinstance(m, dict) and isinstance(m.get("content"), str) else "" for m in messages]
+    return [
+        m["content"] if isinstance(m, dict) and isinstance(m.get("content"), str) else "" for m in messages
+    ]
 
 
 def load_output_schema(path: Path | str) -> Any:
@@ -261,7 +282,9 @@ def load_output_schema(path: Path | str) -> Any:
     try:
         cls.check_schema(schema)
     except jsonschema.SchemaError as exc:
-        raise InputFileError(f"{path}: task.output_schema is not a valid JSON Schema: {exc.message}") from None
+        raise InputFileError(
+            f"{path}: task.output_schema is not a valid JSON Schema: {exc.message}"
+        ) from None
     return cls(schema)
 
 
@@ -310,9 +333,9 @@ def render_html(report: dict[str, Any]) -> str:
             f'<td>{"critical" if row["critical"] else "warning"}</td><td>{cell(row["observed"])}</td>'
             f'<td>{cell(unexpected)}</td><td class="ids">{cell(", ".join(row["unexpected_ids"]))}</td></tr>'
         )
-    title = f"tuneline {escape(report['stage'])}: {status}"
+    title = f"tuneline {escape(report['stage'])}"
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{title}: {status}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
 h1 {{ font-size: 1.4em; }} h1 .s {{ padding: .1em .5em; border-radius: .3em; color: #fff; }}
@@ -320,11 +343,13 @@ h1 {{ font-size: 1.4em; }} h1 .s {{ padding: .1em .5em; border-radius: .3em; col
 table {{ border-collapse: collapse; margin-bottom: 2em; }}
 th, td {{ border: 1px solid #ccc; padding: .35em .6em; text-align: left; vertical-align: top; }}
 th {{ background: #f2f2f2; }}
-tr.pass td {{ background: #e8f5e9; }} tr.fail td {{ background: #ffebee; }} tr.warn td {{ background: #fff8e1; }}
+tr.pass td {{ background: #e8f5e9; }}
+tr.fail td {{ background: #ffebee; }}
+tr.warn td {{ background: #fff8e1; }}
 td.ids {{ font-family: monospace; font-size: .85em; max-width: 28em; word-break: break-all; }}
 small {{ color: #666; }}
 </style></head><body>
-<h1>{title.replace(status, f'<span class="s {status}">{status}</span>')}</h1>
+<h1>{title}: <span class="s {status}">{status}</span></h1>
 <table>{summary_rows}</table>
 <table><tr><th>result</th><th>expectation</th><th>column</th><th>description</th><th>severity</th>
 <th>observed</th><th>unexpected</th><th>sample ids</th></tr>

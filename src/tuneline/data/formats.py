@@ -40,8 +40,14 @@ SHAREGPT_ROLES = {
     "observation": "tool",
     "tool": "tool",
 }
-OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
-                "tool": "tool", "function": "tool"}
+OPENAI_ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+    "function": "tool",
+}
 
 # Header names recognised when a table source gives no column mapping (compared case-insensitively).
 COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
@@ -114,7 +120,9 @@ def parse_tools(value: Any) -> Any:
         try:
             return json.loads(value)
         except json.JSONDecodeError as exc:
-            raise RowError("wrong_type", f"field `tools` is a string but not valid JSON ({exc.msg})") from None
+            raise RowError(
+                "wrong_type", f"field `tools` is a string but not valid JSON ({exc.msg})"
+            ) from None
     if isinstance(value, list | dict):
         return jsonable(value)
     raise RowError("wrong_type", f"field `tools` must be a JSON string or a list, got {type(value).__name__}")
@@ -132,8 +140,9 @@ def alpaca(row: dict[str, Any], category_field: str = "category") -> Converted:
     history = row.get("history")
     if history is not None:
         if not isinstance(history, list):
-            raise RowError("wrong_type", f"field `history` must be a list of [q, a] pairs, got "
-                                         f"{type(history).__name__}")
+            raise RowError(
+                "wrong_type", f"field `history` must be a list of [q, a] pairs, got {type(history).__name__}"
+            )
         for i, pair in enumerate(history):
             if not isinstance(pair, list | tuple) or len(pair) != 2:
                 raise RowError("wrong_type", f"field `history[{i}]` must be a [question, answer] pair")
@@ -167,8 +176,9 @@ def sharegpt(row: dict[str, Any], category_field: str = "category") -> Converted
         value = require_str(turn, "value", f"conversations[{i}].")
         role = SHAREGPT_ROLES.get(sender)
         if role is None:
-            raise RowError("unknown_role", f"`conversations[{i}].from` is {sender!r}; known: "
-                                           f"{', '.join(SHAREGPT_ROLES)}")
+            raise RowError(
+                "unknown_role", f"`conversations[{i}].from` is {sender!r}; known: {', '.join(SHAREGPT_ROLES)}"
+            )
         if sender == "function_call":
             tool_calls.append(len(messages))
         messages.append({"role": role, "content": value})
@@ -194,12 +204,16 @@ def _openai_content(msg: dict[str, Any], i: int) -> str | None:
                 continue
             if not isinstance(part, dict) or part.get("type") != "text":
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise RowError("unsupported_content", f"`messages[{i}].content[{j}]` is {kind!r}; only text "
-                                                      "parts can be tuned on")
+                raise RowError(
+                    "unsupported_content",
+                    f"`messages[{i}].content[{j}]` is {kind!r}; only text parts can be tuned on",
+                )
             texts.append(expect_str(part.get("text"), f"messages[{i}].content[{j}].text"))
         return "\n".join(texts)
-    raise RowError("wrong_type", f"`messages[{i}].content` must be a string or a list of text parts, got "
-                                 f"{type(content).__name__}")
+    raise RowError(
+        "wrong_type",
+        f"`messages[{i}].content` must be a string or a list of text parts, got {type(content).__name__}",
+    )
 
 
 def messages_format(row: dict[str, Any], category_field: str = "category") -> Converted:
@@ -219,8 +233,9 @@ def messages_format(row: dict[str, Any], category_field: str = "category") -> Co
         role_name = require_str(msg, "role", f"messages[{i}].")
         role = OPENAI_ROLES.get(role_name)
         if role is None:
-            raise RowError("unknown_role", f"`messages[{i}].role` is {role_name!r}; known: "
-                                           f"{', '.join(OPENAI_ROLES)}")
+            raise RowError(
+                "unknown_role", f"`messages[{i}].role` is {role_name!r}; known: {', '.join(OPENAI_ROLES)}"
+            )
         content = _openai_content(msg, i)
         calls = msg.get("tool_calls") if role == "assistant" else None
         if calls:
@@ -263,15 +278,20 @@ def table(row: dict[str, Any], columns: dict[str, str], category_field: str = "c
             try:
                 value = json.loads(value)
             except json.JSONDecodeError as exc:
-                raise RowError("bad_json", f"column `{columns['messages']}` is not valid JSON ({exc.msg})") from None
+                raise RowError(
+                    "bad_json", f"column `{columns['messages']}` is not valid JSON ({exc.msg})"
+                ) from None
         if isinstance(value, list) and value and isinstance(value[0], dict) and "from" in value[0]:
             messages, meta = sharegpt({"conversations": value})
         else:
             messages, meta = messages_format({"messages": value})
     else:
         if "instruction" not in columns or "output" not in columns:
-            raise RowError("unknown_format", "no instruction/output or messages column recognised (map them "
-                                             "with `columns` in the source's config)")
+            raise RowError(
+                "unknown_format",
+                "no instruction/output or messages column recognised (map them "
+                "with `columns` in the source's config)",
+            )
         fields = {k: _column(row, columns, k) for k in ("instruction", "output")}
         for k in ("input", "system"):
             if k in columns:
@@ -290,7 +310,7 @@ def _column(row: dict[str, Any], columns: dict[str, str], canon: str) -> Any:
 
 
 def detect(row: dict[str, Any]) -> str | None:
-    """The format of one JSON object row: messages, sharegpt, alpaca, table (prompt/response-like), or None."""
+    """The format of one JSON object row: messages, sharegpt, alpaca, table (prompt/response), or None."""
     if "messages" in row:
         return "messages"
     if "conversations" in row:
@@ -303,7 +323,9 @@ def detect(row: dict[str, Any]) -> str | None:
     return None
 
 
-def converter(fmt: str, columns: dict[str, str], category_field: str) -> Callable[[dict[str, Any]], Converted]:
+def converter(
+    fmt: str, columns: dict[str, str], category_field: str
+) -> Callable[[dict[str, Any]], Converted]:
     """The row converter of a format name (table formats use the column mapping)."""
     if fmt == "alpaca":
         return lambda row: alpaca(row, category_field)

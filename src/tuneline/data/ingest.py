@@ -55,9 +55,14 @@ class FileResult:
     rows_in: int = 0  # counted as rows are read, independently of where they end up
 
     def summary(self) -> dict[str, Any]:
-        return {"format": self.format, "container": self.container, "rows_in": self.rows_in,
-                "rows_kept": len(self.records), "rows_rejected": len(self.rejected),
-                "blank_lines": self.blank_lines}
+        return {
+            "format": self.format,
+            "container": self.container,
+            "rows_in": self.rows_in,
+            "rows_kept": len(self.records),
+            "rows_rejected": len(self.rejected),
+            "blank_lines": self.blank_lines,
+        }
 
 
 def discover(path: Path) -> tuple[list[Path], list[dict[str, str]]]:
@@ -146,8 +151,11 @@ def read_source_file(path: Path, label: str, src: Source, params: IngestParams) 
             return res
         res.container = container_of(path, src.format)
         if res.container is None:
-            raise FileProblem("unknown_format", "cannot detect the format (not JSON, JSONL, CSV or parquet); "
-                                                "declare `format` for this source")
+            raise FileProblem(
+                "unknown_format",
+                "cannot detect the format (not JSON, JSONL, CSV or parquet); "
+                "declare `format` for this source",
+            )
         fmt: str | None = src.format if src.format in ROW_FORMATS else None
         if res.container in ("csv", "parquet") or src.format in ("csv", "parquet"):
             fmt = "table"
@@ -160,13 +168,16 @@ def read_source_file(path: Path, label: str, src: Source, params: IngestParams) 
                 if convert is None:
                     fmt = fmt or formats.detect(raw.row)
                     if fmt is None:
-                        raise RowError("unknown_format", "no known format fits this row's fields ("
-                                       + ", ".join(list(raw.row)[:8]) + ")")
+                        raise RowError(
+                            "unknown_format",
+                            "no known format fits this row's fields (" + ", ".join(list(raw.row)[:8]) + ")",
+                        )
                     convert = _make_converter(fmt, raw.row, src, params)
                 res.records.append(convert(raw.row, raw.source))
             except RowError as exc:
-                res.rejected.append(reject(STAGE, exc.reason, raw.source, exc.detail,
-                                           raw=_raw_text(raw.raw, raw.row)))
+                res.rejected.append(
+                    reject(STAGE, exc.reason, raw.source, exc.detail, raw=_raw_text(raw.raw, raw.row))
+                )
         res.format = fmt
     except FileProblem as exc:
         if params.on_bad_file == "error":
@@ -222,7 +233,9 @@ def ingest_sources(
         if res.rows_in == 0:
             empty.append(label)
             log.warning("ingest: %s holds no rows", label)
-        log.info("ingest: %s: %s, %d kept, %d rejected", label, res.format, len(res.records), len(res.rejected))
+        log.info(
+            "ingest: %s: %s, %d kept, %d rejected", label, res.format, len(res.records), len(res.rejected)
+        )
     extra = {"files": files, "skipped_files": skipped, "empty_files": empty}
     return records, rejected, rows_in, extra
 

@@ -1,4 +1,4 @@
-"""Exact all-pairs TF-IDF cosine search without comparing every pair (prefix filtering, AllPairs / L2AP family).
+"""Exact all-pairs TF-IDF cosine search without comparing every pair (prefix filtering, AllPairs/L2AP).
 
 The rule being computed is fixed and simple: rows i < j are near duplicates when the dot product of their
 L2-normalized TF-IDF vectors (see `tfidf_vectorizer`) is >= threshold, the dot product taken in float64 and
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 # Safety margin on the prefix cut and on the pruning bound. Vectors are stored in float32 (their norms are
 # 1 within ~1e-6); the margin is far above any rounding error and far below any similarity anyone sets.
 _MARGIN = 1e-6
+# Prefix cut at prefix_scale * threshold: indexing a bit more than the minimum makes the pruning bound tight.
+_PREFIX_SCALE = 0.8
 # Candidate pairs produced per block of rows (bounds the memory of the sparse product).
 _BLOCK_WORK = 4_000_000
 # Candidate pairs verified per vectorized chunk.
@@ -98,7 +100,9 @@ def exact_dots(x: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarr
     return out
 
 
-def _prefix_split(x: sp.csr_matrix, threshold: float) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+def _prefix_split(
+    x: sp.csr_matrix, threshold: float, prefix_scale: float
+) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, float]:
     """Split each row into its prefix U (frequent features) and indexed part I (rarest features).
 
     Returns the indexed part as a CSR matrix, each row's prefix norm times the largest row norm (a bound on
@@ -113,7 +117,8 @@ def _prefix_split(x: sp.csr_matrix, threshold: float) -> tuple[sp.csr_matrix, np
     norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1), dtype=np.float64).ravel())
     max_norm = float(norms.max()) if n else 1.0
     # ||U(x)||·||y|| < t must hold for every y: cut where the prefix norm would reach t / max||y||.
-    limit = (threshold * (1.0 - _MARGIN) / max(max_norm, 1e-30)) ** 2
+    # A shorter prefix (prefix_scale < 1) indexes more features: more candidates, but a much tighter bound.
+    limit = (prefix_scale * threshold * (1.0 - _MARGIN) / max(max_norm, 1e-30)) ** 2
 
     keep_rows, keep_cols, keep_vals = [], [], []
     prefix_sq = np.zeros(n, dtype=np.float64)
@@ -150,7 +155,7 @@ def _prefix_split(x: sp.csr_matrix, threshold: float) -> tuple[sp.csr_matrix, np
     # float64: the partial dot products feed an upper bound that must not round below the truth.
     indexed = sp.csr_matrix((vals_i, (rows_i, cols_i)), shape=(n, m), dtype=np.float64)
     indexed.sort_indices()
-    return indexed, np.sqrt(prefix_sq) * max_norm, boundary
+    return indexed, np.sqrt(prefix_sq), boundary, max_norm
 
 
 def _blocks(work: np.ndarray, budget: int) -> list[tuple[int, int]]:
@@ -186,33 +191,39 @@ def search(texts: list[str], threshold: float = 0.95, ngram_range: tuple[int, in
     return search_matrix(x, threshold)
 
 
-def search_matrix(x: sp.csr_matrix, threshold: float) -> SearchResult:
+def search_matrix(x: sp.csr_matrix, threshold: float, prefix_scale: float = _PREFIX_SCALE) -> SearchResult:
     """`search` on precomputed TF-IDF rows (CSR with sorted indices, as `tfidf_matrix` returns)."""
     n = x.shape[0]
     stats = {"documents": n, "features": x.shape[1], "candidates": 0, "verified": 0, "pairs": 0}
     empty = np.zeros(0, dtype=np.int64)
     if n < 2 or x.nnz == 0:
         return SearchResult(empty, empty, np.zeros(0), stats)
-    indexed, prefix_norm, boundary = _prefix_split(x, threshold)
+    indexed, prefix_norm, boundary, max_norm = _prefix_split(x, threshold, prefix_scale)
+    indexed_norm = np.sqrt(np.asarray(indexed.multiply(indexed).sum(axis=1)).ravel())
     stats["indexed_entries"] = int(indexed.nnz)
     inverted = sp.csr_matrix(indexed.T)  # feature -> rows holding it in their indexed part
     inverted.sort_indices()
     # Upper bound on the candidates each row produces: how many rows hold each of its indexed features.
     feature_df = np.diff(inverted.indptr)
-    work = np.asarray(sp.csr_matrix((feature_df[indexed.indices], indexed.indices, indexed.indptr),
-                                    shape=indexed.shape).sum(axis=1)).ravel().astype(np.int64)
+    work = np.add.reduceat(np.append(feature_df[indexed.indices], 0), indexed.indptr[:-1])
+    work[np.diff(indexed.indptr) == 0] = 0
     bound = threshold * (1.0 - _MARGIN)
     found_r, found_c, found_s = [], [], []
     for lo, hi in track(_blocks(work, _BLOCK_WORK), "dedup: near-duplicate search"):
-        partial = sp.coo_matrix(indexed[lo:hi] @ inverted)  # I(x)·I(y) for every pair sharing a feature
+        partial = sp.coo_matrix(indexed[lo:hi] @ inverted)  # v = I(x)·I(y) for every pair sharing a feature
         r = partial.row.astype(np.int64) + lo
         c = partial.col.astype(np.int64)
         upper = c > r
-        r, c, v = r[upper], c[upper], partial.data[upper].astype(np.float64)
+        r, c, v = r[upper], c[upper], partial.data[upper]
         stats["candidates"] += len(r)
-        # x·y <= I(x)·I(y) + max||x|| * ||U(later)||, both sides inflated by the margin against rounding.
+        # y = the row whose boundary comes later: I(y) lies inside I(x), so x·y = v + x·U(y), and
+        # x·U(y) <= ||x restricted to ranks before y's boundary|| * ||U(y)||
+        # <= sqrt(max||x||² - (v/||I(y)||)²) * ||U(y)|| (Cauchy-Schwarz twice).
+        # Rounding only loosens it: v/||I(y)|| is shrunk by the margin.
         later = np.where(boundary[r] >= boundary[c], r, c)
-        ok = (v + prefix_norm[later]) * (1.0 + _MARGIN) >= bound
+        seen = v / indexed_norm[later] * (1.0 - _MARGIN)
+        rest = np.sqrt(np.maximum(max_norm**2 - seen**2, 0.0))
+        ok = (v + rest * prefix_norm[later]) * (1.0 + _MARGIN) >= bound
         r, c = r[ok], c[ok]
         if not len(r):
             continue

@@ -34,10 +34,21 @@ _CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 # A token is one CJK character (those scripts do not separate words by spaces, so character bigrams
 # stand in for word bigrams) or a run of other word characters.
 _TOKEN_RE = re.compile(rf"[{_CJK_CHARS}]|[^\W{_CJK_CHARS}]+")
+_CJK_RE = re.compile(rf"[{_CJK_CHARS}]")
 _HASH_RE = re.compile(r"#+")  # a Markdown "###" heading marker is one symbol, not three
 _ELLIPSIS_RE = re.compile(r"\.\.\.|…")
 _WS_RE = re.compile(r"\s+")
 _ALNUM_RE = re.compile(r"[^\W_]+")
+_ASCII_WS = b" \t\n\r\x0b\x0c"
+_ASCII_ALNUM_WS = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" + _ASCII_WS
+
+
+def tokenize(text: str) -> list[str]:
+    """Words for the repetition rules: whitespace-separated words, or, for text with CJK characters,
+    single CJK characters and runs of other word characters."""
+    if text.isascii() or not _CJK_RE.search(text):
+        return text.split()
+    return _TOKEN_RE.findall(text)
 
 
 def symbol_ratio(text: str, n_words: int) -> float:
@@ -52,10 +63,16 @@ def symbol_ratio(text: str, n_words: int) -> float:
 def non_alnum_fraction(text: str) -> float:
     """Share of non-space characters that are neither a letter nor a digit (spaces are not counted, so
     Chinese and English text score alike)."""
-    visible = _WS_RE.sub("", text)
-    if not visible:
-        return 0.0
-    return len(_ALNUM_RE.sub("", visible)) / len(visible)
+    if text.isascii():
+        # bytes.translate deletes in C at memory speed: most text is ASCII, so this is the hot path.
+        raw = text.encode("ascii")
+        visible = len(raw.translate(None, _ASCII_WS))
+        other = len(raw.translate(None, _ASCII_ALNUM_WS))
+    else:
+        stripped = _WS_RE.sub("", text)
+        visible = len(stripped)
+        other = len(_ALNUM_RE.sub("", stripped))
+    return other / visible if visible else 0.0
 
 
 def duplicate_line_fraction(text: str) -> float:
@@ -85,7 +102,7 @@ def heuristic_failures(text: str, params: QualityParams) -> list[tuple[str, str]
     if not text:
         return []
     failures: list[tuple[str, str]] = []
-    tokens = _TOKEN_RE.findall(text)
+    tokens = tokenize(text)
     ratio = symbol_ratio(text, len(tokens))
     if ratio > params.max_symbol_ratio:
         failures.append(("symbol_ratio", f"symbol_ratio {ratio:.3f} > {params.max_symbol_ratio}"))

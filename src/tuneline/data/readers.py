@@ -127,8 +127,12 @@ def _parsed(source: dict[str, Any], obj: Any, nan: str | None, raw: str) -> RawR
     if nan is not None:
         return RawRow(source, reason="bad_json", detail=f"{nan} is not valid JSON", raw=raw)
     if not isinstance(obj, dict):
-        return RawRow(source, reason="not_an_object",
-                      detail=f"expected a JSON object, got {type(obj).__name__}", raw=raw)
+        return RawRow(
+            source,
+            reason="not_an_object",
+            detail=f"expected a JSON object, got {type(obj).__name__}",
+            raw=raw,
+        )
     return RawRow(source, row=obj, raw=raw)
 
 
@@ -148,7 +152,9 @@ def read_jsonl(path: Path, label: str, stats: FileStats) -> Iterator[RawRow]:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raw = data.decode("utf-8", "backslashreplace").rstrip("\r\n")
-                yield RawRow(source, reason="invalid_utf8", detail=f"invalid UTF-8 at byte {exc.start}", raw=raw)
+                yield RawRow(
+                    source, reason="invalid_utf8", detail=f"invalid UTF-8 at byte {exc.start}", raw=raw
+                )
                 continue
             text = text.rstrip("\r\n")
             if not text.strip():
@@ -182,14 +188,18 @@ def read_json(path: Path, label: str, stats: FileStats) -> Iterator[RawRow]:
             if "\n{" in text[pos:]:  # several lines of objects: JSON lines whose first line is broken
                 yield from read_jsonl(path, label, stats)
                 return
-            raise FileProblem("bad_json_file", f"not valid JSON: line {exc.lineno} column {exc.colno}: "
-                                               f"{exc.msg}") from None
+            raise FileProblem(
+                "bad_json_file", f"not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}"
+            ) from None
         if _skip_ws(text, end) < len(text):  # more objects follow: JSON lines in a .json file
             yield from read_jsonl(path, label, stats)
             return
         keys = ", ".join(list(obj)[:5])
-        raise FileProblem("top_level_object", f"top level is one JSON object (keys: {keys}), expected an "
-                                              "array of records (or one record per line in a .jsonl file)")
+        raise FileProblem(
+            "top_level_object",
+            f"top level is one JSON object (keys: {keys}), expected an "
+            "array of records (or one record per line in a .jsonl file)",
+        )
     if text[pos] != "[":
         raise FileProblem("bad_json_file", f"expected a JSON array, found {text[pos]!r} at character {pos}")
     yield from _array_elements(text, pos + 1, label)
@@ -215,15 +225,23 @@ def _array_elements(text: str, pos: int, label: str) -> Iterator[RawRow]:
         try:
             obj, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
-            tail = text[pos:pos + 200].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            yield RawRow(source, reason="bad_json",
-                         detail=f"line {exc.lineno} column {exc.colno}: {exc.msg}; the rest of the file "
-                                "cannot be parsed", raw=tail)
+            tail = (
+                text[pos : pos + 200].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            )
+            yield RawRow(
+                source,
+                reason="bad_json",
+                detail=f"line {exc.lineno} column {exc.colno}: {exc.msg}; the rest of the file "
+                "cannot be parsed",
+                raw=tail,
+            )
             return
         raw = text[pos:end]
         if any("\udc80" <= ch <= "\udcff" for ch in raw):
             fixed = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            yield RawRow(source, reason="invalid_utf8", detail="invalid UTF-8 bytes in this element", raw=fixed)
+            yield RawRow(
+                source, reason="invalid_utf8", detail="invalid UTF-8 bytes in this element", raw=fixed
+            )
         else:
             yield _parsed(source, obj, nan_seen[0] if nan_seen else None, raw)
         index += 1
@@ -233,13 +251,20 @@ def _array_elements(text: str, pos: int, label: str) -> Iterator[RawRow]:
             continue
         if pos < len(text) and text[pos] == "]":
             if _skip_ws(text, pos + 1) < len(text):
-                yield RawRow({"file": label, "index": index}, reason="bad_json",
-                             detail="data after the closing ']' of the array",
-                             raw=text[pos + 1:pos + 201])
+                yield RawRow(
+                    {"file": label, "index": index},
+                    reason="bad_json",
+                    detail="data after the closing ']' of the array",
+                    raw=text[pos + 1 : pos + 201],
+                )
             return
-        yield RawRow({"file": label, "index": index}, reason="bad_json",
-                     detail="expected ',' or ']' after an array element (truncated file?); the rest of the "
-                            "file cannot be parsed", raw=text[pos:pos + 200])
+        yield RawRow(
+            {"file": label, "index": index},
+            reason="bad_json",
+            detail="expected ',' or ']' after an array element (truncated file?); the rest of the "
+            "file cannot be parsed",
+            raw=text[pos : pos + 200],
+        )
         return
 
 
@@ -278,11 +303,17 @@ def read_csv(path: Path, label: str, stats: FileStats) -> Iterator[RawRow]:
             raw = delimiter.join(cells)
             if any("\udc80" <= ch <= "\udcff" for ch in raw):
                 fixed = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-                yield RawRow(source, reason="invalid_utf8", detail="invalid UTF-8 bytes in this row", raw=fixed)
+                yield RawRow(
+                    source, reason="invalid_utf8", detail="invalid UTF-8 bytes in this row", raw=fixed
+                )
                 continue
             if len(cells) != len(header):
-                yield RawRow(source, reason="ragged_row",
-                             detail=f"{len(cells)} cells but the header has {len(header)} columns", raw=raw)
+                yield RawRow(
+                    source,
+                    reason="ragged_row",
+                    detail=f"{len(cells)} cells but the header has {len(header)} columns",
+                    raw=raw,
+                )
                 continue
             yield RawRow(source, row=dict(zip(header, cells, strict=True)), raw=raw)
 

@@ -117,11 +117,17 @@ def assign_splits(
     return assignment, facts
 
 
-def _eval_texts(eval_dir: Path) -> list[str]:
-    """Texts of the fixed eval sets: any format ingest reads, converted with the same code."""
-    from tuneline.data.ingest import read_records
+def _eval_texts(eval_dir: Path, category_field: str) -> tuple[list[str], list[str]]:
+    """Texts of the fixed eval sets — any format ingest reads, converted by the same code — and the files."""
+    from tuneline.config.ingest import IngestParams, Source
+    from tuneline.data.ingest import ingest_sources
 
-    return [record_text(r) for r in read_records(eval_dir)]
+    params = IngestParams(sources=[Source(path=eval_dir)], category_field=category_field)
+    records, rejected, _, extra = ingest_sources(params)
+    if rejected:
+        log.warning("split: %d eval rows could not be read (see their files): %s", len(rejected),
+                    sorted({r["source"]["file"] for r in rejected}))
+    return [record_text(r) for r in records], sorted(extra["files"])
 
 
 def decontaminate(
@@ -151,8 +157,7 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
     eval_dir = cfg.split.eval_dir
     eval_files: list[str] = []
     if eval_dir is not None and Path(eval_dir).exists():
-        eval_texts = _eval_texts(Path(eval_dir))
-        eval_files = sorted(str(p) for p in Path(eval_dir).rglob("*") if p.is_file())
+        eval_texts, eval_files = _eval_texts(Path(eval_dir), cfg.ingest.category_field)
         hits = decontaminate(records, eval_texts, cfg.dedup.threshold, cfg.dedup.ngram_range)
         for i, (k, how) in sorted(hits.items()):
             ledger.rejected_by_reason["eval_contamination"] += 1
