@@ -193,6 +193,14 @@ def test_schema_invalid_outputs_fail(tmp_path: Path) -> None:
     fails_with(tmp_path / "ws", splits, "output_schema", splits["test"][0]["id"], cfg)
 
 
+def test_empty_train_fails(tmp_path: Path) -> None:
+    splits = {"train": [], "val": [conv(1)], "test": [conv(2)]}
+    layout = workspace(tmp_path, splits)
+    with pytest.raises(DataValidationError, match="train_not_empty"):
+        validate_splits.run(Config(), layout)
+    assert by_name(read_json(layout.report("validate_splits")))["train_not_empty"]["observed"] == 0
+
+
 def test_missing_split_file_is_an_input_error(tmp_path: Path) -> None:
     layout = Layout(tmp_path)
     write_jsonl(layout.processed("train"), clean_splits()["train"])

@@ -44,11 +44,19 @@ _ASCII_ALNUM_WS = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 
 
 def tokenize(text: str) -> list[str]:
-    """Words for the repetition rules: whitespace-separated words, or, for text with CJK characters,
-    single CJK characters and runs of other word characters."""
+    """Words for the repetition rules: whitespace-separated words; a word holding CJK characters is split
+    into single CJK characters and runs of other word characters (those scripts put no spaces between
+    words, so character bigrams stand in for word bigrams)."""
+    words = text.split()
     if text.isascii() or not _CJK_RE.search(text):
-        return text.split()
-    return _TOKEN_RE.findall(text)
+        return words
+    tokens: list[str] = []
+    for word in words:
+        if word.isascii():
+            tokens.append(word)
+        else:
+            tokens.extend(_TOKEN_RE.findall(word))
+    return tokens
 
 
 def symbol_ratio(text: str, n_words: int) -> float:

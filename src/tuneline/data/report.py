@@ -173,7 +173,7 @@ def _validation_html(validation: dict[str, Any]) -> str:
     for stage, facts in validation.items():
         state = '<span class="ok">passed</span>' if facts["success"] else '<span class="bad">failed</span>'
         failed = "".join(
-            f"<li><code>{html.escape(str(e.get('expectation')))}</code> "
+            f"<li><code>{html.escape(str(e.get('name') or e.get('expectation')))}</code> "
             f"{html.escape(str(e.get('description', '')))} "
             f"{'(critical)' if e.get('critical') else '(warning)'}</li>"
             for e in facts["failed"]

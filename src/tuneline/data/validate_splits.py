@@ -46,6 +46,7 @@ _COLUMNS += [f"{kind}_residue" for kind in RESIDUE]
 
 
 def is_augmented(record: dict[str, Any]) -> bool:
+    """True for a copy made by `augment` (meta.augmented_from names its train origin)."""
     meta = record.get("meta")
     return isinstance(meta, dict) and meta.get("augmented_from") not in (None, "")
 
@@ -220,6 +221,10 @@ def build_checks(cfg: Config, train_strata: list[str]) -> list[Check]:
         )
     checks += [
         Check(
+            "train_not_empty", "ExpectTableRowCountToBeBetween", {"min_value": 1},
+            "the train split has rows", frame="train",
+        ),
+        Check(
             "split_ratios", "ExpectColumnValuesToBeBetween",
             {"column": "gap", "max_value": p.ratio_tolerance},
             f"val / test shares (augmented rows excluded) within {p.ratio_tolerance} of split.val="
@@ -274,8 +279,9 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
         near_pairs = mark_near_duplicates(frame, texts, cfg)
     shares = split_shares(frame, cfg)
     held_out = frame[frame["split"] != "train"].reset_index(drop=True)
-    train_strata = sorted(frame.loc[frame["split"] == "train", "stratum"].dropna().unique().tolist())
-    frames = {"records": frame, "shares": shares, "held_out": held_out}
+    train = frame[frame["split"] == "train"].reset_index(drop=True)
+    frames = {"records": frame, "shares": shares, "held_out": held_out, "train": train}
+    train_strata = sorted(train["stratum"].dropna().unique().tolist())
     results = run_checks(frames, build_checks(cfg, train_strata), cfg.validate_splits.sample_size)
     extra = {
         "rows_by_split": {s: int((frame["split"] == s).sum()) for s in SPLITS},
