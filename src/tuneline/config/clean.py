@@ -15,13 +15,27 @@ class QualityParams(Section):
         0.1, ge=0, description="Gopher: drop when (#, ..., …) symbols per word exceed this."
     )
     max_non_alnum_fraction: float = Field(
-        0.5, ge=0, le=1, description="Drop when more than this share of characters is neither letter nor digit."
+        0.5,
+        ge=0,
+        le=1,
+        description="Drop when more than this share of non-space characters is neither letter nor digit.",
     )
     max_duplicate_line_fraction: float = Field(
         0.3, ge=0, le=1, description="Gopher: drop when this share of lines are repeats of other lines."
     )
     max_top_ngram_fraction: float = Field(
-        0.2, ge=0, le=1, description="Gopher: drop when the most frequent word 2-gram covers this share of text."
+        0.2,
+        ge=0,
+        le=1,
+        description="Gopher: drop when the most frequent repeated word 2-gram covers this share of the "
+        "text (CJK text: character 2-grams).",
+    )
+
+    repetition_min_words: int = Field(
+        50,
+        ge=0,
+        description="duplicate_lines and repeated_ngrams judge only turns of at least this many words "
+        "(CJK: characters); Gopher's 50 — short texts repeat by chance.",
     )
 
 
@@ -41,16 +55,20 @@ class CleanParams(Section):
     )
     email_placeholder: str = Field("<EMAIL>", description="Text that replaces an e-mail address.")
     nfkc: bool = Field(True, description="Unicode NFKC normalization (full-width digits, ligatures).")
-    numbers: bool = Field(True, description="Drop thousands separators in plain numbers (1,234,567 -> 1234567).")
+    numbers: bool = Field(
+        True, description="Drop thousands separators in plain numbers (1,234,567 -> 1234567)."
+    )
     dates: bool = Field(False, description="Rewrite unambiguous dates to ISO 8601 (2024-03-05).")
     protect_code: bool = Field(
         True,
-        description="Leave Markdown code (``` fences, `inline` spans) out of HTML, number and date rewriting; "
-        "e-mails and URLs are replaced everywhere.",
+        description="Leave Markdown code (``` fences, `inline` spans) out of HTML, number and date "
+        "rewriting; e-mails and URLs are replaced everywhere.",
     )
     roles: list[str] = Field(
         default_factory=lambda: ["system", "user", "assistant"],
         description="Roles whose content is cleaned; tool turns (structured payloads) are left alone.",
     )
     quality: QualityParams = Field(default_factory=QualityParams, description="Heuristic quality filters.")
-    classifier: ClassifierParams = Field(default_factory=ClassifierParams, description="Optional classifier hook.")
+    classifier: ClassifierParams = Field(
+        default_factory=ClassifierParams, description="Optional classifier hook."
+    )

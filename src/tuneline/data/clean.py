@@ -61,8 +61,9 @@ def clean_text(text: str, params: CleanParams) -> tuple[str, set[str]]:
 
     if params.nfkc:
         step("nfkc", textnorm.normalize_unicode(text))
-    step("whitespace", textnorm.normalize_newlines(text))
-    step("control", textnorm.strip_control(text))
+    if textnorm.has_special_chars(text):
+        step("whitespace", textnorm.normalize_newlines(text))
+        step("control", textnorm.strip_control(text))
     if params.html and ("<" in text or "&" in text):
         stripped = textnorm.strip_html(text, params.protect_code)
         if stripped != text:
@@ -137,8 +138,11 @@ def record_failures(
     failures: list[tuple[str, str]] = []
     msgs = record["messages"]
     empty = [
-        i for i, m in enumerate(msgs)
-        if m.get("role") in ("user", "assistant") and not _as_text(m.get("content")).strip() and not _is_call(m)
+        i
+        for i, m in enumerate(msgs)
+        if m.get("role") in ("user", "assistant")
+        and not _as_text(m.get("content")).strip()
+        and not _is_call(m)
     ]
     if empty:
         failures.append(("empty_turn", f"empty user/assistant turn(s) at message index {empty}"))
@@ -157,7 +161,7 @@ def record_failures(
                     break
     # Heuristics judge free text only: tool payloads and structured outputs are JSON, all symbols.
     prose_roles = set(params.roles) - {"tool"} - ({"assistant"} if schema_validator is not None else set())
-    prose = "\n".join(_as_text(m.get("content")) for m in msgs if m.get("role") in prose_roles)
+    prose = [m["content"] for m in msgs if m.get("role") in prose_roles and isinstance(m.get("content"), str)]
     failures.extend(heuristic_failures(prose, q))
     return failures
 
@@ -223,5 +227,7 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
     ledger.extra.update(stats)
     ledger.extra["output_schema"] = str(cfg.task.output_schema) if cfg.task.output_schema else None
     ledger.extra["classifier"] = str(params.classifier.path) if params.classifier.path else None
-    log.info("clean: %d rows in, %d kept, rejected %s", len(records), len(kept), dict(ledger.rejected_by_reason))
+    log.info(
+        "clean: %d rows in, %d kept, rejected %s", len(records), len(kept), dict(ledger.rejected_by_reason)
+    )
     return finish_stage(layout, ledger, rejected, {layout.interim(STAGE): kept})

@@ -26,13 +26,21 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from tuneline.progress import track
 
+try:  # numba is optional: without it the scipy-only engine gives the same pairs, more slowly
+    import numba  # noqa: F401
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - depends on the environment
+    HAVE_NUMBA = False
+
 log = logging.getLogger(__name__)
 
 # Safety margin on the prefix cut and on the pruning bound. Vectors are stored in float32 (their norms are
 # 1 within ~1e-6); the margin is far above any rounding error and far below any similarity anyone sets.
 _MARGIN = 1e-6
 # Prefix cut at prefix_scale * threshold: indexing a bit more than the minimum makes the pruning bound tight.
-_PREFIX_SCALE = 0.8
+# Tuned on bench/dedup.py: the compiled engine pays little per candidate, the vectorized one a lot.
+_PREFIX_SCALE = {"compiled": 0.9, "vectorized": 0.9}
 # Candidate pairs produced per block of rows (bounds the memory of the sparse product).
 _BLOCK_WORK = 4_000_000
 # Candidate pairs verified per vectorized chunk.
@@ -101,13 +109,12 @@ def exact_dots(x: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarr
 
 
 def _prefix_split(
-    x: sp.csr_matrix, threshold: float, prefix_scale: float
+    x: sp.csr_matrix, threshold: float, prefix_scale: float, compiled: bool
 ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, float]:
     """Split each row into its prefix U (frequent features) and indexed part I (rarest features).
 
-    Returns the indexed part as a CSR matrix, each row's prefix norm times the largest row norm (a bound on
-    x·U(y) for any x), and each row's boundary (the
-    global rank of the first feature not in the prefix; rows with an empty I get n_features).
+    Returns the indexed part as a CSR matrix (float64), each row's prefix norm ||U(x)||, each row's boundary
+    (the global rank of its first indexed feature; n_features for an all-zero row) and the largest row norm.
     """
     n, m = x.shape
     df = np.bincount(x.indices, minlength=m)
@@ -120,7 +127,26 @@ def _prefix_split(
     # A shorter prefix (prefix_scale < 1) indexes more features: more candidates, but a much tighter bound.
     limit = (prefix_scale * threshold * (1.0 - _MARGIN) / max(max_norm, 1e-30)) ** 2
 
-    keep_rows, keep_cols, keep_vals = [], [], []
+    if compiled:
+        from tuneline.data.neardup_kernel import prefix_split
+
+        keep, prefix_sq, boundary = prefix_split(x.indptr, x.indices, x.data, rank, limit)
+    else:
+        keep, prefix_sq, boundary = _prefix_split_numpy(x, rank, limit)
+    counts = np.add.reduceat(np.append(keep, False).astype(np.int64), x.indptr[:-1]) if n else np.zeros(0)
+    counts[np.diff(x.indptr) == 0] = 0
+    indptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    # float64: the partial dot products feed an upper bound that must not round below the truth.
+    indexed = sp.csr_matrix((x.data[keep].astype(np.float64), x.indices[keep], indptr), shape=(n, m))
+    return indexed, np.sqrt(prefix_sq), boundary, max_norm
+
+
+def _prefix_split_numpy(
+    x: sp.csr_matrix, rank: np.ndarray, limit: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`neardup_kernel.prefix_split` without numba: the same marks, row chunks of vectorized numpy."""
+    n, m = x.shape
+    keep = np.zeros(x.nnz, dtype=bool)
     prefix_sq = np.zeros(n, dtype=np.float64)
     boundary = np.full(n, m, dtype=np.int64)
     step = 20_000
@@ -129,33 +155,23 @@ def _prefix_split(
         start, stop = x.indptr[lo], x.indptr[hi]
         counts = np.diff(x.indptr[lo : hi + 1])
         local = np.repeat(np.arange(hi - lo, dtype=np.int64), counts)
-        feats = x.indices[start:stop]
-        frank = rank[feats]
-        perm = np.lexsort((frank, local))  # by row, then by global rank
-        local, feats, frank = local[perm], feats[perm], frank[perm]
-        vals = x.data[start:stop][perm]
-        sq = vals.astype(np.float64) ** 2
+        frank = rank[x.indices[start:stop]]
+        perm = np.argsort(local * m + frank, kind="stable")  # by row, then by global rank
+        local, frank = local[perm], frank[perm]
+        vals = x.data[start:stop][perm].astype(np.float64)
+        sq = vals * vals
         row_start = np.concatenate(([0], np.cumsum(counts)[:-1]))
         cum = np.cumsum(sq)
         before = np.where(counts > 0, cum[row_start] - sq[row_start], 0.0)  # cumsum before each row
-        within = cum - np.repeat(before, counts)
-        in_prefix = within < limit
+        in_prefix = (cum - np.repeat(before, counts)) < limit
         prefix_sq[lo:hi] = np.bincount(local[in_prefix], weights=sq[in_prefix], minlength=hi - lo)
         idx = ~in_prefix
-        keep_rows.append(local[idx] + lo)
-        keep_cols.append(feats[idx])
-        keep_vals.append(vals[idx].astype(np.float64))
-        first = np.ones(int(idx.sum()), dtype=bool)
+        keep[start + perm[idx]] = True
         r_idx = local[idx]
+        first = np.ones(len(r_idx), dtype=bool)
         first[1:] = r_idx[1:] != r_idx[:-1]
         boundary[lo + r_idx[first]] = frank[idx][first]
-    rows_i = np.concatenate(keep_rows) if keep_rows else np.zeros(0, dtype=np.int64)
-    cols_i = np.concatenate(keep_cols) if keep_cols else np.zeros(0, dtype=np.int32)
-    vals_i = np.concatenate(keep_vals) if keep_vals else np.zeros(0, dtype=np.float64)
-    # float64: the partial dot products feed an upper bound that must not round below the truth.
-    indexed = sp.csr_matrix((vals_i, (rows_i, cols_i)), shape=(n, m), dtype=np.float64)
-    indexed.sort_indices()
-    return indexed, np.sqrt(prefix_sq), boundary, max_norm
+    return keep, prefix_sq, boundary
 
 
 def _blocks(work: np.ndarray, budget: int) -> list[tuple[int, int]]:
@@ -171,13 +187,16 @@ def _blocks(work: np.ndarray, budget: int) -> list[tuple[int, int]]:
     return out
 
 
-def search(texts: list[str], threshold: float = 0.95, ngram_range: tuple[int, int] = (3, 3)) -> SearchResult:
+def search(
+    texts: list[str], threshold: float = 0.95, ngram_range: tuple[int, int] = (3, 3), engine: str = "auto"
+) -> SearchResult:
     """All pairs i < j with TF-IDF cosine >= threshold, exactly, without an O(N²) comparison.
 
     Args:
         texts: the documents.
         threshold: cosine at or above which a pair is reported (0 < threshold <= 1).
         ngram_range: character n-gram sizes of `tfidf_vectorizer`.
+        engine: "auto", "compiled" or "vectorized" (see `search_matrix`); all give the same pairs.
 
     Returns:
         SearchResult with the pairs sorted by (i, j), their float64 cosine, and search counters.
@@ -188,27 +207,100 @@ def search(texts: list[str], threshold: float = 0.95, ngram_range: tuple[int, in
     if len(texts) < 2:
         return SearchResult(empty, empty, np.zeros(0), {"documents": len(texts)})
     x = tfidf_matrix(texts, ngram_range)
-    return search_matrix(x, threshold)
+    return search_matrix(x, threshold, engine=engine)
 
 
-def search_matrix(x: sp.csr_matrix, threshold: float, prefix_scale: float = _PREFIX_SCALE) -> SearchResult:
-    """`search` on precomputed TF-IDF rows (CSR with sorted indices, as `tfidf_matrix` returns)."""
+def search_matrix(
+    x: sp.csr_matrix, threshold: float, prefix_scale: float | None = None, engine: str = "auto"
+) -> SearchResult:
+    """`search` on precomputed TF-IDF rows (CSR with sorted indices, as `tfidf_matrix` returns).
+
+    Args:
+        x: TF-IDF rows.
+        threshold: cosine at or above which a pair is reported.
+        prefix_scale: cut the prefix at prefix_scale * threshold (None: the engine's tuned default).
+        engine: "compiled" (numba), "vectorized" (scipy only) or "auto" (compiled when numba is installed).
+    """
+    if engine == "auto":
+        engine = "compiled" if HAVE_NUMBA else "vectorized"
+    if engine not in ("compiled", "vectorized"):
+        raise ValueError(f"engine must be auto, compiled or vectorized, got {engine!r}")
+    if prefix_scale is None:
+        prefix_scale = _PREFIX_SCALE[engine]
     n = x.shape[0]
     stats = {"documents": n, "features": x.shape[1], "candidates": 0, "verified": 0, "pairs": 0}
     empty = np.zeros(0, dtype=np.int64)
     if n < 2 or x.nnz == 0:
         return SearchResult(empty, empty, np.zeros(0), stats)
-    indexed, prefix_norm, boundary, max_norm = _prefix_split(x, threshold, prefix_scale)
+    indexed, prefix_norm, boundary, max_norm = _prefix_split(x, threshold, prefix_scale, engine == "compiled")
     indexed_norm = np.sqrt(np.asarray(indexed.multiply(indexed).sum(axis=1)).ravel())
     stats["indexed_entries"] = int(indexed.nnz)
-    inverted = sp.csr_matrix(indexed.T)  # feature -> rows holding it in their indexed part
+    inverted = sp.csr_matrix(indexed.T)  # feature -> rows holding it in their indexed part, ascending
     inverted.sort_indices()
+    split = _Split(indexed, inverted, prefix_norm, indexed_norm, boundary, max_norm)
+    run = _search_compiled if engine == "compiled" else _search_vectorized
+    rows, cols, sims = run(x, split, threshold, stats)
+    order = np.lexsort((cols, rows))
+    stats["pairs"] = len(rows)
+    log.info("near-dup search (%s): %s", engine, stats)
+    return SearchResult(rows[order], cols[order], sims[order], stats)
+
+
+@dataclass
+class _Split:
+    indexed: sp.csr_matrix
+    inverted: sp.csr_matrix
+    prefix_norm: np.ndarray
+    indexed_norm: np.ndarray
+    boundary: np.ndarray
+    max_norm: float
+
+
+def _search_compiled(
+    x: sp.csr_matrix, sp_: _Split, threshold: float, stats: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from tuneline.data.neardup_kernel import search_rows
+
+    n = x.shape[0]
+    inv = sp_.inverted
+    inv_ptr = inv.indptr[:-1].astype(np.int64).copy()
+    dense = np.zeros(x.shape[1], dtype=np.float64)
+    cap = max(n, 1 << 20)
+    out_i = np.empty(cap, dtype=np.int64)
+    out_j = np.empty(cap, dtype=np.int64)
+    out_s = np.empty(cap, dtype=np.float64)
+    counters = np.zeros(2, dtype=np.int64)
+    found_r, found_c, found_s = [], [], []
+    step = max(1, n // 100)
+    for lo in track(range(0, n, step), "dedup: near-duplicate search"):
+        i, hi = lo, min(lo + step, n)
+        while i < hi:
+            # The kernel stops early when its output buffers might fill; collect and go on from there.
+            nxt, written = search_rows(
+                i, hi, x.indptr, x.indices, x.data, sp_.indexed.indptr, sp_.indexed.indices, sp_.indexed.data,
+                inv.indptr, inv.indices, inv.data, inv_ptr, sp_.prefix_norm, sp_.indexed_norm, sp_.boundary,
+                sp_.max_norm, threshold, _MARGIN, dense, out_i, out_j, out_s, counters,
+            )
+            found_r.append(out_i[:written].copy())
+            found_c.append(out_j[:written].copy())
+            found_s.append(out_s[:written].copy())
+            i = nxt
+    stats["candidates"] = int(counters[0])
+    stats["verified"] = int(counters[1])
+    return np.concatenate(found_r), np.concatenate(found_c), np.concatenate(found_s)
+
+
+def _search_vectorized(
+    x: sp.csr_matrix, sp_: _Split, threshold: float, stats: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    indexed, inverted = sp_.indexed, sp_.inverted
     # Upper bound on the candidates each row produces: how many rows hold each of its indexed features.
     feature_df = np.diff(inverted.indptr)
     work = np.add.reduceat(np.append(feature_df[indexed.indices], 0), indexed.indptr[:-1])
     work[np.diff(indexed.indptr) == 0] = 0
     bound = threshold * (1.0 - _MARGIN)
-    found_r, found_c, found_s = [], [], []
+    empty = np.zeros(0, dtype=np.int64)
+    found_r, found_c, found_s = [empty], [empty], [np.zeros(0)]
     for lo, hi in track(_blocks(work, _BLOCK_WORK), "dedup: near-duplicate search"):
         partial = sp.coo_matrix(indexed[lo:hi] @ inverted)  # v = I(x)·I(y) for every pair sharing a feature
         r = partial.row.astype(np.int64) + lo
@@ -220,10 +312,10 @@ def search_matrix(x: sp.csr_matrix, threshold: float, prefix_scale: float = _PRE
         # x·U(y) <= ||x restricted to ranks before y's boundary|| * ||U(y)||
         # <= sqrt(max||x||² - (v/||I(y)||)²) * ||U(y)|| (Cauchy-Schwarz twice).
         # Rounding only loosens it: v/||I(y)|| is shrunk by the margin.
-        later = np.where(boundary[r] >= boundary[c], r, c)
-        seen = v / indexed_norm[later] * (1.0 - _MARGIN)
-        rest = np.sqrt(np.maximum(max_norm**2 - seen**2, 0.0))
-        ok = (v + rest * prefix_norm[later]) * (1.0 + _MARGIN) >= bound
+        later = np.where(sp_.boundary[r] >= sp_.boundary[c], r, c)
+        seen = v / sp_.indexed_norm[later] * (1.0 - _MARGIN)
+        rest = np.sqrt(np.maximum(sp_.max_norm**2 - seen**2, 0.0))
+        ok = (v + rest * sp_.prefix_norm[later]) * (1.0 + _MARGIN) >= bound
         r, c = r[ok], c[ok]
         if not len(r):
             continue
@@ -233,13 +325,7 @@ def search_matrix(x: sp.csr_matrix, threshold: float, prefix_scale: float = _PRE
         found_r.append(r[hit])
         found_c.append(c[hit])
         found_s.append(sims[hit])
-    rows = np.concatenate(found_r) if found_r else empty
-    cols = np.concatenate(found_c) if found_c else empty
-    sims = np.concatenate(found_s) if found_s else np.zeros(0)
-    order = np.lexsort((cols, rows))
-    stats["pairs"] = len(rows)
-    log.info("near-dup search: %s", stats)
-    return SearchResult(rows[order], cols[order], sims[order], stats)
+    return np.concatenate(found_r), np.concatenate(found_c), np.concatenate(found_s)
 
 
 def brute_force_matrix(x: sp.csr_matrix, threshold: float, block: int = 2000) -> SearchResult:

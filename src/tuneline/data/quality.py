@@ -35,10 +35,12 @@ _CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 # stand in for word bigrams) or a run of other word characters.
 _TOKEN_RE = re.compile(rf"[{_CJK_CHARS}]|[^\W{_CJK_CHARS}]+")
 _CJK_RE = re.compile(rf"[{_CJK_CHARS}]")
-_HASH_RE = re.compile(r"#+")  # a Markdown "###" heading marker is one symbol, not three
+# A Markdown "###" heading marker is one symbol, not three; "C#" and "F#" are names, not symbols.
+_HASH_RE = re.compile(r"(?<!\w)#+")
 _ELLIPSIS_RE = re.compile(r"\.\.\.|…")
-_WS_RE = re.compile(r"\s+")
-_ALNUM_RE = re.compile(r"[^\W_]+")
+_WS_RE = re.compile(r"\s")
+_ALNUM_OR_WS_RE = re.compile(r"[^\W_]+|\s+")
+_ASCII_RUN_RE = re.compile(r"[\x00-\x7f]+")
 _ASCII_WS = b" \t\n\r\x0b\x0c"
 _ASCII_ALNUM_WS = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" + _ASCII_WS
 
@@ -71,15 +73,15 @@ def symbol_ratio(text: str, n_words: int) -> float:
 def non_alnum_fraction(text: str) -> float:
     """Share of non-space characters that are neither a letter nor a digit (spaces are not counted, so
     Chinese and English text score alike)."""
-    if text.isascii():
-        # bytes.translate deletes in C at memory speed: most text is ASCII, so this is the hot path.
-        raw = text.encode("ascii")
-        visible = len(raw.translate(None, _ASCII_WS))
-        other = len(raw.translate(None, _ASCII_ALNUM_WS))
-    else:
-        stripped = _WS_RE.sub("", text)
-        visible = len(stripped)
-        other = len(_ALNUM_RE.sub("", stripped))
+    # The ASCII part goes through bytes.translate, which deletes in C at memory speed; only the
+    # non-ASCII characters (few, in most text) need the slower Unicode-aware regexes.
+    raw = text.encode("ascii", "ignore")
+    visible = len(raw.translate(None, _ASCII_WS))
+    other = len(raw.translate(None, _ASCII_ALNUM_WS))
+    if len(raw) != len(text):
+        rest = _ASCII_RUN_RE.sub("", text)
+        visible += len(rest) - len(_WS_RE.findall(rest))
+        other += len(_ALNUM_OR_WS_RE.sub("", rest))
     return other / visible if visible else 0.0
 
 
@@ -104,25 +106,35 @@ def top_bigram_fraction(tokens: list[str]) -> float:
     return count * (len(first) + len(second)) / total
 
 
-def heuristic_failures(text: str, params: QualityParams) -> list[tuple[str, str]]:
-    """The Gopher-style rules (symbol_ratio, non_alnum, duplicate_lines, repeated_ngrams) failed by `text`,
-    each as (rule, detail)."""
-    if not text:
+def heuristic_failures(texts: list[str], params: QualityParams) -> list[tuple[str, str]]:
+    """The Gopher-style rules (symbol_ratio, non_alnum, duplicate_lines, repeated_ngrams) failed by the free
+    text of one record, each as (rule, detail).
+
+    `texts` are the record's prose turns. Symbol and non-alnum density are measured on all of them
+    together (a short "2+2=?" is not garbage when its answer follows); repetition is measured per turn
+    and the worst turn counts, because repeating across turns is normal (a rewrite task echoes its input,
+    a correct sentence comes back unchanged), and only on turns of `repetition_min_words` words or more.
+    """
+    texts = [t for t in texts if t]
+    if not texts:
         return []
     failures: list[tuple[str, str]] = []
-    tokens = tokenize(text)
-    ratio = symbol_ratio(text, len(tokens))
+    per_turn = [tokenize(t) for t in texts]
+    joined = "\n".join(texts)
+    ratio = symbol_ratio(joined, sum(map(len, per_turn)))
     if ratio > params.max_symbol_ratio:
         failures.append(("symbol_ratio", f"symbol_ratio {ratio:.3f} > {params.max_symbol_ratio}"))
-    frac = non_alnum_fraction(text)
+    frac = non_alnum_fraction(joined)
     if frac > params.max_non_alnum_fraction:
         failures.append(("non_alnum", f"non_alnum {frac:.3f} > {params.max_non_alnum_fraction}"))
-    dup = duplicate_line_fraction(text) if "\n" in text else 0.0
+    long_turns = [(t, tokens) for t, tokens in zip(texts, per_turn, strict=True)
+                  if len(tokens) >= params.repetition_min_words]
+    dup = max((duplicate_line_fraction(t) for t, _ in long_turns if "\n" in t), default=0.0)
     if dup > params.max_duplicate_line_fraction:
         failures.append(
             ("duplicate_lines", f"duplicate_lines {dup:.3f} > {params.max_duplicate_line_fraction}")
         )
-    top = top_bigram_fraction(tokens)
+    top = max((top_bigram_fraction(tokens) for _, tokens in long_turns), default=0.0)
     if top > params.max_top_ngram_fraction:
         failures.append(("repeated_ngrams", f"repeated_ngrams {top:.3f} > {params.max_top_ngram_fraction}"))
     return failures
@@ -192,7 +204,8 @@ class QualityClassifier:
             ) from None
         if not callable(getattr(self.model, "predict_proba", None)):
             raise ConfigError(
-                f"clean.classifier.path: {self.path} holds a {type(self.model).__name__} without predict_proba"
+                f"clean.classifier.path: {self.path} holds a {type(self.model).__name__}, "
+                "which has no predict_proba"
             )
 
     def scores(self, texts: list[str]) -> list[float]:

@@ -144,7 +144,9 @@ class SynonymReplacer:
         Returns:
             message index -> new text, for the messages that changed (empty when nothing is replaceable).
         """
-        candidates = [Candidate(i, s, e, syns) for i, text in texts.items() for s, e, syns in self.spans(text)]
+        candidates = [
+            Candidate(i, s, e, syns) for i, text in texts.items() for s, e, syns in self.spans(text)
+        ]
         if not candidates:
             return {}
         k = min(len(candidates), max(1, round(fraction * len(candidates))))
@@ -153,7 +155,6 @@ class SynonymReplacer:
         for idx in chosen:  # right to left, so earlier spans keep their offsets
             c = candidates[idx]
             text = out[c.message]
-            out[c.message] = text[: c.start] + match_case(text[c.start : c.end], rng.choice(c.synonyms)) + text[
-                c.end :
-            ]
+            new_word = match_case(text[c.start : c.end], rng.choice(c.synonyms))
+            out[c.message] = text[: c.start] + new_word + text[c.end :]
         return {i: t for i, t in out.items() if t != texts[i]}

@@ -44,7 +44,7 @@ _CJK = "\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-
 # The first character is matched as a plain set and the boundary checked behind it: that lets the regex
 # engine skip ahead to candidate letters instead of trying every position (3x faster on prose).
 URL_RE = re.compile(
-    r"[hHfFwW](?<![A-Za-z0-9][hHfFwW])(?i:ttps?://|tp://|ww\.)"
+    r"[hHfFwW](?<![A-Za-z0-9._\-][hHfFwW])(?i:ttps?://|tp://|ww\.)"
     rf"""[^\s<>"'`{_CJK})\]}}]*[^\s<>"'`{_CJK})\]}}.,;:!?]"""
 )
 # The local part starts where an ASCII run starts (not at a word boundary: "请联系john@x.com" has none).
@@ -61,6 +61,7 @@ _CONTROL_RE = re.compile(
     "[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\u00ad\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064"
     "\u2066-\u2069\ufeff\ufff9-\ufffb]+"
 )
+_SPECIAL_RE = re.compile(f"{_NEWLINES_RE.pattern}|{_CONTROL_RE.pattern}")
 _ASCII_CONTROL = bytes([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])  # all but \t and \n
 _SCRIPT_STYLE_RE = re.compile(r"<(script|style)\b[^>]*>.*?</\1\s*>", re.DOTALL | re.IGNORECASE)
 # Tags that start a new line when a browser renders them; cells become a space so "a</td><td>b" stays apart.
@@ -73,7 +74,8 @@ _CELL_TAG_RE = re.compile(r"</?(?:td|th)(?=[\s/>])[^<>]*>", re.IGNORECASE)
 _TRAILING_WS_RE = re.compile(r"[ \t]+$", re.MULTILINE)
 _BLANK_RUN_RE = re.compile(r"\n{4,}")  # 4 newlines = 3 blank lines
 # 1,234 and 1,234,567 (optionally followed by decimals), never "1,2", "1, 2, 3", "12,34,567" or "1.234,5".
-_THOUSANDS_RE = re.compile(r"(?<![0-9A-Za-z_.,])[0-9]{1,3}(?:,[0-9]{3})+(?![0-9]|,[0-9])")
+# (Starts with a plain digit set, the boundary checked behind it, so the engine can skip to digits.)
+_THOUSANDS_RE = re.compile(r"[0-9](?<![0-9A-Za-z_.,][0-9])[0-9]{0,2}(?:,[0-9]{3})+(?![0-9]|,[0-9])")
 
 _MONTHS = {
     "january": 1, "february": 2, "march": 3, "april": 4, "may": 5, "june": 6, "july": 7, "august": 8,
@@ -109,6 +111,13 @@ def _ascii_clean(text: str) -> bool:
         return False
     raw = text.encode("ascii")
     return len(raw.translate(None, _ASCII_CONTROL)) == len(raw)
+
+
+def has_special_chars(text: str) -> bool:
+    """Whether `normalize_newlines` or `strip_control` would change `text` (one scan for both)."""
+    if text.isascii():
+        return not _ascii_clean(text)
+    return _SPECIAL_RE.search(text) is not None
 
 
 def normalize_newlines(text: str) -> str:
@@ -185,12 +194,24 @@ def strip_html(text: str, protect_code: bool = True) -> str:
     return outside_code(text, _strip_html_prose, protect_code)
 
 
+def _removal(pattern: re.Pattern[str]) -> re.Pattern[str]:
+    # Removing "see http://x.com for" must leave "see for", and "see http://x.com." must leave "see.":
+    # take the blanks before the match along, or the blanks after it at the start of a line.
+    body = pattern.pattern
+    return re.compile(rf"^(?:{body})[ \t]*|[ \t]*(?:{body})", pattern.flags | re.MULTILINE)
+
+
+_EMAIL_REMOVE_RE = _removal(EMAIL_RE)
+_URL_REMOVE_RE = _removal(URL_RE)
+
+
 def replace_emails(text: str, mode: Mode = "placeholder", placeholder: str = "<EMAIL>") -> str:
     """Remove e-mail addresses or replace each by `placeholder` (`keep` leaves them)."""
     if mode == "keep" or "@" not in text:
         return text
-    out = EMAIL_RE.sub(placeholder if mode == "placeholder" else "", text)
-    return _squeeze_removed(out) if mode == "remove" else out
+    if mode == "remove":
+        return _EMAIL_REMOVE_RE.sub("", text)
+    return EMAIL_RE.sub(placeholder.replace("\\", "\\\\"), text)
 
 
 def replace_urls(text: str, mode: Mode = "placeholder", placeholder: str = "<URL>") -> str:
@@ -200,16 +221,9 @@ def replace_urls(text: str, mode: Mode = "placeholder", placeholder: str = "<URL
     """
     if mode == "keep":
         return text
-    out = URL_RE.sub(placeholder if mode == "placeholder" else "", text)
-    return _squeeze_removed(out) if mode == "remove" else out
-
-
-_DOUBLE_SPACE_RE = re.compile(r"(?<=\S) {2,}(?=\S)")
-
-
-def _squeeze_removed(text: str) -> str:
-    # "see http://x.com for" -> "see  for": a removal leaves two spaces between words.
-    return _DOUBLE_SPACE_RE.sub(" ", text) if "  " in text else text
+    if mode == "remove":
+        return _URL_REMOVE_RE.sub("", text)
+    return URL_RE.sub(placeholder.replace("\\", "\\\\"), text)
 
 
 def _drop_commas(m: re.Match[str]) -> str:

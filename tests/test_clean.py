@@ -1,0 +1,243 @@
+"""The clean stage: per-rule cleaning, quality rejections, the classifier hook and the stage contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tuneline.config import Config
+from tuneline.config.clean import CleanParams
+from tuneline.data import clean
+from tuneline.data.quality import heuristic_failures
+from tuneline.errors import ConfigError, InputFileError
+from tuneline.jsonio import read_json, read_jsonl, write_jsonl
+from tuneline.layout import Layout
+from tuneline.records import make_record
+
+GOOD_ANSWER = "Paris is the capital of France and its largest city."
+
+
+def rec(user: str, assistant: str = GOOD_ANSWER, **extra: Any) -> dict[str, Any]:
+    msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    msgs += extra.pop("more", [])
+    return make_record(msgs, {"file": "data/raw/t.jsonl", "line": 1}, **extra)
+
+
+def cfg_with(**clean: Any) -> Config:
+    return Config.model_validate({"clean": clean})
+
+
+def reasons(records: list[dict[str, Any]], params: CleanParams | None = None) -> list[str | None]:
+    """The rejection reason of each record (None = kept), in input order."""
+    kept, rejected, _ = clean.clean_records(records, params or CleanParams())
+    by_id = {r["id"]: r["reason"] for r in rejected}
+    assert len(kept) + len(rejected) == len(records)
+    return [by_id.get(r["id"]) for r in records]
+
+
+# --- cleaning, rule by rule ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "rules"),
+    [
+        ("<p>Hello&nbsp;<b>world</b></p>", "Hello world", {"html", "whitespace"}),
+        ("mail me: a.b@example.com", "mail me: <EMAIL>", {"emails"}),
+        ("docs at https://example.com/x.", "docs at <URL>.", {"urls"}),
+        ("<a href='https://x.com'>https://x.com</a>", "<URL>", {"html", "urls"}),
+        ("共有１,２３４人", "共有1234人", {"nfkc", "numbers"}),
+        ("line one  \r\nline two\r\n\r\n\r\n\r\n\r\nend", "line one\nline two\n\n\nend", {"whitespace"}),
+        ("\ufeffzero\u200bwidth", "zerowidth", {"control"}),
+        ("a < b and x<5", "a < b and x<5", set()),
+        ("1, 2, 3 and 1,2", "1, 2, 3 and 1,2", set()),
+        ("数学里 3 < 5 成立。", "数学里 3 < 5 成立。", set()),
+    ],
+)
+def test_clean_text_rules(text: str, expected: str, rules: set[str]) -> None:
+    assert clean.clean_text(text, CleanParams()) == (expected, rules)
+
+
+def test_placeholders_survive_html_stripping_and_removal_mode() -> None:
+    text = "<p>see https://a.com/x or write to bob@a.com</p>"
+    assert clean.clean_text(text, CleanParams())[0] == "see <URL> or write to <EMAIL>"
+    removed = CleanParams(urls="remove", emails="remove")
+    assert clean.clean_text(text, removed)[0] == "see or write to"
+    kept = CleanParams(urls="keep", emails="keep")
+    assert clean.clean_text(text, kept)[0] == "see https://a.com/x or write to bob@a.com"
+
+
+def test_switches_turn_rules_off() -> None:
+    off = CleanParams(html=False, nfkc=False, numbers=False)
+    assert clean.clean_text("<b>１,２３４</b>", off) == ("<b>１,２３４</b>", set())
+    # dates are off by default
+    assert clean.clean_text("on March 5, 2024", CleanParams())[0] == "on March 5, 2024"
+    assert clean.clean_text("on March 5, 2024", CleanParams(dates=True)) == ("on 2024-03-05", {"dates"})
+
+
+def test_tool_turns_and_unlisted_roles_are_untouched() -> None:
+    payload = '{"html": "<b>x</b>", "url": "https://a.com", "n": "1,234"}'
+    record = rec("<b>hi</b>", more=[{"role": "tool", "content": payload}])
+    record["messages"].insert(0, {"role": "system", "content": "<i>sys</i>"})
+    cleaned, changed = clean.clean_record(record, CleanParams(roles=["user", "assistant", "tool"]))
+    assert cleaned["messages"][3]["content"] == payload
+    assert cleaned["messages"][0]["content"] == "<i>sys</i>"  # system not in roles
+    assert cleaned["messages"][1]["content"] == "hi"
+    assert cleaned["id"] == record["id"] and changed == {"html"}
+
+
+# --- quality rules -----------------------------------------------------------------------------------
+
+LONG_EN = " ".join(f"word{i}" for i in range(60))
+LONG_ZH = (
+    "数据清洗是模型训练之前最重要的步骤，我们需要去掉网页标签、重复内容和各种噪声，"
+    "然后才能得到干净的训练数据集合。"
+)
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (rec("<p> </p>"), "empty_turn"),
+        (rec("What is 2+2?", "4"), "too_short"),
+        (rec("x" * 20_001), "too_long"),
+        (rec("# # # # title # # #"), "symbol_ratio"),
+        (rec("Wait... what... why... how... really..."), "symbol_ratio"),
+        (rec("!!!! ???? ---- @@@@ $$$$ %%%% ^^^^ " * 3), "non_alnum"),
+        (rec("？！。，、；：“”（）【】", "好的，这是回答。"), "non_alnum"),
+        (rec("\n".join(["buy cheap pills now"] * 6 + [LONG_EN])), "duplicate_lines"),
+        (rec(" ".join(["click here"] * 30)), "repeated_ngrams"),
+        (rec("我爱你" * 20, "好的，我明白了。"), "repeated_ngrams"),
+        (rec("Rewrite: the cat sat on the mat", "The cat was sitting on the mat."), None),
+        (rec(LONG_EN + "\n" + LONG_EN), "duplicate_lines"),
+        (rec(LONG_ZH, LONG_ZH), None),
+        (rec("What is C#?", "C# is a programming language by Microsoft."), None),
+        (rec("第一行\n第二行\n第三行", "好的，明白了。"), None),
+    ],
+)
+def test_quality_rules(record: dict[str, Any], reason: str | None) -> None:
+    assert reasons([record]) == [reason]
+
+
+def test_repetition_rules_need_long_turns() -> None:
+    params = CleanParams().quality
+    short = ["ha ha ha ha ha"]
+    assert heuristic_failures(short, params) == []
+    strict = params.model_copy(update={"repetition_min_words": 0})
+    assert [r for r, _ in heuristic_failures(short, strict)] == ["repeated_ngrams"]
+
+
+def test_first_failing_rule_is_the_reason_and_all_are_in_detail() -> None:
+    bad = rec("", "")
+    _, rejected, stats = clean.clean_records([bad], CleanParams())
+    row = rejected[0]
+    assert row["reason"] == "empty_turn"
+    assert row["rules"] == ["empty_turn", "too_short"]
+    assert "assistant text 0 chars < 2" in row["detail"]
+    assert row["record"] == bad and row["source"] == bad["source"]
+    assert stats["failed_by_rule"] == {"empty_turn": 1, "too_short": 1}
+
+
+def test_structured_outputs_are_validated_not_rewritten(tmp_path: Path) -> None:
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "object", "required": ["label"],
+                                  "properties": {"label": {"enum": ["pos", "neg"]}}}))
+    from tuneline.data.quality import load_schema_validator
+
+    validator = load_schema_validator(schema)
+    good = rec("<b>Great</b> movie", '{"label":  "pos", "url": "https://a.com"}')
+    wrong = rec("Bad movie", '{"label": "meh"}')
+    broken = rec("Okay movie", "label: pos")
+    kept, rejected, _ = clean.clean_records([good, wrong, broken], CleanParams(), validator)
+    assert kept[0]["messages"][1]["content"] == '{"label":  "pos", "url": "https://a.com"}'
+    assert kept[0]["messages"][0]["content"] == "Great movie"
+    assert [r["reason"] for r in rejected] == ["output_schema_invalid"] * 2
+    assert "label" in rejected[0]["detail"] and "not JSON" in rejected[1]["detail"]
+
+
+def test_bad_schema_file_is_a_config_error(tmp_path: Path) -> None:
+    from tuneline.data.quality import load_schema_validator
+
+    with pytest.raises(ConfigError, match="nope.json"):
+        load_schema_validator(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="bad.json"):
+        load_schema_validator(bad)
+
+
+# --- classifier hook ---------------------------------------------------------------------------------
+
+
+def _train_classifier(path: Path) -> None:
+    import joblib
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    good = [f"A clear helpful answer about topic {i} with facts and reasons." for i in range(20)]
+    bad = [f"spam spam buy now cheap casino bonus {i}" for i in range(20)]
+    model = make_pipeline(TfidfVectorizer(), LogisticRegression(C=10.0))
+    model.fit(good + bad, [1] * 20 + [0] * 20)
+    joblib.dump(model, path)
+
+
+def _workspace(root: Path, records: list[dict[str, Any]]) -> Layout:
+    layout = Layout(root)
+    write_jsonl(layout.interim("ingest"), records)
+    return layout
+
+
+def test_classifier_hook_drops_low_scores(tmp_path: Path) -> None:
+    model = tmp_path / "quality.joblib"
+    _train_classifier(model)
+    good = rec("Tell me about topic 7.", "A clear helpful answer about topic 7 with facts and reasons.")
+    spam = rec("Tell me about casino.", "spam spam buy now cheap casino bonus")
+    layout = _workspace(tmp_path, [good, spam])
+    report = clean.run(cfg_with(classifier={"path": str(model), "threshold": 0.5}), layout)
+    assert report["rejected_by_reason"] == {"low_quality_score": 1}
+    assert [r["id"] for r in read_jsonl(layout.interim("clean"))] == [good["id"]]
+    assert next(read_jsonl(layout.rejected("clean")))["id"] == spam["id"]
+
+
+def test_classifier_missing_or_broken_file_is_named(tmp_path: Path) -> None:
+    layout = _workspace(tmp_path, [rec("hi")])
+    with pytest.raises(ConfigError, match="missing.joblib"):
+        clean.run(cfg_with(classifier={"path": str(tmp_path / "missing.joblib")}), layout)
+    broken = tmp_path / "broken.joblib"
+    broken.write_bytes(b"not a pickle at all")
+    with pytest.raises(InputFileError, match="broken.joblib"):
+        clean.run(cfg_with(classifier={"path": str(broken)}), layout)
+
+
+# --- the stage contract ------------------------------------------------------------------------------
+
+
+def test_run_ledger_report_and_ids(tmp_path: Path) -> None:
+    records = [
+        rec("<p>Visit https://example.com today</p>"),
+        rec("Contact me at x@y.org"),
+        rec("What is 2+2?", "4"),
+        rec("", "nothing asked"),
+        rec("Population is 1,234,567.", "That is about 1.2 million people."),
+    ]
+    layout = _workspace(tmp_path, records)
+    report = clean.run(Config(), layout)
+    assert report["rows_in"] == 5 and report["rows_kept"] + report["rows_rejected"] == 5
+    assert report["rejected_by_reason"] == {"empty_turn": 1, "too_short": 1}
+    assert report["changed_by_rule"]["html"] == 1
+    assert report["changed_by_rule"]["urls"] == 1
+    assert report["changed_by_rule"]["emails"] == 1
+    assert report["changed_by_rule"]["numbers"] == 1
+    assert read_json(layout.report("clean")) == report
+    kept = list(read_jsonl(layout.interim("clean")))
+    assert [r["id"] for r in kept] == [records[0]["id"], records[1]["id"], records[4]["id"]]
+    assert kept[0]["messages"][0]["content"] == "Visit <URL> today"
+    assert len(list(read_jsonl(layout.rejected("clean")))) == 2
+
+
+def test_run_without_ingest_output_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="ingest.jsonl"):
+        clean.run(Config(), Layout(tmp_path))
