@@ -1,9 +1,10 @@
 """Throughput of the data half (everything except near-dup) in MB/s per core.
 
 Generates a synthetic dirty corpus (English + Chinese, HTML / URLs / e-mails, duplicates), runs every data
-stage through the same library code as `dvc repro`, with `dedup.near=false` and the cross-split near-dup
-check off, in ONE process (one core), and reports each stage's MB/s against a baseline measured in the same
-run: a plain JSON parse + re-serialize pass over the same file (the floor any JSONL stage pays).
+stage through the same library code as `dvc repro`, with `dedup.near=false`, split's near-dup grouping
+and the cross-split near-dup check off, in ONE process (one core), and reports each stage's MB/s against
+a baseline measured in the same run: a plain JSON parse + re-serialize pass over the same file (the
+floor any JSONL stage pays).
 
     .venv/bin/python bench/data_pipeline.py --mb 200
 """
@@ -86,7 +87,7 @@ def main() -> None:
         base_s = baseline(raw, root / "baseline.jsonl")
         cfg = load_config(None, [
             f"ingest.sources=[{{path: {raw}}}]", "dedup.near=false",
-            "validate_splits.cross_split_near_dup=false",
+            "validate_splits.cross_split_near_dup=false", "split.group_near_duplicates=false",
             "split.eval_dir=null", f"validate_raw.min_rows={min(rows, 100)}",
         ])
         layout = Layout(root)

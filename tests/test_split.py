@@ -95,3 +95,17 @@ def test_run_writes_splits_report_and_decontaminates(workspace: Path) -> None:
     ids = [r["id"] for s in SPLITS for r in read_jsonl(layout.split_file(s))]
     assert len(ids) == len(set(ids)) == len(records) - 1 and leaked["id"] not in ids
     assert read_json(layout.report("split"))["splits"] == report["splits"]
+
+
+def test_run_groups_near_duplicates_only_when_dedup_left_them(workspace: Path) -> None:
+    layout = Layout(workspace)
+    base = " ".join(WORDS) * 3
+    records = [rec(i, "qa") for i in range(40)] + [rec(100 + k, "qa", text=base + f" v{k}") for k in range(8)]
+    write_jsonl(layout.interim("dedup"), records)
+    report = split.run(load_config(None, ["dedup.near=false", "split.eval_dir=null"]), layout)
+    assert report["near_dup_grouping"] is True and report["multi_row_groups"] == 1
+    placed = {s: {r["id"] for r in read_jsonl(layout.split_file(s))} for s in SPLITS}
+    cluster_ids = {r["id"] for r in records[40:]}
+    assert sum(1 for s in SPLITS if placed[s] & cluster_ids) == 1
+    report = split.run(load_config(None, ["split.eval_dir=null"]), layout)
+    assert report["near_dup_grouping"] is False and report["multi_row_groups"] == 0

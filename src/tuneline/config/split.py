@@ -14,6 +14,11 @@ class SplitParams(Section):
     min_stratum_rows: int = Field(
         3, ge=1, description="Strata smaller than this go to train only (reported as tiny)."
     )
+    group_near_duplicates: bool = Field(
+        True,
+        description="When dedup.near is off, keep near-duplicate clusters within one split (when it is on, "
+        "dedup already left no pair at the threshold, so there is nothing to group).",
+    )
     eval_dir: Path | None = Field(
         Path("data/eval"), description="Fixed eval sets; rows duplicating them are removed (decontamination)."
     )

@@ -191,6 +191,8 @@ def _largest_clusters(records: list[dict[str, Any]], members: dict[int, list[int
             "survivor_id": records[k].get("id"),
             "size": 1 + len(idx),
             "member_ids": [records[i].get("id") for i in idx[:MAX_CLUSTER_MEMBERS]],
+            # Exact copies share their content id; the source tells them apart.
+            "member_sources": [records[i].get("source") for i in idx[:MAX_CLUSTER_MEMBERS]],
             "members_truncated": len(idx) > MAX_CLUSTER_MEMBERS,
             "sample": text[:SAMPLE_CHARS] + ("…" if len(text) > SAMPLE_CHARS else ""),
         })

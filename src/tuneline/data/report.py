@@ -161,7 +161,7 @@ def _clusters_html(clusters: list[dict[str, Any]]) -> str:
         return "<p class=muted>No near-duplicate clusters.</p>"
     rows = "".join(
         f"<tr><td class=num>{c.get('size')}</td>"
-        f"<td><code>{html.escape(str(c.get('survivor', '')))}</code></td>"
+        f"<td><code>{html.escape(str(c.get('survivor_id', '')))}</code></td>"
         f"<td>{html.escape(str(c.get('sample', ''))[:200])}</td></tr>"
         for c in clusters
     )

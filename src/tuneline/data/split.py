@@ -1,7 +1,7 @@
 """`split` stage: stratified, seeded train/val/test split that never leaks.
 
-Rows that belong together — one near-duplicate cluster (TF-IDF cosine >= dedup.threshold, relevant when
-near-dedup is off or rows were exactly equal after normalization) or one source conversation
+Rows that belong together — one near-duplicate cluster (TF-IDF cosine >= dedup.threshold; searched only
+when `dedup.near` is off, since near-dedup leaves no such pair) or one source conversation
 (`meta.conversation`) — form a group, and a group never straddles splits. Groups are shuffled per stratum
 with a seed derived from `seed` and the stratum name, then dealt to test, val and train until each split
 holds its share (rounded half up) of the stratum. Strata smaller than `split.min_stratum_rows` go to train
@@ -55,12 +55,16 @@ def stratum_of(record: dict[str, Any], field: str) -> str:
 
 
 def group_rows(
-    records: list[dict[str, Any]], threshold: float, ngram_range: tuple[int, int]
+    records: list[dict[str, Any]], threshold: float | None, ngram_range: tuple[int, int]
 ) -> list[int]:
-    """Group label per row: the smallest row index of its near-dup cluster / source conversation."""
+    """Group label per row: the smallest row index of its near-dup cluster / source conversation.
+
+    `threshold=None` skips the near-dup search (dedup already removed every pair at its threshold).
+    """
     uf = _UnionFind(len(records))
-    for i, j in near_duplicate_pairs([record_text(r) for r in records], threshold, ngram_range):
-        uf.union(i, j)
+    if threshold is not None:
+        for i, j in near_duplicate_pairs([record_text(r) for r in records], threshold, ngram_range):
+            uf.union(i, j)
     first_of: dict[str, int] = {}
     for i, rec in enumerate(records):
         conv = rec.get("meta", {}).get("conversation")
@@ -165,7 +169,9 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
                                    f"{how} duplicate of eval row {k}", record=records[i], eval_row=k))
         records = [r for i, r in enumerate(records) if i not in hits]
     ledger.rows_kept = len(records)
-    groups = group_rows(records, cfg.dedup.threshold, cfg.dedup.ngram_range)
+    # After near-dedup no two kept rows reach the threshold, so clusters can only exist when it was off.
+    grouping = not cfg.dedup.near and cfg.split.group_near_duplicates
+    groups = group_rows(records, cfg.dedup.threshold if grouping else None, cfg.dedup.ngram_range)
     assignment, facts = assign_splits(records, groups, cfg.split, cfg.seed)
     outputs: dict[Any, list[dict[str, Any]]] = {layout.split_file(s): [] for s in SPLITS}
     per_stratum: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
@@ -178,6 +184,7 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
         "splits": {s: len(outputs[layout.split_file(s)]) for s in SPLITS},
         "strata": {s: dict(sorted(per_stratum[s].items())) for s in SPLITS},
         "eval_files": eval_files,
+        "near_dup_grouping": grouping,
         **facts,
     }
     return finish_stage(layout, ledger, rejected, outputs)
