@@ -138,8 +138,7 @@ def _prefix_split(
     order = np.argsort(-df, kind="stable")  # most frequent first, ties by feature index: deterministic
     rank = np.empty(m, dtype=np.int64)
     rank[order] = np.arange(m, dtype=np.int64)
-    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1), dtype=np.float64).ravel())
-    max_norm = float(norms.max()) if n else 1.0
+    max_norm = max((_max_row_norm(x[lo : lo + 100_000]) for lo in range(0, n, 100_000)), default=1.0)
     # ||U(x)||·||y|| < t must hold for every y: cut where the prefix norm would reach t / max||y||.
     # A shorter prefix (prefix_scale < 1) indexes more features: more candidates, but a much tighter bound.
     limit = (prefix_scale * threshold * (1.0 - _MARGIN) / max(max_norm, 1e-30)) ** 2
@@ -147,15 +146,22 @@ def _prefix_split(
     if compiled:
         from tuneline.data.neardup_kernel import prefix_split
 
-        keep, prefix_sq, boundary = prefix_split(x.indptr, x.indices, x.data, rank, limit)
+        keep, prefix_sq, boundary, counts = prefix_split(x.indptr, x.indices, x.data, rank, limit)
     else:
         keep, prefix_sq, boundary = _prefix_split_numpy(x, rank, limit)
-    counts = np.add.reduceat(np.append(keep, False).astype(np.int64), x.indptr[:-1]) if n else np.zeros(0)
-    counts[np.diff(x.indptr) == 0] = 0
+        counts = np.add.reduceat(np.append(keep, False).astype(np.int64), x.indptr[:-1]) if n else np.zeros(0)
+        counts[np.diff(x.indptr) == 0] = 0
     indptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
     # float64: the partial dot products feed an upper bound that must not round below the truth.
     indexed = sp.csr_matrix((x.data[keep].astype(np.float64), x.indices[keep], indptr), shape=(n, m))
     return indexed, np.sqrt(prefix_sq), boundary, max_norm
+
+
+def _max_row_norm(rows: sp.csr_matrix) -> float:
+    """Largest L2 norm among `rows`, in float64 (called on slices: no full-size temporary)."""
+    sq = rows.astype(np.float64)
+    sq.data **= 2
+    return float(np.sqrt(np.asarray(sq.sum(axis=1)).max())) if rows.shape[0] else 0.0
 
 
 def _prefix_split_numpy(

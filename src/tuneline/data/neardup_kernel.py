@@ -104,13 +104,15 @@ def search_rows(  # noqa: PLR0913 - flat arrays are what a compiled kernel takes
 @njit(cache=True, nogil=True)
 def prefix_split(
     indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, rank: np.ndarray, limit: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per row, walk features by global rank and mark those past the prefix (cumulated square < limit).
 
-    Returns (mask of indexed entries in storage order, prefix squared norm per row, boundary rank per row).
+    Returns (mask of indexed entries in storage order, prefix squared norm per row, boundary rank per row,
+    number of indexed entries per row).
     """
     n = indptr.shape[0] - 1
     keep = np.zeros(indices.shape[0], dtype=np.bool_)
+    counts = np.zeros(n, dtype=np.int64)
     prefix_sq = np.zeros(n, dtype=np.float64)
     boundary = np.full(n, rank.shape[0], dtype=np.int64)
     for i in range(n):
@@ -129,5 +131,6 @@ def prefix_split(
                 in_prefix = False
                 boundary[i] = rank[indices[p]]
             keep[p] = True
+            counts[i] += 1
         prefix_sq[i] = cum
-    return keep, prefix_sq, boundary
+    return keep, prefix_sq, boundary, counts

@@ -94,16 +94,17 @@ h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid 
 table{border-collapse:collapse;width:100%;margin:.5rem 0}
 td,th{padding:.3rem .5rem;border-bottom:1px solid #eef;text-align:left;vertical-align:top}
 th{background:#f5f6fa}.num{text-align:right;font-variant-numeric:tabular-nums}
+td{white-space:nowrap}td.wrap{white-space:normal}
 .bar{height:14px;background:#4c7bd9;border-radius:2px;display:inline-block}.rej{background:#d9634c}
 .ok{color:#177a3a;font-weight:600}.bad{color:#b3261e;font-weight:600}.muted{color:#667}
-.grid{display:grid;grid-template-columns:repeat(3,1fr);gap:1rem}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:1rem}
 .card{border:1px solid #e3e5ee;border-radius:6px;padding:.7rem}
 code{background:#f3f3f7;padding:0 .25rem;border-radius:3px}
 """
 
 
 def _bar(value: float, top: float, cls: str = "") -> str:
-    width = 0 if top <= 0 else max(1, round(240 * value / top)) if value else 0
+    width = 0 if top <= 0 else max(1, round(160 * value / top)) if value else 0
     return f'<span class="bar {cls}" style="width:{width}px"></span>'
 
 
@@ -117,7 +118,7 @@ def _funnel_html(report: dict[str, Any]) -> str:
             f"<tr><td><code>{row['stage']}</code></td><td class=num>{row['rows_in']}</td>"
             f"<td>{_bar(row['rows_kept'] or 0, top)} {row['rows_kept']}{added}</td>"
             f"<td>{_bar(row['rows_rejected'] or 0, top, 'rej')} {row['rows_rejected']}</td>"
-            f"<td class=muted>{reasons or '—'}</td></tr>"
+            f"<td class='muted wrap'>{reasons or '—'}</td></tr>"
         )
     return ("<table><tr><th>stage</th><th class=num>in</th><th>kept</th><th>rejected</th>"
             "<th>why rejected</th></tr>" + "".join(rows) + "</table>")
@@ -162,7 +163,7 @@ def _clusters_html(clusters: list[dict[str, Any]]) -> str:
     rows = "".join(
         f"<tr><td class=num>{c.get('size')}</td>"
         f"<td><code>{html.escape(str(c.get('survivor_id', '')))}</code></td>"
-        f"<td>{html.escape(str(c.get('sample', ''))[:200])}</td></tr>"
+        f"<td class=wrap>{html.escape(str(c.get('sample', ''))[:200])}</td></tr>"
         for c in clusters
     )
     return f"<table><tr><th class=num>size</th><th>kept row</th><th>text</th></tr>{rows}</table>"

@@ -78,7 +78,7 @@ def char_wb_tfidf(texts: list[str], ngram_range: tuple[int, int] = (3, 3)) -> sp
     if not 1 <= ngram_range[0] <= ngram_range[1] <= MAX_N:
         raise ValueError(f"char_wb_tfidf handles n-grams of 1..{MAX_N} characters, got {ngram_range}")
     n_docs = len(texts)
-    chunks = []  # per chunk: (indptr, distinct keys of the chunk, their local id per entry, counts)
+    chunks: list[tuple[np.ndarray, ...]] = []  # per chunk: (indptr, distinct keys, local ids, counts)
     for lo in range(0, n_docs, _CHUNK):
         rows = min(_CHUNK, n_docs - lo)
         docs, keys = _chunk_grams(texts[lo : lo + _CHUNK], ngram_range)
@@ -98,21 +98,23 @@ def char_wb_tfidf(texts: list[str], ngram_range: tuple[int, int] = (3, 3)) -> sp
         pair = pair[starts]
         row = pair // max(len(distinct), 1)
         indptr = np.searchsorted(row, np.arange(rows + 1))
-        chunks.append((indptr, distinct, pair % max(len(distinct), 1), counts))
+        chunks.append((indptr, distinct, (pair % max(len(distinct), 1)).astype(np.int32), counts))
     vocab = _sorted_unique(np.concatenate([c[1] for c in chunks])) if chunks else np.zeros(0, np.int64)
     if len(vocab) == 0:
         raise ValueError("empty vocabulary; perhaps the documents only contain stop words")
-    indptr = [np.zeros(1, dtype=np.int64)]
-    indices, data = [], []
-    offset = 0
-    for ptr, distinct, local, counts in chunks:
-        indptr.append(ptr[1:] + offset)
+    # Fill preallocated arrays and free each chunk as it is used: the peak stays near the final matrix.
+    nnz = sum(len(c[2]) for c in chunks)
+    indptr = np.zeros(n_docs + 1, dtype=np.int64)
+    indices = np.empty(nnz, dtype=np.int32)
+    data = np.empty(nnz, dtype=np.float32)
+    row = offset = 0
+    while chunks:
+        ptr, distinct, local, counts = chunks.pop(0)
+        indptr[row + 1 : row + len(ptr)] = ptr[1:] + offset
+        indices[offset : offset + len(local)] = np.searchsorted(vocab, distinct).astype(np.int32)[local]
+        data[offset : offset + len(local)] = counts
+        row += len(ptr) - 1
         offset += len(local)
-        indices.append(np.searchsorted(vocab, distinct).astype(np.int32)[local])
-        data.append(counts)
-    counts_matrix = sp.csr_matrix(
-        (np.concatenate(data), np.concatenate(indices), np.concatenate(indptr)),
-        shape=(n_docs, len(vocab)), dtype=np.float32,
-    )
+    counts_matrix = sp.csr_matrix((data, indices, indptr), shape=(n_docs, len(vocab)), dtype=np.float32)
     tfidf = TfidfTransformer(norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=False)
     return tfidf.fit(counts_matrix).transform(counts_matrix, copy=False)
