@@ -144,9 +144,9 @@ def test_structured_outputs_are_validated_not_rewritten(tmp_path: Path) -> None:
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps({"type": "object", "required": ["label"],
                                   "properties": {"label": {"enum": ["pos", "neg"]}}}))
-    from tuneline.data.quality import load_schema_validator
+    from tuneline.data.output_schema import load_output_schema
 
-    validator = load_schema_validator(schema)
+    validator = load_output_schema(schema)
     good = rec("<b>Great</b> movie", '{"label":  "pos", "url": "https://a.com"}')
     wrong = rec("Bad movie", '{"label": "meh"}')
     broken = rec("Okay movie", "label: pos")
@@ -158,14 +158,14 @@ def test_structured_outputs_are_validated_not_rewritten(tmp_path: Path) -> None:
 
 
 def test_bad_schema_file_is_a_config_error(tmp_path: Path) -> None:
-    from tuneline.data.quality import load_schema_validator
+    from tuneline.data.output_schema import load_output_schema
 
     with pytest.raises(ConfigError, match="nope.json"):
-        load_schema_validator(tmp_path / "nope.json")
+        load_output_schema(tmp_path / "nope.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="bad.json"):
-        load_schema_validator(bad)
+        load_output_schema(bad)
 
 
 # --- classifier hook ---------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def test_bundled_demo_passes_every_contract(tmp_path: Path) -> None:
 def test_dvc_repro_runs_then_is_a_no_op(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
-    for item in ("params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", "src", "data/raw/demo"):
+    for item in ("params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", "src", "data/raw/demo", "data/eval"):
         src = REPO / item
         if src.is_dir():
             shutil.copytree(src, ws / item, ignore=shutil.ignore_patterns("__pycache__"))

@@ -13,8 +13,9 @@ import pytest
 from tuneline.config import Config
 from tuneline.config.validate_raw import DEFAULT_ROLE_PATTERN
 from tuneline.data import validate_raw
-from tuneline.data.contracts import load_output_schema, output_schema_error, render_html
-from tuneline.errors import DataValidationError, InputFileError
+from tuneline.data.contracts import render_html
+from tuneline.data.output_schema import load_output_schema, record_output_error
+from tuneline.errors import ConfigError, DataValidationError, InputFileError
 from tuneline.jsonio import read_json, write_json, write_jsonl
 from tuneline.layout import Layout
 from tuneline.records import make_record
@@ -181,14 +182,14 @@ def test_schema_invalid_outputs_fail_beyond_mostly(tmp_path: Path) -> None:
 
 def test_output_schema_error_explains_first_problem(tmp_path: Path) -> None:
     validator = load_output_schema(_schema_file(tmp_path))
-    assert output_schema_error(conv(1, answer='{"label": "pos"}'), validator) is None
-    assert "not JSON" in output_schema_error(conv(1, answer="{label"), validator)
-    assert "label" in output_schema_error(conv(1, answer='{"label": "x"}'), validator)
+    assert record_output_error(conv(1, answer='{"label": "pos"}'), validator) is None
+    assert "not JSON" in record_output_error(conv(1, answer="{label"), validator)
+    assert "label" in record_output_error(conv(1, answer='{"label": "x"}'), validator)
     bad = tmp_path / "bad.json"
     bad.write_text('{"type": 12}', encoding="utf-8")
-    with pytest.raises(InputFileError, match="not a valid JSON Schema"):
+    with pytest.raises(ConfigError, match="not a valid JSON Schema"):
         load_output_schema(bad)
-    with pytest.raises(InputFileError, match="not found"):
+    with pytest.raises(ConfigError, match="not found"):
         load_output_schema(tmp_path / "missing.json")
 
 

@@ -19,12 +19,11 @@ from typing import Any
 from tuneline.config import Config
 from tuneline.config.clean import CleanParams
 from tuneline.data import textnorm
+from tuneline.data.output_schema import load_output_schema, output_error
 from tuneline.data.quality import (
     RULES,
     QualityClassifier,
     heuristic_failures,
-    load_schema_validator,
-    schema_failure,
 )
 from tuneline.errors import InputFileError
 from tuneline.jsonio import read_jsonl
@@ -155,7 +154,7 @@ def record_failures(
     if schema_validator is not None:
         for i, m in enumerate(msgs):
             if m.get("role") == "assistant" and not _is_call(m):
-                why = schema_failure(m.get("content"), schema_validator)
+                why = output_error(m.get("content"), schema_validator)
                 if why:
                     failures.append(("output_schema_invalid", f"message {i}: {why}"))
                     break
@@ -218,7 +217,7 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
     if not src.is_file():
         raise InputFileError(f"{src}: not found; run `tuneline ingest` first")
     params = cfg.clean
-    validator = load_schema_validator(cfg.task.output_schema) if cfg.task.output_schema else None
+    validator = load_output_schema(cfg.task.output_schema) if cfg.task.output_schema else None
     classifier = QualityClassifier(params.classifier) if params.classifier.path else None
     records = list(read_jsonl(src))
     kept, rejected, stats = clean_records(records, params, validator, classifier)

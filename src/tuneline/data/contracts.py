@@ -19,10 +19,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuneline.errors import DataValidationError, InputFileError
+from tuneline.errors import DataValidationError
 from tuneline.jsonio import write_json, write_text
 from tuneline.layout import Layout
-from tuneline.records import assistant_outputs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -261,49 +260,6 @@ def message_contents(record: dict[str, Any]) -> list[str]:
     return [
         m["content"] if isinstance(m, dict) and isinstance(m.get("content"), str) else "" for m in messages
     ]
-
-
-def load_output_schema(path: Path | str) -> Any:
-    """A jsonschema validator for `task.output_schema`.
-
-    Raises:
-        InputFileError: the file is missing, not JSON, or not a valid JSON Schema.
-    """
-    import jsonschema
-
-    path = Path(path)
-    try:
-        schema = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputFileError(f"{path}: task.output_schema file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputFileError(f"{path}: task.output_schema is not readable JSON: {exc}") from None
-    cls = jsonschema.validators.validator_for(schema)
-    try:
-        cls.check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise InputFileError(
-            f"{path}: task.output_schema is not a valid JSON Schema: {exc.message}"
-        ) from None
-    return cls(schema)
-
-
-def output_schema_error(record: dict[str, Any], validator: Any) -> str | None:
-    """None when every assistant output parses as JSON and validates; else the first problem, briefly."""
-    try:
-        outputs = assistant_outputs(record)
-    except (KeyError, TypeError):
-        return "messages are malformed"
-    for turn, text in enumerate(outputs, start=1):
-        try:
-            value = json.loads(text)
-        except (TypeError, json.JSONDecodeError) as exc:
-            return f"assistant turn {turn}: not JSON ({exc.__class__.__name__}: {exc})"
-        error = next(iter(validator.iter_errors(value)), None)
-        if error is not None:
-            where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-            return f"assistant turn {turn}: {where}: {error.message}"
-    return None
 
 
 def render_html(report: dict[str, Any]) -> str:

@@ -1,5 +1,4 @@
-"""Quality filters of the clean stage: Gopher/C4-style heuristics, the output-schema check and the
-optional classifier hook.
+"""Quality filters of the clean stage: Gopher/C4-style heuristics and the optional classifier hook.
 
 Each heuristic is a pure function of a text returning the measured value; `heuristic_failures` compares
 them with the configured limits and returns every failing rule, in a fixed order, so the stage can
@@ -8,11 +7,9 @@ record the first one as the reason and all of them as the detail.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from tuneline.config.clean import ClassifierParams, QualityParams
 from tuneline.errors import ConfigError, InputFileError
@@ -138,45 +135,6 @@ def heuristic_failures(texts: list[str], params: QualityParams) -> list[tuple[st
     if top > params.max_top_ngram_fraction:
         failures.append(("repeated_ngrams", f"repeated_ngrams {top:.3f} > {params.max_top_ngram_fraction}"))
     return failures
-
-
-def load_schema_validator(path: Path) -> Any:
-    """A jsonschema validator for the `task.output_schema` file.
-
-    Raises:
-        ConfigError: the file is missing, not JSON, or not a valid JSON Schema.
-    """
-    import jsonschema
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"task.output_schema: schema file not found: {path}")
-    try:
-        schema = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"task.output_schema: {path} is not readable JSON: {exc}") from None
-    cls = jsonschema.validators.validator_for(schema)
-    try:
-        cls.check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise ConfigError(f"task.output_schema: {path} is not a valid JSON Schema: {exc.message}") from None
-    return cls(schema)
-
-
-def schema_failure(content: Any, validator: Any) -> str | None:
-    """Why an assistant output does not satisfy the schema (None when it does)."""
-    if isinstance(content, str):
-        try:
-            value = json.loads(content)
-        except json.JSONDecodeError as exc:
-            return f"output is not JSON: {exc.msg} at char {exc.pos}"
-    else:
-        value = content
-    error = next(iter(validator.iter_errors(value)), None)
-    if error is None:
-        return None
-    where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-    return f"output fails the schema at {where}: {error.message}"
 
 
 class QualityClassifier:

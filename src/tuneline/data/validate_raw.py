@@ -16,12 +16,11 @@ from tuneline.data.contracts import (
     REF,
     Check,
     finish_contract,
-    load_output_schema,
     message_contents,
-    output_schema_error,
     roles_string,
     run_checks,
 )
+from tuneline.data.output_schema import load_output_schema, record_output_error
 from tuneline.errors import InputFileError
 from tuneline.jsonio import read_json, read_jsonl
 from tuneline.layout import Layout
@@ -61,7 +60,7 @@ def record_features(
                 "roles": roles,
                 "min_turn_chars": min((len(c.strip()) for c in contents), default=None),
                 "total_chars": sum(len(c) for c in contents) if contents else None,
-                "schema_error": output_schema_error(rec, schema_validator) if schema_validator else None,
+                "schema_error": record_output_error(rec, schema_validator) if schema_validator else None,
             }
         )
     return pd.DataFrame(rows, columns=list(RECORD_COLUMNS))

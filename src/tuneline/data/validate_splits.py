@@ -21,12 +21,11 @@ from tuneline.data.contracts import (
     REF,
     Check,
     finish_contract,
-    load_output_schema,
     message_contents,
-    output_schema_error,
     roles_string,
     run_checks,
 )
+from tuneline.data.output_schema import load_output_schema, record_output_error
 from tuneline.data.split import stratum_of
 from tuneline.data.textnorm import CODE_SPAN_RE, EMAIL_RE, HTML_ENTITY_RE, HTML_TAG_RE, URL_RE
 from tuneline.errors import InputFileError
@@ -108,7 +107,7 @@ def split_features(
                 # The same reading of the stratum as `split` (records without one form the "(none)" stratum).
                 "stratum": stratum_of(rec, cfg.split.stratify_field),
                 "content_key": content_key(rec),
-                "schema_error": output_schema_error(rec, schema_validator) if schema_validator else None,
+                "schema_error": record_output_error(rec, schema_validator) if schema_validator else None,
             }
             for kind, pattern in RESIDUE.items():
                 match = pattern.search(prose if kind.startswith("html") else text)
