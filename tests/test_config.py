@@ -113,3 +113,10 @@ def test_params_yaml_spells_out_every_knob() -> None:
 
     walk(Config().model_dump(mode="json"), shipped, "")
     assert missing == []
+
+
+def test_effective_batch_must_divide_and_accumulation_is_derived() -> None:
+    cfg = load_config(None, ["train.effective_batch=32", "train.per_device_batch=4", "train.num_processes=2"])
+    assert cfg.train.world_size == 2 and cfg.train.grad_accum == 4
+    with pytest.raises(ConfigError, match=r"effective_batch \(30\) must be a multiple of per_device_batch"):
+        load_config(None, ["train.effective_batch=30", "train.per_device_batch=4"])

@@ -54,3 +54,29 @@ def test_dvc_dependencies_exist() -> None:
         for dep in spec.get("deps", []):
             if dep.startswith("src/"):
                 assert (REPO / dep).exists(), f"{stage} depends on missing {dep}"
+
+
+def _data_imports(path: Path, seen: set[Path]) -> set[Path]:
+    """Files of tuneline.data modules that `path` imports, transitively (lazy imports included)."""
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tuneline.data"):
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            target = REPO / "src" / (name.replace(".", "/") + ".py")
+            if target.exists() and target not in seen:
+                seen.add(target)
+                _data_imports(target, seen)
+    return seen
+
+
+def test_dvc_deps_cover_the_code_each_stage_runs() -> None:
+    """Changing any module a stage runs must rerun that stage under `dvc repro`."""
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage in DATA_STAGES:
+        module = REPO / "src" / "tuneline" / "data" / f"{stage}.py"
+        needed = {str(p.relative_to(REPO)) for p in _data_imports(module, {module})}
+        missing = sorted(needed - set(dvc[stage]["deps"]))
+        assert missing == [], f"dvc.yaml stage {stage} lacks deps {missing}"

@@ -13,8 +13,10 @@ from tuneline.config.base import Section
 from tuneline.config.clean import CleanParams
 from tuneline.config.dedup import DedupParams
 from tuneline.config.ingest import IngestParams
+from tuneline.config.model import ModelParams
 from tuneline.config.split import SplitParams
 from tuneline.config.task import TaskParams
+from tuneline.config.train import TrainParams
 from tuneline.config.validate_raw import ValidateRawParams
 from tuneline.config.validate_splits import ValidateSplitsParams
 from tuneline.errors import ConfigError
@@ -36,6 +38,8 @@ class Config(Section):
     validate_splits: ValidateSplitsParams = Field(
         default_factory=ValidateSplitsParams, description="Contract checked before training."
     )
+    model: ModelParams = Field(default_factory=ModelParams, description="The base model to fine-tune.")
+    train: TrainParams = Field(default_factory=TrainParams, description="Training method and settings.")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
