@@ -2,7 +2,8 @@
 
     python bench/dedup.py --sizes 10000 100000 --langs en zh --out bench/RESULTS.md
 
-Each (language, size, method) runs in its own subprocess so that its peak RSS (ru_maxrss) is its own.
+Each (language, size, method) runs in its own subprocess, which reads the corpus from a file, so that its peak
+RSS (ru_maxrss: interpreter, imports, the texts and the method) is its own.
 Timings include TF-IDF vectorization (MinHash: shingling + signatures) and exclude corpus generation.
 Methods:
   search   tuneline.data.neardup.search (exact prefix filtering) — the thing measured.
@@ -133,10 +134,12 @@ def _minhash_pairs(texts: list[str], threshold: float, num_perm: int = 128, jacc
     return {(int(a), int(b)) for a, b in keep}, len(cand)
 
 
-def worker(method: str, n: int, lang: str, threshold: float, seed: int, out: Path) -> None:
+def worker(method: str, corpus: Path, threshold: float, out: Path) -> None:
     from tuneline.data.neardup import brute_force_matrix, search, search_matrix, tfidf_matrix
 
-    texts, planted = make_corpus(n, lang, seed)
+    # Read, not regenerated: the peak RSS is then the method's (plus interpreter, imports and the texts).
+    texts = corpus.read_text(encoding="utf-8").split("\n")[:-1]
+    n = len(texts)
     search(texts[:50], threshold)  # compile (or load the cached) numba kernels outside the timing
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
@@ -156,17 +159,17 @@ def worker(method: str, n: int, lang: str, threshold: float, seed: int, out: Pat
     seconds = time.perf_counter() - t0
     np.save(out, np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2))
     print(json.dumps({
-        "method": method, "n": n, "lang": lang, "seconds": seconds, "pairs": len(pairs),
+        "method": method, "n": n, "seconds": seconds, "pairs": len(pairs),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "corpus_rss_mb": rss_before / 1024, "stats": info,
-        "planted": len(planted), "chars_mean": float(np.mean([len(t) for t in texts])),
+        "rss_before_mb": rss_before / 1024, "stats": info,
+        "chars_mean": float(np.mean([len(t) for t in texts])),
     }))
 
 
 def _run(method: str, n: int, lang: str, args: argparse.Namespace, tmp: Path) -> tuple[dict, set]:
     out = tmp / f"{method}-{lang}-{n}.npy"
-    cmd = [sys.executable, __file__, "--worker", method, "--sizes", str(n), "--langs", lang,
-           "--threshold", str(args.threshold), "--seed", str(args.seed), "--pairs-out", str(out)]
+    cmd = [sys.executable, __file__, "--worker", method, "--corpus", str(tmp / f"corpus-{lang}-{n}.txt"),
+           "--threshold", str(args.threshold), "--pairs-out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", TUNELINE_PROGRESS="0")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
@@ -177,11 +180,10 @@ def _run(method: str, n: int, lang: str, args: argparse.Namespace, tmp: Path) ->
     return row, {tuple(p) for p in np.load(out).tolist()}
 
 
-def _planted_sides(n: int, lang: str, args: argparse.Namespace) -> str:
-    """How the planted pairs fall around the threshold (exact cosines; only for sizes brute force covers)."""
+def _planted_sides(texts: list[str], planted: list[tuple[int, int, str]], args: argparse.Namespace) -> str:
+    """How the planted pairs fall around the threshold (exact cosines)."""
     from tuneline.data.neardup import exact_dots, tfidf_matrix
 
-    texts, planted = make_corpus(n, lang, args.seed)
     arr = np.array([(a, b) for a, b, _ in planted], dtype=np.int64)
     sims = exact_dots(tfidf_matrix(texts), arr[:, 0], arr[:, 1])
     t = args.threshold
@@ -202,9 +204,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="write the markdown as the '## dedup' section of this file")
     ap.add_argument("--worker", choices=["search", "brute", "minhash"], help=argparse.SUPPRESS)
     ap.add_argument("--pairs-out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.sizes[0], args.langs[0], args.threshold, args.seed, args.pairs_out)
+        worker(args.worker, args.corpus, args.threshold, args.pairs_out)
         return
     lines = [
         "| lang | docs | method | seconds | of which TF-IDF | docs/s | peak RSS MB | pairs | recall "
@@ -215,13 +218,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for lang in args.langs:
             for n in args.sizes:
+                texts, planted = make_corpus(n, lang, args.seed)
+                corpus = Path(tmp, f"corpus-{lang}-{n}.txt")
+                corpus.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+                sides = _planted_sides(texts, planted, args) if n <= args.brute_max else ""
+                del texts, planted
                 ours, ours_pairs = _run("search", n, lang, args, Path(tmp))
                 results = [(ours, ours_pairs)]
                 truth = None
                 if n <= args.brute_max:
                     brute, truth = _run("brute", n, lang, args, Path(tmp))
                     results.append((brute, truth))
-                    notes.append(f"{lang} {n:,}: {_planted_sides(n, lang, args)}")
+                    notes.append(f"{lang} {n:,}: {sides}")
                 if n <= args.minhash_max:
                     results.append(_run("minhash", n, lang, args, Path(tmp)))
                 ref = truth if truth is not None else ours_pairs

@@ -100,6 +100,24 @@ def data_command(
     typer.echo(summary)
 
 
+@app.command("build_base")
+def build_base_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """Build the demo base model (BPE tokenizer + tiny Llama, briefly pre-trained) from the train split.
+
+    Saves a Hugging Face model with safetensors, tokenizer and chat template to model.demo.output_dir
+    (default models/base), loaded later through the same from_pretrained path as any hub model.
+    """
+    from tuneline.train.demo_base import build_base
+
+    _setup_logging()
+    try:
+        info = build_base(_load(params, set_), Path("."))
+    except TunelineError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"demo base: {info.get('parameters')} parameters, loss {info.get('loss_before'):.3f} -> "
+               f"{info.get('loss_after'):.3f}")
+
+
 @app.command("report")
 def report_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Write reports/data.json and reports/data.html (funnel, categories, lengths) for the workspace."""

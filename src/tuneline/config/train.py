@@ -24,6 +24,11 @@ class TrainParams(Section):
     lr: float | Literal["auto"] = Field(
         "auto", description="Peak learning rate; `auto`: from the template by model size and method."
     )
+    template: Literal["auto", "7b", "13b", "70b"] = Field(
+        "auto",
+        description="Template row for lr/warmup/schedule `auto`: by the model's parameter count, or pin "
+        "the 7b / 13b / 70b row (e.g. a model whose size misleads, like a mixture of experts).",
+    )
     warmup: float | Literal["auto"] = Field(
         "auto", description="Warm-up as a fraction of all steps; `auto`: the template's."
     )

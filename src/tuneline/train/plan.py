@@ -1,0 +1,303 @@
+"""`tuneline plan`: resolve every `auto` of the train section and check the plan fits, before GPU time."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneline.config import Config
+from tuneline.errors import ConfigError, TunelineError
+from tuneline.train.memory import (
+    USABLE_FRACTION,
+    MemoryEstimate,
+    ModelShape,
+    Precision,
+    estimate,
+    lora_dropout_inputs,
+    lora_trainable,
+    model_shape,
+)
+from tuneline.train.templates import anchor_row, pick_lr, pick_max_length
+
+logger = logging.getLogger(__name__)
+
+
+class PlanError(TunelineError):
+    """The training plan cannot fit the devices (or cannot be made): refused before any GPU time."""
+
+    exit_code = 4
+
+
+@dataclass
+class Plan:
+    """Everything `auto` resolved to, the memory estimate per GPU, and what was changed or doubted."""
+
+    model: str
+    params: int
+    method: str
+    trainable_params: int
+    trainable_percent: float
+    lora_breakdown: dict[str, int]
+    template_row: str
+    template_source: str
+    lr: float
+    lr_range: tuple[float, float]
+    lr_from: str
+    warmup: float
+    schedule: str
+    per_device_batch: int
+    world_size: int
+    grad_accum: int
+    effective_batch: int
+    max_length: int
+    max_length_from: str
+    length_p99: int | None
+    truncated_rows: int | None
+    measured_rows: int | None
+    precision: str
+    precision_from: str
+    device_memory_gib: float | str
+    zero_stage: int
+    gradient_checkpointing: bool
+    memory: MemoryEstimate
+    fits: bool | None
+    options: list[MemoryEstimate] = field(default_factory=list)
+    adjustments: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (reports/plan.json)."""
+        out = asdict(self)
+        out["lr_range"] = list(self.lr_range)
+        return out
+
+
+def load_model_config(cfg: Config, model_config: Any = None) -> Any:
+    """The base model's transformers config: given object, a path (dir or config.json), or model.name_or_path.
+
+    Raises:
+        ConfigError: naming the path when it is missing or unreadable.
+    """
+    if model_config is not None and not isinstance(model_config, str | Path):
+        return model_config
+    from transformers import AutoConfig
+
+    given = str(model_config) if model_config is not None else cfg.model.name_or_path
+    key = "--model-config" if model_config is not None else "model.name_or_path"
+    path = Path(given).expanduser()
+    local = path.exists() or given.startswith((".", "/", "~")) or given.endswith(".json")
+    # "models/base" looks like a hub id too: a first component that exists here means a local path.
+    local = local or given.count("/") > 1 or ("/" in given and Path(given.split("/")[0]).is_dir())
+    if local and not path.exists():
+        raise ConfigError(
+            f"{key} {given!r}: no such file or directory (build the demo base with `tuneline build_base`, "
+            "or point it at a model directory with a config.json)"
+        )
+    if path.is_dir() and not (path / "config.json").exists():
+        raise ConfigError(f"{key} {given!r}: directory has no config.json")
+    try:
+        return AutoConfig.from_pretrained(
+            str(path) if local else given, trust_remote_code=cfg.model.trust_remote_code
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{key} {given!r}: cannot read a model config: {exc}") from None
+
+
+def resolve_precision(requested: str) -> tuple[Precision, str]:
+    """`auto`: bf16 where the GPU supports it, fp16 on GPUs without bf16, fp32 on CPU."""
+    if requested != "auto":
+        return requested, "config"  # type: ignore[return-value]
+    import torch
+
+    if not torch.cuda.is_available():
+        return "fp32", "auto: no GPU here (set train.precision when planning for a GPU target)"
+    if torch.cuda.is_bf16_supported():
+        return "bf16", "auto: GPU supports bf16"
+    return "fp16", "auto: GPU lacks bf16"
+
+
+def resolve_device_memory(requested: float | str | None) -> float | str:
+    """GiB per device: explicit, or `auto` from torch.cuda; "cpu" when there is no GPU (no fit check)."""
+    if isinstance(requested, int | float):
+        return float(requested)
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory / 2**30
+    return "cpu"
+
+
+def _search(
+    cfg: Config, fit: Any, device: float | str, world: int
+) -> tuple[MemoryEstimate, bool | None, list[MemoryEstimate], list[str]]:
+    """Smallest ZeRO stage, then checkpointing, at the configured per-device batch; with `adjust`,
+    more accumulation first, then checkpointing, then a higher ZeRO stage, always same effective batch."""
+    t = cfg.train
+    # With one process ZeRO partitions nothing: stages 2/3 would only add communication.
+    auto_zero = [0, 2, 3] if world > 1 else [0]
+    zeros = auto_zero if t.zero_stage == "auto" else [t.zero_stage]
+    ckpts = {"auto": [False, True], "on": [True], "off": [False]}[t.gradient_checkpointing]
+    first = fit(zeros[0], ckpts[0], t.per_device_batch)
+    options = [fit(z, c, t.per_device_batch) for z in auto_zero for c in (False, True)]
+    if not isinstance(device, float):
+        return first, None, options, []
+    budget = device * USABLE_FRACTION
+    per_rank = t.effective_batch // world
+    batches = [b for b in range(t.per_device_batch, 0, -1) if per_rank % b == 0]
+    levels = [(zeros, ckpts, batches[:1])]
+    if t.on_plan_too_big == "adjust":
+        all_zero = sorted(z for z in {*auto_zero, *zeros} if z >= zeros[0])
+        levels += [
+            (zeros, ckpts, batches),
+            (zeros, [*ckpts, True], batches),
+            (all_zero, [*ckpts, True], batches),
+        ]
+    for zs, cs, bs in levels:
+        for b in bs:
+            for z in zs:
+                for c in dict.fromkeys(cs):
+                    est = fit(z, c, b)
+                    if est.total <= budget:
+                        return est, True, options, _changes(cfg, est)
+    best = fit(auto_zero[-1], True, 1)
+    raise PlanError(
+        f"the plan needs {first.total:.1f} GiB per GPU (zero_stage {first.zero_stage}, checkpointing "
+        f"{'on' if first.gradient_checkpointing else 'off'}, per_device_batch {t.per_device_batch}) but "
+        f"{budget:.1f} of {device:.1f} GiB are usable"
+        + (
+            "; set train.on_plan_too_big: adjust to back off keeping the effective batch"
+            if t.on_plan_too_big == "refuse" and best.total <= budget
+            else f"; even ZeRO-{best.zero_stage} + checkpointing + per_device_batch 1 needs "
+            f"{best.total:.1f} GiB: use more GPUs, LoRA, or a shorter train.max_length"
+        )
+    )
+
+
+def _changes(cfg: Config, est: MemoryEstimate) -> list[str]:
+    t = cfg.train
+    out = []
+    if est.per_device_batch != t.per_device_batch:
+        accum = t.effective_batch // (est.per_device_batch * t.world_size)
+        out.append(
+            f"per_device_batch {t.per_device_batch} -> {est.per_device_batch} (grad_accum {t.grad_accum} -> "
+            f"{accum}; effective batch stays {t.effective_batch})"
+        )
+    if t.gradient_checkpointing == "off" and est.gradient_checkpointing:
+        out.append("gradient_checkpointing off -> on")
+    if t.zero_stage != "auto" and est.zero_stage != t.zero_stage:
+        out.append(f"zero_stage {t.zero_stage} -> {est.zero_stage}")
+    for line in out:
+        logger.warning("plan adjusted to fit: %s", line)
+    return out
+
+
+def make_plan(
+    cfg: Config,
+    model_config: Any = None,
+    token_lengths: list[int] | None = None,
+    device_memory_gib: float | None = None,
+) -> Plan:
+    """Resolve the train section against the model and the devices, before any GPU time.
+
+    Args:
+        cfg: the whole config (model, task and train sections are read).
+        model_config: a transformers config object, a path to a model dir / config.json, or None to
+            read `model.name_or_path`.
+        token_lengths: tokens per training row (for `max_length: auto` and the truncation count).
+        device_memory_gib: GiB per GPU; overrides `train.device_memory_gib`.
+
+    Returns:
+        The resolved plan.
+
+    Raises:
+        ConfigError: the model config cannot be read or a LoRA target matches nothing.
+        PlanError: the plan does not fit and `train.on_plan_too_big` is `refuse` (or nothing fits).
+    """
+    t = cfg.train
+    hf_config = load_model_config(cfg, model_config)
+    shape: ModelShape = model_shape(hf_config, cfg.model.trust_remote_code)
+    if t.method == "lora":
+        trainable, breakdown = lora_trainable(shape, t.lora.r, t.lora.target_modules, t.lora.bias)
+        lora_inputs = lora_dropout_inputs(shape, t.lora.target_modules, t.lora.dropout)
+    else:
+        trainable, breakdown, lora_inputs = shape.params, {}, 0
+    tpl = pick_lr(t.method, shape.params) if t.template == "auto" else anchor_row(t.method, t.template)
+    warnings: list[str] = []
+    if t.lr == "auto":
+        lr, lr_from = tpl.lr, f"template {tpl.row}"
+    else:
+        lr, lr_from = t.lr, "config"
+        if not tpl.lr_min <= lr <= tpl.lr_max:
+            warnings.append(
+                f"train.lr {lr:g} is outside the template range {tpl.lr_min:.2g}..{tpl.lr_max:.2g} "
+                f"({tpl.row}); the template would pick {tpl.lr:.2g}"
+            )
+    length = pick_max_length(
+        cfg.task.type, token_lengths, None if t.max_length == "auto" else t.max_length, shape.max_positions
+    )
+    if length.truncated_rows:
+        warnings.append(
+            f"{length.truncated_rows} of {length.total_rows} rows exceed max_length {length.max_length}"
+        )
+    precision, precision_from = resolve_precision(t.precision)
+    device = resolve_device_memory(
+        device_memory_gib if device_memory_gib is not None else t.device_memory_gib
+    )
+    world = t.world_size
+
+    def fit(zero: int, ckpt: bool, batch: int) -> MemoryEstimate:
+        return estimate(
+            shape,
+            trainable,
+            t.method,
+            precision,
+            zero,
+            world,
+            batch,
+            length.max_length,
+            ckpt,
+            lora_inputs,
+            frozen=shape.params - breakdown.get("bias", 0) if t.method == "lora" else 0,
+        )
+
+    chosen, fits, options, adjustments = _search(cfg, fit, device, world)
+    if device == "cpu":
+        warnings.append("no GPU here: fit check skipped (set train.device_memory_gib to plan for a target)")
+    for line in warnings:
+        logger.warning("plan: %s", line)
+    return Plan(
+        model=str(model_config) if isinstance(model_config, str | Path) else cfg.model.name_or_path,
+        params=shape.params,
+        method=t.method,
+        trainable_params=trainable,
+        trainable_percent=100.0 * trainable / shape.params,
+        lora_breakdown=breakdown,
+        template_row=tpl.row,
+        template_source=tpl.source,
+        lr=lr,
+        lr_range=(tpl.lr_min, tpl.lr_max),
+        lr_from=lr_from,
+        warmup=tpl.warmup if t.warmup == "auto" else t.warmup,
+        schedule=tpl.schedule if t.schedule == "auto" else t.schedule,
+        per_device_batch=chosen.per_device_batch,
+        world_size=world,
+        grad_accum=t.effective_batch // (chosen.per_device_batch * world),
+        effective_batch=t.effective_batch,
+        max_length=length.max_length,
+        max_length_from=length.source,
+        length_p99=length.p99,
+        truncated_rows=length.truncated_rows,
+        measured_rows=length.total_rows,
+        precision=precision,
+        precision_from=precision_from,
+        device_memory_gib=device,
+        zero_stage=chosen.zero_stage,
+        gradient_checkpointing=chosen.gradient_checkpointing,
+        memory=chosen,
+        fits=fits,
+        options=options,
+        adjustments=adjustments,
+        warnings=warnings,
+    )

@@ -1,0 +1,184 @@
+"""The demo base model: tokenizer + chat template, pre-training, atomic HF save, reload, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tuneline.config.loader import Config
+from tuneline.config.model import DemoBaseParams
+from tuneline.errors import InputFileError
+from tuneline.jsonio import write_jsonl
+from tuneline.train.demo_base import BUILD_INFO, build_base, build_demo_base
+
+TINY = {"vocab_size": 320, "hidden_size": 16, "num_layers": 1, "num_heads": 2, "seq_len": 32, "batch_size": 4,
+        "max_position_embeddings": 256}
+
+ANIMALS = ["cat", "dog", "fox", "owl", "bee"]
+
+
+def tiny_records(n: int = 20) -> list[dict[str, Any]]:
+    """A small, repetitive chat corpus (so a few steps of pre-training visibly lower the loss)."""
+    records = []
+    for i in range(n):
+        animal = ANIMALS[i % len(ANIMALS)]
+        messages = [
+            {"role": "user", "content": f"What sound does the {animal} make?"},
+            {"role": "assistant", "content": f"The {animal} makes the {animal} sound, number {i % 3}."},
+        ]
+        if i % 4 == 0:
+            messages.insert(0, {"role": "system", "content": "Answer in one sentence."})
+        records.append({"id": f"r{i}", "messages": messages, "category": None, "meta": {}, "source": {}})
+    return records
+
+
+def build_tiny_base(tmp_path: Path, steps: int = 20, seed: int = 0) -> Path:
+    """Build a tiny demo base into `tmp_path/base` (reusable by other tests) and return its directory."""
+    out = tmp_path / "base"
+    build_demo_base(tiny_records(), DemoBaseParams(pretrain_steps=steps, lr=1e-2, **TINY), seed, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_base(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_base: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_base)
+
+
+def test_saves_hf_safetensors_and_build_info(tiny_base: Path) -> None:
+    names = {p.name for p in tiny_base.iterdir()}
+    expected = {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", BUILD_INFO}
+    assert expected <= names
+    assert not any(n.endswith(".bin") for n in names)
+    assert not [p for p in tiny_base.parent.iterdir() if p.name.startswith(".")]  # no temp dir left behind
+    info = json.loads((tiny_base / BUILD_INFO).read_text())
+    assert info["records"] == 20 and info["seed"] == 0 and info["params"]["pretrain_steps"] == 20
+    assert info["parameters"] > 0 and len(info["corpus_sha256"]) == 64
+    gen = json.loads((tiny_base / "generation_config.json").read_text())
+    assert (gen["eos_token_id"], gen["pad_token_id"], gen["bos_token_id"]) == (2, 0, 1)
+
+
+def test_loss_fell_on_repetitive_corpus(tiny_base: Path) -> None:
+    info = json.loads((tiny_base / BUILD_INFO).read_text())
+    assert info["loss_after"] < info["loss_before"] - 0.5
+
+
+def test_reloads_with_auto_classes_and_generates(tiny_base: Path, tokenizer: Any) -> None:
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    assert isinstance(model, LlamaForCausalLM)
+    assert model.config.vocab_size == len(tokenizer)
+    specials = (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token)
+    assert specials == ("<|bos|>", "<|eos|>", "<|pad|>")
+    enc = tokenizer.apply_chat_template([{"role": "user", "content": "What sound does the owl make?"}],
+                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**enc, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > enc["input_ids"].shape[1]
+
+
+def test_chat_template_renders_roles_and_generation_prompt(tokenizer: Any) -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "Sunny."},
+        {"role": "tool", "content": "{\"t\": 21}"},
+    ]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert text == ("<|bos|><|system|>\nBe brief.<|end|>\n<|user|>\nWeather?<|end|>\n"
+                    "<|assistant|>\nSunny.<|eos|>\n<|tool|>\n{\"t\": 21}<|end|>\n")
+    prompt = tokenizer.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|user|>\nWeather?<|end|>\n<|assistant|>\n")
+    assert not tokenizer.apply_chat_template(messages[:2], tokenize=False).endswith("<|assistant|>\n")
+    # The template adds bos; plain tokenization must not add a second one.
+    ids = tokenizer(text)["input_ids"]
+    assert ids.count(tokenizer.bos_token_id) == 1
+    with pytest.raises(Exception, match="unknown role"):
+        tokenizer.apply_chat_template([{"role": "robot", "content": "x"}], tokenize=False)
+
+
+def test_assistant_mask_marks_exactly_assistant_content_and_eos(tokenizer: Any) -> None:
+    messages = [
+        {"role": "user", "content": "What sound does the cat make?"},
+        {"role": "assistant", "content": "The cat makes the cat sound."},
+        {"role": "user", "content": "And the dog?"},
+        {"role": "assistant", "content": "Woof, número 2 ünïcode."},
+    ]
+    enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+    ids, mask = enc["input_ids"], enc["assistant_masks"]
+    assert len(ids) == len(mask) and 0 < sum(mask) < len(mask)
+    # Group the masked tokens into contiguous spans: one per assistant turn, each = content + eos.
+    spans: list[list[int]] = []
+    for i, (tok, m) in enumerate(zip(ids, mask, strict=True)):
+        if m:
+            if i == 0 or not mask[i - 1]:
+                spans.append([])
+            spans[-1].append(tok)
+    assert [tokenizer.decode(s) for s in spans] == [
+        "The cat makes the cat sound.<|eos|>", "Woof, número 2 ünïcode.<|eos|>"]
+    unmasked = tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if not m])
+    assert "cat make?" in unmasked and "<|assistant|>" in unmasked and "Woof" not in unmasked
+
+
+def weights_hash(path: Path) -> str:
+    return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_builds_are_byte_identical_and_seed_matters(tmp_path: Path, tiny_base: Path) -> None:
+    again = build_tiny_base(tmp_path / "a")
+    assert weights_hash(again) == weights_hash(tiny_base)
+    # Not just the weights: every file (tokenizer, configs, build_info) is byte-identical.
+    assert sorted(p.name for p in again.iterdir()) == sorted(p.name for p in tiny_base.iterdir())
+    for p in tiny_base.iterdir():
+        assert (again / p.name).read_bytes() == p.read_bytes(), p.name
+    other = build_tiny_base(tmp_path / "b", seed=1)
+    assert weights_hash(other) != weights_hash(tiny_base)
+
+
+def test_rebuild_replaces_previous_output(tmp_path: Path) -> None:
+    out = build_tiny_base(tmp_path, steps=2)
+    (out / "stale.txt").write_text("from an older build")
+    build_tiny_base(tmp_path, steps=3)
+    assert not (out / "stale.txt").exists()
+    assert json.loads((out / BUILD_INFO).read_text())["params"]["pretrain_steps"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["base"]
+
+
+def test_build_base_reads_train_split_only(tmp_path: Path) -> None:
+    processed = tmp_path / "data" / "processed"
+    write_jsonl(processed / "train.jsonl", tiny_records())
+    # A val split that would change the corpus if it were read: its hash must not show up.
+    write_jsonl(processed / "val.jsonl", tiny_records(7))
+    cfg = Config.model_validate({"seed": 3, "model": {"demo": {**TINY, "pretrain_steps": 2,
+                                                               "output_dir": "models/base"}}})
+    info = build_base(cfg, tmp_path)
+    assert (tmp_path / "models" / "base" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "reports" / "build_base.json").read_text())["corpus_sha256"] == \
+        info["corpus_sha256"]
+    assert info["records"] == 20 and info["seed"] == 3 and info["seconds"] > 0
+
+
+def test_missing_or_empty_train_split_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match=r"train\.jsonl.*run the data stages first.*validate_splits"):
+        build_base(Config(), tmp_path)
+    write_jsonl(tmp_path / "data" / "processed" / "train.jsonl", [])
+    with pytest.raises(InputFileError, match="empty"):
+        build_base(Config(), tmp_path)
+
+
+def test_params_reject_heads_that_do_not_divide_width() -> None:
+    with pytest.raises(ValueError, match="num_heads"):
+        DemoBaseParams(hidden_size=64, num_heads=3)
+    with pytest.raises(ValueError, match="num_heads"):
+        DemoBaseParams(hidden_size=12, num_heads=4)  # head width 3 is odd: RoPE needs pairs
