@@ -84,6 +84,13 @@ def make_corpus(n: int, lang: str, seed: int = 0) -> tuple[list[str], list[tuple
     rng = np.random.default_rng(seed)
     vocab = _vocab_en(rng) if lang == "en" else _vocab_zh(rng)
     p = _zipf(len(vocab))
+    # What rng.choice(len(vocab), size, p=p) does, without re-validating p on every call (same stream).
+    cdf = p.cumsum()
+    cdf /= cdf[-1]
+
+    def draw(size: int | None = None) -> np.ndarray:
+        return cdf.searchsorted(rng.random(size), side="right")
+
     sep, target_words = (" ", (35, 100)) if lang == "en" else ("", (110, 330))
     docs_tokens: list[list[str]] = []
     planted: list[tuple[int, int, str]] = []
@@ -96,11 +103,11 @@ def make_corpus(n: int, lang: str, seed: int = 0) -> tuple[list[str], list[tuple
             frac = rng.uniform(0.0, 0.012) if kind == "few" else rng.uniform(*more)
             k = max(1, round(frac * len(toks))) if kind == "more" else round(frac * len(toks))
             for pos in rng.choice(len(toks), size=min(k, len(toks)), replace=False):
-                toks[pos] = vocab[int(rng.choice(len(vocab), p=p))]
+                toks[pos] = vocab[int(draw())]
             planted.append((src, i, kind))
         else:
             m = int(rng.integers(*target_words))
-            idx = rng.choice(len(vocab), size=m, p=p)
+            idx = draw(m)
             toks = [vocab[j] for j in idx]
             if lang == "en":
                 for pos in rng.choice(m, size=m // 12, replace=False):

@@ -279,3 +279,8 @@ def test_to_dict_and_render(tiny: Any) -> None:
     assert data["trainable_params"] == plan.trainable_params and data["memory"]["total"] > 0
     text = render_plan(plan)
     assert "effective" in text and "ZeRO-0" in text and "fits" in text
+
+
+def test_missing_demo_base_names_the_path(workspace: Path) -> None:
+    with pytest.raises(ConfigError, match=r"model.name_or_path 'models/base'.*build_base"):
+        make_plan(Config())

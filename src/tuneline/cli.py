@@ -118,6 +118,33 @@ def build_base_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
                f"{info.get('loss_after'):.3f}")
 
 
+@app.command("plan")
+def plan_command(
+    model_config: Annotated[
+        Path | None,
+        typer.Option("--model-config", help="config.json or model dir (default: model.name_or_path)."),
+    ] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Pre-flight plan before any GPU time: model size, trainable parameters, LR template, effective batch,
+    max length and memory per device for each ZeRO stage; refuses a plan that cannot fit.
+
+    Example: tuneline plan --model-config llama-2-7b/config.json --set train.num_processes=8
+    --set train.device_memory_gib=80 --set train.precision=bf16. Also writes reports/plan.json.
+    """
+    from tuneline.jsonio import write_json
+    from tuneline.train import make_plan, render_plan
+
+    _setup_logging()
+    try:
+        plan = make_plan(_load(params, set_), model_config=model_config)
+    except TunelineError as exc:
+        raise _fail(exc) from None
+    write_json(Layout(Path(".")).report("plan"), plan.to_dict())
+    typer.echo(render_plan(plan))
+
+
 @app.command("report")
 def report_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Write reports/data.json and reports/data.html (funnel, categories, lengths) for the workspace."""

@@ -1,6 +1,6 @@
 """`train` section: method, hyper-parameters (or `auto` from the guide's templates), batch and memory."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -29,7 +29,7 @@ class TrainParams(Section):
         description="Template row for lr/warmup/schedule `auto`: by the model's parameter count, or pin "
         "the 7b / 13b / 70b row (e.g. a model whose size misleads, like a mixture of experts).",
     )
-    warmup: float | Literal["auto"] = Field(
+    warmup: Annotated[float, Field(ge=0, lt=1)] | Literal["auto"] = Field(
         "auto", description="Warm-up as a fraction of all steps; `auto`: the template's."
     )
     schedule: Literal["auto", "cosine", "linear", "constant"] = Field(
