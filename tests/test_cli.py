@@ -60,7 +60,8 @@ def test_plan_for_a_locally_built_llama_2_7b_config(workspace: Path) -> None:
     LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                 num_key_value_heads=32, vocab_size=32000).save_pretrained(workspace / "llama7b")
     args = ["plan", "--model-config", "llama7b", "-s", "train.num_processes=8",
-            "-s", "train.effective_batch=64", "-s", "train.device_memory_gib=80", "-s", "train.precision=bf16"]
+            "-s", "train.effective_batch=64", "-s", "train.device_memory_gib=80",
+            "-s", "train.precision=bf16"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "4,194,304" in result.output and "fits" in result.output
