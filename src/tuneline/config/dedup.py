@@ -8,7 +8,7 @@ from tuneline.config.base import Section
 class DedupParams(Section):
     exact: bool = Field(True, description="Drop rows whose normalized content equals an earlier row's.")
     near: bool = Field(True, description="Drop near duplicates (TF-IDF cosine >= threshold).")
-    threshold: float = Field(0.95, gt=0, le=1, description="TF-IDF cosine at or above which rows are near-dups.")
+    threshold: float = Field(0.95, gt=0, le=1, description="TF-IDF cosine from which rows are near-dups.")
     ngram_range: tuple[int, int] = Field(
         (3, 3), description="Character n-gram sizes of the TF-IDF (works for Chinese: no word splitting)."
     )
