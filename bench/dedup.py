@@ -44,79 +44,156 @@ COMMON_EN = (
 ).split()
 
 
+ONSETS = ("b c d f g h j k l m n p r s t v w y z bl br ch cl cr dr fl fr gl gr pl pr sc sh sk sl sm sn sp "
+          "st sw th tr tw wh str spr").split()
+NUCLEI = "a e i o u y ai au ea ee ei ie oa oo ou".split()
+CODAS = [""] * 6 + "b ck d ft g k l ld lt m n nd ng nk nt p r rd rk rm rn rt s sh sk ss st t th x".split()
+# The open tail: names, identifiers, codes, loanwords. Real text keeps adding character 3-grams that no
+# letter-only vocabulary has (digits inside words, accents, symbols, other scripts).
+TAIL_ALPHABET = np.array([ord(c) for c in (
+    "abcdefghijklmnopqrstuvwxyz0123456789àáâäãåçèéêëìíîïñòóôöõøùúûüýÿßæœłşğčřžšαβγδεζηθλμπσφωжзлпфцш-_/.'@#+"
+)], dtype=np.uint32)
+
+
 def _zipf(n: int, s: float = 1.05) -> np.ndarray:
     p = 1.0 / np.arange(1, n + 1) ** s
     return p / p.sum()
 
 
-def _vocab_en(rng: np.random.Generator, size: int = 60_000) -> list[str]:
-    # Letters drawn with English frequencies: real text has a long tail of rare character 3-grams (names,
-    # numbers, typos, code) that syllable-built words lack; this comes closer to the alpaca sample's tail.
-    letters = list("etaoinshrdlcumwfgypbvkjxqz")
-    freq = np.array([12.7, 9.1, 8.2, 7.5, 7.0, 6.7, 6.3, 6.1, 6.0, 4.3, 4.0, 2.8, 2.8, 2.4, 2.4, 2.2, 2.0,
-                     2.0, 1.9, 1.5, 1.0, 0.8, 0.2, 0.2, 0.1, 0.1])
-    freq = freq / freq.sum()
-    words = list(COMMON_EN)
-    seen = set(words)
+def _syllable_words(rng: np.random.Generator, size: int) -> list[str]:
+    """`size` distinct pronounceable words of 1-4 syllables (onset? nucleus coda?), shortest ones first."""
+    words, seen = list(COMMON_EN), set(COMMON_EN)
     while len(words) < size:
-        w = "".join(rng.choice(letters, size=int(rng.integers(2, 11)), p=freq))
-        if w not in seen:
-            seen.add(w)
-            words.append(w)
-    return words
+        k = 4 * (size - len(words))
+        n_syl = rng.choice([1, 2, 2, 3, 3, 4], size=k)
+        parts = [rng.integers(0, len(v), size=(k, 4)) for v in (ONSETS, NUCLEI, CODAS)]
+        no_onset = rng.random((k, 4)) < 0.25
+        for w in range(k):
+            s = "".join(("" if no_onset[w, y] else ONSETS[parts[0][w, y]]) + NUCLEI[parts[1][w, y]]
+                        + CODAS[parts[2][w, y]] for y in range(n_syl[w]))
+            if s not in seen:
+                seen.add(s)
+                words.append(s)
+                if len(words) == size:
+                    break
+    head, rest = words[: len(COMMON_EN)], sorted(words[len(COMMON_EN) :], key=len)  # short words frequent
+    return head + rest
 
 
-def _vocab_zh(rng: np.random.Generator, size: int = 30_000) -> list[str]:
+def _tail_tokens(rng: np.random.Generator, count: int) -> list[str]:
+    """`count` random tokens of 4-10 symbols over TAIL_ALPHABET (fresh draws: an open vocabulary)."""
+    if count == 0:
+        return []
+    codes = TAIL_ALPHABET[rng.integers(0, len(TAIL_ALPHABET), size=(count, 10))]
+    lengths = rng.integers(4, 11, size=count)
+    codes[np.arange(10)[None, :] >= lengths[:, None]] = 0
+    return np.ascontiguousarray(codes).view("<U10").ravel().tolist()  # trailing NULs are dropped
+
+
+def _lexicon(rng: np.random.Generator, lang: str) -> tuple[list[str], int]:
+    """(token strings, size of the Zipf-drawn word vocabulary at their start)."""
+    if lang == "en":
+        words = _syllable_words(rng, 100_000)
+        # + the same words followed by a comma, and numbers: decorations, addressed by id like words.
+        return words + [w + "," for w in words] + [str(k) for k in range(10_000)], len(words)
     chars = [chr(c) for c in rng.choice(np.arange(0x4E00, 0x9FA6), size=3500, replace=False)]
-    pc = _zipf(len(chars), 0.9)
+    cdf = _zipf(len(chars), 0.9).cumsum()
     words, seen = [], set()
-    while len(words) < size:
+    while len(words) < 30_000:
         k = int(rng.choice([1, 2, 2, 2, 3, 4]))
-        w = "".join(chars[i] for i in rng.choice(len(chars), size=k, p=pc))
+        w = "".join(chars[i] for i in cdf.searchsorted(rng.random(k) * cdf[-1], side="right"))
         if w not in seen:
             seen.add(w)
             words.append(w)
-    return words
+    return words + [w + "，" for w in words] + [w + "。" for w in words], len(words)
+
+
+GEN_VERSION = 2  # bump when the corpus generator changes: the cache key includes it
+CACHE = ROOT / "bench" / ".cache"
+TAIL_RATE = 0.004  # share of English tokens from the open tail: calibrated on real text, see RESULTS.md
+
+
+def make_corpus_ids(n: int, lang: str, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray, list]:
+    """Token ids of `n` documents: (lexicon, flat ids, per-document offsets, planted pairs).
+
+    Planted pairs are (source row, edited row, 'few' | 'more' edits); about 4 % of rows are edited copies.
+    """
+    rng = np.random.default_rng(seed)
+    lex, n_words = _lexicon(rng, lang)
+    cdf = _zipf(n_words).cumsum()
+    cdf /= cdf[-1]
+
+    def draw(size: int) -> np.ndarray:
+        return cdf.searchsorted(rng.random(size), side="right").astype(np.int32)
+
+    lo_hi = (35, 100) if lang == "en" else (110, 330)
+    lengths = rng.integers(*lo_hi, size=n)
+    planted_rows = np.flatnonzero((np.arange(n) > 10) & (rng.random(n) < 0.04))
+    sources = (rng.random(len(planted_rows)) * planted_rows).astype(np.int64)  # uniform over earlier rows
+    for i, s in zip(planted_rows.tolist(), sources.tolist(), strict=True):  # increasing i: s is final
+        lengths[i] = lengths[s]
+    offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+    ids = draw(int(offsets[-1]))
+    u = rng.random(len(ids))
+    if lang == "en":  # 1/24 numbers, 1/24 "word,", TAIL_RATE fresh tail tokens
+        num = u < 1 / 24
+        ids[num] = 2 * n_words + rng.integers(0, 10_000, size=int(num.sum()))
+        comma = (u >= 1 / 24) & (u < 1 / 12)
+        ids[comma] += n_words
+        tail = (u >= 1 / 12) & (u < 1 / 12 + TAIL_RATE)
+        n_tail = int(tail.sum())
+        ids[tail] = len(lex) + np.arange(n_tail, dtype=np.int32)
+        lex = lex + _tail_tokens(rng, n_tail)
+    else:  # punctuation after 1/8 of the words
+        ids[u < 0.7 / 8] += n_words
+        ids[(u >= 0.7 / 8) & (u < 1 / 8)] += 2 * n_words
+    more = (0.035, 0.08) if lang == "en" else (0.02, 0.045)  # aimed at straddling the 0.95 threshold
+    kinds = np.where(rng.random(len(planted_rows)) < 0.5, "few", "more")
+    planted = []
+    for i, s, kind in zip(planted_rows.tolist(), sources.tolist(), kinds.tolist(), strict=True):
+        a, b = offsets[i], offsets[i + 1]
+        m = b - a
+        ids[a:b] = ids[offsets[s] : offsets[s] + m]
+        frac = rng.uniform(0.0, 0.012) if kind == "few" else rng.uniform(*more)
+        k = max(1, round(frac * m)) if kind == "more" else round(frac * m)
+        ids[a + rng.choice(m, size=min(k, m), replace=False)] = draw(min(k, m))
+        planted.append((s, i, kind))
+    return lex, ids, offsets, planted
 
 
 def make_corpus(n: int, lang: str, seed: int = 0) -> tuple[list[str], list[tuple[int, int, str]]]:
     """`n` texts plus planted pairs (source row, edited row, 'few' | 'more' edits)."""
-    rng = np.random.default_rng(seed)
-    vocab = _vocab_en(rng) if lang == "en" else _vocab_zh(rng)
-    p = _zipf(len(vocab))
-    # What rng.choice(len(vocab), size, p=p) does, without re-validating p on every call (same stream).
-    cdf = p.cumsum()
-    cdf /= cdf[-1]
+    lex, ids, offsets, planted = make_corpus_ids(n, lang, seed)
+    return list(_texts(lex, ids, offsets, lang)), planted
 
-    def draw(size: int | None = None) -> np.ndarray:
-        return cdf.searchsorted(rng.random(size), side="right")
 
-    sep, target_words = (" ", (35, 100)) if lang == "en" else ("", (110, 330))
-    docs_tokens: list[list[str]] = []
-    planted: list[tuple[int, int, str]] = []
-    for i in range(n):
-        if i > 10 and rng.random() < 0.04:
-            src = int(rng.integers(0, i))
-            toks = list(docs_tokens[src])
-            kind = "few" if rng.random() < 0.5 else "more"
-            more = (0.035, 0.08) if lang == "en" else (0.02, 0.045)  # aimed at straddling 0.95
-            frac = rng.uniform(0.0, 0.012) if kind == "few" else rng.uniform(*more)
-            k = max(1, round(frac * len(toks))) if kind == "more" else round(frac * len(toks))
-            for pos in rng.choice(len(toks), size=min(k, len(toks)), replace=False):
-                toks[pos] = vocab[int(draw())]
-            planted.append((src, i, kind))
-        else:
-            m = int(rng.integers(*target_words))
-            idx = draw(m)
-            toks = [vocab[j] for j in idx]
-            if lang == "en":
-                for pos in rng.choice(m, size=m // 12, replace=False):
-                    toks[pos] = str(int(rng.integers(0, 10_000))) if rng.random() < 0.5 else toks[pos] + ","
-            else:
-                for pos in rng.choice(m, size=m // 8, replace=False):
-                    toks[pos] += "，" if rng.random() < 0.7 else "。"
-        docs_tokens.append(toks)
-    return [sep.join(t) for t in docs_tokens], planted
+def _texts(lex: list[str], ids: np.ndarray, offsets: np.ndarray, lang: str, step: int = 50_000):
+    sep = " " if lang == "en" else ""
+    arr = np.array(lex, dtype=object)
+    for lo in range(0, len(offsets) - 1, step):
+        hi = min(lo + step, len(offsets) - 1)
+        toks = arr[ids[offsets[lo] : offsets[hi]]].tolist()
+        base = offsets[lo]
+        for a, b in zip(offsets[lo:hi].tolist(), offsets[lo + 1 : hi + 1].tolist(), strict=True):
+            yield sep.join(toks[a - base : b - base])
+
+
+def corpus_file(n: int, lang: str, seed: int = 0) -> tuple[Path, list[tuple[int, int, str]]]:
+    """The corpus as a text file (one document a line) under bench/.cache/, generated on first use."""
+    path = CACHE / f"corpus-v{GEN_VERSION}-{lang}-{n}-{seed}.txt"
+    meta = path.with_suffix(".planted.json")
+    if not (path.exists() and meta.exists()):
+        CACHE.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        lex, ids, offsets, planted = make_corpus_ids(n, lang, seed)
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            for text in _texts(lex, ids, offsets, lang):
+                fh.write(text + "\n")
+        tmp.replace(path)
+        meta.write_text(json.dumps(planted), encoding="utf-8")
+        print(f"  generated {path.name} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return path, [tuple(p) for p in json.loads(meta.read_text(encoding="utf-8"))]
 
 
 def _minhash_pairs(texts: list[str], threshold: float, num_perm: int = 128, jaccard: float = 0.7):
@@ -141,11 +218,12 @@ def _minhash_pairs(texts: list[str], threshold: float, num_perm: int = 128, jacc
     return {(int(a), int(b)) for a, b in keep}, len(cand)
 
 
-def worker(method: str, corpus: Path, threshold: float, out: Path) -> None:
+def worker(method: str, corpus: Path, threshold: float, out: Path, sample: int = 0) -> None:
     from tuneline.data.neardup import brute_force_matrix, search, search_matrix, tfidf_matrix
 
     # Read, not regenerated: the peak RSS is then the method's (plus interpreter, imports and the texts).
-    texts = corpus.read_text(encoding="utf-8").split("\n")[:-1]
+    with corpus.open(encoding="utf-8") as fh:
+        texts = [line[:-1] for line in fh]
     n = len(texts)
     search(texts[:50], threshold)  # compile (or load the cached) numba kernels outside the timing
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -164,26 +242,59 @@ def worker(method: str, corpus: Path, threshold: float, out: Path) -> None:
     else:
         pairs, info["candidates"] = _minhash_pairs(texts, threshold)
     seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if method == "search" and sample:
+        info["sample"] = _sample_check(x, pairs, threshold, sample)  # after the timing and the peak
     np.save(out, np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2))
     print(json.dumps({
-        "method": method, "n": n, "seconds": seconds, "pairs": len(pairs),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "method": method, "n": n, "seconds": seconds, "pairs": len(pairs), "peak_rss_mb": peak,
         "rss_before_mb": rss_before / 1024, "stats": info,
         "chars_mean": float(np.mean([len(t) for t in texts])),
     }))
 
 
-def _run(method: str, n: int, lang: str, args: argparse.Namespace, tmp: Path) -> tuple[dict, set]:
+def _sample_check(x, pairs: set[tuple[int, int]], threshold: float, k: int, seed: int = 1) -> dict:
+    """Brute force for `k` random rows against all rows; recall/precision of the search on their pairs.
+
+    Each block is X[rows] @ X[sample].T in float64: every cosine summed in ascending feature order, bit
+    for bit what `brute_force_matrix` computes for those pairs.
+    """
+    from tuneline.data.neardup import _cut
+
+    t0 = time.perf_counter()
+    n = x.shape[0]
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, size=min(k, n), replace=False))
+    b = x[sample].astype(np.float64).T.tocsr()
+    cut = _cut(threshold)
+    truth: set[tuple[int, int]] = set()
+    for lo in range(0, n, 20_000):
+        prod = (x[lo : lo + 20_000].astype(np.float64) @ b).tocoo()
+        keep = prod.data >= cut
+        rows = prod.row[keep].astype(np.int64) + lo
+        other = sample[prod.col[keep]]
+        pairs_in = zip(rows.tolist(), other.tolist(), strict=True)
+        truth |= {(min(r, s), max(r, s)) for r, s in pairs_in if r != s}
+    in_sample = set(sample.tolist())
+    found = {p for p in pairs if p[0] in in_sample or p[1] in in_sample}
+    hit = len(found & truth)
+    return {"rows": len(sample), "brute_pairs": len(truth), "search_pairs": len(found), "common": hit,
+            "seconds": time.perf_counter() - t0}
+
+
+def _run(method: str, n: int, lang: str, args: argparse.Namespace, corpus: Path, tmp: Path):
     out = tmp / f"{method}-{lang}-{n}.npy"
-    cmd = [sys.executable, __file__, "--worker", method, "--corpus", str(tmp / f"corpus-{lang}-{n}.txt"),
+    cmd = [sys.executable, __file__, "--worker", method, "--corpus", str(corpus),
            "--threshold", str(args.threshold), "--pairs-out", str(out)]
+    if method == "search" and n > args.brute_max:
+        cmd += ["--sample", str(args.sample)]
     env = dict(os.environ, OMP_NUM_THREADS="1", TUNELINE_PROGRESS="0")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{method} {lang} {n} failed:\n{proc.stderr[-3000:]}")
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"  {method:8s} {lang} {n:>8,}: {row['seconds']:8.1f} s, {row['peak_rss_mb']:7.0f} MB, "
-          f"{row['pairs']} pairs", file=sys.stderr)
+          f"{row['pairs']} pairs; {json.dumps(row['stats'])}", file=sys.stderr)
     return row, {tuple(p) for p in np.load(out).tolist()}
 
 
@@ -212,9 +323,11 @@ def main() -> None:
     ap.add_argument("--worker", choices=["search", "brute", "minhash"], help=argparse.SUPPRESS)
     ap.add_argument("--pairs-out", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--sample", type=int, default=2000,
+                    help="above --brute-max: rows checked against brute force (their pairs with all rows)")
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.corpus, args.threshold, args.pairs_out)
+        worker(args.worker, args.corpus, args.threshold, args.pairs_out, args.sample)
         return
     lines = [
         "| lang | docs | method | seconds | of which TF-IDF | docs/s | peak RSS MB | pairs | recall "
@@ -225,23 +338,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for lang in args.langs:
             for n in args.sizes:
-                texts, planted = make_corpus(n, lang, args.seed)
-                corpus = Path(tmp, f"corpus-{lang}-{n}.txt")
-                corpus.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
-                sides = _planted_sides(texts, planted, args) if n <= args.brute_max else ""
-                del texts, planted
-                ours, ours_pairs = _run("search", n, lang, args, Path(tmp))
+                corpus, planted = corpus_file(n, lang, args.seed)
+                sides = ""
+                if n <= args.brute_max:
+                    sides = _planted_sides(corpus.read_text(encoding="utf-8").split("\n")[:-1], planted, args)
+                ours, ours_pairs = _run("search", n, lang, args, corpus, Path(tmp))
                 results = [(ours, ours_pairs)]
                 truth = None
                 if n <= args.brute_max:
-                    brute, truth = _run("brute", n, lang, args, Path(tmp))
+                    brute, truth = _run("brute", n, lang, args, corpus, Path(tmp))
                     results.append((brute, truth))
                     notes.append(f"{lang} {n:,}: {sides}")
                 if n <= args.minhash_max:
-                    results.append(_run("minhash", n, lang, args, Path(tmp)))
+                    results.append(_run("minhash", n, lang, args, corpus, Path(tmp)))
                 ref = truth if truth is not None else ours_pairs
                 ref_name = "brute" if truth is not None else "search"
                 s = ours["stats"]
+                if "sample" in s:
+                    c = s["sample"]
+                    notes.append(
+                        f"{lang} {n:,}: exactness on {c['rows']:,} random rows vs all {n:,} (brute force, "
+                        f"{c['seconds']:.0f} s): {c['brute_pairs']} true pairs, search found "
+                        f"{c['search_pairs']}, "
+                        f"{c['common']} in common")
                 notes.append(f"{lang} {n:,}: search verified {s.get('verified', 0):,} of "
                              f"{s.get('candidates', 0):,} candidates; {s.get('features', 0):,} features; "
                              f"mean {ours['chars_mean']:.0f} chars/doc")

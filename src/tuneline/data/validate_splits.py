@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import unicodedata
 from typing import TYPE_CHECKING, Any
 
 from tuneline.config import Config
@@ -25,6 +24,7 @@ from tuneline.data.contracts import (
     roles_string,
     run_checks,
 )
+from tuneline.data.dedup import normalize_content
 from tuneline.data.output_schema import load_output_schema, record_output_error
 from tuneline.data.split import stratum_of
 from tuneline.data.textnorm import CODE_SPAN_RE, EMAIL_RE, HTML_ENTITY_RE, HTML_TAG_RE, URL_RE
@@ -51,12 +51,12 @@ def is_augmented(record: dict[str, Any]) -> bool:
 
 
 def content_key(record: dict[str, Any]) -> str:
-    """Hash of the normalized conversation (roles + NFKC, case-folded, whitespace-collapsed contents)."""
+    """Hash of the normalized conversation: roles + contents normalized exactly as `dedup` compares them."""
     messages = record.get("messages") if isinstance(record.get("messages"), list) else []
     parts = []
     for m, text in zip(messages, message_contents(record), strict=True):
         role = m.get("role") if isinstance(m, dict) else None
-        parts.append(f"{role}\x1f{_SPACES.sub(' ', unicodedata.normalize('NFKC', text)).strip().casefold()}")
+        parts.append(f"{role}\x1f{normalize_content(text)}")
     return hashlib.sha256("\x1e".join(parts).encode("utf-8")).hexdigest()
 
 
