@@ -113,11 +113,19 @@ def test_dvc_repro_runs_then_is_a_no_op(tmp_path: Path) -> None:
         cmd, cwd=ws, env={"PATH": env_path, "HOME": str(tmp_path), "CI": "1"}, capture_output=True, text=True
     )
     assert run("git", "init", "-q").returncode == 0
-    first = run(str(bindir / "dvc"), "repro", "validate_splits")
+    first = run(str(bindir / "dvc"), "repro")
     assert first.returncode == 0, first.stdout + first.stderr
     assert (ws / "data" / "processed" / "train.jsonl").exists()
+    assert (ws / "models" / "base" / "model.safetensors").exists()
     second = run(str(bindir / "dvc"), "repro")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "Running stage" not in second.stdout
     status = run(str(bindir / "dvc"), "status")
     assert "up to date" in status.stdout
+    # A change to one params section makes stale exactly the stages that declare it (DVC then reruns
+    # downstream stages only when their inputs really change).
+    params = ws / "params.yaml"
+    params.write_text(params.read_text().replace("urls: placeholder", "urls: remove"))
+    stale = run(str(bindir / "dvc"), "status").stdout
+    changed = {line.rstrip(":") for line in stale.splitlines() if line and not line[0].isspace()}
+    assert changed == {"clean", "validate_splits"}, stale
