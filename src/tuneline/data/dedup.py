@@ -137,7 +137,8 @@ def dedup_records(
         started = time.perf_counter()
         found: SearchResult = search([record_text(records[i]) for i in candidates], threshold, ngram_range)
         stats = dict(found.stats)  # no wall time in the report: DVC metrics stay identical across reruns
-        log.info("dedup: near-dup search over %d rows took %.2fs", len(candidates), time.perf_counter() - started)
+        log.info("dedup: near-dup search over %d rows took %.2fs", len(candidates),
+                 time.perf_counter() - started)
         # Pairs come sorted by (i, j); walking them in order drops j only if i is still kept, so each dropped
         # row points at its earliest kept near duplicate.
         dropped_near: set[int] = set()
