@@ -16,6 +16,7 @@ from tuneline.config.ingest import IngestParams
 from tuneline.config.model import ModelParams
 from tuneline.config.split import SplitParams
 from tuneline.config.task import TaskParams
+from tuneline.config.tracking import TrackingParams
 from tuneline.config.train import TrainParams
 from tuneline.config.validate_raw import ValidateRawParams
 from tuneline.config.validate_splits import ValidateSplitsParams
@@ -40,6 +41,7 @@ class Config(Section):
     )
     model: ModelParams = Field(default_factory=ModelParams, description="The base model to fine-tune.")
     train: TrainParams = Field(default_factory=TrainParams, description="Training method and settings.")
+    tracking: TrackingParams = Field(default_factory=TrackingParams, description="MLflow tracking.")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
