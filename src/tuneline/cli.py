@@ -118,6 +118,25 @@ def build_base_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
                f"{info.get('loss_after'):.3f}")
 
 
+@app.command("train")
+def train_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """Fine-tune the base model (LoRA by default) on data/processed/train.jsonl, validating on val.jsonl.
+
+    The pre-flight plan decides LR, warm-up, schedule, batch split, max length and precision; the loss is
+    on assistant tokens only. Writes models/adapter/ and reports/train.json, and records the run (params,
+    loss / LR / grad-norm curves, val loss and perplexity, lineage tags) in MLflow (tracking.uri).
+    """
+    from tuneline.train.train import run
+
+    _setup_logging()
+    try:
+        report = run(_load(params, set_), Layout(Path(".")))
+    except TunelineError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"train: val loss {report.get('val_loss_before')} -> best {report.get('val_loss_best')}; "
+               "adapter in models/adapter")
+
+
 @app.command("plan")
 def plan_command(
     model_config: Annotated[

@@ -4,8 +4,8 @@ sklearn's vectorizer counts n-grams in a Python loop and keeps a dict of every d
 1 µs per n-gram and, for Chinese (millions of distinct 3-grams), gigabytes of vocabulary. Here each n-gram of
 at most 3 characters becomes one int64 — its code points + 1 in 21-bit fields, zero-padded — whose numeric
 order is exactly Python's string order, so sorting the integers reproduces sklearn's sorted vocabulary and
-column numbering. The counts are then weighted by sklearn's own `TfidfTransformer` (smoothed IDF, L2 rows), as
-`TfidfVectorizer.fit_transform` does.
+column numbering. The counts are then weighted as sklearn's `TfidfTransformer` weights them (smoothed IDF,
+L2 rows; the same float32 operations, done in place), as `TfidfVectorizer.fit_transform` does.
 
 char_wb n-grams, as sklearn defines them: lowercase the text, split it on whitespace, pad each word with one
 space on both sides, and take every window of n characters inside a padded word. A padded word has at least 3
@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.feature_extraction.text import TfidfTransformer
+from sklearn.preprocessing import normalize
 
 MAX_N = 3  # three 21-bit code point fields fit in an int64
 _SPACE = ord(" ")
 _CHUNK = 20_000
+_IDF_SLICE = 10_000_000  # stored n-grams weighted per slice (bounds the temporary of the IDF product)
 
 
 def _chunk_grams(texts: list[str], ngram_range: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -116,5 +117,21 @@ def char_wb_tfidf(texts: list[str], ngram_range: tuple[int, int] = (3, 3)) -> sp
         row += len(ptr) - 1
         offset += len(local)
     counts_matrix = sp.csr_matrix((data, indices, indptr), shape=(n_docs, len(vocab)), dtype=np.float32)
-    tfidf = TfidfTransformer(norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=False)
-    return tfidf.fit(counts_matrix).transform(counts_matrix, copy=False)
+    return _weight_in_place(counts_matrix)
+
+
+def _weight_in_place(x: sp.csr_matrix) -> sp.csr_matrix:
+    """What `TfidfTransformer(norm="l2", smooth_idf=True).fit(x).transform(x, copy=False)` does, in place.
+
+    Same float32 operations in the same order (so the same bits), but the IDF is applied in slices: sklearn's
+    `x.data *= idf[x.indices]` builds a temporary as large as `x.data` (2 GB at 500 M stored n-grams).
+    """
+    df = np.bincount(x.indices, minlength=x.shape[1]).astype(np.float32)
+    df += 1.0  # smooth_idf: as if one more document held every n-gram
+    idf = np.full_like(df, fill_value=x.shape[0] + 1, dtype=np.float32)
+    idf /= df
+    np.log(idf, out=idf)
+    idf += 1.0
+    for lo in range(0, x.nnz, _IDF_SLICE):
+        x.data[lo : lo + _IDF_SLICE] *= idf[x.indices[lo : lo + _IDF_SLICE]]
+    return normalize(x, norm="l2", copy=False)

@@ -1,0 +1,49 @@
+"""Wire the configured method onto a loaded base model: LoRA adapters via peft, or full fine-tuning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuneline.config.train import TrainParams
+from tuneline.errors import ConfigError
+
+
+def lora_config(params: TrainParams) -> Any:
+    """The peft `LoraConfig` for `train.lora` (causal LM)."""
+    from peft import LoraConfig, TaskType
+
+    lora = params.lora
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        bias=lora.bias,
+        task_type=TaskType.CAUSAL_LM,
+    )
+
+
+def prepare_model(model: Any, params: TrainParams) -> Any:
+    """Return the model to train: the base wrapped with LoRA adapters, or the base itself (`full`).
+
+    Raises:
+        ConfigError: a LoRA target module matches nothing in the model.
+    """
+    if params.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, lora_config(params))
+    except ValueError as exc:
+        # peft says "Target modules {...} not found in the base model" - name the config key.
+        raise ConfigError(f"train.lora.target_modules {params.lora.target_modules!r}: {exc}") from None
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts of the model as it will train."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,111 @@
+"""Render canonical records with the tokenizer's chat template and build assistant-only labels.
+
+Labels are the input ids where the chat template marks assistant tokens (its `{% generation %}`
+block: assistant content plus the closing eos) and -100 elsewhere, so the loss teaches answers,
+never prompts. Rows longer than `max_length` are cut at the end and counted; a row with no
+supervised token left (e.g. a prompt longer than `max_length`) is dropped and counted, because a
+batch made only of such rows has no loss to learn from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuneline.errors import ConfigError
+
+IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
+
+
+@dataclass
+class Encoded:
+    """Tokenized rows ready for the trainer, plus what was cut or dropped."""
+
+    rows: list[dict[str, list[int]]] = field(default_factory=list)
+    truncated_rows: int = 0
+    dropped_no_target: list[str] = field(default_factory=list)
+    tokens: int = 0
+    target_tokens: int = 0
+
+
+def messages_of(record: dict[str, Any]) -> list[dict[str, str]]:
+    """A canonical record's messages reduced to role and content (what chat templates render)."""
+    return [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
+
+
+def encode_messages(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """Render one conversation and return (input_ids, assistant_mask), untruncated.
+
+    Raises:
+        ConfigError: the tokenizer has no chat template, or its template marks no assistant tokens
+            (it lacks a `{% generation %}` block), so assistant-only labels cannot be built.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("model.name_or_path: the tokenizer has no chat template; cannot render messages")
+    enc = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
+    has_answer = any(m["role"] == "assistant" and m["content"] for m in messages)
+    if has_answer and not any(mask):
+        raise ConfigError(
+            "model.name_or_path: the chat template marks no assistant tokens (it needs a "
+            "{% generation %} ... {% endgeneration %} block around assistant content) so the loss "
+            "cannot be restricted to answers"
+        )
+    return ids, mask
+
+
+def token_lengths(tokenizer: Any, records: Iterable[dict[str, Any]]) -> list[int]:
+    """Tokens per rendered record (for the plan's `max_length: auto` and its truncation count)."""
+    return [len(encode_messages(tokenizer, messages_of(r))[0]) for r in records]
+
+
+def labels_from_mask(input_ids: list[int], mask: list[int]) -> list[int]:
+    """Copy of `input_ids` with every non-assistant position set to IGNORE_INDEX."""
+    return [tok if m else IGNORE_INDEX for tok, m in zip(input_ids, mask, strict=True)]
+
+
+def encode_records(tokenizer: Any, records: Iterable[dict[str, Any]], max_length: int) -> Encoded:
+    """Tokenize records once, truncating to `max_length` and masking labels to assistant tokens.
+
+    Args:
+        tokenizer: a tokenizer whose chat template has a `{% generation %}` block.
+        records: canonical records (`id`, `messages`).
+        max_length: tokens kept per row (the end is cut).
+
+    Returns:
+        Rows with `input_ids`, `attention_mask`, `labels`; counts of truncated and dropped rows.
+    """
+    out = Encoded()
+    for record in records:
+        ids, mask = encode_messages(tokenizer, messages_of(record))
+        if len(ids) > max_length:
+            out.truncated_rows += 1
+            ids, mask = ids[:max_length], mask[:max_length]
+        labels = labels_from_mask(ids, mask)
+        supervised = sum(1 for t in labels if t != IGNORE_INDEX)
+        if not supervised:
+            out.dropped_no_target.append(str(record.get("id")))
+            continue
+        out.rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+        out.tokens += len(ids)
+        out.target_tokens += supervised
+    return out
+
+
+def pad_batch(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
+    """Right-pad a batch to its longest row: pad ids, attention 0, labels IGNORE_INDEX."""
+    import torch
+
+    width = max(len(r["input_ids"]) for r in rows)
+
+    def pad(key: str, value: int) -> Any:
+        return torch.tensor([r[key] + [value] * (width - len(r[key])) for r in rows], dtype=torch.long)
+
+    return {
+        "input_ids": pad("input_ids", pad_id),
+        "attention_mask": pad("attention_mask", 0),
+        "labels": pad("labels", IGNORE_INDEX),
+    }

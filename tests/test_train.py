@@ -1,0 +1,147 @@
+"""The train stage: assistant-only labels, LoRA on a tiny demo base, outputs, MLflow tracking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.test_demo_base import build_tiny_base
+
+from tuneline.config.loader import Config
+from tuneline.jsonio import write_jsonl
+from tuneline.layout import Layout
+from tuneline.train.tokenize import IGNORE_INDEX, encode_records
+
+WORDS = ["cat", "dog", "fox", "owl", "bee", "ant"]
+
+
+def repeat_records(n: int, offset: int = 0) -> list[dict[str, Any]]:
+    """A learnable task: the answer repeats the word named in the question."""
+    out = []
+    for i in range(n):
+        w = WORDS[(i + offset) % len(WORDS)]
+        out.append({"id": f"r{offset}-{i}", "category": None, "meta": {}, "source": {}, "messages": [
+            {"role": "user", "content": f"Repeat the word {w}."},
+            {"role": "assistant", "content": w},
+        ]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_base(tmp_path_factory.mktemp("base"), steps=10)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_base: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_base)
+
+
+def test_labels_supervise_only_assistant_tokens(tokenizer: Any) -> None:
+    rec = {"id": "x", "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Repeat the word cat."},
+        {"role": "assistant", "content": "cat"},
+        {"role": "user", "content": "And dog?"},
+        {"role": "assistant", "content": "dog"},
+    ]}
+    enc = encode_records(tokenizer, [rec], max_length=512)
+    row = enc.rows[0]
+    supervised = [t for t in row["labels"] if t != IGNORE_INDEX]
+    assert tokenizer.decode(supervised) == "cat<|eos|>dog<|eos|>"
+    prompt = [t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab == IGNORE_INDEX]
+    assert "Repeat the word cat." in tokenizer.decode(prompt) and "Be brief." in tokenizer.decode(prompt)
+    assert enc.target_tokens == len(supervised) and enc.truncated_rows == 0
+
+
+def test_truncation_counted_and_answerless_rows_dropped(tokenizer: Any) -> None:
+    long = {"id": "long", "messages": [{"role": "user", "content": "word " * 200},
+                                       {"role": "assistant", "content": "ok"}]}
+    short = repeat_records(1)[0]
+    limit = len(encode_records(tokenizer, [short], max_length=10_000).rows[0]["input_ids"])
+    enc = encode_records(tokenizer, [long, short], max_length=limit)
+    assert enc.truncated_rows == 1 and enc.dropped_no_target == ["long"]
+    assert len(enc.rows) == 1 and len(enc.rows[0]["input_ids"]) == limit
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, Config]:
+    from tuneline.train.train import run
+
+    root = tmp_path_factory.mktemp("ws")
+    layout = Layout(root)
+    write_jsonl(layout.processed("train"), repeat_records(48))
+    write_jsonl(layout.processed("val"), repeat_records(12, offset=1))
+    cfg = Config.model_validate({
+        "seed": 0,
+        "model": {"name_or_path": str(tiny_base)},
+        "train": {"lr": 0.02, "epochs": 3, "effective_batch": 8, "per_device_batch": 4,
+                  "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        "tracking": {"uri": f"sqlite:///{root}/mlflow.db", "experiment": "test"},
+    })
+    report = run(cfg, layout)
+    return root, report, cfg
+
+
+def test_loss_falls_and_report_has_no_timings(trained: tuple[Path, dict, Config]) -> None:
+    root, report, _ = trained
+    assert report["steps"] == 18  # 48 rows / effective batch 8 x 3 epochs
+    assert report["train_loss_final"] < report["train_loss_first"]
+    assert report["train_loss_end_avg"] < report["train_loss_start_avg"]
+    assert report["val_loss_best"] < report["val_loss_before"]
+    on_disk = json.loads((root / "reports" / "train.json").read_text())
+    assert on_disk == report
+    assert not [k for k in on_disk if "second" in k or "time" in k or "runtime" in k]
+
+
+def test_adapter_dir_contract_and_only_lora_weights_changed(
+    trained: tuple[Path, dict, Config], tiny_base: Path
+) -> None:
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    root, report, _ = trained
+    out = root / "models" / "adapter"
+    names = {p.name for p in out.iterdir()}
+    expected = {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "train_summary.json"}
+    assert expected <= names
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dir left behind
+    conf = json.loads((out / "adapter_config.json").read_text())
+    assert (conf["r"], conf["lora_alpha"]) == (4, 8)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["plan"]["lr"] == 0.02 and summary["seconds"] > 0 and summary["steps"] == report["steps"]
+
+    weights = load_file(out / "adapter_model.safetensors")
+    assert weights and all("lora_" in k for k in weights)
+    # lora_B starts at zero: non-zero means the adapter trained.
+    assert all(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    original = {k: v.clone() for k, v in base.state_dict().items()}
+    tuned = PeftModel.from_pretrained(base, out)
+    for name, value in tuned.get_base_model().state_dict().items():
+        if "lora_" not in name:
+            key = name.replace(".base_layer", "")
+            assert torch.equal(value, original[key]), name
+
+
+def test_mlflow_run_has_params_metrics_and_tags(trained: tuple[Path, dict, Config]) -> None:
+    import mlflow
+
+    root, report, cfg = trained
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)
+    exp = client.get_experiment_by_name("test")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.lora.r"] == "4" and run.data.params["plan.lr"] == "0.02"
+    for metric in ("train_loss", "lr", "grad_norm", "val_loss", "val_perplexity"):
+        assert metric in run.data.metrics, metric
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == report["steps"]
+    tags = run.data.tags
+    assert tags["params_hash"] == report["params_hash"] and len(tags["data_hash"]) == 64
