@@ -10,10 +10,14 @@ Methods:
   brute    the definition: blocked X @ X.T in float64 over the same TF-IDF rows (sizes <= --brute-max).
   minhash  datasketch MinHashLSH on character 3-gram sets, candidates verified by the exact TF-IDF cosine
            (so its precision is 1 by construction; the question is its recall and time).
-Corpora: instruction-like texts (200-600 characters) drawn with a fixed seed from a Zipf-weighted vocabulary
-(English: synthetic words + common words + numbers; Chinese: 1-4 character words over 3,500 CJK characters,
-no spaces). About 4 % of rows are planted edits of an earlier row: half with few edits (cosine well above the
-threshold), half with more edits (cosine mostly just below it).
+Corpora (generator v2, cached under bench/.cache/; about 20 s for 1M English documents): token ids drawn with
+a fixed seed and joined. English: 35-99 words per document, Zipf (s=1.05) over 100,000 syllable-built words
+(common English words first), 1/24 of tokens numbers, 1/24 followed by a comma, and TAIL_RATE (0.4 %) fresh
+random tokens over letters, digits, accented/Greek/Cyrillic letters and symbols — the open tail that makes the
+character 3-gram vocabulary keep growing like real text (rate calibrated on the alpaca and C4 samples).
+Chinese: 110-329 words of 1-4 characters over 3,500 CJK characters, no spaces, 1/8 followed by punctuation.
+About 4 % of rows are edited copies of an earlier row: half with few word replacements (cosine well above
+the threshold), half with more (cosine around it).
 """
 
 from __future__ import annotations

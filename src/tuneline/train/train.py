@@ -33,6 +33,7 @@ from tuneline.config.loader import Config
 from tuneline.errors import InputFileError
 from tuneline.jsonio import read_jsonl, write_json
 from tuneline.layout import Layout
+from tuneline.progress import enabled as progress_enabled
 from tuneline.train.lora import count_parameters, prepare_model
 from tuneline.train.plan import Plan, make_plan
 from tuneline.train.tokenize import encode_records, pad_batch, token_lengths
@@ -164,7 +165,7 @@ def _training_args(cfg: Config, plan: Plan, out: Path, use_cpu: bool) -> Any:
         use_cpu=use_cpu,
         report_to="none",
         dataloader_num_workers=0,
-        disable_tqdm=True,
+        disable_tqdm=not progress_enabled(),  # a bar with loss and ETA on a terminal; quiet in CI
     )
 
 
@@ -199,6 +200,7 @@ def run(cfg: Config, layout: Layout) -> dict:
     import mlflow
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, Trainer, set_seed
+    from transformers.trainer_callback import PrinterCallback
 
     started = time.monotonic()
     train_path, val_path = layout.processed("train"), layout.processed("val")
@@ -259,6 +261,7 @@ def run(cfg: Config, layout: Layout) -> dict:
             callbacks=[_mlflow_callback(client, run_id, history),
                        EarlyStoppingCallback(early_stopping_patience=EARLY_STOPPING_PATIENCE)],
         )
+        trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout: MLflow and the log have them
         val_before = float(trainer.evaluate()["eval_loss"])  # step 0: the base model's val loss
         train_started = time.monotonic()
         result = trainer.train()
