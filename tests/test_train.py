@@ -115,7 +115,10 @@ def test_adapter_dir_contract_and_only_lora_weights_changed(
     conf = json.loads((out / "adapter_config.json").read_text())
     assert (conf["r"], conf["lora_alpha"]) == (4, 8)
     summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["plan"]["lr"] == 0.02 and summary["seconds"] > 0 and summary["steps"] == report["steps"]
+    assert summary["plan"]["lr"] == 0.02 and summary["steps"] == report["steps"]
+    assert "seconds" not in summary and "mlflow_run_id" not in summary  # the DVC output stays reproducible
+    run_facts = json.loads((root / "reports" / "train_run.json").read_text())
+    assert run_facts["seconds"] > 0 and run_facts["mlflow_run_id"]
 
     weights = load_file(out / "adapter_model.safetensors")
     assert weights and all("lora_" in k for k in weights)
@@ -145,3 +148,22 @@ def test_mlflow_run_has_params_metrics_and_tags(trained: tuple[Path, dict, Confi
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == report["steps"]
     tags = run.data.tags
     assert tags["params_hash"] == report["params_hash"] and len(tags["data_hash"]) == 64
+
+
+def test_same_inputs_and_seed_give_the_same_adapter(
+    trained: tuple[Path, dict, Config], tmp_path: Path
+) -> None:
+    """CPU training is reproducible: the adapter directory (a DVC output) is byte-identical on a rerun."""
+    from tuneline.train.train import run
+
+    root, report, cfg = trained
+    layout = Layout(tmp_path)
+    for split in ("train", "val"):
+        layout.processed(split).parent.mkdir(parents=True, exist_ok=True)
+        layout.processed(split).write_bytes(Layout(root).processed(split).read_bytes())
+    again = run(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(
+        update={"uri": f"sqlite:///{tmp_path}/mlflow.db"})}), layout)
+    assert again == report
+    for name in ("adapter_model.safetensors", "train_summary.json", "adapter_config.json"):
+        first = (root / "models" / "adapter" / name).read_bytes()
+        assert (tmp_path / "models" / "adapter" / name).read_bytes() == first, name

@@ -9,7 +9,8 @@ early stopping after `EARLY_STOPPING_PATIENCE` evaluations without improvement.
 Outputs (written into a temp directory beside, then renamed into place):
 
     models/adapter/     adapter (or full model) safetensors + config, tokenizer with chat template,
-                        train_summary.json (losses, steps, tokens, seconds, plan)
+                        train_summary.json (losses, steps, tokens, plan, loss history);
+                        reports/train_run.json: wall time, tokens/s, MLflow run id, git commit
     reports/train.json  DVC metrics: losses, steps, tokens, counts; no wall-clock fields
 
 MLflow (`tracking.uri` / `tracking.experiment`) gets flat params, per-step train loss, learning
@@ -316,21 +317,24 @@ def run(cfg: Config, layout: Layout) -> dict:
         "params_hash": params_hash,
         "data_hash": data_hash,
     }
-    seconds = time.monotonic() - started
-    summary = {**report, "seconds": seconds, "train_seconds": train_seconds,
-               "tokens_per_second": tokens_seen / train_seconds if train_seconds else None,
-               "mlflow_run_id": run_id, "git_commit": commit, "plan": plan.to_dict(), "history": history,
+    # The adapter directory (a DVC output) holds only what the training determines, so a rerun of the
+    # same inputs yields the same hash; wall time, the MLflow run id and the commit go to train_run.json.
+    summary = {**report, "plan": plan.to_dict(), "history": history,
                "dropped_ids": train_enc.dropped_no_target}
     write_json(final / SUMMARY, summary)
+    run_facts = {"seconds": time.monotonic() - started, "train_seconds": train_seconds,
+                 "tokens_per_second": tokens_seen / train_seconds if train_seconds else None,
+                 "mlflow_run_id": run_id, "tracking_uri": cfg.tracking.uri, "git_commit": commit}
     _replace_dir(final, out)
     shutil.rmtree(work, ignore_errors=True)
     client.log_metric(run_id, "val_loss_best", val_best, step=steps)
     client.log_metric(run_id, "train_seconds", train_seconds)
     client.set_terminated(run_id, "FINISHED")
     write_json(layout.report("train"), report)
+    write_json(layout.report("train_run"), run_facts)
     logger.info(
         "train: %d steps in %.1fs (%.0f tokens/s); train loss %.3f -> %.3f, val loss %.3f -> %.3f (best); "
-        "adapter in %s", steps, train_seconds, summary["tokens_per_second"] or 0.0,
+        "adapter in %s", steps, train_seconds, run_facts["tokens_per_second"] or 0.0,
         report["train_loss_first"] or float("nan"), report["train_loss_final"] or float("nan"),
         val_before, val_best, out,
     )
