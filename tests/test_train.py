@@ -114,6 +114,7 @@ def test_adapter_dir_contract_and_only_lora_weights_changed(
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dir left behind
     conf = json.loads((out / "adapter_config.json").read_text())
     assert (conf["r"], conf["lora_alpha"]) == (4, 8)
+    assert conf["target_modules"] == ["q_proj", "v_proj"]  # sorted: the same file whatever the hash seed
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["plan"]["lr"] == 0.02 and summary["steps"] == report["steps"]
     assert "seconds" not in summary and "mlflow_run_id" not in summary  # the DVC output stays reproducible

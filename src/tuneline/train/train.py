@@ -114,6 +114,16 @@ class _Rows:
         return self.rows[i]
 
 
+def _sort_target_modules(path: Path) -> None:
+    """peft stores target_modules from a set, in hash order; sorted, the file is the same on every run."""
+    if not path.exists():
+        return  # method: full saves no adapter config
+    conf = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(conf.get("target_modules"), list):
+        conf["target_modules"] = sorted(conf["target_modules"])
+        write_json(path, conf)
+
+
 def _mlflow_callback(client: Any, run_id: str, history: list[dict[str, float]]) -> Any:
     """A TrainerCallback logging each step's numbers to MLflow (and keeping them for the summary)."""
     from transformers import TrainerCallback
@@ -271,6 +281,7 @@ def run(cfg: Config, layout: Layout) -> dict:
         final = work / "final"
         trainer.model.save_pretrained(final, safe_serialization=True)
         tokenizer.save_pretrained(final)
+        _sort_target_modules(final / "adapter_config.json")
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
