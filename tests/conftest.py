@@ -1,4 +1,4 @@
-"""Shared fixtures: a temporary workspace and a tiny config, offline by construction."""
+"""Shared test setup: no progress bars, one thread, and a temporary workspace fixture (all offline)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,6 @@ import pytest
 
 os.environ.setdefault("TUNELINE_PROGRESS", "0")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture

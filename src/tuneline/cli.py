@@ -7,7 +7,6 @@ any number of `--set section.key=value` overrides.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -184,7 +183,3 @@ def config_show(params: ParamsOpt = None, set_: SetOpt = None) -> None:
         typer.echo(dump_config(_load(params, set_)), nl=False)
     except TunelineError as exc:
         raise _fail(exc) from None
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    sys.exit(app())
