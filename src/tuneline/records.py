@@ -70,6 +70,12 @@ def record_text(record: dict[str, Any], roles: tuple[str, ...] | None = None) ->
     )
 
 
+def is_augmented(record: dict[str, Any]) -> bool:
+    """True for a copy made by `augment` (meta.augmented_from names its train origin)."""
+    meta = record.get("meta")
+    return isinstance(meta, dict) and meta.get("augmented_from") not in (None, "")
+
+
 def assistant_outputs(record: dict[str, Any]) -> list[str]:
     return [m["content"] for m in record["messages"] if m["role"] == "assistant"]
 

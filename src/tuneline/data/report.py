@@ -14,7 +14,7 @@ from typing import Any
 from tuneline.config import Config
 from tuneline.jsonio import read_json, read_jsonl
 from tuneline.layout import SPLITS, Layout
-from tuneline.records import record_text
+from tuneline.records import is_augmented, record_text
 from tuneline.stages import DATA_STAGES
 
 LENGTH_EDGES = [0, 50, 100, 200, 400, 800, 1600, 3200, 6400, 12800]
@@ -45,7 +45,7 @@ def _split_facts(layout: Layout, field: str) -> dict[str, dict[str, Any]]:
         cats: Counter[str] = Counter(str(r.get(field) or "(none)") for r in rows)
         facts[split] = {
             "rows": len(rows),
-            "augmented": sum(1 for r in rows if r.get("meta", {}).get("augmented_from")),
+            "augmented": sum(1 for r in rows if is_augmented(r)),
             "categories": dict(cats.most_common()),
             "length_hist": length_histogram([len(record_text(r)) for r in rows]),
         }

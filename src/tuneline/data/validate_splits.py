@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from typing import TYPE_CHECKING, Any
 
 from tuneline.config import Config
@@ -31,6 +30,7 @@ from tuneline.data.textnorm import CODE_SPAN_RE, EMAIL_RE, HTML_ENTITY_RE, HTML_
 from tuneline.errors import InputFileError
 from tuneline.jsonio import read_jsonl
 from tuneline.layout import SPLITS, Layout
+from tuneline.records import is_augmented
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,15 +39,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "validate_splits"
 RESIDUE = {"html_tag": HTML_TAG_RE, "html_entity": HTML_ENTITY_RE, "url": URL_RE, "email": EMAIL_RE}
-_SPACES = re.compile(r"\s+")
 _COLUMNS = [REF, "id", "split", "augmented", "messages", "roles", "stratum", "content_key", "schema_error"]
 _COLUMNS += [f"{kind}_residue" for kind in RESIDUE]
-
-
-def is_augmented(record: dict[str, Any]) -> bool:
-    """True for a copy made by `augment` (meta.augmented_from names its train origin)."""
-    meta = record.get("meta")
-    return isinstance(meta, dict) and meta.get("augmented_from") not in (None, "")
 
 
 def content_key(record: dict[str, Any]) -> str:
