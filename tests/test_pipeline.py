@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from tuneline.config import load_config
-from tuneline.data.pipeline import run_data
+from tuneline.data.pipeline import run_data, workspace_report
 from tuneline.errors import DataValidationError
 from tuneline.jsonio import read_json, read_jsonl
+from tuneline.layout import Layout
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "raw" / "demo"
@@ -74,6 +75,10 @@ def test_data_command_on_dirty_files(tmp_path: Path) -> None:
     assert report["splits"]["test"]["rows"] > 0
     page = (out / "report.html").read_text()
     assert "Funnel" in page and "balanced" in page
+    # `tuneline report` writes the same facts for a workspace (here the run's own).
+    html_path = workspace_report(Layout(out / "work"), load_config(None))
+    assert html_path.read_text().count("Funnel") == 1
+    assert read_json(out / "work" / "reports" / "data.json")["ledger"] == report["ledger"]
 
 
 @pytest.mark.integration

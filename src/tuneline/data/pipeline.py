@@ -53,9 +53,7 @@ def run_data(inputs: list[Path], output: Path, cfg: Config) -> str:
         else:
             (output / f"{split}.jsonl").unlink(missing_ok=True)
     gather_rejected(layout, output / "rejected.jsonl")
-    report = build_report(layout, cfg)
-    write_json(output / "report.json", report)
-    write_text(output / "report.html", render_html(report))
+    report = write_report(layout, cfg, output / "report.json", output / "report.html")
     if failure is not None:
         raise failure
     return summary_line(report, output)
@@ -72,12 +70,18 @@ def gather_rejected(layout: Layout, dest: Path) -> int:
     return n
 
 
+def write_report(layout: Layout, cfg: Config, json_path: Path, html_path: Path) -> dict[str, Any]:
+    """Build the data report of `layout` and write it as JSON and as the HTML page."""
+    report = build_report(layout, cfg)
+    write_json(json_path, report)
+    write_text(html_path, render_html(report))
+    return report
+
+
 def workspace_report(layout: Layout, cfg: Config) -> Path:
     """reports/data.json and reports/data.html for the DVC workspace (after `dvc repro`)."""
-    report = build_report(layout, cfg)
-    write_json(layout.report("data"), report)
     path = layout.report("data", "html")
-    write_text(path, render_html(report))
+    write_report(layout, cfg, layout.report("data"), path)
     return path
 
 
