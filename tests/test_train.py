@@ -79,7 +79,7 @@ def trained(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     cfg = Config.model_validate({
         "seed": 0,
         "model": {"name_or_path": str(tiny_base)},
-        "train": {"lr": 0.02, "epochs": 3, "effective_batch": 8, "per_device_batch": 4,
+        "train": {"lr": 0.02, "epochs": 3, "effective_batch": 8, "per_device_batch": 4, "packing": False,
                   "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
         "tracking": {"uri": f"sqlite:///{root}/mlflow.db", "experiment": "test"},
     })

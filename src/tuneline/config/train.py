@@ -1,5 +1,6 @@
 """`train` section: method, hyper-parameters (or `auto` from the guide's templates), batch and memory."""
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -16,6 +17,26 @@ class LoraParams(Section):
         description="Modules that get adapters: the guide's q_proj, v_proj, or `all-linear`.",
     )
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train (guide: none).")
+
+
+class HealthParams(Section):
+    flat_loss_evals: int = Field(
+        3, ge=2, description="Evaluations in a row whose val loss moves less than flat_loss_tolerance: warn."
+    )
+    flat_loss_tolerance: float = Field(
+        0.002, ge=0, description="Relative change of val loss under which it counts as flat (0.002 = 0.2 %)."
+    )
+    overfit_evals: int = Field(
+        2, ge=1,
+        description="Evaluations in a row with val loss rising while train loss falls: stop early, keep the "
+        "best checkpoint.",
+    )
+    lr_tolerance: float = Field(
+        0.05, ge=0, description="Relative gap between the logged LR and the plan's schedule that warns."
+    )
+    min_gpu_utilization: float = Field(
+        30.0, ge=0, le=100, description="Mean GPU utilization (%) under which a data-bottleneck warns."
+    )
 
 
 class TrainParams(Section):
@@ -43,6 +64,38 @@ class TrainParams(Section):
         "auto", description="Tokens per sequence; `auto` picks from task.type and the measured lengths."
     )
     epochs: float = Field(3.0, gt=0, description="Passes over the training split.")
+    packing: bool = Field(
+        True,
+        description="Pack several rows into each sequence (positions restart per row, no attention across "
+        "rows); with packing, effective_batch counts packed sequences.",
+    )
+    eval_every: int | Literal["epoch"] = Field(
+        "epoch", description="Evaluate on val (and checkpoint) every N optimizer steps, or once per epoch."
+    )
+    early_stopping_patience: int = Field(
+        3, ge=1, description="Evaluations without a better val loss before training stops."
+    )
+    output_dir: Path = Field(
+        Path("models/adapter"), description="Where the adapter (or full model) goes, relative to the root."
+    )
+    resume: Literal["auto", "never"] = Field(
+        "auto", description="`auto`: a rerun after a crash resumes from the last checkpoint of the same run."
+    )
+    oom_retries: int = Field(
+        2, ge=0,
+        description="On CUDA out-of-memory: halve per_device_batch, double accumulation (same effective "
+        "batch), turn on checkpointing and resume; at most this many times.",
+    )
+    launcher: Literal["auto", "torchrun", "deepspeed"] = Field(
+        "auto",
+        description="How world_size > 1 starts: `auto` = deepspeed when ZeRO > 0, else torchrun.",
+    )
+    hostfile: Path | None = Field(
+        None, description="DeepSpeed hostfile for many nodes (`host slots=N` per line); None: this machine."
+    )
+    master_addr: str = Field("127.0.0.1", description="Rendezvous address of node 0 for many nodes.")
+    master_port: int = Field(29500, ge=1, le=65535, description="Rendezvous port.")
+    health: HealthParams = Field(default_factory=HealthParams, description="Danger-signal thresholds.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="`auto`: bf16 where supported, fp16 on GPUs without bf16, fp32 on CPU."
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,30 @@ class Plan:
         out = asdict(self)
         out["lr_range"] = list(self.lr_range)
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        """Inverse of `to_dict` (a worker process receives its plan this way)."""
+        fields = dict(data)
+        fields["lr_range"] = tuple(fields["lr_range"])
+        fields["memory"] = MemoryEstimate(**fields["memory"])
+        fields["options"] = [MemoryEstimate(**o) for o in fields.get("options", [])]
+        return cls(**fields)
+
+
+def backoff(plan: Plan) -> Plan | None:
+    """The plan after a CUDA out-of-memory: half the per-device batch, twice the accumulation (the
+    effective batch stays), gradient checkpointing on. None when there is nothing left to give."""
+    if plan.per_device_batch == 1 and plan.gradient_checkpointing:
+        return None
+    # the largest divisor of the batch at most half of it, so the effective batch stays exact
+    size = plan.per_device_batch
+    batch = max((d for d in range(1, size // 2 + 1) if size % d == 0), default=1)
+    accum = plan.grad_accum * plan.per_device_batch // batch
+    change = (f"out of memory: per_device_batch {size} -> {batch}, grad_accum {plan.grad_accum} -> "
+              f"{accum}, gradient checkpointing on (effective batch {plan.effective_batch})")
+    return replace(plan, per_device_batch=batch, grad_accum=accum, gradient_checkpointing=True,
+                   adjustments=[*plan.adjustments, change])
 
 
 def load_model_config(cfg: Config, model_config: Any = None) -> Any:

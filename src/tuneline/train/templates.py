@@ -42,6 +42,12 @@ LR_TABLE: tuple[LrRow, ...] = (
 # this factor of an anchor uses that row as-is instead of an interpolation a hair away from it.
 SNAP_FACTOR = 1.15
 
+# Below the smallest anchor, smaller models take larger steps: the GPT-3 paper's table (Brown et al.
+# 2020, Table 2.1: 125M 6e-4 ... 6.7B 1.2e-4) falls as size^-0.4. The 7B row's LR range is scaled by
+# (7B / size)^0.4, capped at x10 so a toy model does not get an absurd step.
+SMALL_EXPONENT = 0.4
+SMALL_CAP = 10.0
+
 
 @dataclass(frozen=True)
 class LrPick:
@@ -78,7 +84,8 @@ def pick_lr(method: Method, params: int) -> LrPick:
 
     Rule: within x1.15 of an anchor size -> that row; between anchors -> learning rates interpolated
     geometrically (log-log) and warm-up linearly in log(size), schedule of the nearer anchor (in log
-    size); below the smallest or above the largest anchor -> that row (clamped).
+    size); below the smallest anchor -> its learning rates x (anchor / size)^0.4, at most x10, with its
+    warm-up and schedule; above the largest anchor -> that row (clamped).
 
     Args:
         method: "lora" or "full".
@@ -93,7 +100,7 @@ def pick_lr(method: Method, params: int) -> LrPick:
         if row.size_b / SNAP_FACTOR <= size <= row.size_b * SNAP_FACTOR:
             return _as_pick(row, f"{method} {row.size_b:g}B")
     if size < rows[0].size_b:
-        return _as_pick(rows[0], f"{method} {rows[0].size_b:g}B (clamped: model {size:.3g}B is smaller)")
+        return _scaled_down(rows[0], size)
     if size > rows[-1].size_b:
         return _as_pick(rows[-1], f"{method} {rows[-1].size_b:g}B (clamped: model {size:.3g}B is larger)")
     lo, hi = next((a, b) for a, b in zip(rows, rows[1:], strict=False) if a.size_b <= size <= b.size_b)
@@ -110,6 +117,22 @@ def pick_lr(method: Method, params: int) -> LrPick:
         warmup=lo.warmup + t * (hi.warmup - lo.warmup),
         schedule=lo.schedule if t <= 0.5 else hi.schedule,
         source=f"{lo.source} | {hi.source}",
+    )
+
+
+def _scaled_down(row: LrRow, size: float) -> LrPick:
+    """The smallest anchor's recipe with learning rates raised for a smaller model (SMALL_EXPONENT)."""
+    factor = min(SMALL_CAP, (row.size_b / size) ** SMALL_EXPONENT)
+    capped = " (capped)" if factor == SMALL_CAP else ""
+    return LrPick(
+        row=f"{row.method} {row.size_b:g}B scaled to {size:.3g}B: lr x (size ratio)^{SMALL_EXPONENT:g} "
+        f"= x{factor:.3g}{capped}",
+        lr_min=row.lr_min * factor,
+        lr_max=row.lr_max * factor,
+        lr=row.lr * factor,
+        warmup=row.warmup,
+        schedule=row.schedule,
+        source=f"{row.source}; below {row.size_b:g}B: GPT-3 (Brown et al. 2020) lr ~ size^-0.4",
     )
 
 

@@ -57,55 +57,44 @@ def encode_messages(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[lis
     return ids, mask
 
 
-def token_lengths(tokenizer: Any, records: Iterable[dict[str, Any]]) -> list[int]:
-    """Tokens per rendered record (for the plan's `max_length: auto` and its truncation count)."""
-    return [len(encode_messages(tokenizer, messages_of(r))[0]) for r in records]
-
-
 def labels_from_mask(input_ids: list[int], mask: list[int]) -> list[int]:
     """Copy of `input_ids` with every non-assistant position set to IGNORE_INDEX."""
     return [tok if m else IGNORE_INDEX for tok, m in zip(input_ids, mask, strict=True)]
 
 
-def encode_records(tokenizer: Any, records: Iterable[dict[str, Any]], max_length: int) -> Encoded:
-    """Tokenize records once, truncating to `max_length` and masking labels to assistant tokens.
+def build_rows(
+    record_ids: list[str], ids: list[list[int]], masks: list[list[int]], max_length: int
+) -> Encoded:
+    """Training rows from rendered tokens: truncated to `max_length`, labels on assistant tokens only.
 
     Args:
-        tokenizer: a tokenizer whose chat template has a `{% generation %}` block.
-        records: canonical records (`id`, `messages`).
+        record_ids: each record's id (kept on its row as `row_id`, e.g. for a NaN diagnosis).
+        ids: each record's rendered token ids (untruncated).
+        masks: each record's assistant mask (1 = assistant token).
         max_length: tokens kept per row (the end is cut).
 
     Returns:
-        Rows with `input_ids`, `attention_mask`, `labels`; counts of truncated and dropped rows.
+        Rows with `input_ids`, `labels`, `row_id`; counts of truncated and dropped rows.
     """
     out = Encoded()
-    for record in records:
-        ids, mask = encode_messages(tokenizer, messages_of(record))
-        if len(ids) > max_length:
+    for rid, row_ids, mask in zip(record_ids, ids, masks, strict=True):
+        if len(row_ids) > max_length:
             out.truncated_rows += 1
-            ids, mask = ids[:max_length], mask[:max_length]
-        labels = labels_from_mask(ids, mask)
+            row_ids, mask = row_ids[:max_length], mask[:max_length]
+        labels = labels_from_mask(row_ids, mask)
         supervised = sum(1 for t in labels if t != IGNORE_INDEX)
         if not supervised:
-            out.dropped_no_target.append(str(record.get("id")))
+            out.dropped_no_target.append(rid)
             continue
-        out.rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
-        out.tokens += len(ids)
+        out.rows.append({"input_ids": list(row_ids), "labels": labels, "row_id": rid})
+        out.tokens += len(row_ids)
         out.target_tokens += supervised
     return out
 
 
-def pad_batch(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
-    """Right-pad a batch to its longest row: pad ids, attention 0, labels IGNORE_INDEX."""
-    import torch
-
-    width = max(len(r["input_ids"]) for r in rows)
-
-    def pad(key: str, value: int) -> Any:
-        return torch.tensor([r[key] + [value] * (width - len(r[key])) for r in rows], dtype=torch.long)
-
-    return {
-        "input_ids": pad("input_ids", pad_id),
-        "attention_mask": pad("attention_mask", 0),
-        "labels": pad("labels", IGNORE_INDEX),
-    }
+def encode_records(tokenizer: Any, records: Iterable[dict[str, Any]], max_length: int) -> Encoded:
+    """Render and tokenize records (no cache), then `build_rows`."""
+    records = list(records)
+    rendered = [encode_messages(tokenizer, messages_of(r)) for r in records]
+    return build_rows([str(r.get("id")) for r in records], [i for i, _ in rendered],
+                      [m for _, m in rendered], max_length)

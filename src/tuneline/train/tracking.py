@@ -1,0 +1,111 @@
+"""MLflow bookkeeping for a training run: lineage hashes, flat params, per-step metrics.
+
+One MLflow run per training. The parent process creates it (tags: git_commit, params_hash,
+data_hash and one sha256 per split); whichever process trains logs per-step numbers into it by id,
+so a multi-process run is still one run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+# Trainer log keys -> the metric names tuneline logs.
+METRIC_NAMES = {
+    "loss": "train_loss", "learning_rate": "lr", "grad_norm": "grad_norm", "eval_loss": "val_loss",
+}
+
+
+def sha256_files(paths: list[Path]) -> str:
+    """sha256 over the bytes of `paths` in order (each prefixed by its name, so a swap changes it)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode() + b"\0")
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dicts/lists -> {"a.b": "value"} strings (MLflow params are flat strings)."""
+    if isinstance(obj, dict):
+        out: dict[str, str] = {}
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): json.dumps(obj) if isinstance(obj, list) else str(obj)}
+
+
+def params_hash(flat: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()
+
+
+def git_commit(cwd: Path) -> str | None:
+    """HEAD's commit of the repo holding `cwd`, or None outside a git checkout."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def start_run(uri: str, experiment: str, tags: dict[str, str], params: dict[str, str], name: str) -> str:
+    """Create the MLflow run with its tags and flat params; return its id."""
+    import mlflow
+    from mlflow.entities import Param
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    run_id = client.create_run(exp_id, tags=tags, run_name=name).info.run_id
+    items = sorted(params.items())
+    for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+        client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in items[i : i + 100]])
+    return run_id
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
+    import mlflow
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    mlflow.MlflowClient(tracking_uri=uri).log_batch(
+        run_id, metrics=[Metric(k, v, stamp, step) for k, v in metrics.items()]
+    )
+
+
+def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
+    """Set final tags and the run's status (FINISHED / FAILED / KILLED)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    for k, v in (tags or {}).items():
+        client.set_tag(run_id, k, v)
+    client.set_terminated(run_id, status)
+
+
+def metrics_callback(uri: str | None, run_id: str | None, history: list[dict[str, float]]) -> Any:
+    """A TrainerCallback keeping each logged step's numbers in `history` and logging them to MLflow."""
+    from transformers import TrainerCallback
+
+    class MetricsLog(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
+            metrics = {METRIC_NAMES[k]: float(v) for k, v in (logs or {}).items() if k in METRIC_NAMES}
+            if "val_loss" in metrics:
+                metrics["val_perplexity"] = math.exp(min(metrics["val_loss"], 50.0))
+            if not metrics or not state.is_world_process_zero:
+                return
+            step = int(state.global_step)
+            history.append({"step": step, **metrics})
+            if uri and run_id:
+                log_metrics(uri, run_id, metrics, step)
+
+    return MetricsLog()

@@ -1,0 +1,222 @@
+"""One training attempt in one process: the transformers `Trainer` set up from the plan.
+
+`fit` is what every process runs: in-process for a single device, or in each worker that
+`tuneline.train.worker` starts under torchrun / deepspeed. It evaluates val before training (the
+base's loss), trains with evaluation and a checkpoint every `train.eval_every`, stops early after
+`train.early_stopping_patience` evaluations without a better val loss (or when the health monitor
+says so), restores the best checkpoint, and saves it (main process only).
+
+Checkpoints hold the optimizer, scheduler and RNG states, so `resume=True` continues a killed run
+exactly where its last checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneline.config.loader import Config
+from tuneline.progress import enabled as progress_enabled
+from tuneline.train.packing import TokenCounter, collate_packed, collate_padded
+from tuneline.train.plan import Plan
+
+logger = logging.getLogger(__name__)
+
+SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+@dataclass
+class FitResult:
+    """What one training attempt produced (the main process's view)."""
+
+    global_step: int
+    max_steps: int
+    epoch: float
+    training_loss: float
+    val_before: float
+    val_best: float | None
+    useful_token_fraction: float | None
+    train_seconds: float
+    stopped_by_health: bool
+
+
+class Rows:
+    """Map-style dataset over tokenized (possibly packed) rows; each item knows its index."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**self.rows[i], "index": i}
+
+    def row_ids(self, index: int) -> list[str]:
+        row = self.rows[index]
+        return list(row.get("row_ids") or [row.get("row_id")])
+
+
+def make_collator(packed: bool, pad_id: int, counter: TokenCounter | None) -> Any:
+    """Collate rows into a batch, plus `pack_index` (the trainer maps a bad batch back to row ids)."""
+    import torch
+
+    collate = collate_packed if packed else collate_padded
+
+    def collator(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collate(rows, pad_id, counter)
+        batch["pack_index"] = torch.tensor([r["index"] for r in rows], dtype=torch.long)
+        return batch
+
+    return collator
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest `checkpoint-N` in `directory` holding a trainer state (a complete checkpoint)."""
+    if not directory.is_dir():
+        return None
+    done = [p for p in directory.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+
+
+def training_args(cfg: Config, plan: Plan, out: Path, use_cpu: bool, deepspeed: dict | None = None) -> Any:
+    """TrainingArguments that obey the plan (batch split, LR schedule, precision, checkpointing)."""
+    from transformers import TrainingArguments
+
+    every = cfg.train.eval_every
+    cadence = {"strategy": "epoch"} if every == "epoch" else {"strategy": "steps", "steps": every}
+    return TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=plan.per_device_batch,
+        per_device_eval_batch_size=plan.per_device_batch,
+        gradient_accumulation_steps=plan.grad_accum,
+        learning_rate=plan.lr,
+        warmup_steps=plan.warmup,  # a float < 1 is a fraction of all steps (transformers 5)
+        lr_scheduler_type=SCHEDULES[plan.schedule],
+        num_train_epochs=cfg.train.epochs,
+        eval_strategy=cadence["strategy"],
+        save_strategy=cadence["strategy"],
+        eval_steps=cadence.get("steps"),
+        save_steps=cadence.get("steps"),
+        save_total_limit=2,  # the best and the latest
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_strategy="steps",
+        logging_steps=1,
+        logging_nan_inf_filter=False,  # a NaN loss must reach the log and the health monitor
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=plan.precision == "bf16",
+        fp16=plan.precision == "fp16",
+        activation_checkpointing=plan.gradient_checkpointing,
+        use_cpu=use_cpu,
+        ddp_backend="gloo" if use_cpu and plan.world_size > 1 else None,
+        deepspeed=deepspeed,
+        report_to="none",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=not progress_enabled(),  # a bar with loss and ETA on a terminal; quiet in CI
+    )
+
+
+def _trainer_class() -> Any:
+    import torch
+    from transformers import Trainer
+
+    class TunelineTrainer(Trainer):
+        """Trainer that maps a non-finite training loss back to the rows of its batch."""
+
+        monitor: Any = None
+
+        def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False, **kw: Any) -> Any:
+            index = inputs.pop("pack_index", None)
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs, **kw)
+            loss = out[0] if return_outputs else out
+            if model.training and self.monitor is not None and not torch.isfinite(loss.detach()).all():
+                rows = [r for i in (index.tolist() if index is not None else [])
+                        for r in self.train_dataset.row_ids(i)]
+                self.monitor.record_nonfinite(
+                    step=int(self.state.global_step) + 1, loss=float(loss.detach().float()), row_ids=rows,
+                    lr=float(self.lr_scheduler.get_last_lr()[0]) if self.lr_scheduler else None,
+                    grad_norm=None,
+                )
+            return out
+
+    return TunelineTrainer
+
+
+def fit(
+    cfg: Config,
+    plan: Plan,
+    model: Any,
+    tokenizer: Any,
+    train_rows: list[dict[str, Any]],
+    val_rows: list[dict[str, Any]],
+    checkpoints: Path,
+    *,
+    resume: bool,
+    callbacks: list[Any],
+    monitor: Any = None,
+    save_to: Path | None = None,
+    deepspeed: dict | None = None,
+) -> FitResult:
+    """Train `model` (already wrapped by `prepare_model`) on the rows; see the module docstring.
+
+    Args:
+        checkpoints: directory for `checkpoint-N` folders (kept between attempts for resuming).
+        resume: continue from the newest complete checkpoint in `checkpoints`, if any.
+        callbacks: extra TrainerCallbacks (metrics logging, health monitor).
+        monitor: receives `record_nonfinite` with the rows of a batch whose loss is NaN/inf.
+        save_to: where the main process saves the best model and the tokenizer (None: do not save).
+        deepspeed: a DeepSpeed config dict (ZeRO), or None.
+    """
+    import time
+
+    import torch
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_callback import PrinterCallback
+
+    use_cpu = not torch.cuda.is_available()
+    counter = TokenCounter()
+    trainer = _trainer_class()(
+        model=model,
+        args=training_args(cfg, plan, checkpoints, use_cpu, deepspeed),
+        train_dataset=Rows(train_rows),
+        eval_dataset=Rows(val_rows),
+        data_collator=make_collator(cfg.train.packing, tokenizer.pad_token_id, counter),
+        processing_class=tokenizer,
+        callbacks=[*callbacks,
+                   EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience)],
+    )
+    trainer.monitor = monitor
+    trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout: MLflow and the log have them
+    start = latest_checkpoint(checkpoints) if resume else None
+    if start is not None:
+        logger.info("train: resuming from %s", start)
+    val_before = float(trainer.evaluate()["eval_loss"])  # step 0: the base model's val loss
+    counter.real = counter.total = 0  # count training batches only
+    began = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=str(start) if start else None)
+    seconds = time.monotonic() - began
+    failed = monitor is not None and getattr(monitor, "failed", False)
+    val_best = None if failed else float(trainer.evaluate()["eval_loss"])  # the restored best checkpoint
+    if save_to is not None and not failed:
+        trainer.save_model(str(save_to))  # every rank calls it (ZeRO-3 gathers weights); rank 0 writes
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(save_to)
+            # the pickled TrainingArguments name this run's temp paths: not part of the model
+            (save_to / "training_args.bin").unlink(missing_ok=True)
+    return FitResult(
+        global_step=int(result.global_step),
+        max_steps=int(trainer.state.max_steps),
+        epoch=float(trainer.state.epoch or 0.0),
+        training_loss=float(result.training_loss),
+        val_before=val_before,
+        val_best=val_best,
+        useful_token_fraction=counter.useful_fraction,
+        train_seconds=seconds,
+        stopped_by_health=failed or bool(getattr(monitor, "stopped", False)),
+    )
