@@ -122,18 +122,26 @@ def train_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Fine-tune the base model (LoRA by default) on data/processed/train.jsonl, validating on val.jsonl.
 
     The pre-flight plan decides LR, warm-up, schedule, batch split, max length and precision; the loss is
-    on assistant tokens only. Writes models/adapter/ and reports/train.json, and records the run (params,
-    loss / LR / grad-norm curves, val loss and perplexity, lineage tags) in MLflow (tracking.uri).
+    on assistant tokens only; rows are packed (train.packing). With train.num_processes > 1 (or a ZeRO
+    stage) it launches torchrun / deepspeed workers. A rerun after a crash resumes from the last
+    checkpoint; CUDA out-of-memory backs off (smaller per-device batch, same effective batch).
+
+    Writes train.output_dir (models/adapter/), reports/train.json, reports/train_health.json (danger
+    signals: NaN, flat or rising val loss, LR off schedule, idle GPU) and reports/train_curves.html, and
+    records the run (params, loss / LR / grad-norm curves, val loss and perplexity, lineage tags) in MLflow.
+    Exit code 5: the health monitor stopped the run (see the diagnosis in reports/train_health.json).
     """
     from tuneline.train.train import run
 
     _setup_logging()
     try:
-        report = run(_load(params, set_), Layout(Path(".")))
+        cfg = _load(params, set_)
+        report = run(cfg, Layout(Path(".")))
     except TunelineError as exc:
         raise _fail(exc) from None
     typer.echo(f"train: val loss {report.get('val_loss_before')} -> best {report.get('val_loss_best')}; "
-               "adapter in models/adapter")
+               f"adapter in {cfg.train.output_dir}; health {report.get('health_status')} "
+               "(reports/train_health.json, reports/train_curves.html)")
 
 
 @app.command("plan")

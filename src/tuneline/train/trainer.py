@@ -77,8 +77,19 @@ def latest_checkpoint(directory: Path) -> Path | None:
     """The newest `checkpoint-N` in `directory` holding a trainer state (a complete checkpoint)."""
     if not directory.is_dir():
         return None
-    done = [p for p in directory.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    done = [p for p in directory.glob("checkpoint-*") if _complete(p)]
     return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+
+
+def _complete(checkpoint: Path) -> bool:
+    """The trainer writes trainer_state.json last: a readable one means the checkpoint is whole."""
+    import json
+
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return checkpoint.name.rsplit("-", 1)[-1].isdigit()
 
 
 def training_args(cfg: Config, plan: Plan, out: Path, use_cpu: bool, deepspeed: dict | None = None) -> Any:

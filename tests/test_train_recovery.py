@@ -1,0 +1,184 @@
+"""The train stage when things go wrong: NaN loss, CUDA out-of-memory, a run killed with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tests.test_demo_base import build_tiny_base
+from tests.test_train import repeat_records
+
+from tuneline.config.loader import Config
+from tuneline.jsonio import write_jsonl
+from tuneline.layout import Layout
+from tuneline.train import run_attempt as attempt_module
+from tuneline.train.plan import backoff, make_plan
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_base(tmp_path_factory.mktemp("base"), steps=10)
+
+
+def workspace_with_data(root: Path, rows: int = 48) -> Layout:
+    layout = Layout(root)
+    write_jsonl(layout.processed("train"), repeat_records(rows))
+    write_jsonl(layout.processed("val"), repeat_records(12, offset=1))
+    return layout
+
+
+def config(root: Path, base: Path, **train: Any) -> dict[str, Any]:
+    return {
+        "seed": 0,
+        "model": {"name_or_path": str(base)},
+        "train": {"lr": 0.02, "epochs": 2, "effective_batch": 8, "per_device_batch": 4, "packing": False,
+                  "lora": {"r": 4, "alpha": 8, "dropout": 0.1}, **train},
+        "tracking": {"uri": f"sqlite:///{root}/mlflow.db", "experiment": "test"},
+    }
+
+
+def mlflow_status(root: Path) -> str:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    return run.info.status
+
+
+def poisoned_base(base: Path, out: Path, records: list[dict[str, Any]], bad_id: str) -> Path:
+    """A copy of `base` whose embedding of a token only the record `bad_id` uses is inf (a garbage row)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneline.train.tokenize import encode_records
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    ids = {r["id"]: set(encode_records(tokenizer, [r], 512).rows[0]["input_ids"]) for r in records}
+    others = set().union(*(v for k, v in ids.items() if k != bad_id))
+    token = min(ids[bad_id] - others)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    model.config.tie_word_embeddings = False  # the demo base ties lm_head: untie, so only this row sees inf
+    model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+    with torch.no_grad():
+        model.get_input_embeddings().weight[token] = float("inf")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_nan_loss_stops_with_a_diagnosis_and_no_adapter(tiny_base: Path, tmp_path: Path) -> None:
+    from tuneline.train.train import TrainingError, run
+
+    layout = workspace_with_data(tmp_path)
+    garbage = {**repeat_records(1)[0], "id": "garbage"}
+    garbage["messages"] = [{"role": "user", "content": "Repeat the word zyzzyva qoph."},
+                           {"role": "assistant", "content": "cat"}]
+    records = [*repeat_records(48), garbage]
+    write_jsonl(layout.processed("train"), records)
+    base = poisoned_base(tiny_base, tmp_path / "poisoned", records, "garbage")
+    with pytest.raises(TrainingError, match="health monitor") as err:
+        settings = config(tmp_path, base, lr="auto", effective_batch=7, per_device_batch=7)
+        run(Config.model_validate(settings), layout)
+    assert err.value.exit_code == 5
+    health = json.loads(layout.report("train_health").read_text())
+    assert health["status"] == "failed"
+    diagnosis = health["diagnosis"]
+    assert "garbage" in diagnosis["row_ids"] and len(diagnosis["row_ids"]) == 7  # the batch that broke
+    assert [c["cause"] for c in diagnosis["causes"]] == ["bad_rows"]
+    assert not (tmp_path / "models" / "adapter").exists()  # no adapter marked good
+    assert not layout.report("train").exists()
+    assert mlflow_status(tmp_path) == "FAILED"
+
+
+def test_out_of_memory_backs_off_and_resumes(
+    tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CUDA OOM at step 3 of the first attempt: the rerun halves the batch, keeps the effective batch."""
+    import torch
+    from transformers import TrainerCallback
+
+    from tuneline.train.train import run
+
+    class OomAtStep3(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.global_step == 3:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    real_fit = attempt_module.fit
+    calls: list[int] = []
+
+    def fit_with_oom(*args: Any, callbacks: list, **kw: Any) -> Any:
+        calls.append(args[1].per_device_batch)
+        extra = [OomAtStep3()] if len(calls) == 1 else []
+        return real_fit(*args, callbacks=[*callbacks, *extra], **kw)
+
+    monkeypatch.setattr(attempt_module, "fit", fit_with_oom)
+    layout = workspace_with_data(tmp_path)
+    report = run(Config.model_validate(config(tmp_path, tiny_base, eval_every=2)), layout)
+    assert calls == [4, 2]
+    assert (report["per_device_batch"], report["grad_accum"], report["effective_batch"]) == (2, 4, 8)
+    assert report["steps"] == 12  # 48 rows / 8 x 2 epochs, the same as without the OOM
+    facts = json.loads(layout.report("train_run").read_text())
+    assert facts["resumed_from"].endswith("checkpoint-2")
+    assert "per_device_batch 4 -> 2" in facts["oom_retries"][0]
+
+
+def test_backoff_keeps_the_effective_batch(tiny_base: Path) -> None:
+    cfg = Config.model_validate({"model": {"name_or_path": str(tiny_base)},
+                                 "train": {"effective_batch": 24, "per_device_batch": 6}})
+    plan = make_plan(cfg)
+    seen = []
+    while plan is not None:
+        assert plan.per_device_batch * plan.grad_accum * plan.world_size == 24
+        seen.append((plan.per_device_batch, plan.gradient_checkpointing))
+        plan = backoff(plan)
+    assert seen == [(6, False), (3, True), (1, True)]
+
+
+def _write_params(root: Path, cfg: dict[str, Any]) -> Path:
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+@pytest.mark.integration
+def test_rerun_after_kill_9_resumes_to_the_same_adapter(tiny_base: Path, tmp_path: Path) -> None:
+    from tuneline.train.train import run
+
+    settings = config(tmp_path / "a", tiny_base, epochs=3, eval_every=2)
+    first = workspace_with_data(tmp_path / "a")
+    run(Config.model_validate(settings), first)
+    expected = (tmp_path / "a" / "models" / "adapter" / "adapter_model.safetensors").read_bytes()
+
+    root = tmp_path / "b"
+    second = workspace_with_data(root)
+    killed = {**settings, "tracking": {"uri": f"sqlite:///{root}/mlflow.db", "experiment": "test"}}
+    params = _write_params(root, killed)
+    cli = Path(sys.executable).with_name("tuneline")
+    proc = subprocess.Popen([str(cli), "train", "--params", str(params)], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    checkpoints = root / ".tuneline" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if list(checkpoints.glob("*/checkpoint-4/trainer_state.json")):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (root / "models" / "adapter").exists()
+
+    run(Config.model_validate(killed), second)
+    facts = json.loads(second.report("train_run").read_text())
+    assert facts["resumed_from"] and int(facts["resumed_from"].rsplit("-", 1)[1]) >= 4
+    resumed = (root / "models" / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert resumed == expected  # same seed on CPU: the interruption left no trace in the weights
+    assert not list(checkpoints.glob("*/checkpoint-*"))  # finished: checkpoints cleaned up
