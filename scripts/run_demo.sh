@@ -20,6 +20,7 @@ Done in $(( $(date +%s) - start )) s.
   data report:   $report   (funnel, categories per split, lengths, near-dup clusters)
   base model:    models/base  (demo tokenizer + tiny Llama, Hugging Face format)
   adapter:       models/adapter  (LoRA weights, tokenizer, chat template, train_summary.json)
+  training:      reports/train_curves.html (loss, LR), reports/train_health.json (alerts)
   training run:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then http://127.0.0.1:5000)
   contracts:     reports/validate_raw.html, reports/validate_splits.html
   final splits:  data/processed/{train,val,test}.jsonl

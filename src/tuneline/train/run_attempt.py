@@ -101,10 +101,15 @@ def load_model(cfg: Config, plan: Plan, model_path: str) -> tuple[Any, Any]:
 
 
 def make_monitor(cfg: Config, plan: Plan) -> Any:
+    """The health monitor for `plan`; on a GPU it also samples utilization and memory (NVML)."""
+    import torch
+
+    from tuneline.train.gpu_monitor import GpuSampler
     from tuneline.train.health import HealthMonitor
 
+    gpu = GpuSampler() if torch.cuda.is_available() else None
     return HealthMonitor(cfg.train.health, plan_lr=plan.lr, warmup_frac=plan.warmup, schedule=plan.schedule,
-                         lr_range=plan.lr_range, precision=plan.precision)
+                         lr_range=plan.lr_range, precision=plan.precision, gpu=gpu)
 
 
 def train_here(attempt: Attempt, plan: Plan, deepspeed: dict | None = None) -> Outcome:

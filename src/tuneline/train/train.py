@@ -199,6 +199,10 @@ def run(cfg: Config, layout: Layout) -> dict:
         final_metrics["useful_token_fraction"] = report["useful_token_fraction"]
     if tokens_per_second:
         final_metrics["tokens_per_second"] = tokens_per_second
+    gpu = health.get("gpu") or {}
+    for key in ("utilization_mean", "memory_used_max_gib"):
+        if gpu.get(key) is not None:
+            final_metrics[f"gpu_{key}"] = float(gpu[key])
     log_metrics(uri, run_id, final_metrics, step=report["steps"])
     end_run(uri, run_id, "FINISHED", outcome.tags)
     write_json(layout.report("train"), report)
