@@ -17,8 +17,9 @@ from tuneline.train.tokenize import IGNORE_INDEX, encode_records
 
 
 def rows_of_lengths(lengths: list[int]) -> list[dict[str, Any]]:
-    return [{"input_ids": [10 + i % 50] * n, "labels": [7] * n, "row_id": f"r{i}"}
-            for i, n in enumerate(lengths)]
+    return [
+        {"input_ids": [10 + i % 50] * n, "labels": [7] * n, "row_id": f"r{i}"} for i, n in enumerate(lengths)
+    ]
 
 
 def test_every_row_packed_once_within_max_length() -> None:

@@ -116,7 +116,7 @@ def test_out_of_memory_backs_off_and_resumes(
     calls: list[int] = []
 
     def fit_with_oom(*args: Any, callbacks: list, **kw: Any) -> Any:
-        calls.append(args[1].per_device_batch)
+        calls.append(args[1].per_device_train_batch_size)
         extra = [OomAtStep3()] if len(calls) == 1 else []
         return real_fit(*args, callbacks=[*callbacks, *extra], **kw)
 

@@ -95,6 +95,8 @@ def train_report(
         "schedule": plan.schedule,
         "max_length": plan.max_length,
         "effective_batch": plan.effective_batch,
+        "world_size": plan.world_size,
+        "zero_stage": plan.zero_stage,
         "per_device_batch": plan.per_device_batch,
         "grad_accum": plan.grad_accum,
         "precision": plan.precision,

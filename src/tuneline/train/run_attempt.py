@@ -112,16 +112,20 @@ def make_monitor(cfg: Config, plan: Plan) -> Any:
                          lr_range=plan.lr_range, precision=plan.precision, gpu=gpu)
 
 
-def train_here(attempt: Attempt, plan: Plan, deepspeed: dict | None = None) -> Outcome:
+def train_here(attempt: Attempt, plan: Plan) -> Outcome:
     """The attempt in this process (also what each launched worker runs)."""
     import torch
     from transformers import set_seed
 
+    from tuneline.train.distributed import init_worker
     from tuneline.train.lora import count_parameters
     from tuneline.train.tracking import metrics_callback
+    from tuneline.train.trainer import training_args
 
     cfg = attempt.cfg
     set_seed(cfg.seed)
+    init_worker(plan, use_cpu=not torch.cuda.is_available())  # DeepSpeed's process group, if any
+    args = training_args(cfg, plan, attempt.checkpoints)  # before the model: ZeRO-3 partitions as it loads
     tokenizer, model = load_model(cfg, plan, attempt.model_path)
     history: list[dict[str, float]] = []
     monitor = make_monitor(cfg, plan)
@@ -129,9 +133,8 @@ def train_here(attempt: Attempt, plan: Plan, deepspeed: dict | None = None) -> O
     start = latest_checkpoint(attempt.checkpoints) if resume else None
     callbacks = [metrics_callback(attempt.tracking_uri, attempt.run_id, history), monitor]
     try:
-        result = fit(cfg, plan, model, tokenizer, attempt.train_rows, attempt.val_rows, attempt.checkpoints,
-                     resume=resume, callbacks=callbacks, monitor=monitor, save_to=attempt.save_to,
-                     deepspeed=deepspeed)
+        result = fit(cfg, args, model, tokenizer, attempt.train_rows, attempt.val_rows,
+                     resume=resume, callbacks=callbacks, monitor=monitor, save_to=attempt.save_to)
     except torch.OutOfMemoryError as exc:
         raise OutOfMemory(str(exc).splitlines()[0]) from None
     return Outcome(result, history, monitor.report(), monitor.tags(), count_parameters(model),

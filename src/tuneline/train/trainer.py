@@ -92,9 +92,15 @@ def _complete(checkpoint: Path) -> bool:
     return checkpoint.name.rsplit("-", 1)[-1].isdigit()
 
 
-def training_args(cfg: Config, plan: Plan, out: Path, use_cpu: bool, deepspeed: dict | None = None) -> Any:
-    """TrainingArguments that obey the plan (batch split, LR schedule, precision, checkpointing)."""
+def training_args(cfg: Config, plan: Plan, out: Path) -> Any:
+    """TrainingArguments that obey the plan (batch split, LR schedule, precision, checkpointing, ZeRO).
+
+    Under DeepSpeed, create them before loading the model: ZeRO-3 then partitions weights as they load.
+    """
+    import torch
     from transformers import TrainingArguments
+
+    from tuneline.train.distributed import training_kwargs
 
     every = cfg.train.eval_every
     cadence = {"strategy": "epoch"} if every == "epoch" else {"strategy": "steps", "steps": every}
@@ -120,12 +126,10 @@ def training_args(cfg: Config, plan: Plan, out: Path, use_cpu: bool, deepspeed: 
         logging_nan_inf_filter=False,  # a NaN loss must reach the log and the health monitor
         seed=cfg.seed,
         data_seed=cfg.seed,
-        bf16=plan.precision == "bf16",
-        fp16=plan.precision == "fp16",
         activation_checkpointing=plan.gradient_checkpointing,
-        use_cpu=use_cpu,
-        ddp_backend="gloo" if use_cpu and plan.world_size > 1 else None,
-        deepspeed=deepspeed,
+        # precision, clipping, DDP backend and the DeepSpeed config must agree with each other
+        **training_kwargs(cfg.train, plan, use_cpu=not torch.cuda.is_available()),
+        eval_on_start=plan.zero_stage > 0,  # DeepSpeed cannot evaluate before train() has set it up
         report_to="none",
         dataloader_num_workers=0,
         remove_unused_columns=False,
@@ -161,40 +165,37 @@ def _trainer_class() -> Any:
 
 def fit(
     cfg: Config,
-    plan: Plan,
+    args: Any,
     model: Any,
     tokenizer: Any,
     train_rows: list[dict[str, Any]],
     val_rows: list[dict[str, Any]],
-    checkpoints: Path,
     *,
     resume: bool,
     callbacks: list[Any],
     monitor: Any = None,
     save_to: Path | None = None,
-    deepspeed: dict | None = None,
 ) -> FitResult:
     """Train `model` (already wrapped by `prepare_model`) on the rows; see the module docstring.
 
     Args:
-        checkpoints: directory for `checkpoint-N` folders (kept between attempts for resuming).
-        resume: continue from the newest complete checkpoint in `checkpoints`, if any.
+        args: `training_args(...)`; its output_dir holds the `checkpoint-N` folders (kept between
+            attempts for resuming).
+        resume: continue from the newest complete checkpoint in args.output_dir, if any.
         callbacks: extra TrainerCallbacks (metrics logging, health monitor).
         monitor: receives `record_nonfinite` with the rows of a batch whose loss is NaN/inf.
         save_to: where the main process saves the best model and the tokenizer (None: do not save).
-        deepspeed: a DeepSpeed config dict (ZeRO), or None.
     """
     import time
 
-    import torch
     from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
 
-    use_cpu = not torch.cuda.is_available()
+    checkpoints = Path(args.output_dir)
     counter = TokenCounter()
     trainer = _trainer_class()(
         model=model,
-        args=training_args(cfg, plan, checkpoints, use_cpu, deepspeed),
+        args=args,
         train_dataset=Rows(train_rows),
         eval_dataset=Rows(val_rows),
         data_collator=make_collator(cfg.train.packing, tokenizer.pad_token_id, counter),
@@ -207,11 +208,13 @@ def fit(
     start = latest_checkpoint(checkpoints) if resume else None
     if start is not None:
         logger.info("train: resuming from %s", start)
-    val_before = float(trainer.evaluate()["eval_loss"])  # step 0: the base model's val loss
+    val_before = None if args.eval_on_start else float(trainer.evaluate()["eval_loss"])  # the base's
     counter.real = counter.total = 0  # count training batches only
     began = time.monotonic()
     result = trainer.train(resume_from_checkpoint=str(start) if start else None)
     seconds = time.monotonic() - began
+    if val_before is None:  # evaluated by the trainer at its start (eval_on_start)
+        val_before = float(next(h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h))
     failed = monitor is not None and getattr(monitor, "failed", False)
     val_best = None if failed else float(trainer.evaluate()["eval_loss"])  # the restored best checkpoint
     if save_to is not None and not failed:

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from tuneline.config.loader import Config
-    from tuneline.train.distributed import deepspeed_config, is_main_process
+    from tuneline.train.distributed import is_main_process
     from tuneline.train.plan import Plan
     from tuneline.train.run_attempt import OOM_EXIT, Attempt, OutOfMemory, outcome_json, train_here
 
@@ -38,10 +38,9 @@ def main(argv: list[str] | None = None) -> int:
                       val_rows=job["val_rows"], checkpoints=Path(job["checkpoints"]),
                       save_to=Path(job["save_to"]), work=Path(job["work"]),
                       tracking_uri=job["tracking_uri"], run_id=job["run_id"])
-    ds = deepspeed_config(plan, cfg.train) if plan.zero_stage > 0 else None
     result = Path(job["result"])
     try:
-        outcome = train_here(attempt, plan, deepspeed=ds)
+        outcome = train_here(attempt, plan)
     except OutOfMemory as exc:
         write_json(result.with_name(f"oom.rank{os.environ.get('RANK', '0')}.json"), {"error": str(exc)})
         if is_main_process():

@@ -1,0 +1,427 @@
+"""Data-parallel training: the DeepSpeed config, the launch command and the worker's view of its rank.
+
+The `train` stage trains in one process, or starts N processes that each run
+`python -m tuneline.train.worker`. Who starts them (`launcher_for`):
+
+    single     one process; DeepSpeed still needs a process group, so `worker_env` gives it one
+               (RANK=0, WORLD_SIZE=1 and a free MASTER_PORT on 127.0.0.1)
+    torchrun   `python -m torch.distributed.run`: DDP (ZeRO-0) or DeepSpeed workers, one or many nodes
+    deepspeed  `python -m deepspeed.launcher.runner`: one node, or many nodes listed in a hostfile
+
+The DeepSpeed *engine* is used when the plan's ZeRO stage is 2 or 3, whichever launcher started the
+processes (both export RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT, all DeepSpeed reads).
+Its config is generated from the plan by `deepspeed_config`, never kept as a hand-edited JSON file.
+
+On CPU (tests, CI) the same code runs with the gloo backend: torchrun + DDP, and DeepSpeed ZeRO-2/3
+with its CPU accelerator. DeepSpeed compiles one op there (`deepspeed_shm_comm`, about 30 s with two
+cores) on first use and caches it under ~/.cache/torch_extensions.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tuneline.config.train import TrainParams
+from tuneline.errors import ConfigError
+from tuneline.train.plan import Plan
+
+Launcher = Literal["single", "torchrun", "deepspeed"]
+
+WORKER_MODULE = "tuneline.train.worker"
+# The Trainer's `max_grad_norm` must equal this: the Trainer checks the DeepSpeed config against it.
+MAX_GRAD_NORM = 1.0
+# Gradient all-gather bucket (elements) for ZeRO-2. DeepSpeed's default 5e8 with overlap_comm costs
+# ~4.5 x 5e8 x 2 bytes of buffers; 2e8 is the size the transformers DeepSpeed guide recommends.
+ALLGATHER_BUCKET = 200_000_000
+# fp16 dynamic loss scaling: start at 2**16, halve on overflow, double after 1000 clean steps.
+FP16_SCALING = {
+    "loss_scale": 0,
+    "initial_scale_power": 16,
+    "loss_scale_window": 1000,
+    "hysteresis": 2,
+    "min_loss_scale": 1,
+}
+
+
+def uses_deepspeed(plan: Plan) -> bool:
+    """Whether the DeepSpeed engine trains (ZeRO 2/3); ZeRO-0 is plain DDP, no DeepSpeed needed."""
+    return plan.zero_stage > 0
+
+
+def deepspeed_config(plan: Plan, params: TrainParams) -> dict[str, Any]:
+    """The DeepSpeed config for `plan`, to pass as `TrainingArguments(deepspeed=...)`.
+
+    Batch numbers, precision and clipping are written out, not "auto": the Trainer's
+    `HfTrainerDeepSpeedConfig` compares explicit values with its own arguments and the real world size,
+    so a launch with a different process count, or arguments that drifted from the plan, fails before
+    the first step instead of training a different effective batch. Only the bucket sizes that depend
+    on the model's hidden size are "auto" (the Trainer fills them from the model config). There is no
+    optimizer or scheduler section: the Trainer's AdamW and the plan's LR schedule run unchanged (as in
+    a single process), and DeepSpeed compiles no optimizer op (`zero_allow_untested_optimizer` lets ZeRO
+    wrap a torch optimizer; the Trainer sets it too).
+
+    Under ZeRO-3, `stage3_gather_16bit_weights_on_model_save` makes `Trainer.save_model` gather the
+    partitioned weights, so the saved adapter / model holds real tensors. Call `save_model` on every
+    rank (the gather is a collective); only rank 0 writes.
+
+    Args:
+        plan: the resolved plan (zero_stage, precision, per_device_batch, grad_accum, world_size).
+        params: the train section (its world size must be the plan's).
+
+    Returns:
+        A JSON-ready dict.
+
+    Raises:
+        ConfigError: the plan's batch split does not multiply out to its effective batch, or the plan was
+            made for another world size than `params` describes.
+    """
+    if plan.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"train.zero_stage {plan.zero_stage}: DeepSpeed ZeRO stages are 0 to 3")
+    if plan.world_size != params.world_size:
+        raise ConfigError(
+            f"the plan was made for world_size {plan.world_size} but train.num_processes x train.num_nodes "
+            f"is {params.world_size}: make the plan again"
+        )
+    per_step = plan.per_device_batch * plan.grad_accum * plan.world_size
+    if per_step != plan.effective_batch:
+        raise ConfigError(
+            f"plan batch split {plan.per_device_batch} per device x {plan.grad_accum} accumulation x "
+            f"{plan.world_size} processes = {per_step}, not the effective batch {plan.effective_batch}"
+        )
+    zero: dict[str, Any] = {"stage": plan.zero_stage}
+    if plan.zero_stage >= 2:
+        zero.update(
+            overlap_comm=True,  # reduce gradients while the backward pass goes on
+            contiguous_gradients=True,  # copy gradients into one buffer: no fragmentation at reduce
+            reduce_scatter=True,
+            reduce_bucket_size="auto",  # hidden_size**2, filled by the Trainer from the model
+        )
+    if plan.zero_stage == 2:
+        zero["allgather_bucket_size"] = ALLGATHER_BUCKET
+    if plan.zero_stage == 3:
+        zero.update(
+            stage3_prefetch_bucket_size="auto",  # 0.9 x hidden_size**2
+            stage3_param_persistence_threshold="auto",  # 10 x hidden_size: small params stay whole
+            stage3_max_live_parameters=1_000_000_000,
+            stage3_max_reuse_distance=1_000_000_000,
+            sub_group_size=1_000_000_000,
+            # save_model / save_pretrained write full 16-bit weights, not each rank's empty shard
+            stage3_gather_16bit_weights_on_model_save=True,
+        )
+    fp16 = {"enabled": True, **FP16_SCALING} if plan.precision == "fp16" else {"enabled": False}
+    return {
+        "train_micro_batch_size_per_gpu": plan.per_device_batch,
+        "gradient_accumulation_steps": plan.grad_accum,
+        "train_batch_size": plan.effective_batch,
+        "gradient_clipping": MAX_GRAD_NORM,
+        "bf16": {"enabled": plan.precision == "bf16"},
+        "fp16": fp16,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1_000_000,  # the Trainer logs every step; DeepSpeed's own print is noise
+        "wall_clock_breakdown": False,
+    }
+
+
+def launcher_for(params: TrainParams, plan: Plan) -> Launcher:
+    """Which launcher starts the workers.
+
+    One process needs none ('single', even under DeepSpeed). `train.launcher: auto` picks the DeepSpeed
+    launcher when ZeRO is on, else torchrun; on many nodes without a hostfile it picks torchrun, whose
+    rendezvous needs only `master_addr` / `master_port` (torchrun starts DeepSpeed workers just as well).
+
+    Raises:
+        ConfigError: `launcher: deepspeed` on many nodes without `train.hostfile`.
+    """
+    if plan.world_size == 1:
+        return "single"
+    if params.launcher == "deepspeed":
+        if params.num_nodes > 1 and params.hostfile is None:
+            raise ConfigError(
+                "train.launcher deepspeed on several nodes needs train.hostfile (`host slots=N` per line); "
+                "or set train.launcher: torchrun and start it on every node"
+            )
+        return "deepspeed"
+    if params.launcher == "torchrun":
+        return "torchrun"
+    if uses_deepspeed(plan) and (params.num_nodes == 1 or params.hostfile is not None):
+        return "deepspeed"
+    return "torchrun"
+
+
+def launch_command(
+    params: TrainParams,
+    plan: Plan,
+    module_args: list[str],
+    python: str,
+    node_rank: int | None = None,
+    module: str = WORKER_MODULE,
+) -> list[str]:
+    """The command that starts the workers, each running `python -m tuneline.train.worker <module_args>`.
+
+    Run it with `worker_env` added to the environment. Launchers run through `python -m` so the workers
+    use the same interpreter (virtual environment) as the stage.
+
+    One node: torchrun or deepspeed with `num_processes` workers on 127.0.0.1:`master_port`.
+
+    Many nodes, torchrun (static rendezvous): run the same command on every node, each with its own
+    `node_rank` (0 on the node at `master_addr`, which hosts rank 0 and so writes the outputs):
+
+        python -m torch.distributed.run --nnodes 2 --nproc_per_node 8 --node_rank 1 \\
+            --master_addr 10.0.0.1 --master_port 29500 -m tuneline.train.worker --job job.json
+
+    Many nodes, deepspeed with `train.hostfile` (`host slots=N` per line): run it once, on the node at
+    `master_addr`; the runner reaches the other hosts over passwordless ssh (pdsh) and starts
+    `num_processes` workers on each of the first `num_nodes` hosts. Pass `node_rank` instead to start it
+    on every node yourself (`--no_ssh --node_rank R`, no ssh needed). Either way the job file, the model
+    and the virtual environment must be at the same paths on every node (a shared filesystem).
+
+    Args:
+        params: the train section (num_processes, num_nodes, launcher, hostfile, master_addr/port).
+        plan: the resolved plan (world size, ZeRO stage).
+        module_args: arguments for the worker module.
+        python: the interpreter (usually `sys.executable`).
+        node_rank: this node's rank for multi-node launches (torchrun: default 0; deepspeed: see above).
+        module: the module each worker runs (tests start their own worker through the same command).
+
+    Returns:
+        argv for `subprocess.run`.
+
+    Raises:
+        ConfigError: see `launcher_for`; a node_rank outside 0..num_nodes-1; many nodes with a loopback
+            master_addr; a hostfile with fewer hosts than num_nodes or fewer slots than num_processes.
+    """
+    launcher = launcher_for(params, plan)
+    worker = ["-m", module, *module_args]
+    if launcher == "single":
+        return [python, *worker]
+    nodes, procs = params.num_nodes, params.num_processes
+    if node_rank is not None and not 0 <= node_rank < nodes:
+        raise ConfigError(f"node_rank {node_rank} is outside 0..{nodes - 1} (train.num_nodes {nodes})")
+    if nodes > 1 and params.master_addr in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError(
+            f"train.master_addr {params.master_addr!r} with train.num_nodes {nodes}: the other nodes cannot "
+            "reach a loopback address; set it to node 0's address"
+        )
+    if launcher == "torchrun":
+        addr = params.master_addr if nodes > 1 else "127.0.0.1"
+        cmd = [
+            python,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            str(nodes),
+            "--nproc_per_node",
+            str(procs),
+            "--node_rank",
+            str(node_rank or 0),
+            "--master_addr",
+            addr,
+            "--master_port",
+            str(params.master_port),
+        ]
+        return [*cmd, *worker]
+    # deepspeed: --no_local_rank because the workers read LOCAL_RANK from the environment.
+    cmd = [python, "-m", "deepspeed.launcher.runner", "--master_port", str(params.master_port)]
+    if params.hostfile is not None:
+        _check_hostfile(params)
+        cmd += [
+            "--hostfile",
+            str(params.hostfile),
+            "--master_addr",
+            params.master_addr,
+            "--num_nodes",
+            str(nodes),
+            "--num_gpus",
+            str(procs),
+        ]
+        if node_rank is not None:
+            cmd += ["--no_ssh", "--node_rank", str(node_rank)]
+    else:
+        cmd += ["--num_gpus", str(procs)]
+    return [*cmd, "--no_local_rank", "--module", module, *module_args]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (bind port 0 and let the OS choose)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def worker_env(
+    params: TrainParams, plan: Plan, environ: Mapping[str, str] | None = None, use_cpu: bool | None = None
+) -> dict[str, str]:
+    """Environment variables to add for the workers (merge over `os.environ`).
+
+    - OMP_NUM_THREADS: the cores of this node shared between its workers, unless already set (torch would
+      otherwise start one thread per core in every worker and oversubscribe the machine).
+    - TOKENIZERS_PARALLELISM=false: workers get pre-tokenized rows; a forked tokenizer pool only warns.
+    - DS_ACCELERATOR=cpu on a machine without CUDA (DeepSpeed would detect it anyway, with a warning).
+    - single process under DeepSpeed: RANK=0, LOCAL_RANK=0, WORLD_SIZE=1, LOCAL_WORLD_SIZE=1,
+      MASTER_ADDR=127.0.0.1 and a free MASTER_PORT. DeepSpeed always builds a process group; without
+      these it tries MPI discovery and fails (no mpi4py).
+
+    Args:
+        params: the train section.
+        plan: the resolved plan.
+        environ: the environment the command will inherit (default `os.environ`).
+        use_cpu: whether the run is on CPU (default: no CUDA device visible).
+    """
+    environ = os.environ if environ is None else environ
+    if use_cpu is None:
+        import torch
+
+        use_cpu = not torch.cuda.is_available()
+    env: dict[str, str] = {"TOKENIZERS_PARALLELISM": "false"}
+    if "OMP_NUM_THREADS" not in environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // params.num_processes))
+    if use_cpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    if launcher_for(params, plan) == "single" and uses_deepspeed(plan):
+        env.update(
+            RANK="0",
+            LOCAL_RANK="0",
+            WORLD_SIZE="1",
+            LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(free_port()),
+        )
+    return env
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """Where this process stands in the job, from the launcher's environment variables."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes outputs, reports and MLflow."""
+        return self.rank == 0
+
+    @property
+    def is_local_main(self) -> bool:
+        """Local rank 0: the one process per node for node-local work (caches)."""
+        return self.local_rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def process_info(environ: Mapping[str, str] | None = None) -> ProcessInfo:
+    """This process's rank and world size (torchrun, the deepspeed launcher and `worker_env` set them).
+
+    Without them (a plain `python` run) the process is rank 0 of 1.
+    """
+    env = os.environ if environ is None else environ
+    world = int(env.get("WORLD_SIZE", "1"))
+    return ProcessInfo(
+        rank=int(env.get("RANK", "0")),
+        local_rank=int(env.get("LOCAL_RANK", "0")),
+        world_size=world,
+        local_world_size=int(env.get("LOCAL_WORLD_SIZE", str(world))),
+    )
+
+
+def is_main_process(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process is rank 0 (also true outside any launcher)."""
+    return process_info(environ).is_main
+
+
+def init_worker(plan: Plan, use_cpu: bool) -> ProcessInfo:
+    """Set up this worker's process group before `TrainingArguments` and `from_pretrained`.
+
+    Under DeepSpeed the process group is created through `deepspeed.init_distributed` (gloo on CPU,
+    nccl on GPU). On GPU the Trainer would do the same; on CPU (`use_cpu=True`) it creates a plain torch
+    group that DeepSpeed's own bookkeeping does not see, and ZeRO-3's `zero.Init` inside
+    `from_pretrained` then assumes one process and rejects the batch size. Plain DDP needs nothing here:
+    `TrainingArguments(ddp_backend=...)` creates its group.
+
+    Returns:
+        The process's rank and world size.
+    """
+    info = process_info()
+    if uses_deepspeed(plan):
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo" if use_cpu else "nccl", auto_mpi_discovery=False)
+    return info
+
+
+def training_kwargs(params: TrainParams, plan: Plan, use_cpu: bool) -> dict[str, Any]:
+    """The `TrainingArguments` keywords that depend on how the run is distributed.
+
+    - `deepspeed`: the generated config under ZeRO 2/3, else None (DDP or one process).
+    - `ddp_backend`: gloo on CPU, nccl on GPU. DeepSpeed on CPU also needs gloo named here: with
+      `use_cpu=True` accelerate would pick MPI where torch was built with it.
+    - `ddp_find_unused_parameters=False`: every LoRA adapter / full weight gets a gradient, so the
+      search for unused ones (the Trainer's default for a peft model) is a wasted graph walk per step,
+      and together with gradient checkpointing DDP fails on parameters marked ready twice.
+    - `max_grad_norm`, `bf16`, `fp16`: must equal the DeepSpeed config's `gradient_clipping` and
+      precision sections (the Trainer refuses a mismatch), so they come from here too.
+    - `save_only_model=False` under DeepSpeed: the Trainer refuses `save_only_model` together with
+      `load_best_model_at_end`, because it restores the best model from the DeepSpeed checkpoint.
+    """
+    use_ds = uses_deepspeed(plan)
+    out: dict[str, Any] = {
+        "use_cpu": use_cpu,
+        "deepspeed": deepspeed_config(plan, params) if use_ds else None,
+        # one plain process needs no backend (naming one makes accelerate look for a process group)
+        "ddp_backend": ("gloo" if use_cpu else "nccl") if plan.world_size > 1 or use_ds else None,
+        "ddp_find_unused_parameters": False,
+        "max_grad_norm": MAX_GRAD_NORM,
+        "bf16": plan.precision == "bf16",
+        "fp16": plan.precision == "fp16",
+    }
+    if use_ds:
+        out["save_only_model"] = False
+    return out
+
+
+def _check_hostfile(params: TrainParams) -> None:
+    """The hostfile names at least `num_nodes` hosts, each of the first ones with `num_processes` slots."""
+    assert params.hostfile is not None
+    hosts = hostfile_hosts(params.hostfile)
+    if len(hosts) < params.num_nodes:
+        raise ConfigError(
+            f"train.hostfile {params.hostfile} lists {len(hosts)} hosts, train.num_nodes {params.num_nodes}"
+        )
+    short = [f"{h} slots={n}" for h, n in hosts[: params.num_nodes] if n < params.num_processes]
+    if short:
+        raise ConfigError(
+            f"train.hostfile {params.hostfile}: {', '.join(short)} has fewer slots than train.num_processes "
+            f"{params.num_processes}"
+        )
+
+
+def hostfile_hosts(path: Path) -> list[tuple[str, int]]:
+    """(host, slots) per line of a DeepSpeed hostfile; blank lines and `#` comments are skipped.
+
+    Raises:
+        ConfigError: the file is missing or a line is not `host slots=N`.
+    """
+    if not path.is_file():
+        raise ConfigError(f"train.hostfile {path}: no such file")
+    hosts = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        parts = text.split()
+        if len(parts) != 2 or not parts[1].startswith("slots=") or not parts[1][6:].isdigit():
+            raise ConfigError(
+                f"train.hostfile {path} line {n}: expected `host slots=N`, got {line.strip()!r}"
+            )
+        hosts.append((parts[0], int(parts[1][6:])))
+    return hosts
