@@ -12,8 +12,11 @@ from tuneline.config.augment import AugmentParams
 from tuneline.config.base import Section
 from tuneline.config.clean import CleanParams
 from tuneline.config.dedup import DedupParams
+from tuneline.config.evaluate import EvaluateParams
 from tuneline.config.ingest import IngestParams
 from tuneline.config.model import ModelParams
+from tuneline.config.promote import PromoteParams
+from tuneline.config.registry import RegistryParams
 from tuneline.config.split import SplitParams
 from tuneline.config.task import TaskParams
 from tuneline.config.tracking import TrackingParams
@@ -42,6 +45,9 @@ class Config(Section):
     model: ModelParams = Field(default_factory=ModelParams, description="The base model to fine-tune.")
     train: TrainParams = Field(default_factory=TrainParams, description="Training method and settings.")
     tracking: TrackingParams = Field(default_factory=TrackingParams, description="MLflow tracking.")
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams, description="Held-out evaluation.")
+    registry: RegistryParams = Field(default_factory=RegistryParams, description="MLflow model registry.")
+    promote: PromoteParams = Field(default_factory=PromoteParams, description="The promotion gate.")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

@@ -63,6 +63,9 @@ class TrainParams(Section):
     max_length: int | Literal["auto"] = Field(
         "auto", description="Tokens per sequence; `auto` picks from task.type and the measured lengths."
     )
+    long_rows: Literal["truncate", "drop"] = Field(
+        "truncate", description="Rows over max_length: cut at the end, or left out; counted either way."
+    )
     epochs: float = Field(3.0, gt=0, description="Passes over the training split.")
     packing: bool = Field(
         True,

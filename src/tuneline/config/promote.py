@@ -1,0 +1,35 @@
+"""`promote` section: the criteria of the promotion gate and the release approval."""
+
+from typing import Literal
+
+from pydantic import Field
+
+from tuneline.config.base import Section
+
+
+class PromoteParams(Section):
+    primary_metric: Literal["rouge_l", "exact_match", "loss", "field_accuracy", "schema_valid_rate"] = Field(
+        "rouge_l", description="The metric the comparisons use (loss: lower is better; the rest: higher)."
+    )
+    min_gain: float = Field(
+        0.0, description="Candidate must beat the base model on the primary metric by at least this much."
+    )
+    champion_rule: Literal["tolerance", "margin"] = Field(
+        "tolerance",
+        description="tolerance: not worse than the champion by more than `tolerance`; margin: better by "
+        "at least `margin`.",
+    )
+    tolerance: float = Field(0.01, ge=0, description="Allowed loss against the champion (champion_rule).")
+    margin: float = Field(0.0, ge=0, description="Required gain over the champion (champion_rule).")
+    min_schema_valid_rate: float = Field(
+        0.98, ge=0, le=1, description="Floor on schema-valid outputs (only when task.output_schema is set)."
+    )
+    max_never_stop_rate: float = Field(
+        0.01, ge=0, le=1, description="Ceiling on replies that hit max_new_tokens without stopping."
+    )
+    parity_probe_rows: int = Field(
+        8, ge=0, description="Prompts whose greedy outputs must match between in-process and registry model."
+    )
+    require_approval: bool = Field(
+        False, description="Move the champion alias only after a person approves (CLI or Prefect UI)."
+    )

@@ -1,0 +1,14 @@
+"""`registry` section: the MLflow registered model that holds every candidate and the aliases."""
+
+from pydantic import Field
+
+from tuneline.config.base import Section
+
+
+class RegistryParams(Section):
+    model_name: str = Field("tuneline-demo", description="Registered model name in the MLflow registry.")
+    champion_alias: str = Field("champion", description="Alias of the model in service.")
+    challenger_alias: str = Field("challenger", description="Alias of the newest evaluated candidate.")
+    previous_alias: str = Field(
+        "previous_champion", description="Alias kept on the champion a promotion replaced (for rollback)."
+    )
