@@ -12,7 +12,7 @@ from tests.test_demo_base import build_tiny_base
 from tuneline.config.loader import Config
 from tuneline.jsonio import write_jsonl
 from tuneline.layout import Layout
-from tuneline.train.tokenize import IGNORE_INDEX, encode_records
+from tuneline.train.tokenize import IGNORE_INDEX, build_rows, encode_records
 
 WORDS = ["cat", "dog", "fox", "owl", "bee", "ant"]
 
@@ -66,6 +66,11 @@ def test_truncation_counted_and_answerless_rows_dropped(tokenizer: Any) -> None:
     enc = encode_records(tokenizer, [long, short], max_length=limit)
     assert enc.truncated_rows == 1 and enc.dropped_no_target == ["long"]
     assert len(enc.rows) == 1 and len(enc.rows[0]["input_ids"]) == limit
+    rendered = [tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True,
+                                              return_assistant_tokens_mask=True) for r in (long, short)]
+    dropped = build_rows(["long", short["id"]], [list(r["input_ids"]) for r in rendered],
+                         [list(r["assistant_masks"]) for r in rendered], limit, drop_long=True)
+    assert dropped.dropped_too_long == ["long"] and dropped.truncated_rows == 0 and len(dropped.rows) == 1
 
 
 @pytest.fixture(scope="module")

@@ -68,6 +68,8 @@ def train_report(
         "val_sequences": val_sequences,
         "truncated_rows": train_enc.truncated_rows,
         "val_truncated_rows": val_enc.truncated_rows,
+        "dropped_too_long": len(train_enc.dropped_too_long),
+        "val_dropped_too_long": len(val_enc.dropped_too_long),
         "dropped_no_target": len(train_enc.dropped_no_target),
         "val_dropped_no_target": len(val_enc.dropped_no_target),
         "train_tokens": train_enc.tokens,

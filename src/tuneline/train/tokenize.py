@@ -24,6 +24,7 @@ class Encoded:
 
     rows: list[dict[str, list[int]]] = field(default_factory=list)
     truncated_rows: int = 0
+    dropped_too_long: list[str] = field(default_factory=list)
     dropped_no_target: list[str] = field(default_factory=list)
     tokens: int = 0
     target_tokens: int = 0
@@ -63,7 +64,11 @@ def labels_from_mask(input_ids: list[int], mask: list[int]) -> list[int]:
 
 
 def build_rows(
-    record_ids: list[str], ids: list[list[int]], masks: list[list[int]], max_length: int
+    record_ids: list[str],
+    ids: list[list[int]],
+    masks: list[list[int]],
+    max_length: int,
+    drop_long: bool = False,
 ) -> Encoded:
     """Training rows from rendered tokens: truncated to `max_length`, labels on assistant tokens only.
 
@@ -72,12 +77,16 @@ def build_rows(
         ids: each record's rendered token ids (untruncated).
         masks: each record's assistant mask (1 = assistant token).
         max_length: tokens kept per row (the end is cut).
+        drop_long: leave rows longer than `max_length` out (listed in `dropped_too_long`) instead.
 
     Returns:
         Rows with `input_ids`, `labels`, `row_id`; counts of truncated and dropped rows.
     """
     out = Encoded()
     for rid, row_ids, mask in zip(record_ids, ids, masks, strict=True):
+        if len(row_ids) > max_length and drop_long:
+            out.dropped_too_long.append(rid)
+            continue
         if len(row_ids) > max_length:
             out.truncated_rows += 1
             row_ids, mask = row_ids[:max_length], mask[:max_length]

@@ -123,8 +123,9 @@ def run(cfg: Config, layout: Layout) -> dict:
     tok_val = tokenize_split(tokenizer, val_records, val_path, layout.root)
 
     plan = make_plan(cfg, model_config=model_path, token_lengths=tok_train.lengths)
-    train_enc = build_rows(tok_train.record_ids, tok_train.ids, tok_train.masks, plan.max_length)
-    val_enc = build_rows(tok_val.record_ids, tok_val.ids, tok_val.masks, plan.max_length)
+    drop = cfg.train.long_rows == "drop"
+    train_enc = build_rows(tok_train.record_ids, tok_train.ids, tok_train.masks, plan.max_length, drop)
+    val_enc = build_rows(tok_val.record_ids, tok_val.ids, tok_val.masks, plan.max_length, drop)
     if not train_enc.rows or not val_enc.rows:
         raise InputFileError(f"{train_path if not train_enc.rows else val_path}: no row has an answer token")
     packing = cfg.train.packing
@@ -184,7 +185,8 @@ def run(cfg: Config, layout: Layout) -> dict:
     # The adapter directory (a DVC output) holds only what the training determines, so a rerun of the
     # same inputs yields the same hash; wall time, the MLflow run id and the commit go to train_run.json.
     write_json(final / "train_summary.json", {**report, "plan": plan.to_dict(), "history": outcome.history,
-                                              "dropped_ids": train_enc.dropped_no_target})
+                                              "dropped_ids": train_enc.dropped_no_target,
+                                              "dropped_too_long_ids": train_enc.dropped_too_long})
     tokens_per_second = report["tokens_seen"] / result.train_seconds if result.train_seconds else None
     run_facts = {"seconds": time.monotonic() - started, "train_seconds": result.train_seconds,
                  "tokens_per_second": tokens_per_second, "oom_retries": outcome.oom_events,
