@@ -7,6 +7,7 @@ import pkgutil
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 import tuneline
@@ -80,3 +81,39 @@ def test_dvc_deps_cover_the_code_each_stage_runs() -> None:
         needed = {str(p.relative_to(REPO)) for p in _data_imports(module, {module})}
         missing = sorted(needed - set(dvc[stage]["deps"]))
         assert missing == [], f"dvc.yaml stage {stage} lacks deps {missing}"
+
+
+def _tuneline_imports(path: Path, seen: set[Path]) -> set[Path]:
+    """Files of tuneline modules (config excepted: params.yaml is the dep) that `path` imports, transitively."""
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tuneline."):
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.startswith("tuneline.")]
+        for name in names:
+            if name.startswith("tuneline.config"):
+                continue
+            base = REPO / "src" / name.replace(".", "/")
+            for target in (base.with_suffix(".py"), base / "__init__.py"):
+                if target.exists() and target not in seen:
+                    seen.add(target)
+                    _tuneline_imports(target, seen)
+    return seen
+
+
+@pytest.mark.parametrize(("stage", "module"), [
+    ("build_base", "train/demo_base.py"),
+    ("train", "train/train.py"),
+    ("evaluate", "evaluate/stage.py"),
+    ("promote", "promote/stage.py"),
+])
+def test_model_stage_deps_cover_their_code(stage: str, module: str) -> None:
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    start = REPO / "src" / "tuneline" / module
+    needed = {str(p.relative_to(REPO)) for p in _tuneline_imports(start, {start})}
+    deps = dvc[stage]["deps"]
+    missing = sorted(n for n in needed if not any(n == d or n.startswith(d.rstrip("/") + "/") for d in deps))
+    assert missing == [], f"dvc.yaml stage {stage} lacks deps {missing}"

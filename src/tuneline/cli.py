@@ -144,6 +144,78 @@ def train_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
                "(reports/train_health.json, reports/train_curves.html)")
 
 
+@app.command("evaluate")
+def evaluate_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """Evaluate base, champion (from the registry, if any) and candidate on the held-out test split.
+
+    Loss and perplexity on every test row; greedy generations through the training chat template on
+    evaluate.max_rows rows: exact match, ROUGE-L, never-stopping share, JSON metrics with
+    task.output_schema; per category. Writes reports/evaluate.json and reports/review.html (prompts side
+    by side for human review) and logs an MLflow run with the metrics, the per-row table and the page.
+    """
+    from tuneline.evaluate.stage import run
+
+    _setup_logging()
+    try:
+        report = run(_load(params, set_), Layout(Path(".")))
+    except TunelineError as exc:
+        raise _fail(exc) from None
+    v = report["variants"]
+    champion = "" if "champion" not in v else f" (champion {v['champion'].get('rouge_l')})"
+    typer.echo(f"evaluate: rouge_l base {v['base'].get('rouge_l')} -> candidate "
+               f"{v['candidate'].get('rouge_l')}{champion}; reports/evaluate.json, reports/review.html")
+
+
+@app.command("promote")
+def promote_command(
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    approve: Annotated[
+        str | None, typer.Option("--approve", help="Approve this model version (release gating), promote it.")
+    ] = None,
+    approver: Annotated[str | None, typer.Option("--approver", help="Who approves (default: $USER).")] = None,
+    note: Annotated[str, typer.Option("--note", help="Why, recorded with the approval.")] = "",
+) -> None:
+    """Register the candidate, check train/serve parity, run the promotion gate, move the champion alias.
+
+    The gate (params `promote`) compares candidate, base and champion on reports/evaluate.json and adds
+    training health, data validation and parity; reports/promote.json has one row per criterion.
+    "Not promoted" is a result (exit 0). With promote.require_approval the champion moves only after
+    `tuneline promote --approve VERSION`.
+    """
+    import os
+
+    from tuneline.promote import stage
+
+    _setup_logging()
+    try:
+        cfg = _load(params, set_)
+        if approve is not None:
+            who = approver or os.environ.get("USER", "")
+            result = stage.approve(cfg, Layout(Path(".")), approve, who, note)
+            typer.echo(f"promote: {result['status']}: {result['reason']}")
+            return
+        report = stage.run(cfg, Layout(Path(".")))
+    except TunelineError as exc:
+        raise _fail(exc) from None
+    result = report["result"]
+    typer.echo(f"promote: version {report['version']}: {result['status']} ({result['reason']}); "
+               f"champion {report['champion_before']} -> {report['champion_after']}; reports/promote.json")
+
+
+@app.command("rollback")
+def rollback_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """Move the champion alias back to the previous champion (registry.previous_alias)."""
+    from tuneline.promote.stage import rollback
+
+    _setup_logging()
+    try:
+        result = rollback(_load(params, set_))
+    except TunelineError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"rollback: {result['status']}: {result['reason']}")
+
+
 @app.command("plan")
 def plan_command(
     model_config: Annotated[

@@ -8,7 +8,7 @@ from tuneline.config.base import Section
 
 
 class PromoteParams(Section):
-    primary_metric: Literal["rouge_l", "exact_match", "loss", "field_accuracy", "schema_valid_rate"] = Field(
+    primary_metric: Literal["rouge_l", "exact_match", "loss", "json_field_accuracy", "json_valid_rate"] = Field(
         "rouge_l", description="The metric the comparisons use (loss: lower is better; the rest: higher)."
     )
     min_gain: float = Field(

@@ -32,9 +32,10 @@ from typing import Any
 
 from tuneline.config.loader import Config
 from tuneline.errors import InputFileError, TunelineError
-from tuneline.jsonio import read_jsonl, write_json
+from tuneline.jsonio import write_json
 from tuneline.layout import Layout
 from tuneline.train.curves import write_curves
+from tuneline.train.inputs import read_split, resolve_model_path
 from tuneline.train.outputs import replace_dir, sort_target_modules, train_report
 from tuneline.train.packing import pack_rows
 from tuneline.train.plan import Plan, backoff, make_plan
@@ -61,28 +62,6 @@ class TrainingError(TunelineError):
     """Training stopped without a usable model (non-finite loss, out of memory after every back-off)."""
 
     exit_code = 5
-
-
-def resolve_model_path(cfg: Config, layout: Layout) -> str:
-    """`model.name_or_path` relative to the layout root when it exists there, else as given (hub id)."""
-    given = Path(cfg.model.name_or_path).expanduser()
-    local = given if given.is_absolute() else layout.root / given
-    return str(local) if local.exists() else cfg.model.name_or_path
-
-
-def read_split(layout: Layout, split: str) -> list[dict[str, Any]]:
-    """Records of a processed split.
-
-    Raises:
-        InputFileError: the split is missing or empty.
-    """
-    path = layout.processed(split)
-    if not path.is_file():
-        raise InputFileError(f"{path}: {split} split not found; run the data stages first (`dvc repro`)")
-    rows = list(read_jsonl(path))
-    if not rows:
-        raise InputFileError(f"{path}: {split} split is empty")
-    return rows
 
 
 def _model_fingerprint(model_path: str) -> str:

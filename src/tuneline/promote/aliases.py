@@ -1,0 +1,388 @@
+"""Moving the registry aliases: promote, roll back, record approvals. The gate's side effects.
+
+Aliases (MLflow 3; stages are deprecated): `champion` serves, `previous_champion` is the one a
+promotion replaced (what `rollback` restores), `challenger` is the newest registered candidate.
+
+Concurrency. MLflow has no compare-and-set on aliases, so two promotions racing could both read the
+same champion and both "win", leaving `previous_champion` pointing at the wrong version. Every alias
+move therefore runs under an exclusive lock and re-reads the aliases inside it: `promote` only moves
+the champion if it is still `expected_champion` (the version the caller's gate compared against),
+else it refuses with status "conflict". Aliases are written previous-first, then champion, so a crash
+between the two leaves the champion untouched and a retry is safe; after the writes the aliases are
+read back, so a writer that bypassed the lock is detected (RegistryError) instead of going unnoticed.
+
+What the lock covers (an `fcntl.flock` on a lock file):
+- sqlite tracking store (`sqlite:///path/mlflow.db`): the lock file sits next to the database, so it
+  serializes every process on every host that can use that database file (a local disk, or a
+  network filesystem with working flock).
+- file store (`file:///dir` or a path): the lock file sits in the store directory, same reach.
+- remote tracking server (`http(s)://...`) or a direct database URI (`postgresql://`, `mysql://`):
+  the default lock file is in this host's temp directory, which is sound only while every promoter
+  runs on the same host (e.g. one Prefect worker). For promoters on several hosts pass `lock_path` on
+  a filesystem they all share, or serialize promotions elsewhere (a Prefect concurrency limit of 1
+  on the promote task, or a PostgreSQL advisory lock taken on the tracking database). Not covered:
+  writers that move aliases without this module (the MLflow UI, other scripts); the read-back
+  detects them after the fact, it cannot prevent them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from tuneline.registry.registry import RegistryError, aliases_of, client
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".tuneline-aliases.lock"
+APPROVAL_DECISIONS = ("approved", "rejected")
+
+
+@dataclass(frozen=True)
+class AliasNames:
+    """Alias names (the `registry` params section has the same fields)."""
+
+    champion_alias: str = "champion"
+    challenger_alias: str = "challenger"
+    previous_alias: str = "previous_champion"
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    """What `promote` did. `promoted` is False for every refusal; `reason` says why."""
+
+    promoted: bool
+    status: Literal[
+        "promoted", "rejected", "conflict", "needs_approval", "approval_rejected", "already_champion"
+    ]
+    version: str
+    champion_before: str | None
+    previous_champion: str | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    """What `rollback` did: the champion now, the version it demoted, or why nothing moved."""
+
+    rolled_back: bool
+    status: Literal["rolled_back", "nothing_to_roll_back", "conflict"]
+    champion: str | None
+    demoted: str | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def lock_path_for(uri: str) -> Path:
+    """The lock file that serializes alias moves for the tracking store at `uri` (see the module doc)."""
+    if uri.startswith("sqlite:"):
+        from sqlalchemy.engine import make_url
+
+        database = make_url(uri).database
+        if database and database != ":memory:":
+            db = Path(database).resolve()
+            return db.with_name(f".{db.name}{LOCK_NAME}")
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path if parsed.scheme else uri).resolve() / LOCK_NAME
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"tuneline-aliases-{digest}.lock"
+
+
+@contextmanager
+def registry_lock(uri: str, lock_path: str | Path | None = None, timeout_s: float = 60.0) -> Iterator[Path]:
+    """Hold the exclusive alias lock of the tracking store at `uri` (or at `lock_path`).
+
+    Raises:
+        RegistryError: the lock was not acquired within `timeout_s`.
+    """
+    path = Path(lock_path) if lock_path is not None else lock_path_for(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # flock locks belong to the open file description, so two threads of one process exclude each
+    # other too (each opens the file itself), not only two processes.
+    with path.open("a+") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RegistryError(
+                        f"registry lock {path} still held after {timeout_s:g}s; another promotion or "
+                        "rollback is running (or hung): retry later"
+                    ) from None
+                time.sleep(0.05)
+        try:
+            yield path
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _names(aliases: Any) -> AliasNames:
+    if aliases is None:
+        return AliasNames()
+    return AliasNames(aliases.champion_alias, aliases.challenger_alias, aliases.previous_alias)
+
+
+def approval_of(uri: str, model_name: str, version: str | int) -> dict[str, str] | None:
+    """The recorded approval of a version ({"decision", "by", "at", "note"}), or None."""
+    tags = client(uri).get_model_version(model_name, str(version)).tags
+    if "approval.decision" not in tags:
+        return None
+    return {k: tags.get(f"approval.{k}", "") for k in ("decision", "by", "at", "note")}
+
+
+def record_approval(
+    uri: str, model_name: str, version: str | int, approver: str, decision: str, note: str = ""
+) -> dict[str, str]:
+    """Record a person's release decision on a version as tags (approval.decision/by/at/note).
+
+    Raises:
+        ValueError: `decision` is not "approved" or "rejected", or `approver` is empty.
+    """
+    if decision not in APPROVAL_DECISIONS:
+        raise ValueError(f"approval decision {decision!r}: expected one of {', '.join(APPROVAL_DECISIONS)}")
+    if not approver.strip():
+        raise ValueError("approval needs the approver's name")
+    tags = {
+        "approval.decision": decision,
+        "approval.by": approver,
+        "approval.at": _now(),
+        "approval.note": note,
+    }
+    mc = client(uri)
+    for key, value in tags.items():
+        mc.set_model_version_tag(model_name, str(version), key, value)
+    logger.info("registry: %s version %s %s by %s", model_name, version, decision, approver)
+    return tags
+
+
+def promote(
+    uri: str,
+    model_name: str,
+    version: str | int,
+    expected_champion: str | int | None,
+    aliases: Any = None,
+    *,
+    require_approval: bool = False,
+    lock_path: str | Path | None = None,
+    timeout_s: float = 60.0,
+) -> PromotionResult:
+    """Make `version` the champion if the champion is still `expected_champion` (compare-and-set).
+
+    The old champion takes the previous alias; the challenger alias is removed when it named
+    `version` (it is no longer a challenger). The version gets tags promotion.at and
+    promotion.replaced.
+
+    Args:
+        uri: tracking / registry URI.
+        model_name: registered model name.
+        version: the version to promote.
+        expected_champion: the champion the caller's gate compared against (None: there was none).
+        aliases: alias names (`RegistryParams` or `AliasNames`; None: the defaults).
+        require_approval: refuse unless the version carries an "approved" approval tag.
+        lock_path: lock file override (see the module doc for when it is needed).
+        timeout_s: how long to wait for the lock.
+
+    Returns:
+        A `PromotionResult`; every refusal is a result with `promoted` False.
+
+    Raises:
+        RegistryError: unknown version, lock timeout, or the aliases changed under the lock (a writer
+            that bypasses it).
+    """
+    from mlflow.exceptions import MlflowException
+
+    names = _names(aliases)
+    version = str(version)
+    expected = None if expected_champion is None else str(expected_champion)
+    mc = client(uri)
+    with registry_lock(uri, lock_path, timeout_s):
+        current = aliases_of(uri, model_name)
+        champion, previous = current.get(names.champion_alias), current.get(names.previous_alias)
+        try:
+            tags = mc.get_model_version(model_name, version).tags
+        except MlflowException as exc:
+            raise RegistryError(f"{model_name} version {version}: {exc}") from exc
+
+        def refuse(status: Any, reason: str) -> PromotionResult:
+            logger.warning("promote %s version %s refused (%s): %s", model_name, version, status, reason)
+            return PromotionResult(False, status, version, champion, previous, reason)
+
+        if champion != expected:
+            return refuse(
+                "conflict",
+                f"champion is {champion or 'unset'}, expected {expected or 'unset'}: "
+                "another promotion or rollback moved it; re-run the gate against the new champion",
+            )
+        if champion == version:
+            return refuse("already_champion", f"version {version} is already the champion")
+        if require_approval:
+            decision = tags.get("approval.decision")
+            if decision == "rejected":
+                return refuse(
+                    "approval_rejected", f"version {version} was rejected by {tags.get('approval.by', '?')}"
+                )
+            if decision != "approved":
+                return refuse("needs_approval", f"version {version} has no recorded approval")
+        # Previous first: a crash between the two writes leaves the champion as it was.
+        if champion is not None:
+            mc.set_registered_model_alias(model_name, names.previous_alias, champion)
+        mc.set_registered_model_alias(model_name, names.champion_alias, version)
+        if current.get(names.challenger_alias) == version:
+            mc.delete_registered_model_alias(model_name, names.challenger_alias)
+        after = aliases_of(uri, model_name)
+        want_previous = champion if champion is not None else previous
+        if after.get(names.champion_alias) != version or after.get(names.previous_alias) != want_previous:
+            raise RegistryError(
+                f"{model_name}: aliases changed during the promotion of version {version} (now {after}); "
+                f"something moved them without the registry lock ({lock_path or lock_path_for(uri)})"
+            )
+        mc.set_model_version_tag(model_name, version, "promotion.at", _now())
+        mc.set_model_version_tag(model_name, version, "promotion.replaced", champion or "none")
+    logger.info("promote: %s version %s is champion (was %s)", model_name, version, champion or "unset")
+    return PromotionResult(
+        True,
+        "promoted",
+        version,
+        champion,
+        want_previous,
+        f"version {version} replaced {champion or 'no champion'}",
+    )
+
+
+def rollback(
+    uri: str,
+    model_name: str,
+    aliases: Any = None,
+    *,
+    expected_champion: str | int | None = None,
+    lock_path: str | Path | None = None,
+    timeout_s: float = 60.0,
+) -> RollbackResult:
+    """Give the champion alias back to the previous champion.
+
+    The previous alias is then removed (a second rollback has nothing to restore, rather than
+    flipping back to the version just demoted). The demoted version gets tags rollback.at and
+    rollback.restored; the restored one rollback.restored_from.
+
+    Args:
+        uri: tracking / registry URI.
+        model_name: registered model name.
+        aliases: alias names (`RegistryParams` or `AliasNames`; None: the defaults).
+        expected_champion: when given, roll back only if this is still the champion.
+        lock_path: lock file override.
+        timeout_s: how long to wait for the lock.
+
+    Returns:
+        A `RollbackResult`; "nothing_to_roll_back" and "conflict" are results, not errors.
+
+    Raises:
+        RegistryError: lock timeout.
+    """
+    names = _names(aliases)
+    mc = client(uri)
+    with registry_lock(uri, lock_path, timeout_s):
+        current = aliases_of(uri, model_name)
+        champion, previous = current.get(names.champion_alias), current.get(names.previous_alias)
+        if previous is None or previous == champion:
+            return RollbackResult(
+                False,
+                "nothing_to_roll_back",
+                champion,
+                None,
+                f"no {names.previous_alias} alias on {model_name}: nothing to roll back to",
+            )
+        if expected_champion is not None and champion != str(expected_champion):
+            return RollbackResult(
+                False,
+                "conflict",
+                champion,
+                None,
+                f"champion is {champion or 'unset'}, expected {expected_champion}",
+            )
+        mc.set_registered_model_alias(model_name, names.champion_alias, previous)
+        mc.delete_registered_model_alias(model_name, names.previous_alias)
+        stamp = _now()
+        if champion is not None:
+            mc.set_model_version_tag(model_name, champion, "rollback.at", stamp)
+            mc.set_model_version_tag(model_name, champion, "rollback.restored", previous)
+        mc.set_model_version_tag(model_name, previous, "rollback.restored_from", champion or "none")
+    logger.warning("rollback: %s champion %s -> %s", model_name, champion or "unset", previous)
+    return RollbackResult(
+        True,
+        "rolled_back",
+        previous,
+        champion,
+        f"champion {champion or 'unset'} rolled back to version {previous}",
+    )
+
+
+def apply_decision(
+    uri: str,
+    model_name: str,
+    version: str | int,
+    decision: Any,
+    expected_champion: str | int | None,
+    aliases: Any = None,
+    *,
+    lock_path: str | Path | None = None,
+    timeout_s: float = 60.0,
+) -> PromotionResult:
+    """Record the gate's decision on the version (gate.* tags) and act on it.
+
+    "rejected": nothing moves (status "rejected"). "promote": `promote`. "await_approval": `promote`
+    with `require_approval`, so it moves the champion only once `record_approval` said "approved"
+    (status "needs_approval" until then); call it again after the approval.
+
+    Args:
+        decision: the `gate.Decision` for this version.
+        (the rest as `promote`)
+    """
+    from tuneline.registry.registry import set_version_tags
+
+    version = str(version)
+    set_version_tags(uri, model_name, version, decision.tags())
+    if decision.status == "rejected":
+        current = aliases_of(uri, model_name)
+        names = _names(aliases)
+        reason = f"gate rejected version {version}: {', '.join(decision.failed)}"
+        logger.warning("promote: %s", reason)
+        return PromotionResult(
+            False,
+            "rejected",
+            version,
+            current.get(names.champion_alias),
+            current.get(names.previous_alias),
+            reason,
+        )
+    return promote(
+        uri,
+        model_name,
+        version,
+        expected_champion,
+        aliases,
+        require_approval=decision.status == "await_approval",
+        lock_path=lock_path,
+        timeout_s=timeout_s,
+    )

@@ -1,0 +1,327 @@
+"""The promotion gate: a pure decision over evaluation metrics and the run's evidence. No I/O.
+
+    criterion          passes when                                                     missing evidence
+    beats_base         candidate beats the base model on the primary metric by         fails
+                       >= min_gain (loss: lower is better; the others: higher)
+    vs_champion        tolerance rule: not worse than the champion by > tolerance;     no champion yet:
+                       margin rule: better than the champion by >= margin              passes (skipped)
+    schema_valid_rate  candidate's json_valid_rate (outputs valid under the task's      no output schema
+                       output schema) >= min_schema_valid_rate                         (metric absent): passes
+    never_stop_rate    candidate's never-stop rate <= max_never_stop_rate              fails
+    train_health       context["train_health_status"] is not "failed"                  fails
+    overfitting        no "overfitting" alert in context["train_alerts"], or the       fails
+                       alert is resolved: context["early_stopped"] is True
+    data_valid         context["data_valid"] is True                                   fails
+    parity             context["parity"] is True (registry model == in-process)        fails
+
+The gate fails closed: evidence that was not reported counts as failed, so a caller that forgets to
+pass it cannot promote by accident. The two exceptions are by design: a first model has no champion
+to compare with, and a task without an output schema has no schema-valid rate.
+
+Why an overfitting alert can be resolved: the health monitor stops training at the first
+overfitting signal and the trainer always restores the best-val-loss checkpoint at the end
+(`load_best_model_at_end`), so when training stopped early the adapter under test predates the
+divergence, and the held-out comparisons above judge it. An overfitting alert without an early stop
+(training ran to its last step while diverging) blocks promotion.
+
+Status: "rejected" when any criterion fails; otherwise "await_approval" when the criteria require a
+person's approval, else "promote". "Not promoted" is a result, never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Status = Literal["promote", "await_approval", "rejected"]
+LOWER_IS_BETTER = frozenset({"loss", "perplexity"})
+SCHEMA_METRIC = "json_valid_rate"  # the schema-valid rate (evaluate: JSON that validates)
+NEVER_STOP_METRIC = "never_stop_rate"
+# Other names the same metric goes by (the evaluate stage reports json_*; either is accepted).
+METRIC_ALIASES = {
+    "json_valid_rate": "schema_valid_rate",
+    "schema_valid_rate": "json_valid_rate",
+    "json_field_accuracy": "field_accuracy",
+    "field_accuracy": "json_field_accuracy",
+}
+# Comparisons allow this much float noise (0.3 - 0.2 >= 0.1 must hold).
+EPS = 1e-9
+CRITERIA = (
+    "beats_base",
+    "vs_champion",
+    "schema_valid_rate",
+    "never_stop_rate",
+    "train_health",
+    "overfitting",
+    "data_valid",
+    "parity",
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The gate's result: whether to promote now, the status, and one row per criterion."""
+
+    promote: bool
+    status: Status
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """Every criterion passed (the status is promote or await_approval)."""
+        return self.status != "rejected"
+
+    @property
+    def failed(self) -> list[str]:
+        """Names of the criteria that failed, in table order."""
+        return [r["criterion"] for r in self.rows if not r["passed"]]
+
+    def summary(self) -> str:
+        """One line for logs and the CLI."""
+        if self.failed:
+            reasons = "; ".join(f"{r['criterion']}: {r['reason']}" for r in self.rows if not r["passed"])
+            return f"{self.status}: {reasons}"
+        return f"{self.status}: all {len(self.rows)} criteria passed"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (reports/promote.json)."""
+        return {
+            "promote": self.promote,
+            "status": self.status,
+            "passed": self.passed,
+            "failed": self.failed,
+            "rows": [dict(r) for r in self.rows],
+        }
+
+    def tags(self) -> dict[str, str]:
+        """Model version tags recording the decision: gate.status, gate.failed, gate.rows (JSON)."""
+        return {
+            "gate.status": self.status,
+            "gate.failed": ",".join(self.failed) or "none",
+            "gate.rows": json.dumps(self.rows, sort_keys=True, default=str),
+        }
+
+
+def _param(criteria: Any, name: str, default: Any = None) -> Any:
+    """A criterion from a PromoteParams-like object or a mapping."""
+    if isinstance(criteria, Mapping):
+        return criteria.get(name, default)
+    return getattr(criteria, name, default)
+
+
+def _raw(metrics: Mapping[str, Any] | None, name: str) -> Any:
+    """`metrics[name]`, falling back to the other name of the same metric (`METRIC_ALIASES`)."""
+    metrics = metrics or {}
+    if metrics.get(name) is None and name in METRIC_ALIASES:
+        return metrics.get(METRIC_ALIASES[name])
+    return metrics.get(name)
+
+
+def _number(metrics: Mapping[str, Any] | None, name: str) -> float | None:
+    """The finite number for metric `name`, or None when absent, None or not finite."""
+    value = _raw(metrics, name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def gain(candidate: float, reference: float, metric: str) -> float:
+    """How much better `candidate` is than `reference` on `metric` (positive = better)."""
+    return reference - candidate if metric in LOWER_IS_BETTER else candidate - reference
+
+
+def _row(criterion: str, value: Any, threshold: Any, passed: bool, reason: str) -> dict[str, Any]:
+    return {
+        "criterion": criterion,
+        "value": value,
+        "threshold": threshold,
+        "passed": bool(passed),
+        "reason": reason,
+    }
+
+
+def _beats_base(metric: str, min_gain: float, candidate: Mapping, base: Mapping) -> dict[str, Any]:
+    cand, ref = _number(candidate, metric), _number(base, metric)
+    if cand is None or ref is None:
+        who = "candidate" if cand is None else "base"
+        return _row("beats_base", None, min_gain, False, f"{metric} missing or not finite for the {who}")
+    g = gain(cand, ref, metric)
+    ok = g >= min_gain - EPS
+    word = "lower" if metric in LOWER_IS_BETTER else "higher"
+    return _row(
+        "beats_base",
+        g,
+        min_gain,
+        ok,
+        f"{metric} {cand:.4g} vs base {ref:.4g}: gain {g:+.4g} ({word} is better), "
+        f"{'meets' if ok else 'below'} min_gain {min_gain:g}",
+    )
+
+
+def _vs_champion(criteria: Any, metric: str, candidate: Mapping, champion: Mapping | None) -> dict[str, Any]:
+    rule = _param(criteria, "champion_rule", "tolerance")
+    threshold = (
+        -float(_param(criteria, "tolerance", 0.0))
+        if rule == "tolerance"
+        else float(_param(criteria, "margin", 0.0))
+    )
+    if champion is None:
+        return _row("vs_champion", None, threshold, True, "skipped: no champion yet")
+    cand, ref = _number(candidate, metric), _number(champion, metric)
+    if cand is None or ref is None:
+        who = "candidate" if cand is None else "champion"
+        return _row("vs_champion", None, threshold, False, f"{metric} missing or not finite for the {who}")
+    g = gain(cand, ref, metric)
+    ok = g >= threshold - EPS
+    if rule == "tolerance":
+        how = f"not worse than the champion by more than {-threshold:g}"
+    else:
+        how = f"better than the champion by at least {threshold:g}"
+    return _row(
+        "vs_champion",
+        g,
+        threshold,
+        ok,
+        f"{metric} {cand:.4g} vs champion {ref:.4g}: gain {g:+.4g}; {rule} rule needs {how}",
+    )
+
+
+def _floors(criteria: Any, candidate: Mapping) -> list[dict[str, Any]]:
+    rows = []
+    floor = float(_param(criteria, "min_schema_valid_rate", 0.0))
+    valid = _number(candidate, SCHEMA_METRIC)
+    if _raw(candidate, SCHEMA_METRIC) is None:
+        rows.append(_row("schema_valid_rate", None, floor, True, "skipped: no output schema (metric absent)"))
+    elif valid is None:
+        rows.append(_row("schema_valid_rate", None, floor, False, "json_valid_rate is not a finite number"))
+    else:
+        ok = valid >= floor - EPS
+        rows.append(
+            _row("schema_valid_rate", valid, floor, ok, f"{valid:.4g} {'>=' if ok else '<'} floor {floor:g}")
+        )
+    ceiling = float(_param(criteria, "max_never_stop_rate", 1.0))
+    never = _number(candidate, NEVER_STOP_METRIC)
+    if never is None:
+        rows.append(_row(NEVER_STOP_METRIC, None, ceiling, False, "never_stop_rate not reported"))
+    else:
+        ok = never <= ceiling + EPS
+        rows.append(
+            _row(
+                NEVER_STOP_METRIC,
+                never,
+                ceiling,
+                ok,
+                f"{never:.4g} {'<=' if ok else '>'} ceiling {ceiling:g}",
+            )
+        )
+    return rows
+
+
+def _alert_kinds(alerts: Any) -> list[str]:
+    """Alert kinds from a list of kinds, alert dicts ({"kind": ...}) or a comma-separated string."""
+    if isinstance(alerts, str):
+        return [a.strip() for a in alerts.split(",") if a.strip() and a.strip() != "none"]
+    return [a.get("kind", "") if isinstance(a, Mapping) else str(a) for a in alerts]
+
+
+def _training(context: Mapping[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    status = context.get("train_health_status")
+    if status is None:
+        rows.append(_row("train_health", None, "not failed", False, "train_health_status not reported"))
+    else:
+        ok = status != "failed"
+        rows.append(
+            _row(
+                "train_health",
+                status,
+                "not failed",
+                ok,
+                f"training health {status}" + ("" if ok else ": a blocking alert stopped training"),
+            )
+        )
+    if "train_alerts" not in context or context["train_alerts"] is None:
+        rows.append(_row("overfitting", None, "none or early-stopped", False, "train_alerts not reported"))
+        return rows
+    overfit = "overfitting" in _alert_kinds(context["train_alerts"])
+    early = context.get("early_stopped") is True
+    if not overfit:
+        rows.append(_row("overfitting", False, "none or early-stopped", True, "no overfitting alert"))
+    elif early:
+        rows.append(
+            _row(
+                "overfitting",
+                True,
+                "none or early-stopped",
+                True,
+                "overfitting alert resolved: training stopped early and the best checkpoint was kept",
+            )
+        )
+    else:
+        rows.append(
+            _row(
+                "overfitting",
+                True,
+                "none or early-stopped",
+                False,
+                "overfitting alert and training did not stop early",
+            )
+        )
+    return rows
+
+
+def _flag(context: Mapping[str, Any], key: str, criterion: str, ok_reason: str, bad_reason: str) -> dict:
+    value = context.get(key)
+    if value is None:
+        return _row(criterion, None, True, False, f"{key} not reported")
+    ok = value is True
+    return _row(criterion, value, True, ok, ok_reason if ok else bad_reason)
+
+
+def decide(
+    criteria: Any,
+    candidate: Mapping[str, Any],
+    base: Mapping[str, Any],
+    champion: Mapping[str, Any] | None,
+    context: Mapping[str, Any],
+) -> Decision:
+    """Decide whether the candidate may replace the champion.
+
+    Args:
+        criteria: a `PromoteParams` (or an object / mapping with the same names): primary_metric,
+            min_gain, champion_rule, tolerance, margin, min_schema_valid_rate, max_never_stop_rate,
+            require_approval.
+        candidate: the candidate's metrics on the test split ({"rouge_l": .., "loss": ..,
+            "never_stop_rate": .., "schema_valid_rate": .. (only with an output schema)}).
+        base: the base model's metrics on the same rows.
+        champion: the current champion's metrics on the same rows, or None when there is none.
+        context: the run's evidence: train_health_status ("ok" | "warning" | "failed"),
+            train_alerts (alert kinds or alert dicts), early_stopped (bool), data_valid (bool),
+            parity (bool).
+
+    Returns:
+        The `Decision`: promote (bool), status, and one row per criterion in `CRITERIA` order.
+    """
+    metric = str(_param(criteria, "primary_metric", "rouge_l"))
+    rows = [
+        _beats_base(metric, float(_param(criteria, "min_gain", 0.0)), candidate, base),
+        _vs_champion(criteria, metric, candidate, champion),
+        *_floors(criteria, candidate),
+        *_training(context),
+        _flag(context, "data_valid", "data_valid", "data validation passed", "data validation failed"),
+        _flag(
+            context,
+            "parity",
+            "parity",
+            "registry model reproduces in-process outputs",
+            "registry model outputs differ from in-process outputs",
+        ),
+    ]
+    if any(not r["passed"] for r in rows):
+        return Decision(promote=False, status="rejected", rows=rows)
+    if _param(criteria, "require_approval", False):
+        return Decision(promote=False, status="await_approval", rows=rows)
+    return Decision(promote=True, status="promote", rows=rows)

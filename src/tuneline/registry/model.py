@@ -1,0 +1,254 @@
+"""The registered model: base model + LoRA adapter + the adapter's chat template, as an MLflow pyfunc.
+
+A registered version is self-describing: `AdapterModel.load_context` loads the base model (an artifact
+copied into the version, or a path the version refers to, see `model_artifacts`), applies the adapter
+with peft and renders every conversation through the tokenizer's chat template with
+`add_generation_prompt=True`. `predict` returns greedy completions, so the same prompts give the same
+replies in the evaluate stage, in the registry and in serving (the parity check of the promotion gate).
+
+`load_adapter_model` and `generate_replies` are the single code path for both sides: the evaluate
+stage's in-process generation and the pyfunc call them, so a parity mismatch means the packaging
+changed the model, never that two generation loops disagree.
+
+Generation is one conversation at a time (no padding): padded batches can flip a greedy token on a
+near-tie, which would make a byte-exact parity check flaky.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+DEFAULT_MAX_NEW_TOKENS = 128
+# Packages a loaded version needs; pinned to the versions that logged it (`pip_requirements`).
+RUNTIME_PACKAGES = ("mlflow", "torch", "transformers", "peft", "tokenizers", "safetensors", "jinja2")
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def pip_requirements() -> list[str]:
+    """`name==version` for each runtime package, from the installed versions.
+
+    The local version label (`2.13.0+cpu`) is dropped: it names a wheel index, not an API, and a GPU
+    host installs the same release from its own index.
+    """
+    return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in RUNTIME_PACKAGES]
+
+
+def resolve_dtype(dtype: str | None, device: str) -> Any:
+    """The torch dtype for `dtype`: "auto" (or None) is bf16 on a bf16-capable GPU, else fp32 (the rule
+    the evaluate stage uses, so registry and evaluation compute with the same precision)."""
+    import torch
+
+    if dtype in (None, "auto"):
+        on_gpu = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if on_gpu else torch.float32
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
+    if dtype not in names:
+        raise ValueError(f"dtype {dtype!r}: expected one of {sorted(names)} or 'auto'")
+    return names[dtype]
+
+
+def load_adapter_model(
+    base_dir: str | Path, adapter_dir: str | Path, device: str | None = None, dtype: str | None = "auto"
+) -> tuple[Any, Any]:
+    """Load the base model, apply the LoRA adapter, and load the adapter's tokenizer (chat template).
+
+    Args:
+        base_dir: Hugging Face model directory of the base model.
+        adapter_dir: peft adapter directory (adapter_config.json, adapter weights, tokenizer files).
+        device: torch device; None picks `cuda` when available, else `cpu`.
+        dtype: "auto" (see `resolve_dtype`) or a name such as "bf16" / "fp32".
+
+    Returns:
+        (model in eval mode, tokenizer). The tokenizer comes from the adapter directory when it holds
+        one (training saves it there with the chat template it trained on), else from the base.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = Path(adapter_dir)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=resolve_dtype(dtype, device))
+    # Not merged: merging changes the float rounding, and evaluation scores the unmerged model.
+    model = PeftModel.from_pretrained(base, str(adapter)).to(device).eval()
+    has_tokenizer = (adapter / "tokenizer_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(str(adapter if has_tokenizer else base_dir))
+    if tokenizer.chat_template is None:
+        raise ValueError(f"{adapter}: the tokenizer has no chat template; cannot render conversations")
+    return model, tokenizer
+
+
+def stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Token ids that end a reply: the tokenizer's eos (what the chat template closes an assistant turn
+    with) and the model's configured eos ids, which may differ."""
+    ids = set() if tokenizer.eos_token_id is None else {int(tokenizer.eos_token_id)}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is not None:
+        ids.update(int(i) for i in (configured if isinstance(configured, list | tuple) else [configured]))
+    return sorted(ids)
+
+
+def generate_replies(
+    model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], max_new_tokens: int
+) -> list[dict[str, Any]]:
+    """Greedy replies to each conversation, rendered with the chat template and a generation prompt.
+
+    Returns:
+        One dict per conversation: `text` (the reply up to its stop token, special tokens skipped),
+        `new_tokens` (generated tokens, stop token included) and `stopped` (False when the reply used
+        all `max_new_tokens` without a stop token: the never-stop signal the gate limits).
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    stops = stop_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    replies = []
+    for messages in conversations:
+        enc = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        with torch.no_grad():
+            out = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=pad
+            )
+        new = out[0, enc["input_ids"].shape[1] :].tolist()
+        end = next((k for k, t in enumerate(new) if t in stops), None)
+        reply = new if end is None else new[:end]
+        replies.append(
+            {
+                "text": tokenizer.decode(reply, skip_special_tokens=True),
+                "new_tokens": len(new) if end is None else end + 1,
+                "stopped": end is not None,
+            }
+        )
+    return replies
+
+
+def _messages(value: Any, where: str) -> list[dict[str, str]]:
+    """One conversation as a list of {role, content} dicts (from lists, numpy arrays or JSON text)."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    if hasattr(value, "tolist"):  # a numpy array from a DataFrame cell
+        value = value.tolist()
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where}: expected a non-empty list of messages, got {type(value).__name__}")
+    out = []
+    for j, message in enumerate(value):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise ValueError(f"{where} message {j}: expected a dict with `role` and `content`")
+        if message["role"] not in ROLES:
+            raise ValueError(
+                f"{where} message {j}: unknown role {message['role']!r}; expected one of {ROLES}"
+            )
+        out.append({"role": str(message["role"]), "content": str(message["content"])})
+    return out
+
+
+def parse_conversations(model_input: Any) -> list[list[dict[str, str]]]:
+    """The conversations in a pyfunc input.
+
+    Accepted: a pandas DataFrame with a `messages` column; a list whose items are conversations (lists
+    of messages) or dicts with a `messages` key; a dict with a `messages` key holding one conversation
+    or a list of them.
+
+    Raises:
+        ValueError: the input has none of these shapes (names the offending row / message).
+    """
+    import pandas as pd
+
+    if isinstance(model_input, pd.DataFrame):
+        if "messages" not in model_input.columns:
+            raise ValueError(f"input DataFrame needs a `messages` column; got {list(model_input.columns)}")
+        rows = list(model_input["messages"])
+    elif isinstance(model_input, dict):
+        if "messages" not in model_input:
+            raise ValueError("input dict needs a `messages` key")
+        value = model_input["messages"]
+        value = value.tolist() if hasattr(value, "tolist") else list(value)
+        first = value[0] if value else None
+        # Items that are lists (or JSON text) are whole conversations; dicts are one conversation's messages.
+        rows = value if isinstance(first, list | str) or hasattr(first, "tolist") else [value]
+    elif isinstance(model_input, list):
+        rows = [r["messages"] if isinstance(r, dict) and "messages" in r else r for r in model_input]
+    else:
+        raise ValueError(f"unsupported input type {type(model_input).__name__}: pass a DataFrame or a list")
+    return [_messages(row, f"row {i}") for i, row in enumerate(rows)]
+
+
+class AdapterModel(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc: base model + LoRA adapter; predicts greedy completions of conversations.
+
+    Artifacts: `adapter` (always) and `base` (when the base is copied into the version); otherwise
+    the model config's `base_model_path` names the base directory on the loading host.
+    """
+
+    # MLflow wraps `predict` in type-hint based input validation and warns when there are no hints;
+    # the conversations are free-form and validated by `parse_conversations`, so opt out (as MLflow's
+    # own ChatModel does).
+    _skip_type_hint_validation = True
+
+    def load_context(self, context: Any) -> None:
+        """Load base + adapter + tokenizer from the version's artifacts (or the referenced base path).
+
+        Raises:
+            ValueError: neither a `base` artifact nor a `base_model_path` in the model config.
+        """
+        config = context.model_config or {}
+        base = context.artifacts.get("base") or config.get("base_model_path")
+        if not base:
+            raise ValueError("the model has neither a `base` artifact nor a `base_model_path` config")
+        self.max_new_tokens = int(config.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
+        self.model, self.tokenizer = load_adapter_model(
+            base, context.artifacts["adapter"], config.get("device"), config.get("dtype", "auto")
+        )
+
+    # `model_input` is unannotated: MLflow reads a predict annotation as the model's input schema.
+    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> list[str]:
+        """Greedy completion of each conversation (see `parse_conversations` for the accepted inputs).
+
+        Args:
+            context: the MLflow context (unused; everything was loaded in `load_context`).
+            model_input: conversations: a DataFrame with a `messages` column or a list.
+            params: `max_new_tokens` (default: the value the version was logged with).
+
+        Returns:
+            One reply text per conversation, in input order.
+        """
+        max_new = int((params or {}).get("max_new_tokens") or self.max_new_tokens)
+        replies = generate_replies(self.model, self.tokenizer, parse_conversations(model_input), max_new)
+        return [r["text"] for r in replies]
+
+
+def model_artifacts(
+    base_dir: str | Path, adapter_dir: str | Path, copy_base: bool
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """(artifacts, model_config) for logging an `AdapterModel`.
+
+    Args:
+        base_dir: the base model directory.
+        adapter_dir: the adapter directory.
+        copy_base: True copies the base into the version (self-contained; right for small bases);
+            False records its absolute path instead, so a multi-GB base is not duplicated per version
+            (then every host that loads the version must see the same path).
+    """
+    artifacts = {"adapter": str(Path(adapter_dir).resolve())}
+    config: dict[str, Any] = {}
+    if copy_base:
+        artifacts["base"] = str(Path(base_dir).resolve())
+    else:
+        config["base_model_path"] = str(Path(base_dir).resolve())
+    return artifacts, config

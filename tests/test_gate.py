@@ -1,0 +1,220 @@
+"""The promotion gate's decision table: each criterion alone blocks, the rules, fail-closed evidence."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tuneline.config.promote import PromoteParams
+from tuneline.promote.gate import CRITERIA, decide
+
+CANDIDATE = {"rouge_l": 0.50, "loss": 2.0, "never_stop_rate": 0.0, "json_valid_rate": 1.0}
+BASE = {"rouge_l": 0.30, "loss": 2.5, "never_stop_rate": 0.0, "json_valid_rate": 0.9}
+CHAMPION = {"rouge_l": 0.49, "loss": 2.05, "never_stop_rate": 0.0, "json_valid_rate": 1.0}
+CONTEXT = {
+    "train_health_status": "ok",
+    "train_alerts": [],
+    "early_stopped": False,
+    "data_valid": True,
+    "parity": True,
+}
+
+
+def case() -> dict[str, Any]:
+    """A candidate that passes every criterion (each test breaks one thing)."""
+    return {
+        "criteria": PromoteParams(min_gain=0.05, tolerance=0.01),
+        "candidate": dict(CANDIDATE),
+        "base": dict(BASE),
+        "champion": dict(CHAMPION),
+        "context": copy.deepcopy(CONTEXT),
+    }
+
+
+def run(c: dict[str, Any]) -> Any:
+    return decide(c["criteria"], c["candidate"], c["base"], c["champion"], c["context"])
+
+
+def test_all_pass_promotes_with_one_row_per_criterion() -> None:
+    d = run(case())
+    assert d.promote and d.status == "promote" and d.passed and d.failed == []
+    assert [r["criterion"] for r in d.rows] == list(CRITERIA)
+    for row in d.rows:
+        assert set(row) == {"criterion", "value", "threshold", "passed", "reason"} and row["reason"]
+    json.dumps(d.to_dict())  # report-ready
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    key, field = path.split(".")
+    return lambda c: c[key].__setitem__(field, value)
+
+
+# criterion -> a change that breaks only that criterion.
+BREAKERS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "beats_base": _set("candidate.rouge_l", 0.33),  # +0.03 over the base < min_gain 0.05
+    "vs_champion": _set("champion.rouge_l", 0.60),  # candidate 0.10 worse than the champion
+    "schema_valid_rate": _set("candidate.json_valid_rate", 0.90),
+    "never_stop_rate": _set("candidate.never_stop_rate", 0.20),
+    "train_health": _set("context.train_health_status", "failed"),
+    "overfitting": _set("context.train_alerts", ["flat_val_loss", "overfitting"]),
+    "data_valid": _set("context.data_valid", False),
+    "parity": _set("context.parity", False),
+}
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_each_criterion_failing_alone_blocks_and_is_named(criterion: str) -> None:
+    c = case()
+    if criterion == "beats_base":  # keep the champion comparison passing: lower the champion too
+        c["champion"]["rouge_l"] = 0.33
+    BREAKERS[criterion](c)
+    d = run(c)
+    assert not d.promote and d.status == "rejected" and not d.passed
+    assert d.failed == [criterion]
+    assert criterion in d.summary()
+
+
+def test_loss_is_lower_is_better() -> None:
+    c = case()
+    c["criteria"] = PromoteParams(primary_metric="loss", min_gain=0.1, tolerance=0.0)
+    d = run(c)
+    row = d.rows[0]
+    assert d.promote and row["value"] == pytest.approx(0.5) and "lower is better" in row["reason"]
+    c["candidate"]["loss"] = 2.6  # higher loss than the base: worse
+    d = run(c)
+    assert d.failed == ["beats_base", "vs_champion"]
+
+
+def test_champion_rules_tolerance_and_margin() -> None:
+    c = case()  # candidate 0.50 vs champion 0.49
+    c["champion"]["rouge_l"] = 0.505  # 0.005 worse: inside tolerance 0.01
+    assert run(c).promote
+    c["champion"]["rouge_l"] = 0.52  # 0.02 worse: outside
+    assert run(c).failed == ["vs_champion"]
+    c = case()
+    c["criteria"] = PromoteParams(min_gain=0.05, champion_rule="margin", margin=0.02)
+    assert run(c).failed == ["vs_champion"]  # +0.01 over the champion < margin 0.02
+    c["champion"]["rouge_l"] = 0.47
+    d = run(c)
+    assert d.promote and d.rows[1]["value"] == pytest.approx(0.03) and d.rows[1]["threshold"] == 0.02
+
+
+def test_no_champion_is_skipped_and_passed() -> None:
+    c = case()
+    c["champion"] = None
+    d = run(c)
+    row = d.rows[CRITERIA.index("vs_champion")]
+    assert d.promote and row["passed"] and "no champion" in row["reason"]
+
+
+def test_schema_rate_only_checked_when_present() -> None:
+    c = case()
+    del c["candidate"]["json_valid_rate"]
+    d = run(c)
+    row = d.rows[CRITERIA.index("schema_valid_rate")]
+    assert d.promote and row["passed"] and row["value"] is None and "no output schema" in row["reason"]
+
+
+def test_float_noise_at_the_threshold_passes() -> None:
+    c = case()
+    c["criteria"] = PromoteParams(min_gain=0.1)
+    c["candidate"]["rouge_l"], c["base"]["rouge_l"] = 0.3, 0.2  # 0.3 - 0.2 = 0.09999999999999998
+    c["champion"] = None
+    assert run(c).promote
+
+
+def test_overfitting_resolved_by_early_stopping() -> None:
+    c = case()
+    c["context"]["train_alerts"] = [{"kind": "overfitting", "severity": "warning"}]
+    assert run(c).failed == ["overfitting"]
+    c["context"]["early_stopped"] = True
+    d = run(c)
+    assert d.promote and "resolved" in d.rows[CRITERIA.index("overfitting")]["reason"]
+    c["context"]["train_alerts"] = "flat_val_loss,overfitting"  # the MLflow tag form
+    c["context"]["early_stopped"] = False
+    assert run(c).failed == ["overfitting"]
+    c["context"]["train_alerts"] = "none"
+    assert run(c).promote
+
+
+def test_warning_health_does_not_block() -> None:
+    c = case()
+    c["context"]["train_health_status"] = "warning"
+    c["context"]["train_alerts"] = ["lr_off_schedule"]
+    assert run(c).promote
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "criterion"),
+    [
+        ("context", "train_health_status", "train_health"),
+        ("context", "train_alerts", "overfitting"),
+        ("context", "data_valid", "data_valid"),
+        ("context", "parity", "parity"),
+        ("candidate", "never_stop_rate", "never_stop_rate"),
+        ("candidate", "rouge_l", "beats_base"),
+    ],
+)
+def test_missing_evidence_fails_closed(where: str, key: str, criterion: str) -> None:
+    c = case()
+    del c[where][key]
+    if criterion == "beats_base":  # the champion comparison needs the same metric: both fail
+        assert run(c).failed == ["beats_base", "vs_champion"]
+        return
+    d = run(c)
+    assert d.failed == [criterion] and "not reported" in d.rows[CRITERIA.index(criterion)]["reason"]
+
+
+def test_non_finite_metric_fails() -> None:
+    c = case()
+    c["candidate"]["rouge_l"] = float("nan")
+    assert set(run(c).failed) == {"beats_base", "vs_champion"}
+
+
+def test_truthy_non_bool_flags_do_not_pass() -> None:
+    c = case()
+    c["context"]["parity"] = "yes"
+    assert run(c).failed == ["parity"]
+
+
+def test_require_approval_awaits_instead_of_promoting() -> None:
+    c = case()
+    c["criteria"] = PromoteParams(min_gain=0.05, require_approval=True)
+    d = run(c)
+    assert d.status == "await_approval" and not d.promote and d.passed
+    BREAKERS["parity"](c)
+    assert run(c).status == "rejected"  # approval never rescues a failed criterion
+
+
+def test_decision_tags_and_mapping_criteria() -> None:
+    c = case()
+    c["criteria"] = {
+        "primary_metric": "rouge_l",
+        "min_gain": 0.05,
+        "champion_rule": "tolerance",
+        "tolerance": 0.01,
+        "min_schema_valid_rate": 0.98,
+        "max_never_stop_rate": 0.01,
+    }
+    BREAKERS["data_valid"](c)
+    d = run(c)
+    tags = d.tags()
+    assert tags["gate.status"] == "rejected" and tags["gate.failed"] == "data_valid"
+    assert json.loads(tags["gate.rows"])[CRITERIA.index("data_valid")]["passed"] is False
+
+
+def test_metric_aliases_are_accepted() -> None:
+    c = case()
+    c["candidate"]["schema_valid_rate"] = c["candidate"].pop("json_valid_rate") - 0.5  # 0.5 < floor 0.98
+    assert run(c).failed == ["schema_valid_rate"]
+    c["criteria"] = PromoteParams(
+        primary_metric="json_field_accuracy", min_gain=0.1, min_schema_valid_rate=0.0
+    )
+    c["candidate"]["field_accuracy"], c["base"]["json_field_accuracy"] = 0.9, 0.5
+    c["champion"] = {"json_field_accuracy": 0.85}
+    d = run(c)
+    assert d.promote and d.rows[0]["value"] == pytest.approx(0.4)
