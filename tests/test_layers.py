@@ -84,7 +84,7 @@ def test_dvc_deps_cover_the_code_each_stage_runs() -> None:
 
 
 def _tuneline_imports(path: Path, seen: set[Path]) -> set[Path]:
-    """Files of tuneline modules (config excepted: params.yaml is the dep) that `path` imports, transitively."""
+    """Files of tuneline modules that `path` imports, transitively (config excepted: params are deps)."""
     import ast
 
     for node in ast.walk(ast.parse(path.read_text())):

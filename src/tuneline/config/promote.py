@@ -7,8 +7,11 @@ from pydantic import Field
 from tuneline.config.base import Section
 
 
+Metric = Literal["rouge_l", "exact_match", "loss", "json_field_accuracy", "json_valid_rate"]
+
+
 class PromoteParams(Section):
-    primary_metric: Literal["rouge_l", "exact_match", "loss", "json_field_accuracy", "json_valid_rate"] = Field(
+    primary_metric: Metric = Field(
         "rouge_l", description="The metric the comparisons use (loss: lower is better; the rest: higher)."
     )
     min_gain: float = Field(

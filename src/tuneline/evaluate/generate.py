@@ -199,24 +199,41 @@ def generate(
             len(records),
             ", ".join(skipped[:5]),
         )
+    replies = complete(model, tokenizer, [p["messages"] for p in prompts], max_new_tokens, batch_size)
+    return [
+        {"id": p["id"], "category": p["category"], "prompt": r["prompt"], "reference": p["reference"],
+         "prediction": r["text"], "stopped": r["stopped"], "new_tokens": r["new_tokens"]}
+        for p, r in zip(prompts, replies, strict=True)
+    ]
+
+
+@torch.inference_mode()
+def complete(
+    model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], max_new_tokens: int,
+    batch_size: int = 8,
+) -> list[dict[str, Any]]:
+    """Greedy replies to conversations (each ends where the assistant speaks next), in input order.
+
+    Rendered with the chat template and a generation prompt; batches of similar length, left padded;
+    a reply ends at any EOS id (`eos_ids`). Evaluation, the registry's pyfunc model and serving all
+    generate through this function, so they cannot disagree on template, EOS or decoding.
+
+    Returns:
+        One dict per conversation: prompt (rendered text), text (decoded without special tokens),
+        stopped (an EOS was reached), new_tokens (generated, EOS included).
+    """
     stop_ids = eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    texts = [
-        tokenizer.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=False)
-        for p in prompts
-    ]
-    ids = [
-        list(
-            tokenizer.apply_chat_template(
-                p["messages"], add_generation_prompt=True, tokenize=True, return_dict=True
-            )["input_ids"]
-        )
-        for p in prompts
-    ]
+    def render(messages: list[dict[str, str]], tokenize: bool) -> Any:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=tokenize,
+                                             return_dict=tokenize)
+
+    texts = [render(m, False) for m in conversations]
+    ids = [list(render(m, True)["input_ids"]) for m in conversations]
     # Similar lengths share a batch (little padding); ties keep input order, so runs are repeatable.
-    order = sorted(range(len(prompts)), key=lambda i: (len(ids[i]), i))
+    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
     device = _device_of(model)
-    out: list[dict[str, Any] | None] = [None] * len(prompts)
+    out: list[dict[str, Any] | None] = [None] * len(ids)
     for batch in track(_batches(order, batch_size), "generating", total=math.ceil(len(order) / batch_size)):
         enc = _left_pad([ids[i] for i in batch], pad_id, device)
         seqs = model.generate(
@@ -234,13 +251,9 @@ def generate(
             new = seqs[row, width:].tolist()
             end = next((k for k, t in enumerate(new) if t in stop_ids), None)
             stopped = end is not None
-            reply = new[:end] if stopped else new
             out[i] = {
-                "id": prompts[i]["id"],
-                "category": prompts[i]["category"],
                 "prompt": texts[i],
-                "reference": prompts[i]["reference"],
-                "prediction": tokenizer.decode(reply, skip_special_tokens=True),
+                "text": tokenizer.decode(new[:end] if stopped else new, skip_special_tokens=True),
                 "stopped": stopped,
                 "new_tokens": end + 1 if stopped else len(new),
             }

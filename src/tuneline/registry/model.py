@@ -38,104 +38,35 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in RUNTIME_PACKAGES]
 
 
-def resolve_dtype(dtype: str | None, device: str) -> Any:
-    """The torch dtype for `dtype`: "auto" (or None) is bf16 on a bf16-capable GPU, else fp32 (the rule
-    the evaluate stage uses, so registry and evaluation compute with the same precision)."""
-    import torch
-
-    if dtype in (None, "auto"):
-        on_gpu = device.startswith("cuda") and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if on_gpu else torch.float32
-    names = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if dtype not in names:
-        raise ValueError(f"dtype {dtype!r}: expected one of {sorted(names)} or 'auto'")
-    return names[dtype]
-
-
 def load_adapter_model(
     base_dir: str | Path, adapter_dir: str | Path, device: str | None = None, dtype: str | None = "auto"
 ) -> tuple[Any, Any]:
-    """Load the base model, apply the LoRA adapter, and load the adapter's tokenizer (chat template).
+    """Base + LoRA adapter + the adapter's tokenizer (chat template), exactly as evaluation loads them
+    (`tuneline.evaluate.generate.load_variant`: not merged, bf16 on a bf16 GPU else fp32).
 
-    Args:
-        base_dir: Hugging Face model directory of the base model.
-        adapter_dir: peft adapter directory (adapter_config.json, adapter weights, tokenizer files).
-        device: torch device; None picks `cuda` when available, else `cpu`.
-        dtype: "auto" (see `resolve_dtype`) or a name such as "bf16" / "fp32".
-
-    Returns:
-        (model in eval mode, tokenizer). The tokenizer comes from the adapter directory when it holds
-        one (training saves it there with the chat template it trained on), else from the base.
+    Raises:
+        ValueError: the tokenizer has no chat template.
     """
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tuneline.evaluate.generate import load_variant
 
-    adapter = Path(adapter_dir)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=resolve_dtype(dtype, device))
-    # Not merged: merging changes the float rounding, and evaluation scores the unmerged model.
-    model = PeftModel.from_pretrained(base, str(adapter)).to(device).eval()
-    has_tokenizer = (adapter / "tokenizer_config.json").is_file()
-    tokenizer = AutoTokenizer.from_pretrained(str(adapter if has_tokenizer else base_dir))
+    model, tokenizer = load_variant(base_dir, adapter_dir, dtype=dtype, device=device)
     if tokenizer.chat_template is None:
-        raise ValueError(f"{adapter}: the tokenizer has no chat template; cannot render conversations")
+        raise ValueError(f"{adapter_dir}: the tokenizer has no chat template; cannot render conversations")
     return model, tokenizer
-
-
-def stop_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Token ids that end a reply: the tokenizer's eos (what the chat template closes an assistant turn
-    with) and the model's configured eos ids, which may differ."""
-    ids = set() if tokenizer.eos_token_id is None else {int(tokenizer.eos_token_id)}
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if configured is not None:
-        ids.update(int(i) for i in (configured if isinstance(configured, list | tuple) else [configured]))
-    return sorted(ids)
 
 
 def generate_replies(
     model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], max_new_tokens: int
 ) -> list[dict[str, Any]]:
-    """Greedy replies to each conversation, rendered with the chat template and a generation prompt.
+    """Greedy replies, one conversation at a time (no padding), through evaluation's `complete`.
 
     Returns:
-        One dict per conversation: `text` (the reply up to its stop token, special tokens skipped),
-        `new_tokens` (generated tokens, stop token included) and `stopped` (False when the reply used
-        all `max_new_tokens` without a stop token: the never-stop signal the gate limits).
+        One dict per conversation: `text`, `new_tokens` (stop token included) and `stopped` (False when
+        the reply used all `max_new_tokens`: the never-stop signal the gate limits).
     """
-    import torch
+    from tuneline.evaluate.generate import complete
 
-    device = next(model.parameters()).device
-    stops = stop_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    replies = []
-    for messages in conversations:
-        enc = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-        enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        with torch.no_grad():
-            out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=pad
-            )
-        new = out[0, enc["input_ids"].shape[1] :].tolist()
-        end = next((k for k, t in enumerate(new) if t in stops), None)
-        reply = new if end is None else new[:end]
-        replies.append(
-            {
-                "text": tokenizer.decode(reply, skip_special_tokens=True),
-                "new_tokens": len(new) if end is None else end + 1,
-                "stopped": end is not None,
-            }
-        )
-    return replies
+    return complete(model, tokenizer, conversations, max_new_tokens, batch_size=1)
 
 
 def _messages(value: Any, where: str) -> list[dict[str, str]]:
