@@ -6,7 +6,6 @@ from pydantic import Field
 
 from tuneline.config.base import Section
 
-
 Metric = Literal["rouge_l", "exact_match", "loss", "json_field_accuracy", "json_valid_rate"]
 
 
