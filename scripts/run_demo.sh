@@ -17,9 +17,12 @@ fi
 cat <<MSG
 
 Done in $(( $(date +%s) - start )) s.
+  run report:    reports/run.html   (data funnel, training curves, eval comparison, gate, lineage)
   data report:   $report   (funnel, categories per split, lengths, near-dup clusters)
   base model:    models/base  (demo tokenizer + tiny Llama, Hugging Face format)
   adapter:       models/adapter  (LoRA weights, tokenizer, chat template, train_summary.json)
+  review:        reports/review.html (base / champion / candidate side by side), reports/promote.json (gate)
+  lineage:       .venv/bin/tuneline lineage   (champion -> version -> run -> commit -> data)
   training:      reports/train_curves.html (loss, LR), reports/train_health.json (alerts)
   training run:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then http://127.0.0.1:5000)
   contracts:     reports/validate_raw.html, reports/validate_splits.html

@@ -101,3 +101,16 @@ def test_better_candidate_is_promoted_worse_one_refused(tiny_base: Path, workspa
     assert result["status"] == "promoted"
     back = rollback(gated)
     assert back["status"] == "rolled_back" and back["champion"] == "1"
+
+    # Lineage of the champion and the run report read what the stages recorded.
+    from tuneline.lineage import lineage, render
+    from tuneline.run_report import run_report
+
+    tree = lineage(gated, root)
+    assert tree["version"] == "1" and tree["aliases"] == ["champion"] and tree["run_id"]
+    assert tree["gate"] == "promote" and float(tree["eval"]["loss"]) == pytest.approx(cand["loss"])
+    assert tree["lock"] == "no git commit recorded"  # this workspace is no git checkout
+    assert "version 1" in render(tree)
+    page = run_report(workspace, gated).read_text()
+    for section in ("Training", "Evaluation", "Promotion gate", "Lineage", "beats_base", "<svg"):
+        assert section in page, section

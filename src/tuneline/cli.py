@@ -216,6 +216,26 @@ def rollback_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     typer.echo(f"rollback: {result['status']}: {result['reason']}")
 
 
+@app.command("lineage")
+def lineage_command(
+    version: Annotated[str | None, typer.Argument(help="Version or alias (default: champion).")] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a tree.")] = False,
+) -> None:
+    """Trace a registered model back to its data: alias -> version -> MLflow run -> git commit, params and
+    data hashes -> dvc.lock at that commit -> processed splits and raw files (path, md5, size)."""
+    import json
+
+    from tuneline.lineage import lineage, render
+
+    try:
+        tree = lineage(_load(params, set_), Path("."), version)
+    except TunelineError as exc:
+        raise _fail(exc) from None
+    typer.echo(json.dumps(tree, indent=2) if as_json else render(tree))
+
+
 @app.command("plan")
 def plan_command(
     model_config: Annotated[
@@ -245,15 +265,19 @@ def plan_command(
 
 @app.command("report")
 def report_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
-    """Write reports/data.json and reports/data.html (funnel, categories, lengths) for the workspace."""
+    """Write reports/data.{json,html} (funnel, categories, lengths) and reports/run.html: data funnel,
+    training numbers, health and loss / LR curves, eval comparison, the gate's table and the lineage."""
     from tuneline.data.pipeline import workspace_report
+    from tuneline.run_report import run_report
 
     _setup_logging()
     try:
-        path = workspace_report(Layout(Path(".")), _load(params, set_))
+        cfg = _load(params, set_)
+        path = workspace_report(Layout(Path(".")), cfg)
+        run = run_report(Layout(Path(".")), cfg)
     except TunelineError as exc:
         raise _fail(exc) from None
-    typer.echo(f"report: {path}")
+    typer.echo(f"report: {path}, {run}")
 
 
 @config_app.command("show")

@@ -108,7 +108,7 @@ def _bar(value: float, top: float, cls: str = "") -> str:
     return f'<span class="bar {cls}" style="width:{width}px"></span>'
 
 
-def _funnel_html(report: dict[str, Any]) -> str:
+def funnel_html(report: dict[str, Any]) -> str:
     top = max((row["rows_in"] or 0 for row in report["funnel"]), default=0)
     rows = []
     for row in report["funnel"]:
@@ -124,7 +124,7 @@ def _funnel_html(report: dict[str, Any]) -> str:
             "<th>why rejected</th></tr>" + "".join(rows) + "</table>")
 
 
-def _ledger_html(ledger: dict[str, Any], complete: bool) -> str:
+def ledger_html(ledger: dict[str, Any], complete: bool) -> str:
     verdict = ('<span class="ok">balanced</span>' if ledger["balanced"]
                else '<span class="bad">' + ("NOT balanced" if complete else "incomplete run") + "</span>")
     return (f"<p>{ledger['raw_rows']} raw rows = {ledger['final_rows']} in train/val/test + "
@@ -132,7 +132,7 @@ def _ledger_html(ledger: dict[str, Any], complete: bool) -> str:
             "</p>")
 
 
-def _splits_html(splits: dict[str, Any]) -> str:
+def splits_html(splits: dict[str, Any]) -> str:
     cards = []
     for split, facts in splits.items():
         top = max(facts["categories"].values(), default=0)
@@ -191,9 +191,9 @@ def render_html(report: dict[str, Any]) -> str:
         "<!doctype html><html><head><meta charset='utf-8'><title>tuneline data report</title>"
         f"<style>{CSS}</style></head><body><h1>tuneline data report</h1>"
         f"<p class=muted>generated {report['generated_at']}</p>{status}"
-        f"<h2>Funnel</h2>{_funnel_html(report)}{_ledger_html(report['ledger'], report['complete'])}"
+        f"<h2>Funnel</h2>{funnel_html(report)}{ledger_html(report['ledger'], report['complete'])}"
         f"<h2>Contracts</h2>{_validation_html(report['validation'])}"
-        f"<h2>Splits</h2>{_splits_html(report['splits'])}"
+        f"<h2>Splits</h2>{splits_html(report['splits'])}"
         f"<h2>Largest near-duplicate clusters</h2>{_clusters_html(report['near_dup_clusters'])}"
         "</body></html>"
     )

@@ -198,6 +198,33 @@ def _notes(series: dict[str, tuple[list[Point], list[float]]]) -> str:
     return "<ul>" + "".join(lines) + "</ul>"
 
 
+CURVES_CSS = (
+    "svg{display:block;margin:8px 0}svg text{font-size:11px;fill:#333}svg .title{font-size:13px;"
+    "font-weight:600}.plot{fill:#fff;stroke:#999}.grid{stroke:#e5e5e5}.axis{stroke:#999}"
+    ".empty{fill:#999;font-size:14px}.bad{color:#c00}ul{font-size:13px;margin:4px 0 20px}"
+)
+
+
+def charts(history: list[dict[str, Any]]) -> str:
+    """The two chart sections (loss, learning rate) as an HTML fragment (style: CURVES_CSS)."""
+    loss = {key: split_series(history, key) for key in ("train_loss", "val_loss")}
+    lr = {"lr": split_series(history, "lr")}
+    steps = [x for s in (*loss.values(), *lr.values()) for x in [p[0] for p in s[0]] + s[1]]
+    x_range = (min(steps), max(steps)) if steps else (0.0, 1.0)
+    if x_range[0] == x_range[1]:
+        x_range = (x_range[0] - 1, x_range[1] + 1)  # one step only: centre it
+    return "\n".join([
+        '<section id="loss">',
+        _chart(loss, x_range, "Loss", "loss", bool(steps)),
+        _notes(loss),
+        "</section>",
+        '<section id="lr">',
+        _chart(lr, x_range, "Learning rate", "learning rate", bool(steps)),
+        _notes(lr),
+        "</section>",
+    ])
+
+
 def curves_html(history: list[dict[str, Any]], title: str) -> str:
     """The curves page for a loss history.
 
@@ -210,12 +237,6 @@ def curves_html(history: list[dict[str, Any]], title: str) -> str:
     Returns:
         A complete HTML document with two inline SVG charts (loss, learning rate); same input, same bytes.
     """
-    loss = {key: split_series(history, key) for key in ("train_loss", "val_loss")}
-    lr = {"lr": split_series(history, "lr")}
-    steps = [x for s in (*loss.values(), *lr.values()) for x in [p[0] for p in s[0]] + s[1]]
-    x_range = (min(steps), max(steps)) if steps else (0.0, 1.0)
-    if x_range[0] == x_range[1]:
-        x_range = (x_range[0] - 1, x_range[1] + 1)  # one step only: centre it
     esc = html.escape(title)
     return "\n".join(
         [
@@ -223,21 +244,11 @@ def curves_html(history: list[dict[str, Any]], title: str) -> str:
             '<html lang="en">',
             '<head><meta charset="utf-8">',
             f"<title>{esc}</title>",
-            "<style>body{font-family:system-ui,sans-serif;margin:24px;color:#222}"
-            "svg{display:block;margin:8px 0}svg text{font-size:11px;fill:#333}svg .title{font-size:13px;"
-            "font-weight:600}.plot{fill:#fff;stroke:#999}.grid{stroke:#e5e5e5}.axis{stroke:#999}"
-            ".empty{fill:#999;font-size:14px}.bad{color:#c00}ul{font-size:13px;margin:4px 0 20px}</style>",
+            f"<style>body{{font-family:system-ui,sans-serif;margin:24px;color:#222}}{CURVES_CSS}</style>",
             "</head>",
             "<body>",
             f"<h1>{esc}</h1>",
-            '<section id="loss">',
-            _chart(loss, x_range, "Loss", "loss", bool(steps)),
-            _notes(loss),
-            "</section>",
-            '<section id="lr">',
-            _chart(lr, x_range, "Learning rate", "learning rate", bool(steps)),
-            _notes(lr),
-            "</section>",
+            charts(history),
             "</body>",
             "</html>",
             "",
