@@ -9,6 +9,9 @@ import pytest
 
 os.environ.setdefault("TUNELINE_PROGRESS", "0")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Every MLflow call names its store; a call that falls back on the process-wide default must not find
+# the developer's ./mlflow.db by luck (MLflow 3 defaults to sqlite:///mlflow.db in the cwd).
+os.environ["MLFLOW_TRACKING_URI"] = "sqlite:////nonexistent-tuneline-test-default/mlflow.db"
 
 
 @pytest.fixture

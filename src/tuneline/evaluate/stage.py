@@ -180,15 +180,16 @@ def _registry_champion(cfg: Config, tmp: Path) -> tuple[str, str | None] | None:
     import mlflow
     import yaml
 
-    from tuneline.registry.registry import aliases_of
+    from tuneline.registry.registry import aliases_of, using_tracking_uri
 
     reg = cfg.registry
     version = aliases_of(cfg.tracking.uri, reg.model_name).get(reg.champion_alias)
     if version is None:
         logger.info("evaluate: no %s in the registry yet; comparing base and candidate", reg.champion_alias)
         return None
-    local = Path(mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{reg.model_name}/{version}", dst_path=str(tmp), tracking_uri=cfg.tracking.uri))
+    with using_tracking_uri(cfg.tracking.uri):  # `models:/` resolves through the process-wide registry URI
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{reg.model_name}/{version}", dst_path=str(tmp)))
     adapter, base = local / "artifacts" / "adapter", local / "artifacts" / "base"
     if not base.is_dir():  # registered with the base by path, not copied
         flavor = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))["flavors"]["python_function"]

@@ -1,0 +1,271 @@
+"""The `retrain` flow: the pipeline's stages in order, each stage's report as an artifact, release approval.
+
+    [dvc pull] ─ ingest … validate_splits ─ build_base ─ train ─ evaluate ─ promote
+        ─ [gate says await_approval: pause for a person's decision] ─ [dvc push]
+
+Composition only: every step is a task in `tasks/` (a DVC stage, a remote, a registry call). DVC decides
+what reruns; the flow decides the order, publishes the reports and pauses for approval. One run per
+workspace at a time: the flow holds `.tuneline/run.lock` from start to end, and a second run stops
+with a message naming the holder before it touches anything.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.logging import get_run_logger
+from prefect.runtime import deployment, flow_run
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tasks.artifacts import (
+    approval_request_markdown,
+    publish_approval,
+    publish_funnel,
+    publish_stage,
+    read_report,
+)
+from tasks.stages import (
+    PIPELINE,
+    STAGE_TASKS,
+    StageName,
+    approve_release,
+    dvc_pull,
+    dvc_push,
+    experiment_name,
+    hydra_overrides,
+    record_no_decision,
+    recorded_approval,
+    reject_release,
+    workspace_lock,
+)
+from tuneline.config import load_config
+from tuneline.stages import DATA_STAGES
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class RetrainParams(BaseModel):
+    """What one retrain run does; Prefect renders these fields as the run form in the UI."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stages: list[StageName] = Field(
+        default_factory=lambda: list(PIPELINE),
+        description="Stages to run, always in pipeline order (default: all). A stage whose inputs did not "
+        "change is skipped by DVC. A subset runs each listed stage alone: upstream outputs must exist.",
+    )
+    force: list[StageName] = Field(
+        default_factory=lambda: ["evaluate"],
+        description="Stages to rerun even when DVC sees no change (`dvc repro -f -s`). `evaluate` by "
+        "default: the registry's champion is outside DVC's view, so the candidate is always compared "
+        "with the champion of today.",
+    )
+    overrides: dict[str, str] = Field(
+        default_factory=dict,
+        description="Dotted params for this run only, e.g. {'train.lr': '1e-4'}. With any override the "
+        "stages run as a DVC experiment (`dvc exp run --set-param`) that records the exact params with "
+        "dvc.lock (`dvc exp show`); train logs them to MLflow. params.yaml is restored afterwards.",
+    )
+    require_approval: bool | None = Field(
+        None,
+        description="Release gating: the champion moves only after a person approves in this run's "
+        "pause form. Empty: promote.require_approval from params.yaml; a different value is an override.",
+    )
+    approval_timeout_s: int = Field(
+        43200,
+        ge=1,
+        description="How long the run waits for the approval form; then it records "
+        "'no decision' on the version and the champion stays.",
+    )
+    approval_poll_s: int = Field(10, ge=1, description="How often the paused run checks for a decision.")
+    pull: bool = Field(False, description="`dvc pull` inputs and cached outputs from the remote first.")
+    push: bool = Field(False, description="`dvc push` the run's outputs to the remote at the end.")
+    workspace: str | None = Field(
+        None,
+        description="The DVC workspace (a git checkout of this project). Empty: the checkout this "
+        "flow is served from. Give each scheduled pipeline its own checkout.",
+    )
+    lock_wait_s: float = Field(
+        0.0,
+        ge=0,
+        description="How long to wait for another run on this workspace to finish (0: stop at once).",
+    )
+
+    @field_validator("overrides")
+    @classmethod
+    def _dotted_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not k or any(not part for part in k.split(".")) or "=" in k]
+        if bad:
+            raise ValueError(f"override keys must be dotted param names like train.lr, got {bad}")
+        return value
+
+    def param_overrides(self) -> dict[str, str]:
+        """The overrides this run applies, with the approval policy when it is given."""
+        out = dict(self.overrides)
+        if self.require_approval is not None:
+            out["promote.require_approval"] = str(self.require_approval).lower()
+        return out
+
+
+DEFAULT_PARAMS = RetrainParams()
+
+
+class ApprovalForm(RunInput):
+    """The release decision a person submits to resume a paused run."""
+
+    approve: bool = Field(description="Approve: this version becomes the champion. Off: rejected.")
+    approver: str = Field(min_length=1, description="Who decides (recorded on the model version).")
+    note: str = Field("", description="Why: recorded with the decision.")
+
+
+def _workspace(params: RetrainParams) -> Path:
+    root = Path(params.workspace).expanduser().resolve() if params.workspace else REPO_ROOT
+    if not (root / "dvc.yaml").is_file() or not (root / "params.yaml").is_file():
+        raise ValueError(f"workspace {root} has no dvc.yaml / params.yaml: not a tuneline checkout")
+    return root
+
+
+def _holder(run_name: str) -> dict[str, Any]:
+    return {
+        "flow_run_name": run_name,
+        "flow_run_id": flow_run.get_id(),
+        "deployment": deployment.get_name(),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def release_approval(
+    workspace: Path, report: dict[str, Any], timeout_s: int, poll_s: int, run_name: str
+) -> dict[str, Any]:
+    """Pause the run until a person submits `ApprovalForm`, then record the decision through tuneline.
+
+    Approved: the approval is recorded and the version promoted (compare-and-set, so a champion that
+    moved meanwhile gives status "conflict"). Rejected: recorded, the champion stays. No answer within
+    `timeout_s`: "no decision" is tagged on the version and the champion stays.
+    """
+    logger = get_run_logger()
+    ws, version = str(workspace), str(report["version"])
+    publish_approval("approval-request", approval_request_markdown(report, timeout_s))
+    form = ApprovalForm.with_initial_data(
+        description=f"Release {report.get('model_name')} version {version}? Read reports/review.html and "
+        "the promote-gate artifact first."
+    )
+    try:
+        answer = pause_flow_run(
+            wait_for_input=form, timeout=timeout_s, poll_interval=poll_s, key=f"approve-v{version}"
+        )
+    except FlowPauseTimeout:
+        logger.warning(
+            "no release decision on version %s within %s s: the champion stays", version, timeout_s
+        )
+        record_no_decision(ws, version, timeout_s, run_name)
+        outcome = {"decision": "no_decision", "version": version, "approver": None, "result": None}
+        publish_approval(
+            "approval",
+            f"Version {version}: **no decision** within {timeout_s} s; champion "
+            f"unchanged. Approve later with `tuneline promote --approve {version}`.",
+        )
+        return outcome
+    if answer.approve:
+        result = approve_release(ws, version, answer.approver, answer.note)
+        text = (
+            f"Version {version} **approved** by {answer.approver}: {result['status']} ({result['reason']})."
+        )
+    else:
+        reject_release(ws, version, answer.approver, answer.note)
+        result = None
+        text = f"Version {version} **rejected** by {answer.approver}; champion unchanged."
+    publish_approval("approval", text + (f"\n\nNote: {answer.note}" if answer.note else ""))
+    logger.info(text)
+    return {
+        "decision": "approved" if answer.approve else "rejected",
+        "version": version,
+        "approver": answer.approver,
+        "note": answer.note,
+        "result": result,
+    }
+
+
+@flow(
+    name="retrain",
+    description="tuneline: data stages, base, train, evaluate, promote (DVC decides what "
+    "reruns); each stage's report as an artifact; pauses for release approval when the gate asks.",
+)
+def retrain(params: RetrainParams = DEFAULT_PARAMS) -> dict[str, Any]:
+    """Run the pipeline on a workspace, in order, under the workspace's run lock.
+
+    Returns:
+        {"workspace", "experiment" (bool), "stages": [{"stage", "ran", "forced", "seconds",
+        "experiment"}], "promotion": reports/promote.json's result or None, "approval": the decision
+        or None}.
+
+    Raises:
+        WorkspaceBusy: another run holds the workspace.
+        CommandFailed: a stage (or pull / push) failed; the message ends with its stderr tail.
+        ConfigError: an override names an unknown param or has a bad value.
+    """
+    logger = get_run_logger()
+    workspace = _workspace(params)
+    ws = str(workspace)
+    run_name = flow_run.get_name() or "retrain"
+    overrides = params.param_overrides()
+    if overrides:  # every problem named at once, before any stage runs
+        load_config(workspace / "params.yaml", [f"{k}={v}" for k, v in overrides.items()])
+    selected = [s for s in PIPELINE if s in params.stages]
+    data_selected = [s for s in selected if s in DATA_STAGES]
+    summary: dict[str, Any] = {
+        "workspace": ws,
+        "experiment": bool(overrides),
+        "stages": [],
+        "promotion": None,
+        "approval": None,
+    }
+    with workspace_lock(workspace, _holder(run_name), params.lock_wait_s):
+        params_file = workspace / "params.yaml"
+        original = params_file.read_bytes() if overrides else None
+        try:
+            if params.pull:
+                dvc_pull(ws)
+            set_params = hydra_overrides(workspace, overrides) if overrides else None
+            for stage in selected:
+                experiment = experiment_name(run_name, stage) if set_params is not None else None
+                try:
+                    outcome = STAGE_TASKS[stage](ws, stage, stage in params.force, set_params, experiment)
+                finally:
+                    publish_stage(ws, stage)  # a failed contract's report says why: publish it too
+                summary["stages"].append(outcome)
+                if data_selected and stage == data_selected[-1]:
+                    publish_funnel(ws)
+            promote = read_report(workspace, "promote") if "promote" in selected else None
+            if promote is not None:
+                summary["promotion"] = promote["result"]
+                if promote["result"]["status"] == "needs_approval":
+                    ran = summary["stages"][-1]["ran"]
+                    if ran or recorded_approval(ws, str(promote["version"])) is None:
+                        summary["approval"] = release_approval(
+                            workspace, promote, params.approval_timeout_s, params.approval_poll_s, run_name
+                        )
+                    else:
+                        logger.info("version %s already has a recorded decision", promote["version"])
+            if params.push:
+                dvc_push(ws)
+        finally:
+            if original is not None:
+                # The experiment keeps the overridden params; the workspace's params.yaml stays the
+                # source of truth for the next run (DVC reruns whatever the override changed).
+                params_file.write_bytes(original)
+    logger.info(
+        "retrain done: %s",
+        ", ".join(f"{s['stage']}{'' if s['ran'] else ' (cached)'}" for s in summary["stages"]) or "no stages",
+    )
+    return summary
