@@ -1,13 +1,14 @@
 # The two commands a newcomer runs on a fresh machine:
-#   make run   - set up .venv and run the main job (the data half) on the bundled demo data
+#   make run   - set up .venv and run the retrain flow (every stage, gate, promotion) on the demo data
 #   make test  - set up .venv and run the whole test suite
 VENV ?= .venv
 BIN := $(VENV)/bin
 export OMP_NUM_THREADS ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+export PREFECT_LOGGING_EXTRA_LOGGERS ?= tuneline
 
-.PHONY: setup run test lint bench clean-outputs
+.PHONY: setup run test lint bench serve clean-outputs
 
 setup:
 	@bash scripts/setup.sh
@@ -16,11 +17,16 @@ run: setup
 	@bash scripts/run_demo.sh
 
 test: setup
-	$(BIN)/python -m ruff check src tests bench
+	$(BIN)/python -m ruff check src tests bench flows tasks deploy
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/python -m ruff check src tests bench
+	$(BIN)/python -m ruff check src tests bench flows tasks deploy
+
+# The nightly and on-demand deployments of the retrain flow, served by this process (needs a Prefect
+# server: `prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api make serve).
+serve: setup
+	$(BIN)/python deploy/deployments.py
 
 # Quick benchmarks (~5 min); bench/RESULTS.md lists the full commands (100k brute force takes ~25 min).
 bench: setup

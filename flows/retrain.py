@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_client
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.logging import get_run_logger
 from prefect.runtime import deployment, flow_run
+from prefect.states import Running
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tasks.artifacts import (
@@ -50,6 +52,7 @@ from tuneline.config import load_config
 from tuneline.stages import DATA_STAGES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+WORKSPACE_ENV = "TUNELINE_WORKSPACE"
 
 
 class RetrainParams(BaseModel):
@@ -90,8 +93,8 @@ class RetrainParams(BaseModel):
     push: bool = Field(False, description="`dvc push` the run's outputs to the remote at the end.")
     workspace: str | None = Field(
         None,
-        description="The DVC workspace (a git checkout of this project). Empty: the checkout this "
-        "flow is served from. Give each scheduled pipeline its own checkout.",
+        description="The DVC workspace (a git checkout of this project). Empty: $TUNELINE_WORKSPACE of "
+        "the serving process, else the checkout this flow is served from. Give each schedule its own.",
     )
     lock_wait_s: float = Field(
         0.0,
@@ -127,7 +130,8 @@ class ApprovalForm(RunInput):
 
 
 def _workspace(params: RetrainParams) -> Path:
-    root = Path(params.workspace).expanduser().resolve() if params.workspace else REPO_ROOT
+    chosen = params.workspace or os.environ.get(WORKSPACE_ENV)
+    root = Path(chosen).expanduser().resolve() if chosen else REPO_ROOT
     if not (root / "dvc.yaml").is_file() or not (root / "params.yaml").is_file():
         raise ValueError(f"workspace {root} has no dvc.yaml / params.yaml: not a tuneline checkout")
     return root
@@ -144,6 +148,13 @@ def _holder(run_name: str) -> dict[str, Any]:
     }
 
 
+def _publish(publisher: Any, *args: Any, **kwargs: Any) -> None:
+    # Artifacts are for people reading the run; an API hiccup there must not fail a training run.
+    state = publisher(*args, return_state=True, **kwargs)
+    if not state.is_completed():
+        get_run_logger().warning("could not publish %s: %s", publisher.name, state.message)
+
+
 def release_approval(
     workspace: Path, report: dict[str, Any], timeout_s: int, poll_s: int, run_name: str
 ) -> dict[str, Any]:
@@ -155,7 +166,7 @@ def release_approval(
     """
     logger = get_run_logger()
     ws, version = str(workspace), str(report["version"])
-    publish_approval("approval-request", approval_request_markdown(report, timeout_s))
+    _publish(publish_approval, "approval-request", approval_request_markdown(report, timeout_s))
     form = ApprovalForm.with_initial_data(
         description=f"Release {report.get('model_name')} version {version}? Read reports/review.html and "
         "the promote-gate artifact first."
@@ -165,12 +176,17 @@ def release_approval(
             wait_for_input=form, timeout=timeout_s, poll_interval=poll_s, key=f"approve-v{version}"
         )
     except FlowPauseTimeout:
+        # The API fails a paused run whose pause expired on its next transition; "no decision" is a
+        # result, not a failure, so take the run back to Running (forced: the pause can no longer resume).
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run.get_id(), Running(message="approval: no decision"), force=True)
         logger.warning(
             "no release decision on version %s within %s s: the champion stays", version, timeout_s
         )
         record_no_decision(ws, version, timeout_s, run_name)
         outcome = {"decision": "no_decision", "version": version, "approver": None, "result": None}
-        publish_approval(
+        _publish(
+            publish_approval,
             "approval",
             f"Version {version}: **no decision** within {timeout_s} s; champion "
             f"unchanged. Approve later with `tuneline promote --approve {version}`.",
@@ -185,7 +201,7 @@ def release_approval(
         reject_release(ws, version, answer.approver, answer.note)
         result = None
         text = f"Version {version} **rejected** by {answer.approver}; champion unchanged."
-    publish_approval("approval", text + (f"\n\nNote: {answer.note}" if answer.note else ""))
+    _publish(publish_approval, "approval", text + (f"\n\nNote: {answer.note}" if answer.note else ""))
     logger.info(text)
     return {
         "decision": "approved" if answer.approve else "rejected",
@@ -239,13 +255,17 @@ def retrain(params: RetrainParams = DEFAULT_PARAMS) -> dict[str, Any]:
             set_params = hydra_overrides(workspace, overrides) if overrides else None
             for stage in selected:
                 experiment = experiment_name(run_name, stage) if set_params is not None else None
+                started = time.time()
                 try:
                     outcome = STAGE_TASKS[stage](ws, stage, stage in params.force, set_params, experiment)
-                finally:
-                    publish_stage(ws, stage)  # a failed contract's report says why: publish it too
+                except Exception:
+                    # A failed contract writes its report before it stops: that report says why.
+                    _publish(publish_stage, ws, stage, newer_than=started)
+                    raise
+                _publish(publish_stage, ws, stage)
                 summary["stages"].append(outcome)
                 if data_selected and stage == data_selected[-1]:
-                    publish_funnel(ws)
+                    _publish(publish_funnel, ws)
             promote = read_report(workspace, "promote") if "promote" in selected else None
             if promote is not None:
                 summary["promotion"] = promote["result"]
@@ -269,3 +289,52 @@ def retrain(params: RetrainParams = DEFAULT_PARAMS) -> dict[str, Any]:
         ", ".join(f"{s['stage']}{'' if s['ran'] else ' (cached)'}" for s in summary["stages"]) or "no stages",
     )
     return summary
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """`python -m flows.retrain [options]`: one run from a shell, against `PREFECT_API_URL` (a server) or,
+    without it, a temporary local API that lives as long as the run."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m flows.retrain", description=retrain.description)
+    parser.add_argument("--workspace", help="DVC workspace (default: this checkout)")
+    parser.add_argument("--stage", dest="stages", action="append", choices=PIPELINE, help="run only these")
+    parser.add_argument("--force", action="append", choices=PIPELINE, help="rerun even if unchanged")
+    parser.add_argument("--no-force", action="store_true", help="force nothing (not even evaluate)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="param override for this run (runs as a DVC experiment)",
+    )
+    parser.add_argument("--require-approval", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--approval-timeout-s", type=int)
+    parser.add_argument("--pull", action="store_true", help="dvc pull first")
+    parser.add_argument("--push", action="store_true", help="dvc push at the end")
+    args = parser.parse_args(argv)
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        parser.error(f"--set takes KEY=VALUE, got {bad}")
+    fields: dict[str, Any] = {
+        "workspace": args.workspace,
+        "pull": args.pull,
+        "push": args.push,
+        "require_approval": args.require_approval,
+        "overrides": dict(o.split("=", 1) for o in args.overrides),
+    }
+    if args.stages:
+        fields["stages"] = args.stages
+    if args.force or args.no_force:
+        fields["force"] = [] if args.no_force else args.force
+    if args.approval_timeout_s:
+        fields["approval_timeout_s"] = args.approval_timeout_s
+    summary = retrain(RetrainParams(**fields))
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # `make run`: the main job on the bundled demo data, offline, on CPU.
-# Runs the DVC pipeline (every data stage, cached by content), then writes the data report.
+# Runs the retrain flow (Prefect; each stage is `dvc repro -s <stage>`, cached by content: data stages,
+# build_base, train, evaluate, promote), then writes the data and run reports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 start=$(date +%s)
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-  dvc repro
+  python -m flows.retrain
   tuneline report
   report=reports/data.html
 else

@@ -1,9 +1,9 @@
 """Each stage's report, published as a Prefect artifact (markdown or table) for the run's page in the UI.
 
-The builders are pure: a stage's `reports/<stage>.json` in, markdown or table rows out (None when the
-report is not there). `publish_stage` is the task that creates the artifacts; keys are the stage verb
-with dashes (`validate-splits`, `train-health`, `promote-gate`), so the Artifacts page keeps one history
-per key across runs.
+The builders are pure: a stage's `reports/<stage>.json` content in, markdown or table rows out.
+`publish_stage` is the task that reads the report and creates the artifacts (none when the stage wrote
+no report); keys are the stage verb with dashes (`validate-splits`, `train-health`, `promote-gate`), so
+the Artifacts page keeps one history per key across runs.
 """
 
 from __future__ import annotations
@@ -228,9 +228,13 @@ def approval_request_markdown(report: dict[str, Any], timeout_s: int) -> str:
     retry_delay_seconds=5,
     cache_policy=NO_CACHE,
 )
-def publish_stage(workspace: str, stage: str) -> list[str]:
-    """Publish `stage`'s report as artifacts; returns the keys created (none when the report is absent)."""
+def publish_stage(workspace: str, stage: str, newer_than: float | None = None) -> list[str]:
+    """Publish `stage`'s report as artifacts; returns the keys created (none when the report is absent,
+    or older than `newer_than`, a timestamp: a stage that failed before writing leaves an old one)."""
     keys: list[str] = []
+    path = Layout(Path(workspace)).report(stage)
+    if newer_than is not None and (not path.is_file() or path.stat().st_mtime < newer_than):
+        return keys
     report = read_report(workspace, stage)
     if report is None:
         return keys

@@ -37,7 +37,6 @@ from prefect.logging import get_run_logger
 from tuneline.config import Config, load_config
 from tuneline.errors import TunelineError
 from tuneline.layout import Layout
-from tuneline.stages import DATA_STAGES
 
 StageName = Literal[
     "ingest",
@@ -53,7 +52,6 @@ StageName = Literal[
     "promote",
 ]
 PIPELINE: tuple[str, ...] = get_args(StageName)
-MODEL_STAGES = PIPELINE[len(DATA_STAGES) :]
 TAIL_LINES = 40
 LOCK_FILE = ".tuneline/run.lock"
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from prefect_harness import prefect_harness  # noqa: F401  (one Prefect test server per session)
+
 os.environ.setdefault("TUNELINE_PROGRESS", "0")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Every MLflow call names its store; a call that falls back on the process-wide default must not find

@@ -1,0 +1,121 @@
+"""The `retrain` deployments: `nightly` (cron, UTC) and `on-demand` (no schedule; run from the UI or API).
+
+    python deploy/deployments.py                         # serve both from this process (Ctrl-C stops)
+    python deploy/deployments.py --workspace /srv/tl     # runs work in that checkout
+    python deploy/deployments.py --work-pool tuneline    # register on a process work pool instead;
+                                                         # then: prefect worker start --pool tuneline
+
+Needs a Prefect API with a scheduler (`prefect server start`, or Prefect Cloud): the ephemeral API of a
+bare `python` process has none, so `PREFECT_API_URL` must point at a server. Served runs execute one
+at a time (`--limit 1`): nightly and on-demand runs share one workspace, whose lock would refuse the
+second anyway; with the limit it waits instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `python deploy/deployments.py` puts deploy/, not the root, on sys.path
+    sys.path.insert(0, str(REPO_ROOT))
+
+from prefect import serve  # noqa: E402
+from prefect.deployments.runner import RunnerDeployment  # noqa: E402
+from prefect.schedules import Cron  # noqa: E402
+
+from flows.retrain import WORKSPACE_ENV, RetrainParams, retrain  # noqa: E402
+
+NIGHTLY_CRON = "0 2 * * *"
+TIMEZONE = "UTC"
+TAGS = ["tuneline"]
+
+
+def _parameters(workspace: str | None) -> dict[str, Any]:
+    # Only the workspace is pinned; every other field keeps RetrainParams' default, so the UI form
+    # shows the defaults and a run can change any of them.
+    return {"params": RetrainParams(workspace=workspace).model_dump(mode="json")} if workspace else {}
+
+
+def build_deployments(
+    workspace: str | None = None, cron: str = NIGHTLY_CRON, timezone: str = TIMEZONE, flow: Any = retrain
+) -> list[RunnerDeployment]:
+    """The two deployments of `retrain`: `nightly` on `cron` in `timezone`, and `on-demand` unscheduled.
+
+    Args:
+        workspace: the checkout the runs work in (None: the checkout this code is in).
+        cron: the nightly schedule (cron syntax).
+        timezone: IANA zone of the schedule (UTC: no daylight-saving jumps).
+        flow: `retrain`, or `retrain` loaded with `from_source` for a work pool.
+    """
+    parameters = _parameters(workspace)
+    nightly = flow.to_deployment(
+        name="nightly",
+        schedules=[Cron(cron, timezone=timezone)],
+        parameters=parameters,
+        tags=[*TAGS, "nightly"],
+        description=f"Retrain on the latest data every day at `{cron}` ({timezone}): DVC reruns only what "
+        "changed, evaluate is forced against today's champion, the gate decides.",
+    )
+    on_demand = flow.to_deployment(
+        name="on-demand",
+        parameters=parameters,
+        tags=[*TAGS, "on-demand"],
+        description="Run from the UI or API: pick stages to run or force, dotted param overrides (run as a "
+        "DVC experiment), approval policy, pull / push.",
+    )
+    return [nightly, on_demand]
+
+
+def register_on_work_pool(
+    work_pool: str, workspace: str | None = None, cron: str = NIGHTLY_CRON, timezone: str = TIMEZONE
+) -> list[Any]:
+    """Register both deployments on a work pool; a worker on that pool runs them. The code is loaded
+    from this checkout (`from_source`), so a process worker needs the same path on its host; a
+    Kubernetes pool needs an image instead (deploy/README.md)."""
+    from prefect import deploy
+
+    source = retrain.from_source(source=str(REPO_ROOT), entrypoint="flows/retrain.py:retrain")
+    deployments = build_deployments(workspace, cron, timezone, flow=source)
+    ids = deploy(
+        *deployments,
+        work_pool_name=work_pool,
+        build=False,
+        push=False,
+        print_next_steps_message=False,
+        ignore_warnings=True,
+    )
+    return list(ids)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve both deployments from this process, or register them on a work pool."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workspace", help="DVC workspace the runs use (default: this checkout)")
+    parser.add_argument("--cron", default=NIGHTLY_CRON, help=f"nightly schedule (default {NIGHTLY_CRON!r})")
+    parser.add_argument("--timezone", default=TIMEZONE, help=f"schedule time zone (default {TIMEZONE})")
+    parser.add_argument("--limit", type=int, default=1, help="runs at once in this process (default 1)")
+    parser.add_argument("--work-pool", help="register on this work pool instead of serving")
+    args = parser.parse_args(argv)
+    if args.work_pool:
+        ids = register_on_work_pool(args.work_pool, args.workspace, args.cron, args.timezone)
+        print(
+            f"registered {len(ids)} deployments on work pool {args.work_pool!r}; start a worker: "
+            f"prefect worker start --pool {args.work_pool}"
+        )
+        return
+    # Each run starts a fresh interpreter that loads flows/retrain.py as a script; it imports tasks/ and
+    # flows/ from the checkout's root, wherever this process was started.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    if args.workspace:  # also the default of runs whose parameters leave the workspace out (CLI, API)
+        os.environ[WORKSPACE_ENV] = str(Path(args.workspace).resolve())
+    serve(*build_deployments(args.workspace, args.cron, args.timezone), limit=args.limit)
+
+
+if __name__ == "__main__":
+    main()
