@@ -11,7 +11,6 @@ stage: a failed data contract or a diverged training run fails the same way on a
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
+from tuneline import filelock
 from tuneline.config import Config, load_config
 from tuneline.errors import TunelineError
 from tuneline.layout import Layout
@@ -338,20 +338,13 @@ def workspace_lock(workspace: Path, holder: dict[str, Any], wait_s: float = 0.0)
     path = workspace / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+", encoding="utf-8") as handle:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    handle.seek(0)
-                    raise WorkspaceBusy(
-                        f"workspace {workspace} is busy: {_describe(handle.read())} holds {path}. "
-                        "Two runs on one workspace would corrupt it; this run stops without touching it. "
-                        "Retry when that run ends, or pass lock_wait_s to wait for it."
-                    ) from None
-                time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        if not filelock.acquire(handle, wait_s):
+            handle.seek(0)
+            raise WorkspaceBusy(
+                f"workspace {workspace} is busy: {_describe(handle.read())} holds {path}. "
+                "Two runs on one workspace would corrupt it; this run stops without touching it. "
+                "Retry when that run ends, or pass lock_wait_s to wait for it."
+            )
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps(holder))
@@ -362,4 +355,4 @@ def workspace_lock(workspace: Path, holder: dict[str, Any], wait_s: float = 0.0)
             handle.seek(0)
             handle.truncate()
             handle.flush()
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            filelock.release(handle)

@@ -27,11 +27,9 @@ What the lock covers (an `fcntl.flock` on a lock file):
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -40,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+from tuneline import filelock
 from tuneline.registry.registry import RegistryError, aliases_of, client
 
 logger = logging.getLogger(__name__)
@@ -120,22 +119,15 @@ def registry_lock(uri: str, lock_path: str | Path | None = None, timeout_s: floa
     # flock locks belong to the open file description, so two threads of one process exclude each
     # other too (each opens the file itself), not only two processes.
     with path.open("a+") as handle:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise RegistryError(
-                        f"registry lock {path} still held after {timeout_s:g}s; another promotion or "
-                        "rollback is running (or hung): retry later"
-                    ) from None
-                time.sleep(0.05)
+        if not filelock.acquire(handle, timeout_s):
+            raise RegistryError(
+                f"registry lock {path} still held after {timeout_s:g}s; another promotion or "
+                "rollback is running (or hung): retry later"
+            )
         try:
             yield path
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            filelock.release(handle)
 
 
 def _names(aliases: Any) -> AliasNames:
