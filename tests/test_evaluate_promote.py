@@ -74,6 +74,10 @@ def test_better_candidate_is_promoted_worse_one_refused(tiny_base: Path, workspa
     assert cand["loss"] < base["loss"] - 0.01 and "champion" not in evaluation["variants"]
     assert promotion["result"]["status"] == "promoted" and promotion["champion_after"] == "1"
     assert promotion["parity"]["parity"] and promotion["parity"]["rows"] == 3
+    from tuneline.promote.stage import run as promote_again
+
+    again = promote_again(cfg, workspace)  # nothing retrained (a nightly run with no news): no new version
+    assert again["result"]["status"] == "already_champion" and again["version"] == "1"
     review = (root / "reports" / "review.html").read_text()
     assert review.count("Repeat the word") >= 4 and "candidate" in review
 

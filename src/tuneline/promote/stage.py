@@ -84,6 +84,44 @@ def _training_run(cfg: Config, layout: Layout, train: dict[str, Any]) -> str:
     return start_run(cfg.tracking.uri, cfg.tracking.experiment, tags, {}, "register")
 
 
+def adapter_sha256(adapter: Path) -> str:
+    """Content hash of the trained model directory (every file, by name and bytes)."""
+    from tuneline.train.tracking import sha256_files
+
+    return sha256_files(sorted(p for p in adapter.rglob("*") if p.is_file()))
+
+
+def already_registered(cfg: Config, sha: str) -> dict[str, Any] | None:
+    """The champion or challenger version holding exactly this adapter, if any (then nothing is registered
+    again: a nightly run that retrained nothing must not add a duplicate version and promote it)."""
+    from tuneline.registry.registry import aliases_of, version_info
+
+    reg, uri = cfg.registry, cfg.tracking.uri
+    aliases = aliases_of(uri, reg.model_name)
+    for alias in (reg.champion_alias, reg.challenger_alias):
+        version = aliases.get(alias)
+        if version and version_info(uri, reg.model_name, version)["tags"].get("adapter_sha256") == sha:
+            return {"version": version, "alias": alias, "champion": aliases.get(reg.champion_alias)}
+    return None
+
+
+def _unchanged(cfg: Config, layout: Layout, found: dict[str, Any], sha: str) -> dict[str, Any]:
+    status = "already_champion" if found["alias"] == cfg.registry.champion_alias else "already_registered"
+    reason = (f"the candidate is version {found['version']} ({found['alias']}), adapter sha256 {sha[:12]}: "
+              "nothing new to register or judge")
+    report = {
+        "model_name": cfg.registry.model_name, "version": found["version"], "adapter_sha256": sha,
+        "decision": {"promote": False, "status": "unchanged", "passed": status == "already_champion",
+                     "failed": [], "rows": []},
+        "result": {"promoted": False, "status": status, "version": found["version"],
+                   "champion_before": found["champion"], "previous_champion": None, "reason": reason},
+        "parity": None, "champion_before": found["champion"], "champion_after": found["champion"],
+    }
+    write_json(layout.report("promote"), report)
+    logger.info("promote: %s", reason)
+    return report
+
+
 def run(cfg: Config, layout: Layout) -> dict[str, Any]:
     """The `promote` stage; see the module docstring. Returns reports/promote.json's content.
 
@@ -102,9 +140,14 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
     adapter = layout.root / cfg.train.output_dir
     base = resolve_model_path(cfg, layout)
     variants = evaluation["variants"]
+    sha = adapter_sha256(adapter)
+    found = already_registered(cfg, sha)
+    if found is not None:
+        return _unchanged(cfg, layout, found, sha)
 
     tags = {f"eval.{k}": v for k, v in variants["candidate"].items() if isinstance(v, int | float)}
-    tags.update({"data_hash": train.get("data_hash"), "params_hash": train.get("params_hash")})
+    tags.update({"data_hash": train.get("data_hash"), "params_hash": train.get("params_hash"),
+                 "adapter_sha256": sha})
     version = register_candidate(uri, reg.model_name, _training_run(cfg, layout, train), base, adapter, tags,
                                  challenger_alias=reg.challenger_alias,
                                  max_new_tokens=cfg.evaluate.max_new_tokens)
@@ -125,6 +168,7 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
     report = {
         "model_name": reg.model_name,
         "version": version,
+        "adapter_sha256": sha,
         "decision": decision.to_dict(),
         "result": result.to_dict(),
         "parity": parity,
