@@ -163,7 +163,7 @@ def run(cfg: Config, layout: Layout) -> dict:
     report["health_status"] = health.get("status")
     # The adapter directory (a DVC output) holds only what the training determines, so a rerun of the
     # same inputs yields the same hash; wall time, the MLflow run id and the commit go to train_run.json.
-    write_json(final / "train_summary.json", {**report, "plan": plan.to_dict(), "history": outcome.history,
+    write_json(final / SUMMARY, {**report, "plan": plan.to_dict(), "history": outcome.history,
                                               "dropped_ids": train_enc.dropped_no_target,
                                               "dropped_too_long_ids": train_enc.dropped_too_long})
     tokens_per_second = report["tokens_seen"] / result.train_seconds if result.train_seconds else None

@@ -39,7 +39,6 @@ class FitResult:
     val_best: float | None
     useful_token_fraction: float | None
     train_seconds: float
-    stopped_by_health: bool
 
 
 class Rows:
@@ -232,5 +231,4 @@ def fit(
         val_best=val_best,
         useful_token_fraction=counter.useful_fraction,
         train_seconds=seconds,
-        stopped_by_health=failed or bool(getattr(monitor, "stopped", False)),
     )
