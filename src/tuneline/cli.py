@@ -6,13 +6,13 @@ any number of `--set section.key=value` overrides.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from tuneline.config import Config, dump_config, load_config
+from tuneline.cli_common import ParamsOpt, SetOpt, fail, load, setup_logging
+from tuneline.config import dump_config
 from tuneline.errors import TunelineError
 from tuneline.layout import Layout
 from tuneline.stages import DATA_STAGES, DESCRIPTIONS, run_stage
@@ -29,35 +29,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-ParamsOpt = Annotated[
-    Path | None,
-    typer.Option("--params", "-p", help="params YAML (default: ./params.yaml if present, else defaults)."),
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", help="Override one setting, e.g. --set dedup.threshold=0.9 (repeatable)."),
-]
-
-
-def _setup_logging() -> None:
-    from rich.logging import RichHandler
-
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(show_path=False, console=None, markup=False)],
-    )
-
-
-def _load(params: Path | None, overrides: list[str] | None) -> Config:
-    if params is None:
-        params = Path("params.yaml") if Path("params.yaml").exists() else None
-    return load_config(params, overrides or [])
-
-
-def _fail(exc: TunelineError) -> typer.Exit:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    return typer.Exit(exc.exit_code)
+_setup_logging, _load, _fail = setup_logging, load, fail
 
 
 def _stage_command(name: str):

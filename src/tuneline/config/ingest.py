@@ -21,6 +21,10 @@ class Source(Section):
         description="CSV/parquet column mapping, canonical name -> column: instruction, input, output, "
         "system, category, messages (a JSON column).",
     )
+    required: bool = Field(
+        True,
+        description="False: a missing path reads as no rows (data/raw/feedback before the first export).",
+    )
 
 
 class IngestParams(Section):

@@ -8,15 +8,18 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
+from tuneline.config.ab import AbParams
 from tuneline.config.augment import AugmentParams
 from tuneline.config.base import Section
 from tuneline.config.clean import CleanParams
 from tuneline.config.dedup import DedupParams
 from tuneline.config.evaluate import EvaluateParams
+from tuneline.config.feedback import FeedbackParams
 from tuneline.config.ingest import IngestParams
 from tuneline.config.model import ModelParams
 from tuneline.config.promote import PromoteParams
 from tuneline.config.registry import RegistryParams
+from tuneline.config.serve import ServeParams
 from tuneline.config.split import SplitParams
 from tuneline.config.task import TaskParams
 from tuneline.config.tracking import TrackingParams
@@ -48,6 +51,11 @@ class Config(Section):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams, description="Held-out evaluation.")
     registry: RegistryParams = Field(default_factory=RegistryParams, description="MLflow model registry.")
     promote: PromoteParams = Field(default_factory=PromoteParams, description="The promotion gate.")
+    serve: ServeParams = Field(default_factory=ServeParams, description="Serving with an A/B canary.")
+    ab: AbParams = Field(default_factory=AbParams, description="The A/B decision on live feedback.")
+    feedback: FeedbackParams = Field(
+        default_factory=FeedbackParams, description="Feedback -> raw data for the next training run."
+    )
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

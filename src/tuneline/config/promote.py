@@ -35,3 +35,8 @@ class PromoteParams(Section):
     require_approval: bool = Field(
         False, description="Move the champion alias only after a person approves (CLI or Prefect UI)."
     )
+    canary: bool = Field(
+        False,
+        description="A candidate that passes the gate stays challenger and is served to serve.canary_share "
+        "of users; `tuneline ab decide` promotes it on live feedback.",
+    )

@@ -213,6 +213,11 @@ def ingest_sources(
     plan: list[tuple[Path, Source]] = []
     skipped: list[dict[str, str]] = []
     for src in params.sources:  # check every path before reading anything: fail fast, naming the path
+        if not src.required and not Path(src.path).exists():
+            # e.g. data/raw/feedback before the first `tuneline feedback export`: said, not an error
+            log.info("ingest: optional source %s does not exist yet; nothing to read", src.path)
+            skipped.append({"file": Path(src.path).as_posix(), "reason": "optional_missing"})
+            continue
         found, skip = discover(Path(src.path))
         plan.extend((p, src) for p in found)
         skipped.extend(skip)

@@ -8,6 +8,7 @@ from tuneline.promote.aliases import (
     approval_of,
     promote,
     record_approval,
+    retire_challenger,
     rollback,
 )
 from tuneline.promote.gate import Decision, decide
@@ -22,5 +23,6 @@ __all__ = [
     "decide",
     "promote",
     "record_approval",
+    "retire_challenger",
     "rollback",
 ]

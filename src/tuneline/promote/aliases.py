@@ -62,7 +62,8 @@ class PromotionResult:
 
     promoted: bool
     status: Literal[
-        "promoted", "rejected", "conflict", "needs_approval", "approval_rejected", "already_champion"
+        "promoted", "rejected", "conflict", "needs_approval", "approval_rejected", "already_champion",
+        "canary", "retired",
     ]
     version: str
     champion_before: str | None
@@ -338,6 +339,7 @@ def apply_decision(
     expected_champion: str | int | None,
     aliases: Any = None,
     *,
+    canary: bool = False,
     lock_path: str | Path | None = None,
     timeout_s: float = 60.0,
 ) -> PromotionResult:
@@ -345,16 +347,27 @@ def apply_decision(
 
     "rejected": nothing moves (status "rejected"). "promote": `promote`. "await_approval": `promote`
     with `require_approval`, so it moves the champion only once `record_approval` said "approved"
-    (status "needs_approval" until then); call it again after the approval.
+    (status "needs_approval" until then); call it again after the approval. With `canary` and a
+    champion in place, a passing version keeps the challenger alias instead (status "canary"): live
+    traffic decides (`tuneline ab decide`), with the same approval rule.
 
     Args:
         decision: the `gate.Decision` for this version.
+        canary: hold a passing version as challenger for an A/B canary instead of promoting it now.
         (the rest as `promote`)
     """
     from tuneline.registry.registry import set_version_tags
 
     version = str(version)
     set_version_tags(uri, model_name, version, decision.tags())
+    if canary and decision.status != "rejected" and expected_champion is not None:
+        names = _names(aliases)
+        set_version_tags(uri, model_name, version, {"canary.started": _now()})
+        reason = (f"version {version} passed the gate; served as {names.challenger_alias} beside champion "
+                  f"{expected_champion} until `tuneline ab decide` judges live feedback")
+        logger.info("promote: %s", reason)
+        return PromotionResult(False, "canary", version, str(expected_champion),
+                               aliases_of(uri, model_name).get(names.previous_alias), reason)
     if decision.status == "rejected":
         current = aliases_of(uri, model_name)
         names = _names(aliases)
@@ -378,3 +391,37 @@ def apply_decision(
         lock_path=lock_path,
         timeout_s=timeout_s,
     )
+
+
+def retire_challenger(
+    uri: str,
+    model_name: str,
+    version: str | int,
+    reason: str,
+    aliases: Any = None,
+    *,
+    lock_path: str | Path | None = None,
+    timeout_s: float = 60.0,
+) -> PromotionResult:
+    """Take the challenger alias off `version` (an A/B canary that lost); the champion is untouched.
+
+    Compare-and-set like `promote`: refused with "conflict" when the challenger alias no longer names
+    `version`. The version gets tags retired.at and retired.reason.
+    """
+    names = _names(aliases)
+    version = str(version)
+    mc = client(uri)
+    with registry_lock(uri, lock_path, timeout_s):
+        current = aliases_of(uri, model_name)
+        champion, previous = current.get(names.champion_alias), current.get(names.previous_alias)
+        if current.get(names.challenger_alias) != version:
+            now = current.get(names.challenger_alias) or "unset"
+            return PromotionResult(False, "conflict", version, champion, previous,
+                                   f"{names.challenger_alias} is {now}, not version {version}")
+        mc.delete_registered_model_alias(model_name, names.challenger_alias)
+        mc.set_model_version_tag(model_name, version, "retired.at", _now())
+        mc.set_model_version_tag(model_name, version, "retired.reason", reason)
+    logger.warning("retire: %s version %s is no longer %s: %s", model_name, version, names.challenger_alias,
+                   reason)
+    return PromotionResult(False, "retired", version, champion, previous, reason)
+

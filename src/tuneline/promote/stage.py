@@ -164,7 +164,8 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
     }
     decision = decide(cfg.promote, gate_metrics(variants["candidate"]), gate_metrics(variants["base"]),
                       gate_metrics(variants.get("champion")), context)
-    result = apply_decision(uri, reg.model_name, version, decision, champion_before, reg)
+    result = apply_decision(uri, reg.model_name, version, decision, champion_before, reg,
+                            canary=cfg.promote.canary)
     report = {
         "model_name": reg.model_name,
         "version": version,

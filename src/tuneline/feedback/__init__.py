@@ -1,0 +1,1 @@
+"""Feedback: the store of served exchanges and ratings, and its export into raw training data."""

@@ -1,0 +1,345 @@
+"""The feedback store: every served exchange and every piece of feedback on it, in SQL.
+
+SQLite by default (embedded, one file, WAL so the A/B report can read while the server writes);
+PostgreSQL for real deployments (`postgresql+psycopg://user:pass@host/db`, with `psycopg` installed).
+Two tables, created on first use:
+
+    exchanges   one row per answered (or failed) request: request id, time, user hash (never the raw
+                id), variant (champion | challenger), model name and version, whether the variant was
+                pinned, latency, token counts, finish reason, the conversation and the answer.
+    feedback    one row per POST /v1/feedback: request id, time, thumb (+1 / -1), rating (1-5),
+                corrected answer, comment, and when (and into which file) it was exported.
+
+The server never waits on the database: `ExchangeWriter` queues exchanges and a background thread
+inserts them in batches; `flush` waits until everything queued is committed (feedback on a request
+flushes first, so feedback never races its own exchange).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine, make_url
+
+from tuneline.errors import TunelineError
+
+logger = logging.getLogger(__name__)
+
+metadata = MetaData()
+
+exchanges = Table(
+    "exchanges",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("created_at", Float, nullable=False, index=True),
+    Column("user_hash", String(64), index=True),
+    Column("variant", String(32), nullable=False, index=True),
+    Column("model_name", String(256), nullable=False),
+    Column("model_version", String(32), nullable=False, index=True),
+    Column("pinned", Boolean, nullable=False, default=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("finish_reason", String(16), nullable=False),
+    Column("messages", Text, nullable=False),  # JSON: the conversation as sent
+    Column("answer", Text, nullable=False),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), ForeignKey("exchanges.request_id"), nullable=False, index=True),
+    Column("created_at", Float, nullable=False),
+    Column("thumb", Integer),  # +1 up, -1 down, None
+    Column("rating", Integer),  # 1..5 or None
+    Column("correction", Text),  # the answer the user says was right
+    Column("comment", Text),
+    Column("exported_at", Float, index=True),
+    Column("export_file", String(512)),
+)
+
+
+class StoreError(TunelineError):
+    """The feedback store cannot be opened or refused a write (unknown request id, bad URL)."""
+
+
+class UnknownRequest(StoreError):
+    """Feedback names a request id the store has never seen."""
+
+    exit_code = 4
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers (ab report) do not block the writer
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def open_engine(url: str) -> Engine:
+    """A SQLAlchemy engine for `url`, with the tables created; sqlite files get their directory made.
+
+    Raises:
+        StoreError: the URL is malformed or the database cannot be reached.
+    """
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # sqlalchemy raises ArgumentError with a terse message
+        raise StoreError(f"serve.store_url {url!r} is not a database URL: {exc}") from exc
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite and parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = create_engine(url, future=True)
+        if sqlite:
+            event.listen(engine, "connect", _sqlite_pragmas)
+        metadata.create_all(engine)
+    except Exception as exc:
+        raise StoreError(f"feedback store {parsed.render_as_string(hide_password=True)}: {exc}") from exc
+    return engine
+
+
+class FeedbackStore:
+    """Reads and writes of the two tables; safe to share between threads (one engine, pooled)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = open_engine(url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- writes ---------------------------------------------------------------------------------
+    def record_exchanges(self, rows: Iterable[dict[str, Any]]) -> int:
+        """Insert exchanges (dicts with the `exchanges` columns; `messages` may be a list). Returns count."""
+        batch = [_exchange_row(r) for r in rows]
+        if batch:
+            with self.engine.begin() as conn:
+                conn.execute(insert(exchanges), batch)
+        return len(batch)
+
+    def record_feedback(
+        self,
+        request_id: str,
+        thumb: int | None = None,
+        rating: int | None = None,
+        correction: str | None = None,
+        comment: str | None = None,
+    ) -> int:
+        """Store one piece of feedback on an exchange; returns its id.
+
+        Raises:
+            UnknownRequest: no exchange has this request id.
+            StoreError: nothing to record (no thumb, rating, correction or comment), or a bad value.
+        """
+        if thumb is None and rating is None and not correction and not comment:
+            raise StoreError(f"feedback on {request_id}: give a thumb, a rating, a correction or a comment")
+        if thumb not in (None, 1, -1):
+            raise StoreError(f"feedback on {request_id}: thumb must be 1 (up) or -1 (down), got {thumb!r}")
+        if rating is not None and not 1 <= rating <= 5:
+            raise StoreError(f"feedback on {request_id}: rating must be 1..5, got {rating!r}")
+        with self.engine.begin() as conn:
+            found = conn.execute(
+                select(exchanges.c.request_id).where(exchanges.c.request_id == request_id)
+            ).first()
+            if found is None:
+                raise UnknownRequest(f"no exchange with request id {request_id!r} in the feedback store")
+            result = conn.execute(
+                insert(feedback).values(
+                    request_id=request_id,
+                    created_at=time.time(),
+                    thumb=thumb,
+                    rating=rating,
+                    correction=correction or None,
+                    comment=comment or None,
+                )
+            )
+            return int(result.inserted_primary_key[0])
+
+    def mark_exported(self, feedback_ids: list[int], export_file: str, at: float | None = None) -> None:
+        """Record that these feedback rows went into `export_file` (so the next export skips them)."""
+        if not feedback_ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(feedback)
+                .where(feedback.c.id.in_(feedback_ids))
+                .values(exported_at=at or time.time(), export_file=export_file)
+            )
+
+    # --- reads ----------------------------------------------------------------------------------
+    def count(self, table: str = "exchanges") -> int:
+        tbl = {"exchanges": exchanges, "feedback": feedback}[table]
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(tbl)).scalar_one())
+
+    def exchange(self, request_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            query = select(exchanges).where(exchanges.c.request_id == request_id)
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _decoded(row)
+
+    def exchanges_with_feedback(
+        self, model_name: str | None = None, since: float | None = None, only_unexported: bool = False
+    ) -> list[dict[str, Any]]:
+        """Every exchange (optionally of one model, since a time) joined with its LATEST feedback.
+
+        Each dict has the exchange columns (messages decoded) plus `feedback_id`, `feedback_at`,
+        `thumb`, `rating`, `correction`, `comment`, `exported_at` (all None without feedback).
+        With `only_unexported`, only exchanges whose latest feedback is not exported yet.
+        """
+        latest = (
+            select(feedback.c.request_id, func.max(feedback.c.id).label("fid"))
+            .group_by(feedback.c.request_id)
+            .subquery()
+        )
+        query = (
+            select(
+                exchanges,
+                feedback.c.id.label("feedback_id"),
+                feedback.c.created_at.label("feedback_at"),
+                feedback.c.thumb,
+                feedback.c.rating,
+                feedback.c.correction,
+                feedback.c.comment,
+                feedback.c.exported_at,
+            )
+            .select_from(
+                exchanges.outerjoin(latest, latest.c.request_id == exchanges.c.request_id).outerjoin(
+                    feedback, feedback.c.id == latest.c.fid
+                )
+            )
+            .order_by(exchanges.c.created_at, exchanges.c.request_id)
+        )
+        if model_name is not None:
+            query = query.where(exchanges.c.model_name == model_name)
+        if since is not None:
+            query = query.where(exchanges.c.created_at >= since)
+        if only_unexported:
+            query = query.where(feedback.c.id.is_not(None), feedback.c.exported_at.is_(None))
+        with self.engine.connect() as conn:
+            return [_decoded(r) for r in conn.execute(query).mappings()]
+
+
+def _exchange_row(row: dict[str, Any]) -> dict[str, Any]:
+    out = {c.name: row.get(c.name) for c in exchanges.columns}
+    if not isinstance(out["messages"], str):
+        out["messages"] = json.dumps(out["messages"], ensure_ascii=False)
+    out["pinned"] = bool(out["pinned"])
+    return out
+
+
+def _decoded(row: Any) -> dict[str, Any]:
+    out = dict(row)
+    out["messages"] = json.loads(out["messages"])
+    return out
+
+
+class ExchangeWriter:
+    """Queues exchanges and inserts them from a background thread, so a response never waits on SQL.
+
+    Nothing queued is dropped: a failed batch is retried (with back-off) until it commits or the
+    writer is closed, and `close` drains the queue first. `pending` says how many are not committed.
+    """
+
+    def __init__(self, store: FeedbackStore, batch_size: int = 256, retry_s: float = 0.5) -> None:
+        self.store = store
+        self.batch_size = batch_size
+        self.retry_s = retry_s
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._unfinished = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self.failures = 0
+        self._thread = threading.Thread(target=self._run, name="tuneline-feedback-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return self._unfinished
+
+    def submit(self, row: dict[str, Any]) -> None:
+        if self._closed:
+            raise StoreError("the exchange writer is closed")
+        with self._cond:
+            self._unfinished += 1
+        self._queue.put(row)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every submitted exchange is committed; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._unfinished:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Commit everything queued, then stop the thread."""
+        if self._closed:
+            return
+        self.flush(timeout)
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self.batch_size:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+
+    def _commit(self, batch: list[dict[str, Any]]) -> None:
+        delay = self.retry_s
+        while True:
+            try:
+                self.store.record_exchanges(batch)
+                break
+            except Exception:  # a locked or unreachable database must not lose rows: retry
+                self.failures += 1
+                logger.exception("feedback store: %d exchanges not written yet; retrying", len(batch))
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        with self._cond:
+            self._unfinished -= len(batch)
+            self._cond.notify_all()
