@@ -259,3 +259,33 @@ def config_show(params: ParamsOpt = None, set_: SetOpt = None) -> None:
         typer.echo(dump_config(_load(params, set_)), nl=False)
     except TunelineError as exc:
         raise _fail(exc) from None
+
+
+@app.command("serve")
+def serve_command(
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    host: Annotated[str | None, typer.Option("--host", help="Interface (default serve.host).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default serve.port).")] = None,
+    canary: Annotated[
+        bool, typer.Option("--canary/--no-canary", help="Send serve.canary_share of users to the challenger.")
+    ] = True,
+) -> None:
+    """Serve the registry's champion (and challenger, as an A/B canary) with an OpenAI-compatible API.
+
+    POST /v1/chat/completions (the `openai` client works unchanged: base_url=http://HOST:PORT/v1), GET
+    /v1/models, GET /health, POST /v1/feedback. Users are routed sticky by the serve.user_header header
+    (or the request's `user` field); model "<name>@challenger" pins a variant. Every exchange goes to
+    the feedback store (serve.store_url) for `tuneline ab report` and `tuneline feedback export`.
+    API keys come from $TUNELINE_API_KEYS (required off loopback).
+
+    Example: tuneline serve --port 8000, then
+    curl localhost:8000/v1/chat/completions -d '{"messages":[{"role":"user","content":"hi"}]}'
+    """
+    from tuneline.serve.server import serve
+
+    _setup_logging()
+    try:
+        serve(_load(params, set_), host, port, canary)
+    except TunelineError as exc:
+        raise _fail(exc) from None

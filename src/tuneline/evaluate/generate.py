@@ -210,13 +210,18 @@ def generate(
 @torch.inference_mode()
 def complete(
     model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], max_new_tokens: int,
-    batch_size: int = 8,
+    batch_size: int = 8, sampling: dict[str, float] | None = None, progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Greedy replies to conversations (each ends where the assistant speaks next), in input order.
 
     Rendered with the chat template and a generation prompt; batches of similar length, left padded;
     a reply ends at any EOS id (`eos_ids`). Evaluation, the registry's pyfunc model and serving all
     generate through this function, so they cannot disagree on template, EOS or decoding.
+
+    Args:
+        sampling: None (greedy: evaluation and parity) or {"temperature": t > 0, "top_p": p} to sample
+            (a server request that asks for it).
+        progress: draw a progress bar on a terminal (off in the server).
 
     Returns:
         One dict per conversation: prompt (rendered text), text (decoded without special tokens),
@@ -234,17 +239,24 @@ def complete(
     order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
     device = _device_of(model)
     out: list[dict[str, Any] | None] = [None] * len(ids)
-    for batch in track(_batches(order, batch_size), "generating", total=math.ceil(len(order) / batch_size)):
+    batches = _batches(order, batch_size)
+    if progress:
+        batches = track(batches, "generating", total=len(batches))
+    decoding: dict[str, Any] = {"do_sample": False}
+    if sampling and sampling.get("temperature"):
+        decoding = {"do_sample": True, "temperature": float(sampling["temperature"]),
+                    "top_p": float(sampling.get("top_p") or 1.0), "top_k": 0}
+    for batch in batches:
         enc = _left_pad([ids[i] for i in batch], pad_id, device)
         seqs = model.generate(
             **enc,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
             num_beams=1,
             repetition_penalty=1.0,
             eos_token_id=stop_ids,
             pad_token_id=pad_id,
             use_cache=True,
+            **decoding,
         )
         width = enc["input_ids"].shape[1]
         for row, i in enumerate(batch):

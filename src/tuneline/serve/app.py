@@ -1,0 +1,217 @@
+"""The HTTP server: an OpenAI-compatible chat API with an A/B canary and feedback capture.
+
+    GET  /health                 liveness + what is served (versions, canary share, queue)
+    GET  /v1/models              the model, and one pinned name per variant (`<model>@challenger`)
+    POST /v1/chat/completions    routed (sticky per user) or pinned; the response names the variant
+    POST /v1/feedback            thumb / rating / corrected answer on a completion's `id`
+
+Every answered request is queued to the feedback store (never waited on). The answer's `id` is the
+request id that feedback refers to; `model` is `<model>@<variant>`, and the headers
+`x-tuneline-variant` / `x-tuneline-model-version` say which version answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from tuneline.config.serve import ServeParams
+from tuneline.feedback.store import ExchangeWriter, FeedbackStore, StoreError, UnknownRequest
+from tuneline.serve.engine import Batcher, Overloaded
+from tuneline.serve.routing import PIN_SEPARATOR, parse_model, route, user_hash
+from tuneline.serve.schemas import (
+    ChatRequest,
+    FeedbackRequest,
+    openai_error,
+    validation_message,
+)
+
+logger = logging.getLogger(__name__)
+PIN_HEADER = "x-tuneline-variant"
+
+
+@dataclass
+class ServerState:
+    """Everything a request handler needs; built by `tuneline serve` (or a test) and closed on exit."""
+
+    models: Any  # ServedModels
+    batcher: Batcher
+    store: FeedbackStore
+    writer: ExchangeWriter
+    params: ServeParams
+    api_keys: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+
+    def close(self) -> None:
+        self.batcher.close()
+        self.writer.close()
+
+
+def _error(status: int, message: str, type_: str, code: str | None = None, param: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(openai_error(message, type_, code, param), status_code=status, headers=headers)
+
+
+def create_app(state: ServerState) -> FastAPI:
+    """The FastAPI application over a loaded `ServerState` (closed when the app shuts down)."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        state.close()  # drains the generation queue and commits every queued exchange
+
+    app = FastAPI(title="tuneline", summary="OpenAI-compatible chat API with an A/B canary",
+                  lifespan=lifespan)
+    app.state.tuneline = state
+    params = state.params
+    name = state.models.model_name
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Any:
+        if request.url.path.startswith("/v1/"):
+            if state.api_keys and not _authorized(request, state.api_keys):
+                return _error(401, "missing or invalid API key (Authorization: Bearer <key>)",
+                              "invalid_request_error", "invalid_api_key")
+            length = request.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > params.max_request_bytes:
+                return _error(413, f"request body is {length} bytes; the limit is {params.max_request_bytes} "
+                              "(serve.max_request_bytes)", "invalid_request_error", "request_too_large")
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": name,
+            "versions": state.models.versions,
+            "canary_share": params.canary_share if "challenger" in state.models.versions else 0.0,
+            "queued": state.batcher.queued,
+            "store_pending": state.writer.pending,
+            "uptime_s": round(time.time() - state.started, 1),
+        }
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        ids = [name] + [f"{name}{PIN_SEPARATOR}{v}" for v in state.models.variants]
+        return {"object": "list", "data": [
+            {"id": i, "object": "model", "created": int(state.started), "owned_by": "tuneline"} for i in ids
+        ]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        body = await request.body()
+        if len(body) > params.max_request_bytes:  # chunked bodies carry no content-length
+            return _error(413, f"request body is {len(body)} bytes; the limit is {params.max_request_bytes} "
+                          "(serve.max_request_bytes)", "invalid_request_error", "request_too_large")
+        try:
+            req = ChatRequest.model_validate_json(body)
+            conversation = req.conversation()
+        except ValidationError as exc:
+            message, param = validation_message(exc)
+            return _error(400, message, "invalid_request_error", "invalid_request", param)
+        except ValueError as exc:
+            return _error(400, str(exc), "invalid_request_error", "invalid_request", "messages")
+        budget = req.budget(params.default_max_tokens)
+        if budget > params.max_tokens_limit:
+            return _error(400, f"max_tokens {budget} is above this server's limit {params.max_tokens_limit} "
+                          "(serve.max_tokens_limit)", "invalid_request_error", "max_tokens_too_large",
+                          "max_tokens")
+        try:
+            pinned = parse_model(request.headers.get(PIN_HEADER) or req.model, name, state.models.variants)
+        except ValueError as exc:
+            return _error(404, str(exc), "invalid_request_error", "model_not_found", "model")
+        prompt_tokens = state.models.prompt_tokens(conversation)
+        if prompt_tokens > params.max_prompt_tokens:
+            limit = params.max_prompt_tokens
+            return _error(400, f"the prompt is {prompt_tokens} tokens; the limit is {limit} "
+                          "(serve.max_prompt_tokens)", "invalid_request_error", "context_length_exceeded",
+                          "messages")
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        user_id = request.headers.get(params.user_header) or req.user
+        choice = route(user_id=user_id, request_id=request_id, versions=state.models.versions,
+                       canary_share=params.canary_share, pinned=pinned)
+        sampling = {"temperature": req.temperature, "top_p": req.top_p or 1.0} if req.temperature else None
+        started = time.perf_counter()
+        try:
+            future = state.batcher.submit(choice.variant, conversation, budget, sampling)
+        except Overloaded as exc:
+            return _error(503, str(exc), "server_error", "overloaded", headers={"Retry-After": "1"})
+        try:
+            reply = await asyncio.wrap_future(future)
+        except Exception as exc:
+            logger.error("request %s failed in generation: %s", request_id, exc)
+            return _error(500, f"generation failed: {exc.__class__.__name__}", "server_error", "generation")
+        latency_ms = (time.perf_counter() - started) * 1000
+        text, finish = _apply_stops(reply["text"], req.stops(), "stop" if reply["stopped"] else "length")
+        version = state.models.versions[choice.variant]
+        state.writer.submit({
+            "request_id": request_id, "created_at": time.time(),
+            "user_hash": user_hash(user_id, name) if user_id else None, "variant": choice.variant,
+            "model_name": name, "model_version": version, "pinned": choice.pinned,
+            "latency_ms": latency_ms, "prompt_tokens": prompt_tokens,
+            "completion_tokens": reply["new_tokens"], "finish_reason": finish,
+            "messages": conversation, "answer": text,
+        })
+        logger.info("%s %s v%s %.0f ms %d+%d tokens%s", request_id, choice.variant, version, latency_ms,
+                    prompt_tokens, reply["new_tokens"],
+                    f" prompt={conversation!r} answer={text!r}" if params.log_content else "")
+        payload = {
+            "id": request_id, "object": "chat.completion", "created": int(time.time()),
+            "model": f"{name}{PIN_SEPARATOR}{choice.variant}", "system_fingerprint": f"{name}-v{version}",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": finish, "logprobs": None}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": reply["new_tokens"],
+                      "total_tokens": prompt_tokens + reply["new_tokens"]},
+            "tuneline": {"variant": choice.variant, "model_version": version, "pinned": choice.pinned,
+                         "sticky": choice.sticky, "latency_ms": round(latency_ms, 1)},
+        }
+        return JSONResponse(payload, headers={"x-request-id": request_id, PIN_HEADER: choice.variant,
+                                              "x-tuneline-model-version": version})
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> Any:
+        try:
+            fb = FeedbackRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            message, param = validation_message(exc)
+            return _error(400, message, "invalid_request_error", "invalid_feedback", param)
+        # The exchange may still be queued for the store: commit the queue first.
+        await asyncio.to_thread(state.writer.flush, 30.0)
+        try:
+            feedback_id = await asyncio.to_thread(
+                state.store.record_feedback, fb.request_id, fb.thumb_value(), fb.rating, fb.correction,
+                fb.comment,
+            )
+        except UnknownRequest as exc:
+            return _error(404, str(exc), "invalid_request_error", "unknown_request", "request_id")
+        except StoreError as exc:
+            return _error(400, str(exc), "invalid_request_error", "invalid_feedback")
+        return {"object": "feedback", "id": feedback_id, "request_id": fb.request_id, "status": "recorded"}
+
+    return app
+
+
+def _authorized(request: Request, keys: list[str]) -> bool:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    return any(hmac.compare_digest(token.strip().encode(), k.encode()) for k in keys)
+
+
+def _apply_stops(text: str, stops: list[str], finish: str) -> tuple[str, str]:
+    """Cut the answer at the first stop sequence (OpenAI's `stop`); finish_reason is then "stop"."""
+    cuts = [text.find(s) for s in stops if s in text]
+    if not cuts:
+        return text, finish
+    return text[: min(cuts)], "stop"

@@ -1,0 +1,214 @@
+"""What the server serves: one base model, the champion's and the challenger's LoRA adapters on it.
+
+Both come from the MLflow registry by alias. Each version's files are downloaded once (the pyfunc's
+`artifacts/adapter`, and `artifacts/base` or the `base_model_path` it refers to); the base is loaded
+once and both adapters are attached to it with peft (`load_adapter`), so a second variant costs the
+adapter's few MB, not a second model. A challenger trained on a different base, or whose tokenizer
+renders conversations differently, cannot share the base: loading refuses with the reason.
+
+Generation goes through `tuneline.evaluate.generate.complete`, the function evaluation and the
+registry's pyfunc use, so the server answers with the same chat template, EOS and greedy decoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuneline.errors import TunelineError
+
+logger = logging.getLogger(__name__)
+
+VARIANTS = ("champion", "challenger")
+_HASH_FULL_BELOW = 256 * 2**20  # weight files above this are identified by name and size only
+
+
+class ServeError(TunelineError):
+    """The server cannot start: no champion, unreadable version, adapters that cannot share a base."""
+
+
+@dataclass(frozen=True)
+class VersionFiles:
+    """A registered version's files on this host."""
+
+    variant: str
+    version: str
+    base_dir: Path
+    adapter_dir: Path
+
+
+def download_version(uri: str, model_name: str, version: str, variant: str, into: Path) -> VersionFiles:
+    """Download a version's artifacts and find its base and adapter directories.
+
+    Raises:
+        ServeError: the version's MLmodel has no adapter, or names a base path missing on this host.
+    """
+    import mlflow
+
+    from tuneline.registry.registry import using_tracking_uri
+
+    with using_tracking_uri(uri):
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{model_name}/{version}", dst_path=str(into / f"v{version}")
+            )
+        )
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    artifacts = flavor.get("artifacts") or {}
+    if "adapter" not in artifacts:
+        raise ServeError(f"{model_name} version {version}: no `adapter` artifact; not a tuneline model")
+    adapter = local / artifacts["adapter"]["path"]
+    if "base" in artifacts:
+        base = local / artifacts["base"]["path"]
+    else:
+        base = Path((flavor.get("config") or {}).get("base_model_path", ""))
+        if not base.is_dir():
+            raise ServeError(f"{model_name} version {version}: base model path {base} is not on this host")
+    return VersionFiles(variant, version, base, adapter)
+
+
+def base_identity(base_dir: Path) -> str:
+    """A fingerprint of a base model directory: config, and the weights (hashed when small, else sized).
+
+    Two versions whose bases have the same fingerprint can share one loaded base.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(base_dir.iterdir()):
+        if path.name == "config.json":
+            digest.update(path.read_bytes())
+        elif path.suffix in (".safetensors", ".bin"):
+            size = path.stat().st_size
+            digest.update(f"{path.name}:{size}".encode())
+            if size < _HASH_FULL_BELOW:
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _template_of(tokenizer: Any) -> tuple[Any, Any]:
+    return tokenizer.chat_template, tokenizer.eos_token
+
+
+class ServedModels:
+    """The loaded base with one peft adapter per variant, and the version each variant serves."""
+
+    def __init__(self, model: Any, tokenizer: Any, versions: dict[str, str], model_name: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.versions = versions  # variant -> registry version
+        self.model_name = model_name
+        self._active: str | None = None
+
+    @property
+    def variants(self) -> list[str]:
+        return [v for v in VARIANTS if v in self.versions]
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Tokens of the rendered prompt (chat template with the generation prompt)."""
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=True)["input_ids"]
+        return len(ids)
+
+    def generate(self, variant: str, conversations: list[list[dict[str, str]]], max_new_tokens: int,
+                 sampling: dict[str, float] | None = None) -> list[dict[str, Any]]:
+        """Replies of one variant to a batch of conversations (call from one thread at a time)."""
+        from tuneline.evaluate.generate import complete
+
+        if variant != self._active:
+            self.model.set_adapter(variant)
+            self._active = variant
+        return complete(self.model, self.tokenizer, conversations, max_new_tokens,
+                        batch_size=max(1, len(conversations)), sampling=sampling, progress=False)
+
+
+def load_served_models(
+    uri: str,
+    model_name: str,
+    aliases: dict[str, str],
+    *,
+    with_challenger: bool = True,
+    device: str | None = None,
+    dtype: str = "auto",
+    cache_dir: Path | None = None,
+) -> ServedModels:
+    """Load the versions behind the champion (required) and challenger (optional) aliases.
+
+    Args:
+        uri: MLflow tracking / registry URI.
+        model_name: registered model name.
+        aliases: variant -> alias name, e.g. {"champion": "champion", "challenger": "challenger"}.
+        with_challenger: False serves the champion alone (canary off).
+        device: "cpu", "cuda", ...; None: CUDA when available.
+        dtype: "auto" (bf16 on a bf16 GPU, else fp32) or a dtype name.
+        cache_dir: where version files are downloaded (default: a temporary directory).
+
+    Raises:
+        ServeError: no champion; a challenger on a different base or with a different chat template.
+    """
+    from peft import PeftModel
+
+    from tuneline.evaluate.generate import load_variant
+    from tuneline.registry.registry import aliases_of
+
+    current = aliases_of(uri, model_name)
+    champion = current.get(aliases["champion"])
+    if champion is None:
+        raise ServeError(
+            f"{model_name} has no {aliases['champion']!r} alias in {uri}: nothing to serve "
+            "(run the pipeline, e.g. `make run`, or `tuneline promote`)"
+        )
+    into = cache_dir or Path(tempfile.mkdtemp(prefix="tuneline-serve-"))
+    files = [download_version(uri, model_name, champion, "champion", into)]
+    challenger = current.get(aliases["challenger"]) if with_challenger else None
+    if challenger is not None and challenger != champion:
+        files.append(download_version(uri, model_name, challenger, "challenger", into))
+    head = files[0]
+    model, tokenizer = load_variant(head.base_dir, None, dtype=dtype, device=device)
+    # The tokenizer (chat template, EOS) is the one training saved with the adapter.
+    tokenizer = _adapter_tokenizer(head.adapter_dir, tokenizer)
+    model = PeftModel.from_pretrained(model, str(head.adapter_dir), adapter_name="champion",
+                                      is_trainable=False)
+    versions = {"champion": champion}
+    for extra in files[1:]:
+        problem = _cannot_share(head, extra, tokenizer)
+        if problem:
+            raise ServeError(
+                f"{model_name}: challenger version {extra.version} cannot be served beside champion "
+                f"{champion}: {problem}. Serve the champion alone (--no-canary) or retrain on the same base."
+            )
+        model.load_adapter(str(extra.adapter_dir), adapter_name="challenger", is_trainable=False)
+        versions["challenger"] = extra.version
+    model.set_adapter("champion")
+    model.eval()
+    logger.info("serve: %s champion v%s%s on one base (%s)", model_name, champion,
+                f", challenger v{versions['challenger']}" if "challenger" in versions else "",
+                next(model.parameters()).device)
+    return ServedModels(model, tokenizer, versions, model_name)
+
+
+def _adapter_tokenizer(adapter_dir: Path, fallback: Any) -> Any:
+    from transformers import AutoTokenizer
+
+    if not (adapter_dir / "tokenizer_config.json").is_file():
+        return fallback
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise ServeError(f"{adapter_dir}: the tokenizer has no chat template; cannot render conversations")
+    return tokenizer
+
+
+def _cannot_share(head: VersionFiles, other: VersionFiles, tokenizer: Any) -> str | None:
+    if base_identity(head.base_dir) != base_identity(other.base_dir):
+        return "it was trained on a different base model"
+    theirs = _adapter_tokenizer(other.adapter_dir, tokenizer)
+    if _template_of(theirs) != _template_of(tokenizer):
+        return "its tokenizer has a different chat template or EOS"
+    return None

@@ -1,0 +1,209 @@
+"""`tuneline serve` end to end: the official `openai` client against a server on 127.0.0.1 serving a
+registry champion and challenger (two real LoRA adapters on one tiny base); sticky canary routing;
+feedback; API keys; limits; and a few hundred concurrent requests with nothing lost from the store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from serve_world import API_KEY, MODEL, RunningServer, World, build_world
+from tuneline.config.serve import ServeParams
+from tuneline.evaluate.generate import complete, load_variant
+from tuneline.feedback.store import FeedbackStore
+from tuneline.serve.models import ServeError
+from tuneline.serve.routing import experiment_id, parse_model, route
+from tuneline.serve.server import api_keys
+
+pytestmark = pytest.mark.integration
+ASK = [{"role": "user", "content": "What sound does the cat make?"}]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return build_world(tmp_path_factory.mktemp("serve"), canary_share=0.3)
+
+
+@pytest.fixture(scope="module")
+def server(world: World) -> Any:
+    running = RunningServer(world.cfg, keys=f"other-key,{API_KEY}")
+    yield running
+    running.stop()
+
+
+@pytest.fixture()
+def client(server: RunningServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=60)
+
+
+def test_models_lists_the_model_and_one_pinned_name_per_variant(client: openai.OpenAI) -> None:
+    ids = [m.id for m in client.models.list().data]
+    assert ids == [MODEL, f"{MODEL}@champion", f"{MODEL}@challenger"]
+
+
+def test_reply_matches_evaluation_generation_and_names_the_variant(world: World, client: openai.OpenAI,
+                                                                     server: RunningServer) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model=f"{MODEL}@challenger", messages=ASK, max_tokens=6)
+    reply = raw.parse()
+    assert reply.model == f"{MODEL}@challenger"
+    assert raw.headers["x-tuneline-variant"] == "challenger"
+    assert raw.headers["x-tuneline-model-version"] == server.state.models.versions["challenger"] == "2"
+    assert reply.model_extra["tuneline"]["pinned"] is True
+    # The same text the evaluate stage would generate with this adapter (one code path: `complete`).
+    model, tok = load_variant(world.base, world.adapters["challenger"], device="cpu")
+    expected = complete(model, tok, [ASK], 6, batch_size=1, progress=False)[0]
+    assert reply.choices[0].message.content == expected["text"]
+    assert reply.usage.completion_tokens == expected["new_tokens"]
+    assert reply.choices[0].finish_reason == ("stop" if expected["stopped"] else "length")
+    champion = client.chat.completions.create(model=f"{MODEL}@champion", messages=ASK, max_tokens=6)
+    model, tok = load_variant(world.base, world.adapters["champion"], device="cpu")
+    assert champion.choices[0].message.content == complete(model, tok, [ASK], 6, progress=False)[0]["text"]
+
+
+def test_assignment_is_sticky_per_user(client: openai.OpenAI) -> None:
+    for user in ("alice", "bob", "carol", "dave"):
+        seen = {client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2,
+                                               extra_headers={"X-User-Id": user}).model for _ in range(3)}
+        seen |= {client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2, user=user).model}
+        assert len(seen) == 1, f"{user} saw {seen}"
+
+
+def test_canary_share_and_stickiness_over_many_simulated_users() -> None:
+    versions = {"champion": "3", "challenger": "4"}
+    users = [f"user-{i}" for i in range(20000)]
+    first = [route(user_id=u, request_id="r", versions=versions, canary_share=0.1).variant for u in users]
+    share = first.count("challenger") / len(users)
+    assert abs(share - 0.1) < 0.01
+    again = [route(user_id=u, request_id="x", versions=versions, canary_share=0.1).variant for u in users]
+    assert first == again  # sticky: the request id does not matter when there is a user
+    # A new challenger is a new experiment: users are reshuffled, not the same 10 % again.
+    nxt = {"champion": "3", "challenger": "5"}
+    moved = [route(user_id=u, request_id="r", versions=nxt, canary_share=0.1).variant for u in users]
+    both = sum(a == b == "challenger" for a, b in zip(first, moved, strict=True))
+    overlap = both / first.count("challenger")
+    assert overlap < 0.2
+    assert experiment_id(versions) == "champion=3,challenger=4"
+    only = route(user_id="u", request_id="r", versions={"champion": "3"}, canary_share=0.5)
+    assert only.variant == "champion"
+
+
+def test_model_field_pins_or_is_refused() -> None:
+    variants = ["champion", "challenger"]
+    assert parse_model(None, MODEL, variants) is None
+    assert parse_model(MODEL, MODEL, variants) is None
+    assert parse_model(f"{MODEL}@challenger", MODEL, variants) == "challenger"
+    assert parse_model("champion", MODEL, variants) == "champion"
+    with pytest.raises(ValueError, match="not served here"):
+        parse_model("gpt-4o", MODEL, variants)
+
+
+def test_feedback_is_recorded_against_the_request(world: World, client: openai.OpenAI,
+                                                  server: RunningServer) -> None:
+    reply = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=4, user="erin")
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    url = server.base_url + "/feedback"
+    body = {"request_id": reply.id, "thumb": "down", "correction": "Meow."}
+    ok = httpx.post(url, json=body, headers=headers)
+    assert ok.status_code == 200, ok.text
+    unknown = httpx.post(url, json={"request_id": "chatcmpl-nope", "thumb": "up"}, headers=headers)
+    assert unknown.status_code == 404 and "chatcmpl-nope" in unknown.json()["error"]["message"]
+    empty = httpx.post(url, json={"request_id": reply.id}, headers=headers)
+    assert empty.status_code == 400
+    bad = httpx.post(url, json={"request_id": reply.id, "rating": 9}, headers=headers)
+    assert bad.status_code == 400 and "rating" in bad.json()["error"]["message"]
+    row = FeedbackStore(world.cfg.serve.store_url).exchange(reply.id)
+    assert row is not None and row["messages"] == ASK and row["answer"] == reply.choices[0].message.content
+    assert row["user_hash"] and "erin" not in row["user_hash"]
+    rated = {r["request_id"]: r for r in FeedbackStore(world.cfg.serve.store_url).exchanges_with_feedback()}
+    assert rated[reply.id]["thumb"] == -1 and rated[reply.id]["correction"] == "Meow."
+
+
+def test_api_key_is_enforced(server: RunningServer) -> None:
+    wrong = openai.OpenAI(base_url=server.base_url, api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError, match="API key"):
+        wrong.chat.completions.create(model=MODEL, messages=ASK)
+    assert httpx.get(server.base_url.removesuffix("/v1") + "/health").status_code == 200  # probes stay open
+    with pytest.raises(ServeError, match="TUNELINE_API_KEYS"):
+        api_keys(ServeParams(), "0.0.0.0", environ={})
+    assert api_keys(ServeParams(), "127.0.0.1", environ={}) == []
+    assert api_keys(ServeParams(), "0.0.0.0", environ={"TUNELINE_API_KEYS": "a, b"}) == ["a", "b"]
+
+
+def test_oversize_and_unsupported_requests_get_clear_errors(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as big:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x" * 5000}])
+    assert big.value.status_code == 413 and "serve.max_request_bytes" in big.value.message
+    with pytest.raises(openai.BadRequestError, match="serve.max_tokens_limit"):
+        client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=1000)
+    with pytest.raises(openai.BadRequestError, match="serve.max_prompt_tokens"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "cat " * 600}])
+    with pytest.raises(openai.BadRequestError, match="n=1"):
+        client.chat.completions.create(model=MODEL, messages=ASK, n=2)
+    with pytest.raises(openai.BadRequestError, match="streaming"):
+        client.chat.completions.create(model=MODEL, messages=ASK, stream=True)
+    with pytest.raises(openai.BadRequestError, match="role"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "wizard", "content": "hi"}])
+    with pytest.raises(openai.NotFoundError, match="not served"):
+        client.chat.completions.create(model="gpt-4o", messages=ASK)
+
+
+def test_stop_sequences_and_sampling(client: openai.OpenAI) -> None:
+    full = client.chat.completions.create(model=f"{MODEL}@challenger", messages=ASK, max_tokens=8)
+    text = full.choices[0].message.content
+    if len(text) > 2:
+        cut = client.chat.completions.create(model=f"{MODEL}@challenger", messages=ASK, max_tokens=8,
+                                             stop=[text[1:3]])
+        assert cut.choices[0].message.content == text[: text.find(text[1:3])]
+        assert cut.choices[0].finish_reason == "stop"
+    sampled = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=4, temperature=1.0)
+    assert sampled.choices[0].message.role == "assistant"
+
+
+def test_concurrent_load_nothing_lost_and_canary_share_observed(world: World, server: RunningServer) -> None:
+    """300 concurrent requests from 300 users: all answered, all in the store, ~30 % on the challenger."""
+
+    async def burst() -> list[Any]:
+        async with openai.AsyncOpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0,
+                                      timeout=300) as aclient:
+            create = aclient.chat.completions.create
+            calls = [create(model=MODEL, messages=ASK, max_tokens=3, user=f"load-{i}") for i in range(300)]
+            return await asyncio.gather(*calls)
+
+    replies = asyncio.run(burst())
+    assert len({r.id for r in replies}) == 300
+    variants = Counter(r.model_extra["tuneline"]["variant"] for r in replies)
+    assert abs(variants["challenger"] / 300 - 0.3) < 0.1, variants
+    assert server.state.writer.flush(60)
+    stored = {r["request_id"] for r in FeedbackStore(world.cfg.serve.store_url).exchanges_with_feedback()}
+    assert {r.id for r in replies} <= stored
+    assert server.state.batcher.batches < server.state.batcher.generated  # requests shared batches
+
+
+def test_challenger_on_another_base_is_refused(tmp_path: Path, world: World) -> None:
+    from test_demo_base import build_tiny_base
+    from test_registry import LINEAGE, save_adapter
+    from tuneline.registry.registry import register_candidate
+    from tuneline.serve.models import load_served_models
+    from tuneline.train.tracking import end_run, start_run
+
+    other = build_tiny_base(tmp_path, steps=3, seed=7)
+    adapter = save_adapter(other, tmp_path / "adapter", noisy=False)
+    run = start_run(world.uri, "tuneline", LINEAGE, {}, "train-other")
+    end_run(world.uri, run, "FINISHED")
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(world.root)  # artifacts of the sqlite store live under ./mlruns of the world
+    try:
+        register_candidate(world.uri, MODEL, run, other, adapter, {})
+        with pytest.raises(ServeError, match="different base"):
+            load_served_models(world.uri, MODEL, {"champion": "champion", "challenger": "challenger"})
+    finally:
+        os.chdir(cwd)
