@@ -189,8 +189,9 @@ def test_concurrent_load_nothing_lost_and_canary_share_observed(world: World, se
 def test_challenger_on_another_base_is_refused(tmp_path: Path, world: World) -> None:
     from test_demo_base import build_tiny_base
     from test_registry import LINEAGE, save_adapter
+    from tuneline.registry.registry import client as client_of
     from tuneline.registry.registry import register_candidate
-    from tuneline.serve.models import load_served_models
+    from tuneline.serve.models import load_served_models, resolve_versions
     from tuneline.train.tracking import end_run, start_run
 
     other = build_tiny_base(tmp_path, steps=3, seed=7)
@@ -204,6 +205,50 @@ def test_challenger_on_another_base_is_refused(tmp_path: Path, world: World) -> 
     try:
         register_candidate(world.uri, MODEL, run, other, adapter, {})
         with pytest.raises(ServeError, match="different base"):
-            load_served_models(world.uri, MODEL, {"champion": "champion", "challenger": "challenger"})
+            files = resolve_versions(world.uri, MODEL, {"champion": "champion", "challenger": "challenger"})
+            load_served_models(files, MODEL)
     finally:
         os.chdir(cwd)
+        client_of(world.uri).set_registered_model_alias(MODEL, "challenger", "2")  # as the world had it
+
+
+def test_router_in_front_of_an_openai_compatible_backend(world: World, server: RunningServer,
+                                                         client: openai.OpenAI) -> None:
+    """serve.backend_url: routing, keys and the store stay here; generation happens at the backend (vLLM
+    on GPUs; here another tuneline server, which serves the adapters under the same variant names)."""
+    import os
+
+    cfg = world.cfg.model_copy(deep=True)
+    cfg.serve.backend_url = server.base_url
+    cfg.serve.store_url = f"sqlite:///{world.root / 'router.db'}"
+    os.environ["TUNELINE_BACKEND_API_KEY"] = API_KEY
+    try:
+        router = RunningServer(cfg)
+    finally:
+        os.environ.pop("TUNELINE_BACKEND_API_KEY")
+    try:
+        front = openai.OpenAI(base_url=router.base_url, api_key="unused", max_retries=0)
+        for variant in ("champion", "challenger"):
+            via = front.chat.completions.create(model=f"{MODEL}@{variant}", messages=ASK, max_tokens=6)
+            direct = client.chat.completions.create(model=f"{MODEL}@{variant}", messages=ASK, max_tokens=6)
+            assert via.choices[0].message.content == direct.choices[0].message.content
+            assert via.model == f"{MODEL}@{variant}"
+            assert via.usage.completion_tokens == direct.usage.completion_tokens
+        assert router.state.writer.flush(30)
+        assert FeedbackStore(cfg.serve.store_url).count() == 2
+    finally:
+        router.stop()
+
+
+def test_vllm_command_serves_both_adapters_on_the_shared_base(world: World, tmp_path: Path) -> None:
+    from tuneline.serve.models import resolve_versions
+    from tuneline.serve.remote import vllm_command
+
+    files = resolve_versions(world.uri, MODEL, {"champion": "champion", "challenger": "challenger"},
+                             cache_dir=tmp_path)
+    args = vllm_command(files, port=8001)
+    assert args[:3] == ["vllm", "serve", str(files[0].base_dir)]
+    assert "--enable-lora" in args and args[args.index("--max-lora-rank") + 1] == "8"
+    i = args.index("--lora-modules")
+    assert args[i + 1 : i + 3] == [f"champion={files[0].adapter_dir}", f"challenger={files[1].adapter_dir}"]
+    assert args[args.index("--tokenizer") + 1] == str(files[0].adapter_dir)  # the training chat template

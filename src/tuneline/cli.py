@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from tuneline.ab.cli import ab_app
 from tuneline.cli_common import ParamsOpt, SetOpt, fail, load, setup_logging
 from tuneline.config import dump_config
 from tuneline.errors import TunelineError
@@ -28,6 +29,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(ab_app, name="ab")
 
 _setup_logging, _load, _fail = setup_logging, load, fail
 
@@ -270,6 +272,12 @@ def serve_command(
     canary: Annotated[
         bool, typer.Option("--canary/--no-canary", help="Send serve.canary_share of users to the challenger.")
     ] = True,
+    print_vllm: Annotated[
+        bool, typer.Option("--print-vllm", help="Download the versions, print the vLLM command, exit.")
+    ] = False,
+    download_dir: Annotated[
+        Path | None, typer.Option("--download-dir", help="Where version files go (default: a temp dir).")
+    ] = None,
 ) -> None:
     """Serve the registry's champion (and challenger, as an A/B canary) with an OpenAI-compatible API.
 
@@ -279,13 +287,20 @@ def serve_command(
     the feedback store (serve.store_url) for `tuneline ab report` and `tuneline feedback export`.
     API keys come from $TUNELINE_API_KEYS (required off loopback).
 
+    On GPUs: `--print-vllm --download-dir DIR` prints the vLLM command serving the base with both
+    adapters; then serve with --set serve.backend_url=http://GPU_HOST:8001/v1 to route in front of it.
+
     Example: tuneline serve --port 8000, then
     curl localhost:8000/v1/chat/completions -d '{"messages":[{"role":"user","content":"hi"}]}'
     """
-    from tuneline.serve.server import serve
+    from tuneline.serve.server import serve, vllm_recipe
 
     _setup_logging()
     try:
-        serve(_load(params, set_), host, port, canary)
+        cfg = _load(params, set_)
+        if print_vllm:
+            typer.echo(vllm_recipe(cfg, canary, download_dir))
+            return
+        serve(cfg, host, port, canary, download_dir)
     except TunelineError as exc:
         raise _fail(exc) from None

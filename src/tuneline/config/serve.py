@@ -38,6 +38,14 @@ class ServeParams(Section):
     log_content: bool = Field(
         False, description="Write prompts and answers into the plain log (the store always keeps them)."
     )
+    backend_url: str | None = Field(
+        None,
+        description="null: generate in this process; else an OpenAI-compatible backend serving the adapters "
+        "as `champion` / `challenger` (vLLM, see `tuneline serve --print-vllm`), e.g. http://gpu:8001/v1.",
+    )
+    backend_api_key_env: str = Field(
+        "TUNELINE_BACKEND_API_KEY", description="Environment variable with the backend's API key, if any."
+    )
     device: str = Field("auto", description="auto (cuda when present) | cpu | cuda | cuda:N.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Model precision: auto = bf16 on a bf16 GPU, else fp32."

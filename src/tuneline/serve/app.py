@@ -55,6 +55,8 @@ class ServerState:
     def close(self) -> None:
         self.batcher.close()
         self.writer.close()
+        if hasattr(self.models, "close"):  # a remote backend's connection pool
+            self.models.close()
 
 
 def _error(status: int, message: str, type_: str, code: str | None = None, param: str | None = None,

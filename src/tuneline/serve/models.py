@@ -126,33 +126,15 @@ class ServedModels:
                         batch_size=max(1, len(conversations)), sampling=sampling, progress=False)
 
 
-def load_served_models(
-    uri: str,
-    model_name: str,
-    aliases: dict[str, str],
-    *,
-    with_challenger: bool = True,
-    device: str | None = None,
-    dtype: str = "auto",
+def resolve_versions(
+    uri: str, model_name: str, aliases: dict[str, str], *, with_challenger: bool = True,
     cache_dir: Path | None = None,
-) -> ServedModels:
-    """Load the versions behind the champion (required) and challenger (optional) aliases.
-
-    Args:
-        uri: MLflow tracking / registry URI.
-        model_name: registered model name.
-        aliases: variant -> alias name, e.g. {"champion": "champion", "challenger": "challenger"}.
-        with_challenger: False serves the champion alone (canary off).
-        device: "cpu", "cuda", ...; None: CUDA when available.
-        dtype: "auto" (bf16 on a bf16 GPU, else fp32) or a dtype name.
-        cache_dir: where version files are downloaded (default: a temporary directory).
+) -> list[VersionFiles]:
+    """Download the versions behind the champion (required) and challenger (optional) aliases.
 
     Raises:
-        ServeError: no champion; a challenger on a different base or with a different chat template.
+        ServeError: there is no champion.
     """
-    from peft import PeftModel
-
-    from tuneline.evaluate.generate import load_variant
     from tuneline.registry.registry import aliases_of
 
     current = aliases_of(uri, model_name)
@@ -167,27 +149,48 @@ def load_served_models(
     challenger = current.get(aliases["challenger"]) if with_challenger else None
     if challenger is not None and challenger != champion:
         files.append(download_version(uri, model_name, challenger, "challenger", into))
+    return files
+
+
+def load_served_models(
+    files: list[VersionFiles], model_name: str, *, device: str | None = None, dtype: str = "auto"
+) -> ServedModels:
+    """Load the base once and attach each version's adapter, named after its variant.
+
+    Args:
+        files: from `resolve_versions` (champion first).
+        model_name: registered model name.
+        device: "cpu", "cuda", ...; None: CUDA when available.
+        dtype: "auto" (bf16 on a bf16 GPU, else fp32) or a dtype name.
+
+    Raises:
+        ServeError: a challenger on a different base or with a different chat template.
+    """
+    from peft import PeftModel
+
+    from tuneline.evaluate.generate import load_variant
+
     head = files[0]
     model, tokenizer = load_variant(head.base_dir, None, dtype=dtype, device=device)
     # The tokenizer (chat template, EOS) is the one training saved with the adapter.
     tokenizer = _adapter_tokenizer(head.adapter_dir, tokenizer)
-    model = PeftModel.from_pretrained(model, str(head.adapter_dir), adapter_name="champion",
+    model = PeftModel.from_pretrained(model, str(head.adapter_dir), adapter_name=head.variant,
                                       is_trainable=False)
-    versions = {"champion": champion}
+    versions = {head.variant: head.version}
     for extra in files[1:]:
         problem = _cannot_share(head, extra, tokenizer)
         if problem:
             raise ServeError(
-                f"{model_name}: challenger version {extra.version} cannot be served beside champion "
-                f"{champion}: {problem}. Serve the champion alone (--no-canary) or retrain on the same base."
+                f"{model_name}: {extra.variant} version {extra.version} cannot be served beside "
+                f"{head.variant} {head.version}: {problem}. Serve the champion alone (--no-canary) or "
+                "retrain on the same base."
             )
-        model.load_adapter(str(extra.adapter_dir), adapter_name="challenger", is_trainable=False)
-        versions["challenger"] = extra.version
-    model.set_adapter("champion")
+        model.load_adapter(str(extra.adapter_dir), adapter_name=extra.variant, is_trainable=False)
+        versions[extra.variant] = extra.version
+    model.set_adapter(head.variant)
     model.eval()
-    logger.info("serve: %s champion v%s%s on one base (%s)", model_name, champion,
-                f", challenger v{versions['challenger']}" if "challenger" in versions else "",
-                next(model.parameters()).device)
+    logger.info("serve: %s %s on one base (%s)", model_name,
+                ", ".join(f"{k} v{v}" for k, v in versions.items()), next(model.parameters()).device)
     return ServedModels(model, tokenizer, versions, model_name)
 
 

@@ -39,22 +39,36 @@ def api_keys(params: ServeParams, host: str, environ: dict[str, str] | None = No
     return keys
 
 
+def version_files(cfg: Config, canary: bool = True, cache_dir: Path | None = None) -> list:
+    """The champion's (and, with the canary on, the challenger's) files, downloaded from the registry."""
+    from tuneline.serve.models import resolve_versions
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    reg = cfg.registry
+    return resolve_versions(cfg.tracking.uri, reg.model_name,
+                            {"champion": reg.champion_alias, "challenger": reg.challenger_alias},
+                            with_challenger=canary and cfg.serve.canary_share > 0, cache_dir=cache_dir)
+
+
 def build_state(cfg: Config, host: str, canary: bool = True, cache_dir: Path | None = None):
     """Load everything `create_app` needs from the config (registry aliases, store, limits)."""
     from tuneline.feedback.store import ExchangeWriter, FeedbackStore
     from tuneline.serve.app import ServerState
     from tuneline.serve.engine import Batcher
     from tuneline.serve.models import load_served_models
+    from tuneline.serve.remote import RemoteModels
 
     params = cfg.serve
     keys = api_keys(params, host)
-    reg = cfg.registry
-    models = load_served_models(
-        cfg.tracking.uri, reg.model_name,
-        {"champion": reg.champion_alias, "challenger": reg.challenger_alias},
-        with_challenger=canary and params.canary_share > 0,
-        device=None if params.device == "auto" else params.device, dtype=params.dtype, cache_dir=cache_dir,
-    )
+    files = version_files(cfg, canary, cache_dir)
+    versions = {f.variant: f.version for f in files}
+    if params.backend_url:
+        models = RemoteModels(params.backend_url, versions, cfg.registry.model_name, files[0].adapter_dir,
+                              os.environ.get(params.backend_api_key_env))
+    else:
+        models = load_served_models(files, cfg.registry.model_name,
+                                    device=None if params.device == "auto" else params.device,
+                                    dtype=params.dtype)
     store = FeedbackStore(params.store_url)
     return ServerState(
         models=models,
@@ -66,7 +80,20 @@ def build_state(cfg: Config, host: str, canary: bool = True, cache_dir: Path | N
     )
 
 
-def serve(cfg: Config, host: str | None = None, port: int | None = None, canary: bool = True) -> None:
+def vllm_recipe(cfg: Config, canary: bool = True, download_dir: Path | None = None) -> str:
+    """The vLLM command for the current champion (and challenger), and how to route in front of it."""
+    from tuneline.serve.remote import render_vllm_command, vllm_command
+
+    files = version_files(cfg, canary, download_dir)
+    dtype = "auto" if cfg.serve.dtype == "auto" else cfg.serve.dtype
+    command = render_vllm_command(vllm_command(files, dtype=dtype))
+    served = ", ".join(f"{f.variant} v{f.version}" for f in files)
+    return (f"# {cfg.registry.model_name}: {served}\n{command}\n"
+            "# then: tuneline serve --set serve.backend_url=http://<this host>:8001/v1")
+
+
+def serve(cfg: Config, host: str | None = None, port: int | None = None, canary: bool = True,
+          download_dir: Path | None = None) -> None:
     """Run the server until interrupted (Ctrl-C drains the queue and commits every exchange)."""
     import uvicorn
 
@@ -74,7 +101,7 @@ def serve(cfg: Config, host: str | None = None, port: int | None = None, canary:
 
     host = host or cfg.serve.host
     port = port or cfg.serve.port
-    state = build_state(cfg, host, canary)
+    state = build_state(cfg, host, canary, download_dir)
     versions = ", ".join(f"{k} v{v}" for k, v in state.models.versions.items())
     logger.info("serving %s (%s) on http://%s:%d/v1 — canary share %.0f %%, store %s, API key %s",
                 state.models.model_name, versions, host, port,
