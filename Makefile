@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= tuneline
 
-.PHONY: setup run test lint bench serve clean-outputs
+.PHONY: setup run test lint bench serve demo-ab deploy clean-outputs
 
 setup:
 	@bash scripts/setup.sh
@@ -17,15 +17,25 @@ run: setup
 	@bash scripts/run_demo.sh
 
 test: setup
-	$(BIN)/python -m ruff check src tests bench flows tasks deploy
+	$(BIN)/python -m ruff check src tests bench flows tasks deploy scripts
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/python -m ruff check src tests bench flows tasks deploy
+	$(BIN)/python -m ruff check src tests bench flows tasks deploy scripts
 
-# The nightly and on-demand deployments of the retrain flow, served by this process (needs a Prefect
-# server: `prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api make serve).
+# The registry's champion (and challenger, as a canary) behind an OpenAI-compatible API on
+# http://127.0.0.1:8000/v1 (after `make run`); docs/serving.md.
 serve: setup
+	$(BIN)/tuneline serve
+
+# After `make run`: a challenger, both served, simulated users' traffic and feedback, the A/B report and
+# decision, feedback exported as raw data for the next run.
+demo-ab: setup
+	$(BIN)/python scripts/ab_demo.py
+
+# The Prefect deployments (nightly + on-demand retrain, hourly feedback loop), served by this process
+# (needs a Prefect server: `prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api make deploy).
+deploy: setup
 	$(BIN)/python deploy/deployments.py
 
 # Quick benchmarks (~5 min); bench/RESULTS.md lists the full commands (100k brute force takes ~25 min).

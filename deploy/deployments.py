@@ -1,6 +1,8 @@
-"""The `retrain` deployments: `nightly` (cron, UTC) and `on-demand` (no schedule; run from the UI or API).
+"""The `retrain` deployments: `nightly` (cron, UTC) and `on-demand` (no schedule; run from the UI or API),
+and `feedback-loop/hourly` (cron): served feedback into raw data, a retrain (`retrain/on-demand`) once
+enough new rows arrived.
 
-    python deploy/deployments.py                         # serve both from this process (Ctrl-C stops)
+    python deploy/deployments.py                         # serve all three from this process (Ctrl-C stops)
     python deploy/deployments.py --workspace /srv/tl     # runs work in that checkout
     python deploy/deployments.py --work-pool tuneline    # register on a process work pool instead;
                                                          # then: prefect worker start --pool tuneline
@@ -8,7 +10,8 @@
 Needs a Prefect API with a scheduler (`prefect server start`, or Prefect Cloud): the ephemeral API of a
 bare `python` process has none, so `PREFECT_API_URL` must point at a server. Served runs execute one
 at a time (`--limit 1`): nightly and on-demand runs share one workspace, whose lock would refuse the
-second anyway; with the limit it waits instead.
+second anyway; with the limit it waits instead. The feedback loop only creates the retrain run (it does
+not wait for it), so it never holds the slot the retrain needs.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from prefect import serve  # noqa: E402
 from prefect.deployments.runner import RunnerDeployment  # noqa: E402
 from prefect.schedules import Cron  # noqa: E402
 
+from flows.feedback_loop import FeedbackLoopParams, feedback_loop  # noqa: E402
 from flows.retrain import WORKSPACE_ENV, RetrainParams, retrain  # noqa: E402
 
 NIGHTLY_CRON = "0 2 * * *"
+FEEDBACK_CRON = "15 * * * *"  # hourly, off the hour and off the nightly run's start
 TIMEZONE = "UTC"
 TAGS = ["tuneline"]
 
@@ -70,16 +75,53 @@ def build_deployments(
     return [nightly, on_demand]
 
 
+def build_feedback_deployment(
+    workspace: str | None = None,
+    cron: str = FEEDBACK_CRON,
+    timezone: str = TIMEZONE,
+    flow: Any = feedback_loop,
+) -> RunnerDeployment:
+    """`feedback-loop/hourly`: A/B report, feedback export (DVC-versioned), retrain trigger, on `cron`.
+
+    Args:
+        workspace: the checkout the runs work in (None: the checkout this code is in).
+        cron: the schedule (cron syntax).
+        timezone: IANA zone of the schedule.
+        flow: `feedback_loop`, or loaded with `from_source` for a work pool.
+    """
+    # As for retrain: only the workspace is pinned, so the UI form shows every other default.
+    parameters = (
+        {"params": FeedbackLoopParams(workspace=workspace).model_dump(mode="json")} if workspace else {}
+    )
+    return flow.to_deployment(
+        name="hourly",
+        schedules=[Cron(cron, timezone=timezone)],
+        parameters=parameters,
+        tags=[*TAGS, "feedback"],
+        description=f"At `{cron}` ({timezone}): publish the A/B report, export rated exchanges as raw "
+        "training data (`dvc add`ed), and start `retrain/on-demand` when the new SFT rows reach "
+        "feedback.retrain_threshold. A/B decision off by default (`decide`).",
+    )
+
+
 def register_on_work_pool(
-    work_pool: str, workspace: str | None = None, cron: str = NIGHTLY_CRON, timezone: str = TIMEZONE
+    work_pool: str,
+    workspace: str | None = None,
+    cron: str = NIGHTLY_CRON,
+    timezone: str = TIMEZONE,
+    feedback_cron: str = FEEDBACK_CRON,
 ) -> list[Any]:
-    """Register both deployments on a work pool; a worker on that pool runs them. The code is loaded
+    """Register the deployments on a work pool; a worker on that pool runs them. The code is loaded
     from this checkout (`from_source`), so a process worker needs the same path on its host; a
     Kubernetes pool needs an image instead (deploy/README.md)."""
     from prefect import deploy
 
     source = retrain.from_source(source=str(REPO_ROOT), entrypoint="flows/retrain.py:retrain")
-    deployments = build_deployments(workspace, cron, timezone, flow=source)
+    loop = feedback_loop.from_source(source=str(REPO_ROOT), entrypoint="flows/feedback_loop.py:feedback_loop")
+    deployments = [
+        *build_deployments(workspace, cron, timezone, flow=source),
+        build_feedback_deployment(workspace, feedback_cron, timezone, flow=loop),
+    ]
     ids = deploy(
         *deployments,
         work_pool_name=work_pool,
@@ -92,18 +134,23 @@ def register_on_work_pool(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve both deployments from this process, or register them on a work pool."""
+    """Serve the deployments from this process, or register them on a work pool."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--workspace", help="DVC workspace the runs use (default: this checkout)")
     parser.add_argument("--cron", default=NIGHTLY_CRON, help=f"nightly schedule (default {NIGHTLY_CRON!r})")
+    parser.add_argument(
+        "--feedback-cron", default=FEEDBACK_CRON, help=f"feedback-loop schedule (default {FEEDBACK_CRON!r})"
+    )
     parser.add_argument("--timezone", default=TIMEZONE, help=f"schedule time zone (default {TIMEZONE})")
     parser.add_argument("--limit", type=int, default=1, help="runs at once in this process (default 1)")
     parser.add_argument("--work-pool", help="register on this work pool instead of serving")
     args = parser.parse_args(argv)
     if args.work_pool:
-        ids = register_on_work_pool(args.work_pool, args.workspace, args.cron, args.timezone)
+        ids = register_on_work_pool(
+            args.work_pool, args.workspace, args.cron, args.timezone, args.feedback_cron
+        )
         print(
             f"registered {len(ids)} deployments on work pool {args.work_pool!r}; start a worker: "
             f"prefect worker start --pool {args.work_pool}"
@@ -114,7 +161,11 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     if args.workspace:  # also the default of runs whose parameters leave the workspace out (CLI, API)
         os.environ[WORKSPACE_ENV] = str(Path(args.workspace).resolve())
-    serve(*build_deployments(args.workspace, args.cron, args.timezone), limit=args.limit)
+    serve(
+        *build_deployments(args.workspace, args.cron, args.timezone),
+        build_feedback_deployment(args.workspace, args.feedback_cron, args.timezone),
+        limit=args.limit,
+    )
 
 
 if __name__ == "__main__":

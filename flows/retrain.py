@@ -129,15 +129,17 @@ class ApprovalForm(RunInput):
     note: str = Field("", description="Why: recorded with the decision.")
 
 
-def _workspace(params: RetrainParams) -> Path:
-    chosen = params.workspace or os.environ.get(WORKSPACE_ENV)
+def resolve_workspace(chosen: str | None) -> Path:
+    """The workspace a flow run works in: `chosen`, else $TUNELINE_WORKSPACE, else this checkout."""
+    chosen = chosen or os.environ.get(WORKSPACE_ENV)
     root = Path(chosen).expanduser().resolve() if chosen else REPO_ROOT
     if not (root / "dvc.yaml").is_file() or not (root / "params.yaml").is_file():
         raise ValueError(f"workspace {root} has no dvc.yaml / params.yaml: not a tuneline checkout")
     return root
 
 
-def _holder(run_name: str) -> dict[str, Any]:
+def run_holder(run_name: str) -> dict[str, Any]:
+    """Who holds the workspace lock: this flow run, its deployment, process and host."""
     return {
         "flow_run_name": run_name,
         "flow_run_id": flow_run.get_id(),
@@ -231,7 +233,7 @@ def retrain(params: RetrainParams = DEFAULT_PARAMS) -> dict[str, Any]:
         ConfigError: an override names an unknown param or has a bad value.
     """
     logger = get_run_logger()
-    workspace = _workspace(params)
+    workspace = resolve_workspace(params.workspace)
     ws = str(workspace)
     run_name = flow_run.get_name() or "retrain"
     overrides = params.param_overrides()
@@ -246,7 +248,7 @@ def retrain(params: RetrainParams = DEFAULT_PARAMS) -> dict[str, Any]:
         "promotion": None,
         "approval": None,
     }
-    with workspace_lock(workspace, _holder(run_name), params.lock_wait_s):
+    with workspace_lock(workspace, run_holder(run_name), params.lock_wait_s):
         params_file = workspace / "params.yaml"
         original = params_file.read_bytes() if overrides else None
         try:

@@ -74,7 +74,8 @@ def prompts(limit: int) -> list[tuple[list[dict[str, str]], str]]:
     with open(ROOT / "data/processed/train.jsonl", encoding="utf-8") as fh:
         for line in fh:
             pair = prompts_and_references(json.loads(line))
-            if pair and pair[0]:
+            # Chat-sized prompts (the demo data also has 1,000-token continuation tasks).
+            if pair and pair[0] and len(json.dumps(pair[0])) < 1500:
                 out.append(pair)
             if len(out) >= limit:
                 break
@@ -99,8 +100,11 @@ def simulate(base: str, users: int, seed: int) -> dict[str, Any]:
     def one(item: Any) -> dict[str, Any]:
         user, threshold, (messages, reference), p_rate, p_fix = item
         started = time.perf_counter()
-        reply = client.chat.completions.create(model="tuneline-demo", messages=messages, max_tokens=48,
-                                               user=user)
+        try:
+            reply = client.chat.completions.create(model="tuneline-demo", messages=messages, max_tokens=48,
+                                                   user=user)
+        except openai.BadRequestError as exc:  # a limit said no (e.g. serve.max_prompt_tokens): count it
+            return {"user": user, "refused": str(exc)}
         latency = (time.perf_counter() - started) * 1000
         answer = reply.choices[0].message.content or ""
         rated = p_rate < 0.6
@@ -117,10 +121,12 @@ def simulate(base: str, users: int, seed: int) -> dict[str, Any]:
     with ThreadPoolExecutor(16) as pool_:
         results = list(pool_.map(one, plan))
     wall = time.perf_counter() - started
+    refused = [r for r in results if "refused" in r]
+    results = [r for r in results if "refused" not in r]
     latencies = sorted(r["latency_ms"] for r in results)
     by_user = {r["user"]: r["variant"] for r in results}
     return {
-        "requests": len(results), "users": users, "wall_s": round(wall, 1),
+        "requests": len(results), "refused": len(refused), "users": users, "wall_s": round(wall, 1),
         "requests_per_s": round(len(results) / wall, 2),
         "completion_tokens_per_s": round(sum(r["tokens"] for r in results) / wall, 1),
         "latency_ms_p50": round(statistics.median(latencies), 1),
@@ -151,8 +157,12 @@ def main() -> None:
             sys.exit("the new candidate did not pass the gate (reports/promote.json): no challenger to test")
     print(f"\n== serving champion v{found['champion']} and challenger v{found['challenger']} ==", flush=True)
     base = f"http://127.0.0.1:{args.port}"
+    log = ROOT / ".tuneline" / "serve-demo.log"
+    log.parent.mkdir(exist_ok=True)
+    print(f"server log: {log}", flush=True)
     server = subprocess.Popen([str(BIN / "tuneline"), "serve", "--port", str(args.port),
-                               "--set", f"serve.canary_share={args.share}"], cwd=ROOT)
+                               "--set", f"serve.canary_share={args.share}"], cwd=ROOT,
+                              stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
         print(json.dumps(wait_healthy(base, server)), flush=True)
         numbers = simulate(base, args.users, args.seed)

@@ -26,7 +26,9 @@ Done in $(( $(date +%s) - start )) s.
   lineage:       .venv/bin/tuneline lineage   (champion -> version -> run -> commit -> data)
   training:      reports/train_curves.html (loss, LR), reports/train_health.json (alerts)
   training run:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then http://127.0.0.1:5000)
-  flows:         .venv/bin/prefect server start, then PREFECT_API_URL=http://127.0.0.1:4200/api make serve
+  serve it:      make serve   (champion behind an OpenAI-compatible API: http://127.0.0.1:8000/v1)
+  A/B + loop:    make demo-ab (challenger canary, simulated users, reports/ab.html, feedback export)
+  flows:         .venv/bin/prefect server start, then PREFECT_API_URL=http://127.0.0.1:4200/api make deploy
   contracts:     reports/validate_raw.html, reports/validate_splits.html
   final splits:  data/processed/{train,val,test}.jsonl
   rejected rows: data/rejected/<stage>.jsonl (each with stage, reason, source)

@@ -15,6 +15,7 @@ from tuneline.ab.cli import ab_app
 from tuneline.cli_common import ParamsOpt, SetOpt, fail, load, setup_logging
 from tuneline.config import dump_config
 from tuneline.errors import TunelineError
+from tuneline.feedback.cli import feedback_app
 from tuneline.layout import Layout
 from tuneline.stages import DATA_STAGES, DESCRIPTIONS, run_stage
 
@@ -30,6 +31,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(ab_app, name="ab")
+app.add_typer(feedback_app, name="feedback")
 
 _setup_logging, _load, _fail = setup_logging, load, fail
 
