@@ -2,7 +2,8 @@
 
 1. Needs a champion (`make run`). Without a challenger, trains one the normal way: the retrain flow with
    `train.epochs=5` and `promote.canary=true` (a DVC experiment; the gate runs; a passing candidate stays
-   challenger), then puts the workspace back (`git checkout dvc.lock`, `dvc checkout`).
+   challenger), then puts the workspace back (`git checkout` of the files it changed, `dvc checkout`).
+   Do not commit while it trains: `dvc exp run` restores HEAD when it ends.
 2. Starts `tuneline serve` on 127.0.0.1 (canary share --share) and sends traffic from simulated users
    with the official `openai` client: prompts from the train split (never the test split: corrections
    become training data, and test answers there would leak).
@@ -44,12 +45,21 @@ def aliases() -> dict[str, str]:
     return aliases_of(cfg.tracking.uri, cfg.registry.model_name)
 
 
+def modified() -> set[str]:
+    out = subprocess.run(["git", "diff", "--name-only"], cwd=ROOT, check=True, text=True, capture_output=True)
+    return set(out.stdout.split())
+
+
 def make_challenger() -> None:
     print("\n== no challenger: training one (5 epochs instead of 3) through the retrain flow ==", flush=True)
+    before = modified()
     sh(str(BIN / "python"), "-m", "flows.retrain", "--set", "train.epochs=5", "--set", "promote.canary=true",
        "--stage", "train", "--stage", "evaluate", "--stage", "promote")
-    # The experiment's outputs are in the DVC cache; the workspace goes back to the committed state.
-    sh("git", "checkout", "--", "dvc.lock")
+    # The experiment is recorded (`dvc exp show`) and its outputs are in the DVC cache; the workspace
+    # goes back to the committed state: dvc.lock and the git-tracked metrics it changed, then the outputs.
+    changed = sorted(modified() - before)
+    if changed:
+        sh("git", "checkout", "--", *changed)
     sh(str(BIN / "dvc"), "checkout", "--quiet")
 
 
