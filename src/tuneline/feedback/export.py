@@ -322,7 +322,7 @@ def _export(cfg: Config, root: Path, db: FeedbackStore, now: datetime) -> dict[s
             negatives.append(negative_record(row))
         else:
             skipped.setdefault(str(reason), []).append(row["feedback_id"])
-            log.info("feedback %s on %s skipped: %s", row["feedback_id"], row["request_id"], reason)
+            log.debug("feedback %s on %s skipped: %s", row["feedback_id"], row["request_id"], reason)
     stamp = _stamp(now)
     sft_file = neg_file = None
     if sft:
@@ -361,7 +361,10 @@ def _export(cfg: Config, root: Path, db: FeedbackStore, now: datetime) -> dict[s
     }
     c = summary["counts"]
     log.info(
-        "feedback export: %d SFT rows (%d corrections, %d positive), %d negatives, %d skipped, %d recovered",
-        len(sft), c["correction"], c["positive"], c["negative"], c["skipped"], c["recovered"],
+        "feedback export: %d SFT rows (%d corrections, %d positive), %d negatives, %d skipped%s, "
+        "%d recovered",
+        len(sft), c["correction"], c["positive"], c["negative"], c["skipped"],
+        f" ({', '.join(f'{k}: {v}' for k, v in summary['skipped'].items())})" if summary["skipped"] else "",
+        c["recovered"],
     )
     return summary
