@@ -91,7 +91,7 @@ def feedback_loop(params: FeedbackLoopParams = DEFAULT_PARAMS) -> dict[str, Any]
         DeploymentNotFound: `retrain_deployment` is not registered (checked before anything else).
     """
     logger = get_run_logger()
-    workspace = resolve_workspace(params.workspace)
+    workspace = resolve_workspace(params.workspace, needs=("params.yaml",))
     ws = str(workspace)
     run_name = flow_run.get_name() or "feedback-loop"
     threshold = params.threshold or load_config(workspace / "params.yaml").feedback.retrain_threshold

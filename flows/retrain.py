@@ -129,12 +129,16 @@ class ApprovalForm(RunInput):
     note: str = Field("", description="Why: recorded with the decision.")
 
 
-def resolve_workspace(chosen: str | None) -> Path:
-    """The workspace a flow run works in: `chosen`, else $TUNELINE_WORKSPACE, else this checkout."""
+def resolve_workspace(chosen: str | None, needs: tuple[str, ...] = ("dvc.yaml", "params.yaml")) -> Path:
+    """The workspace a flow run works in: `chosen`, else $TUNELINE_WORKSPACE, else this checkout.
+
+    Raises:
+        ValueError: one of the files `needs` is missing there.
+    """
     chosen = chosen or os.environ.get(WORKSPACE_ENV)
     root = Path(chosen).expanduser().resolve() if chosen else REPO_ROOT
-    if not (root / "dvc.yaml").is_file() or not (root / "params.yaml").is_file():
-        raise ValueError(f"workspace {root} has no dvc.yaml / params.yaml: not a tuneline checkout")
+    if not all((root / name).is_file() for name in needs):
+        raise ValueError(f"workspace {root} has no {' / '.join(needs)}: not a tuneline checkout")
     return root
 
 
