@@ -46,6 +46,9 @@ class ServeParams(Section):
     backend_api_key_env: str = Field(
         "TUNELINE_BACKEND_API_KEY", description="Environment variable with the backend's API key, if any."
     )
+    reload_s: float = Field(
+        30, ge=0, description="Poll the registry aliases this often and serve moved versions (0: never)."
+    )
     device: str = Field("auto", description="auto (cuda when present) | cpu | cuda | cuda:N.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Model precision: auto = bf16 on a bf16 GPU, else fp32."

@@ -50,9 +50,12 @@ class ServerState:
     writer: ExchangeWriter
     params: ServeParams
     api_keys: list[str] = field(default_factory=list)
+    watcher: Any = None  # AliasWatcher, when the server follows the registry
     started: float = field(default_factory=time.time)
 
     def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
         self.batcher.close()
         self.writer.close()
         if hasattr(self.models, "close"):  # a remote backend's connection pool
@@ -99,6 +102,8 @@ def create_app(state: ServerState) -> FastAPI:
             "canary_share": params.canary_share if "challenger" in state.models.versions else 0.0,
             "queued": state.batcher.queued,
             "store_pending": state.writer.pending,
+            "reloads": state.watcher.reloads if state.watcher else None,
+            "registry_error": state.watcher.last_error if state.watcher else None,
             "uptime_s": round(time.time() - state.started, 1),
         }
 

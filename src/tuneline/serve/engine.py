@@ -49,6 +49,7 @@ class Batcher:
         self.batch_wait_s = batch_wait_ms / 1000
         self.max_queue = max_queue
         self._pending: deque[Job] = deque()
+        self._control: deque[tuple[Any, Future]] = deque()  # work that must run between batches
         self._cond = threading.Condition()
         self._closed = False
         self.batches = 0
@@ -80,6 +81,14 @@ class Batcher:
             self._cond.notify()
         return job.future
 
+    def call(self, fn: Any) -> Future:
+        """Run `fn()` on the generation thread between two batches (e.g. loading a new adapter)."""
+        future: Future = Future()
+        with self._cond:
+            self._control.append((fn, future))
+            self._cond.notify()
+        return future
+
     def close(self, timeout: float = 60.0) -> None:
         """Finish what is queued, then stop the thread."""
         with self._cond:
@@ -87,12 +96,14 @@ class Batcher:
             self._cond.notify()
         self._thread.join(timeout)
 
-    def _take(self) -> list[Job] | None:
+    def _take(self) -> list[Job] | tuple[Any, Future] | None:
         with self._cond:
-            while not self._pending:
+            while not self._pending and not self._control:
                 if self._closed:
                     return None
                 self._cond.wait()
+            if self._control:
+                return self._control.popleft()
             # A short wait lets requests that arrive together share the batch.
             if self.batch_wait_s and len(self._pending) < self.max_batch_size and not self._closed:
                 self._cond.wait(self.batch_wait_s)
@@ -107,6 +118,13 @@ class Batcher:
             batch = self._take()
             if batch is None:
                 return
+            if isinstance(batch, tuple):
+                fn, future = batch
+                try:
+                    future.set_result(fn())
+                except Exception as exc:  # reported to the caller, the server goes on
+                    future.set_exception(exc)
+                continue
             head = batch[0]
             try:
                 replies = self.models.generate(

@@ -95,13 +95,20 @@ def _template_of(tokenizer: Any) -> tuple[Any, Any]:
 
 
 class ServedModels:
-    """The loaded base with one peft adapter per variant, and the version each variant serves."""
+    """The loaded base with one peft adapter per served version, and which version each variant serves.
 
-    def __init__(self, model: Any, tokenizer: Any, versions: dict[str, str], model_name: str) -> None:
+    Adapters are named after their version (`v3`), so a promotion (the challenger's version becomes the
+    champion) swaps a pointer instead of reloading weights. `apply` must run on the generation thread
+    (`Batcher.call`): peft adds layers to the model while loading an adapter.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, model_name: str, base: VersionFiles) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.versions = versions  # variant -> registry version
         self.model_name = model_name
+        self.versions: dict[str, str] = {}  # variant -> registry version; replaced whole, never mutated
+        self._base = base
+        self._base_id = base_identity(base.base_dir)
         self._active: str | None = None
 
     @property
@@ -114,14 +121,47 @@ class ServedModels:
                                                  return_dict=True)["input_ids"]
         return len(ids)
 
+    def apply(self, files: list[VersionFiles]) -> dict[str, str]:
+        """Serve exactly these versions: load adapters not loaded yet, drop those no longer served.
+
+        Raises:
+            ServeError: a version cannot share the loaded base (nothing changes then).
+        """
+        loaded = set(getattr(self.model, "peft_config", {}))
+        for f in files:
+            if f"v{f.version}" in loaded:
+                continue
+            problem = _cannot_share(self._base, self._base_id, f, self.tokenizer)
+            if problem:
+                raise ServeError(
+                    f"{self.model_name}: {f.variant} version {f.version} cannot be served beside version "
+                    f"{self._base.version}'s base: {problem}. Serve the champion alone (--no-canary), "
+                    "restart the server, or retrain on the same base."
+                )
+        for f in files:
+            name = f"v{f.version}"
+            if name not in loaded:
+                self.model.load_adapter(str(f.adapter_dir), adapter_name=name, is_trainable=False)
+                loaded.add(name)
+        self.versions = {f.variant: f.version for f in files}
+        keep = {f"v{v}" for v in self.versions.values()}
+        if loaded - keep:
+            # Activate a kept adapter first: peft warns when the active one is deleted.
+            self._active = f"v{self.versions['champion']}"
+            self.model.set_adapter(self._active)
+        for name in sorted(loaded - keep):
+            self.model.delete_adapter(name)
+        return self.versions
+
     def generate(self, variant: str, conversations: list[list[dict[str, str]]], max_new_tokens: int,
                  sampling: dict[str, float] | None = None) -> list[dict[str, Any]]:
         """Replies of one variant to a batch of conversations (call from one thread at a time)."""
         from tuneline.evaluate.generate import complete
 
-        if variant != self._active:
-            self.model.set_adapter(variant)
-            self._active = variant
+        name = f"v{self.versions[variant]}"
+        if name != self._active:
+            self.model.set_adapter(name)
+            self._active = name
         return complete(self.model, self.tokenizer, conversations, max_new_tokens,
                         batch_size=max(1, len(conversations)), sampling=sampling, progress=False)
 
@@ -155,7 +195,7 @@ def resolve_versions(
 def load_served_models(
     files: list[VersionFiles], model_name: str, *, device: str | None = None, dtype: str = "auto"
 ) -> ServedModels:
-    """Load the base once and attach each version's adapter, named after its variant.
+    """Load the base once and attach each version's adapter (named `v<version>`).
 
     Args:
         files: from `resolve_versions` (champion first).
@@ -174,24 +214,14 @@ def load_served_models(
     model, tokenizer = load_variant(head.base_dir, None, dtype=dtype, device=device)
     # The tokenizer (chat template, EOS) is the one training saved with the adapter.
     tokenizer = _adapter_tokenizer(head.adapter_dir, tokenizer)
-    model = PeftModel.from_pretrained(model, str(head.adapter_dir), adapter_name=head.variant,
+    model = PeftModel.from_pretrained(model, str(head.adapter_dir), adapter_name=f"v{head.version}",
                                       is_trainable=False)
-    versions = {head.variant: head.version}
-    for extra in files[1:]:
-        problem = _cannot_share(head, extra, tokenizer)
-        if problem:
-            raise ServeError(
-                f"{model_name}: {extra.variant} version {extra.version} cannot be served beside "
-                f"{head.variant} {head.version}: {problem}. Serve the champion alone (--no-canary) or "
-                "retrain on the same base."
-            )
-        model.load_adapter(str(extra.adapter_dir), adapter_name=extra.variant, is_trainable=False)
-        versions[extra.variant] = extra.version
-    model.set_adapter(head.variant)
     model.eval()
+    served = ServedModels(model, tokenizer, model_name, head)
+    versions = served.apply(files)
     logger.info("serve: %s %s on one base (%s)", model_name,
                 ", ".join(f"{k} v{v}" for k, v in versions.items()), next(model.parameters()).device)
-    return ServedModels(model, tokenizer, versions, model_name)
+    return served
 
 
 def _adapter_tokenizer(adapter_dir: Path, fallback: Any) -> Any:
@@ -208,8 +238,8 @@ def _adapter_tokenizer(adapter_dir: Path, fallback: Any) -> Any:
     return tokenizer
 
 
-def _cannot_share(head: VersionFiles, other: VersionFiles, tokenizer: Any) -> str | None:
-    if base_identity(head.base_dir) != base_identity(other.base_dir):
+def _cannot_share(base: VersionFiles, base_id: str, other: VersionFiles, tokenizer: Any) -> str | None:
+    if other.base_dir != base.base_dir and base_identity(other.base_dir) != base_id:
         return "it was trained on a different base model"
     theirs = _adapter_tokenizer(other.adapter_dir, tokenizer)
     if _template_of(theirs) != _template_of(tokenizer):

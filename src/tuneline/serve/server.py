@@ -70,14 +70,18 @@ def build_state(cfg: Config, host: str, canary: bool = True, cache_dir: Path | N
                                     device=None if params.device == "auto" else params.device,
                                     dtype=params.dtype)
     store = FeedbackStore(params.store_url)
-    return ServerState(
-        models=models,
-        batcher=Batcher(models, params.max_batch_size, params.batch_wait_ms, params.max_queue),
-        store=store,
-        writer=ExchangeWriter(store),
-        params=params,
-        api_keys=keys,
-    )
+    batcher = Batcher(models, params.max_batch_size, params.batch_wait_ms, params.max_queue)
+    watcher = None
+    if params.reload_s > 0 and not params.backend_url:  # a backend reloads itself (restart vLLM)
+        from tuneline.serve.reload import AliasWatcher
+
+        reg = cfg.registry
+        watcher = AliasWatcher(cfg.tracking.uri, reg.model_name,
+                               {"champion": reg.champion_alias, "challenger": reg.challenger_alias},
+                               models, batcher, params.reload_s,
+                               with_challenger=canary and params.canary_share > 0, cache_dir=cache_dir)
+    return ServerState(models=models, batcher=batcher, store=store, writer=ExchangeWriter(store),
+                       params=params, api_keys=keys, watcher=watcher)
 
 
 def vllm_recipe(cfg: Config, canary: bool = True, download_dir: Path | None = None) -> str:
