@@ -23,7 +23,10 @@ app = typer.Typer(
     help="tuneline: turn raw, dirty data into a fine-tuned, validated model without silent failures.\n\n"
     "The data half runs as stages: ingest -> validate_raw -> clean -> dedup -> split -> augment -> "
     "validate_splits. Run them all with `dvc repro`, one with `tuneline <stage>`, or on any files with "
-    "`tuneline data --input PATH --output DIR`.",
+    "`tuneline data --input PATH --output DIR`. Then build_base -> train -> evaluate -> promote (the gate "
+    "moves the registry alias). `tuneline serve` puts the champion and challenger behind an "
+    "OpenAI-compatible API; `tuneline ab` judges them on live feedback; `tuneline feedback export` turns "
+    "feedback into raw data for the next run.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
