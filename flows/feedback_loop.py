@@ -1,7 +1,7 @@
 """The `feedback-loop` flow: served traffic back into training data, and a retrain when there is enough.
 
     [A/B report] ─ [A/B decision] ─ export feedback (SFT rows, negatives, dvc add)
-        ─ this export's SFT rows >= feedback.retrain_threshold ? trigger the retrain deployment : wait
+        ─ SFT rows exported since the last trigger >= feedback.retrain_threshold ? trigger retrain : wait
 
 Composition only: every step is a task in `tasks/feedback.py`. The steps that touch the workspace run
 under its run lock (`.tuneline/run.lock`, the one `retrain` holds), so an export never writes into
@@ -27,7 +27,9 @@ from tasks.feedback import (
     export_markdown,
     publish_ab_report,
     publish_markdown,
+    record_trigger_task,
     trigger_retrain,
+    waiting_feedback,
 )
 from tasks.stages import WorkspaceBusy, workspace_lock
 from tuneline.config import load_config
@@ -126,20 +128,23 @@ def feedback_loop(params: FeedbackLoopParams = DEFAULT_PARAMS) -> dict[str, Any]
         publish_markdown("feedback-loop", f"Skipped: {exc}\n\nThe feedback stays in the store.", "waiting")
         out["status"] = "busy"
         return out
-    new_rows = summary["sft_rows"]
+    waiting = waiting_feedback(ws)  # every export since the last trigger, not just this one
+    new_rows = waiting["rows"]
+    out["waiting"] = waiting
     if not params.retrain_deployment:
         text = f"{new_rows} new SFT rows (threshold {threshold}); triggering is off for this run."
     elif should_retrain(new_rows, threshold):
         key = f"{flow_run.get_id() or run_name}:{summary['sft_file']}"
         out["retrain"] = trigger_retrain(params.retrain_deployment, params.retrain_parameters, key)
+        record_trigger_task(ws, waiting["files"], out["retrain"]["flow_run_id"])
         text = (
             f"{new_rows} new SFT rows >= threshold {threshold}: triggered `{params.retrain_deployment}` "
             f"run **{out['retrain']['flow_run_name']}** ({out['retrain']['flow_run_id']})."
         )
     else:
         text = (
-            f"{new_rows} new SFT rows < threshold {threshold}: no retrain triggered; the rows wait in "
-            f"`{summary['sft_file'] or 'the export directory'}` for the next scheduled retrain."
+            f"{new_rows} SFT rows waiting < threshold {threshold}: no retrain triggered; they wait in "
+            f"{len(waiting['files'])} export file(s) for the next scheduled retrain or trigger."
         )
     logger.info(text)
     publish_markdown("feedback-loop", text, "retrain trigger")

@@ -84,8 +84,10 @@ def prompts(limit: int) -> list[tuple[list[dict[str, str]], str]]:
     with open(ROOT / "data/processed/train.jsonl", encoding="utf-8") as fh:
         for line in fh:
             pair = prompts_and_references(json.loads(line))
-            # Chat-sized prompts (the demo data also has 1,000-token continuation tasks).
-            if pair and pair[0] and len(json.dumps(pair[0])) < 1500:
+            # Chat users: chat-sized prompts (the demo data also has 1,000-token continuation tasks) and
+            # no tool turns (canonical records keep tool calls as text, not OpenAI `tool_calls`).
+            chat = pair and pair[0] and all(m["role"] in ("system", "user", "assistant") for m in pair[0])
+            if chat and len(json.dumps(pair[0])) < 1500:
                 out.append(pair)
             if len(out) >= limit:
                 break

@@ -140,3 +140,20 @@ def export_markdown(summary: dict[str, Any]) -> str:
     if summary["dvc_added"]:
         notes.append(f"`dvc add`: {', '.join(summary['dvc_added'])}")
     return "\n\n".join([table, *notes])
+
+
+@task(name="waiting_feedback", cache_policy=NO_CACHE)
+def waiting_feedback(workspace: str) -> dict[str, Any]:
+    """Exported SFT rows not yet counted towards a retrain trigger (`tuneline.feedback.trigger`)."""
+    from tuneline.feedback.trigger import waiting_rows
+
+    return waiting_rows(feedback_config(workspace), Path(workspace))
+
+
+@task(name="record_trigger", cache_policy=NO_CACHE)
+def record_trigger_task(workspace: str, files: list[str], flow_run_id: str | None) -> None:
+    """Count these export files as used by the retrain just triggered."""
+    from tuneline.feedback.trigger import record_trigger
+
+    record_trigger(Path(workspace), files, flow_run_id)
+

@@ -48,7 +48,7 @@ def build_world(root: Path, **serve: Any) -> World:
         for variant, adapter in adapters.items():
             run = start_run(uri, "tuneline", LINEAGE, {}, f"train-{variant}")
             end_run(uri, run, "FINISHED")
-            versions[variant] = register_candidate(uri, MODEL, run, base, adapter, {})
+            versions[variant] = register_candidate(uri, MODEL, run, base, adapter, {"gate.status": "promote"})
     finally:
         os.chdir(cwd)
     promote(uri, MODEL, versions["champion"], None)

@@ -34,8 +34,8 @@ def make_model(uri: str, name: str, versions: int = 2, champion: str | None = "1
     """A registered model with cheap versions (no packaged model) and the A/B aliases."""
     mc = client(uri)
     mc.create_registered_model(name)
-    for i in range(versions):
-        mc.create_model_version(name, source=f"/nowhere/{name}/{i + 1}")
+    for i in range(versions):  # each passed the offline gate (only such a version is canaried)
+        mc.create_model_version(name, source=f"/nowhere/{name}/{i + 1}", tags={"gate.status": "promote"})
     if champion:
         mc.set_registered_model_alias(name, "champion", champion)
     if challenger:
@@ -216,3 +216,16 @@ def test_decide_rules() -> None:
     border = report_of((100, 45), (100, 60))  # p = 0.0337
     assert decide(border, params).action == "promote"
     assert decide(border, AbParams(min_feedback=100, alpha=0.01)).action == "collect"
+
+
+def test_a_winner_that_did_not_pass_the_gate_is_not_promoted(tmp_path: Path, registry: str) -> None:
+    """Live feedback alone never promotes: the challenger must also have passed the offline gate."""
+    make_model(registry, "ungated")
+    client(registry).set_model_version_tag("ungated", "2", "gate.status", "rejected")
+    cfg = settings(tmp_path, registry, "ungated")
+    store = FeedbackStore(cfg.serve.store_url)
+    arms(store, "ungated", champion=(300, 150), challenger=(300, 240))
+    out = run(cfg, Layout(tmp_path), store)
+    assert out["decision"]["action"] == "promote"
+    assert out["result"]["status"] == "rejected" and "gate.status is rejected" in out["result"]["reason"]
+    assert aliases_of(registry, "ungated")["champion"] == "1"

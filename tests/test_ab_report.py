@@ -32,7 +32,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> str:
 def exchange(rid: str, variant: str, version: str, at: float, latency: float, *, model: str = "demo",
              pinned: bool = False, prompt: str = "hello") -> dict[str, Any]:
     return {
-        "request_id": rid, "created_at": at, "user_hash": "h", "variant": variant, "model_name": model,
+        "request_id": rid, "created_at": at, "user_hash": f"user-{rid}", "variant": variant,
+        "model_name": model,
         "model_version": version, "pinned": pinned, "latency_ms": latency, "prompt_tokens": 10,
         "completion_tokens": 20, "finish_reason": "stop",
         "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": prompt}],
@@ -94,9 +95,12 @@ def test_report_numbers(tmp_path: Path, registry: str, store: FeedbackStore) -> 
         "2", 4, 4, 1, 1)
     assert chal["latency_ms"]["p50"] == 65.0
 
-    # 2/3 vs 1/4: pooled 3/7, se = sqrt(3/7 * 4/7 * (1/3 + 1/4)) = sqrt(1/7)
+    # 2/3 (3 users) vs 1/4 (4 users), one rating per user. Pooled SE: sqrt(3/7 * 4/7 * (1/3 + 1/4)) =
+    # sqrt(1/7) = 0.378. Cluster-robust SE (larger, so used): champion 3/2 * (2 * (1/3)^2 + (2/3)^2) / 3^2
+    # = 1/9, challenger 4/3 * (3 * (1/4)^2 + (3/4)^2) / 4^2 = 1/16 -> sqrt(1/9 + 1/16) = 0.417.
     test = report["test"]
-    z = (0.25 - 2 / 3) * math.sqrt(7)
+    z = (0.25 - 2 / 3) / math.sqrt(1 / 9 + 1 / 16)
+    assert (test["users_champion"], test["users_challenger"]) == (3, 4)
     assert test["difference"] == pytest.approx(0.25 - 2 / 3, abs=1e-6)
     assert test["z"] == pytest.approx(z, abs=1e-6)
     assert test["p_value"] == pytest.approx(math.erfc(abs(z) / math.sqrt(2)))

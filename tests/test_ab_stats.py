@@ -93,3 +93,24 @@ def test_percentile_matches_linear_interpolation() -> None:
     assert percentile([], 50) is None
     with pytest.raises(AbDataError, match="0..100"):
         percentile([1], 101)
+
+
+def test_clustered_test_equals_the_pooled_one_for_one_rating_per_user_and_is_wider_for_heavy_users() -> None:
+    from tuneline.ab.stats import clustered_two_proportion_test, two_proportion_test
+
+    a = [(1, 1)] * 45 + [(0, 1)] * 55
+    b = [(1, 1)] * 60 + [(0, 1)] * 40
+    single = clustered_two_proportion_test(a, b)
+    plain = two_proportion_test(45, 100, 60, 100)
+    assert single["p_value"] == pytest.approx(plain["p_value"], rel=1e-9)  # pooled SE is the larger here
+    assert single["users_a"] == 100 and single["users_b"] == 100
+    # The same 100 + 100 ratings from 5 users per arm: far less evidence about users in general.
+    heavy_a = [(9, 20), (9, 20), (9, 20), (9, 20), (9, 20)]
+    heavy_b = [(20, 20), (0, 20), (20, 20), (20, 20), (0, 20)]
+    clustered = clustered_two_proportion_test(heavy_a, heavy_b)
+    assert clustered["rate_a"] == plain["rate_a"] and clustered["rate_b"] == plain["rate_b"]
+    assert clustered["se_clustered"] > clustered["se_pooled"] and clustered["p_value"] > 0.3
+    # Hand check of the sandwich variance for B: p=0.6, k=5, N=100:
+    # sum((x - 0.6*20)^2) = 3*64 + 2*144 = 480 -> 5/4 * 480 / 100^2 = 0.06; A: all (9-9)^2 = 0.
+    assert clustered["se_clustered"] == pytest.approx(math.sqrt(0.06))
+    assert clustered_two_proportion_test([(1, 1)], [(0, 1), (1, 1)])["p_value"] == 1.0  # one user: no test

@@ -32,7 +32,8 @@ def test_passing_candidate_becomes_a_canary_beside_the_champion(store: str) -> N
     assert "canary.started" in version_info(store, "m", "2")["tags"]
     client(store).set_registered_model_alias("m", "challenger", "3")
     assert apply_decision(store, "m", "3", FAIL, "1", canary=True).status == "rejected"
-    assert aliases_of(store, "m")["champion"] == "1"
+    assert aliases_of(store, "m") == {"champion": "1"}  # a rejected candidate is never canaried
+    assert "gate rejected" in version_info(store, "m", "3")["tags"]["retired.reason"]
 
 
 def test_retire_challenger_is_compare_and_set(store: str) -> None:

@@ -118,14 +118,18 @@ def test_under_threshold_waits(tmp_path: Path, probe_deployment: UUID) -> None:
     assert out["export"]["sft_rows"] == N_SFT and out["retrain"] is None
     assert len(runs_of(probe_deployment)) == before
     assert "no retrain triggered" in artifacts(loop_run("loop-under").id)["feedback-loop"]
-    # The run's threshold overrides params.yaml.
+    # One more row in a later export: the rows waiting since the last trigger add up and reach it.
     store = FeedbackStore(f"sqlite:///{ws / 'feedback.db'}")
     store.record_feedback("req-041", thumb=1)  # a new verdict on a formerly negative exchange
     store.close()
+    out = feedback_loop(FeedbackLoopParams(workspace=str(ws), ab_report=False, retrain_deployment=PROBE))
+    assert out["export"]["sft_rows"] == 1 and out["waiting"]["rows"] == N_SFT + 1
+    assert out["retrain"] is not None and len(runs_of(probe_deployment)) == before + 1
+    # Counted rows never count again, whatever the threshold (the run's threshold overrides params.yaml).
     out = feedback_loop(
         FeedbackLoopParams(workspace=str(ws), ab_report=False, retrain_deployment=PROBE, threshold=1)
     )
-    assert out["export"]["sft_rows"] == 1 and out["retrain"] is not None
+    assert out["waiting"]["rows"] == 0 and out["retrain"] is None
     assert len(runs_of(probe_deployment)) == before + 1
 
 

@@ -109,3 +109,25 @@ def test_writer_retries_until_the_database_takes_the_rows(tmp_path: Path) -> Non
 def test_bad_url_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="not a database URL"):
         FeedbackStore("no-such-scheme")
+
+
+def test_later_feedback_adds_to_earlier_feedback_instead_of_erasing_it(store: FeedbackStore) -> None:
+    store.record_exchanges([exchange(1), exchange(2)])
+    store.record_feedback("req-1", thumb=-1, correction="the right answer")
+    store.record_feedback("req-1", comment="thanks")  # must not erase the verdict or the correction
+    store.record_feedback("req-2", thumb=1)
+    rows = {r["request_id"]: r for r in store.exchanges_with_feedback()}
+    one = rows["req-1"]
+    assert (one["thumb"], one["correction"], one["comment"]) == (-1, "the right answer", "thanks")
+    assert len(one["feedback_ids"]) == 2 and one["feedback_id"] == max(one["feedback_ids"])
+    store.mark_exported([one["feedback_id"]], "feedback-a.jsonl")  # marks the merged earlier row too
+    assert [r["request_id"] for r in store.exchanges_with_feedback(only_unexported=True)] == ["req-2"]
+    store.record_feedback("req-1", rating=5)  # new feedback after the export: pending again
+    pending = store.exchanges_with_feedback(only_unexported=True)
+    assert {r["request_id"] for r in pending} == {"req-1", "req-2"}
+
+
+def test_a_retried_batch_that_already_landed_is_not_a_failure(store: FeedbackStore) -> None:
+    store.record_exchanges([exchange(1)])
+    store.record_exchanges([exchange(1), exchange(2)])  # req-1 again: skipped, req-2 stored
+    assert store.count() == 2

@@ -203,7 +203,7 @@ def test_challenger_on_another_base_is_refused(tmp_path: Path, world: World) -> 
     cwd = os.getcwd()
     os.chdir(world.root)  # artifacts of the sqlite store live under ./mlruns of the world
     try:
-        register_candidate(world.uri, MODEL, run, other, adapter, {})
+        register_candidate(world.uri, MODEL, run, other, adapter, {"gate.status": "promote"})
         with pytest.raises(ServeError, match="different base"):
             files = resolve_versions(world.uri, MODEL, {"champion": "champion", "challenger": "challenger"})
             load_served_models(files, MODEL)
@@ -252,3 +252,27 @@ def test_vllm_command_serves_both_adapters_on_the_shared_base(world: World, tmp_
     i = args.index("--lora-modules")
     assert args[i + 1 : i + 3] == [f"champion={files[0].adapter_dir}", f"challenger={files[1].adapter_dir}"]
     assert args[args.index("--tokenizer") + 1] == str(files[0].adapter_dir)  # the training chat template
+
+
+def test_tool_calls_are_rendered_as_training_saw_them_and_stored_as_sent(world: World, client: openai.OpenAI,
+                                                                         server: RunningServer) -> None:
+    """An OpenAI tool-use conversation: the model sees the call as ingest renders it (JSON text), the
+    store keeps the structure, so an exported row goes back through ingest like any OpenAI data."""
+    from tuneline.data.formats import messages_format
+
+    messages = [
+        {"role": "user", "content": "How old am I if I was born in 1990?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+         "function": {"name": "calculate_age", "arguments": "{\"birth_year\": 1990}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "{\"age\": 36}"},
+    ]
+    reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4)
+    assert server.state.writer.flush(30)
+    row = FeedbackStore(world.cfg.serve.store_url).exchange(reply.id)
+    assert row["messages"][1]["tool_calls"][0]["function"]["name"] == "calculate_age"
+    assert row["messages"][2]["tool_call_id"] == "call_1"
+    rendered, meta = messages_format({"messages": row["messages"] + [{"role": "assistant", "content": "36"}]})
+    assert "calculate_age" in rendered[1]["content"] and meta["tool_call_messages"] == [1]
+    with pytest.raises(openai.BadRequestError, match="only text parts"):
+        client.chat.completions.create(model=MODEL, max_tokens=2, messages=[
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}])

@@ -84,7 +84,7 @@ def test_retired_challenger_and_other_base_refused(world: World, server: Running
     cwd = os.getcwd()
     os.chdir(world.root)
     try:
-        version = register_candidate(world.uri, MODEL, run, other, adapter, {})  # becomes challenger
+        version = register_candidate(world.uri, MODEL, run, other, adapter, {"gate.status": "promote"})
     finally:
         os.chdir(cwd)
     deadline = time.monotonic() + 60

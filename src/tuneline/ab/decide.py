@@ -136,8 +136,8 @@ def run(cfg: Config, layout: Layout, store: FeedbackStore | None = None) -> dict
     Raises:
         StoreError, RegistryError, AbDataError: as `ab_report`; RegistryError also for a failed move.
     """
-    from tuneline.promote.aliases import promote, retire_challenger
-    from tuneline.registry.registry import aliases_of, set_version_tags
+    from tuneline.promote.aliases import PromotionResult, promote, retire_challenger
+    from tuneline.registry.registry import aliases_of, set_version_tags, version_info
 
     reg, uri = cfg.registry, cfg.tracking.uri
     report = ab_report(cfg, layout, store)
@@ -146,7 +146,14 @@ def run(cfg: Config, layout: Layout, store: FeedbackStore | None = None) -> dict
     result = None
     if decision.challenger is not None and decision.action != "no_challenger":
         set_version_tags(uri, reg.model_name, decision.challenger, decision_tags(decision, at))
-    if decision.action == "promote":
+    gate = (version_info(uri, reg.model_name, decision.challenger)["tags"].get("gate.status")
+            if decision.action == "promote" else None)
+    if decision.action == "promote" and gate not in ("promote", "await_approval"):
+        # Live feedback alone never promotes: the version must also have passed the offline gate.
+        result = PromotionResult(False, "rejected", decision.challenger, decision.champion, None,
+                                 f"version {decision.challenger} won the A/B test but its gate.status is "
+                                 f"{gate or 'unset'}; only a version that passed the gate is promoted")
+    elif decision.action == "promote":
         result = promote(uri, reg.model_name, decision.challenger, decision.champion, reg,
                          require_approval=cfg.promote.require_approval)
     elif decision.action == "retire":

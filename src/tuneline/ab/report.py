@@ -19,7 +19,7 @@ from typing import Any
 
 from tuneline.ab.page import VARIANTS, report_html, summary_line
 from tuneline.ab.page import render_markdown as render_markdown  # re-exported for callers of report
-from tuneline.ab.stats import outcome, percentile, two_proportion_test, wilson
+from tuneline.ab.stats import clustered_two_proportion_test, outcome, percentile, wilson
 from tuneline.config import Config
 from tuneline.config.ab import AbParams
 from tuneline.feedback.store import FeedbackStore
@@ -96,6 +96,19 @@ def _prompt(messages: Any) -> str:
     return _text(messages)
 
 
+def user_clusters(rows: list[dict[str, Any]], ab: AbParams) -> list[tuple[int, int]]:
+    """(positives, rated) per user among the unpinned rated exchanges; an exchange without a user id
+    is its own user (it was routed by request id)."""
+    per_user: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in rows:
+        verdict = None if r["pinned"] else outcome(r, ab.min_rating)
+        if verdict is not None:
+            cell = per_user[r.get("user_hash") or f"request:{r['request_id']}"]
+            cell[0] += int(verdict)
+            cell[1] += 1
+    return [(x, n) for x, n in per_user.values()]
+
+
 def build_report(
     rows: list[dict[str, Any]], aliases: dict[str, str | None], ab: AbParams, model_name: str, now: float
 ) -> dict[str, Any]:
@@ -119,13 +132,16 @@ def build_report(
     test = None
     champ, chal = arms["champion"], arms["challenger"]
     if champ is not None and chal is not None and champ["version"] != chal["version"]:
-        found = two_proportion_test(champ["positive"], champ["rated"], chal["positive"], chal["rated"])
+        found = clustered_two_proportion_test(user_clusters(in_arm["champion"], ab),
+                                              user_clusters(in_arm["challenger"], ab))
         if found is not None:
             test = {
                 "rate_champion": _round(found["rate_a"]),
                 "rate_challenger": _round(found["rate_b"]),
                 "difference": _round(found["difference"]),
                 "z": _round(found["z"]),
+                "users_champion": found["users_a"],
+                "users_challenger": found["users_b"],
                 "p_value": found["p_value"],
                 "alpha": ab.alpha,
                 "significant": found["p_value"] < ab.alpha,

@@ -126,3 +126,51 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     lo = math.floor(pos)
     hi = min(lo + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def clustered_two_proportion_test(
+    clusters_a: Sequence[tuple[int, int]], clusters_b: Sequence[tuple[int, int]]
+) -> dict[str, float] | None:
+    """Two-proportion z-test of B against A when outcomes come in clusters (one per user), two-sided.
+
+    Users, not requests, are randomised: one user's ratings are not independent, so a few heavy users
+    must not make a difference look surer than it is. Each rate is a ratio of sums over users; its
+    variance is the cluster-robust (sandwich) estimate k/(k-1) * sum((x_i - p*n_i)^2) / N^2. The
+    standard error used is the larger of that and the pooled test's, so the test is never less
+    conservative than `two_proportion_test` (which it equals when every user rated once and the
+    rates are close).
+
+    Args:
+        clusters_a: (positives, rated) per user of A (the champion); users with no rating left out.
+        clusters_b: the same for B (the challenger).
+
+    Returns:
+        `two_proportion_test`'s dict plus "users_a", "users_b", "se_pooled", "se_clustered"; None when
+        either side has no rating.
+
+    Raises:
+        AbDataError: a cluster's counts are out of range.
+    """
+    for x, n in (*clusters_a, *clusters_b):
+        _check_counts(x, n, "clustered two-proportion test")
+    x_a, n_a = sum(x for x, _ in clusters_a), sum(n for _, n in clusters_a)
+    x_b, n_b = sum(x for x, _ in clusters_b), sum(n for _, n in clusters_b)
+    base = two_proportion_test(x_a, n_a, x_b, n_b)
+    if base is None:
+        return None
+
+    def variance(clusters: Sequence[tuple[int, int]], p: float, total: int) -> float:
+        k = len(clusters)
+        if k < 2:
+            return math.inf  # one user says nothing about users in general
+        return k / (k - 1) * sum((x - p * n) ** 2 for x, n in clusters) / total**2
+
+    pooled = (x_a + x_b) / (n_a + n_b)
+    se_pooled = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    var_a, var_b = variance(clusters_a, base["rate_a"], n_a), variance(clusters_b, base["rate_b"], n_b)
+    se_clustered = math.sqrt(var_a + var_b)
+    se = max(se_pooled, se_clustered)
+    z = 0.0 if se == 0 or math.isinf(se) else base["difference"] / se
+    return {**base, "z": z, "p_value": math.erfc(abs(z) / math.sqrt(2)), "users_a": len(clusters_a),
+            "users_b": len(clusters_b), "se_pooled": se_pooled, "se_clustered": se_clustered}
+

@@ -4,7 +4,7 @@ SQLite by default (embedded, one file, WAL so the A/B report can read while the 
 PostgreSQL for real deployments (`postgresql+psycopg://user:pass@host/db`, with `psycopg` installed).
 Two tables, created on first use:
 
-    exchanges   one row per answered (or failed) request: request id, time, user hash (never the raw
+    exchanges   one row per answered request: request id, time, user hash (never the raw
                 id), variant (champion | challenger), model name and version, whether the variant was
                 pinned, latency, token counts, finish reason, the conversation and the answer.
     feedback    one row per POST /v1/feedback: request id, time, thumb (+1 / -1), rating (1-5),
@@ -141,7 +141,7 @@ class FeedbackStore:
         batch = [_exchange_row(r) for r in rows]
         if batch:
             with self.engine.begin() as conn:
-                conn.execute(insert(exchanges), batch)
+                conn.execute(_insert_new(self.engine.dialect.name), batch)
         return len(batch)
 
     def record_feedback(
@@ -183,15 +183,22 @@ class FeedbackStore:
             return int(result.inserted_primary_key[0])
 
     def mark_exported(self, feedback_ids: list[int], export_file: str, at: float | None = None) -> None:
-        """Record that these feedback rows went into `export_file` (so the next export skips them)."""
+        """Record that these feedback rows, and the earlier feedback on the same exchanges (merged into
+        them), went into `export_file`, so the next export skips them."""
         if not feedback_ids:
             return
         with self.engine.begin() as conn:
-            conn.execute(
-                update(feedback)
-                .where(feedback.c.id.in_(feedback_ids))
-                .values(exported_at=at or time.time(), export_file=export_file)
-            )
+            latest = conn.execute(
+                select(feedback.c.request_id, func.max(feedback.c.id))
+                .where(feedback.c.id.in_(feedback_ids)).group_by(feedback.c.request_id)
+            ).all()
+            for request_id, upto in latest:
+                conn.execute(
+                    update(feedback)
+                    .where(feedback.c.request_id == request_id, feedback.c.id <= upto,
+                           feedback.c.exported_at.is_(None))
+                    .values(exported_at=at or time.time(), export_file=export_file)
+                )
 
     # --- reads ----------------------------------------------------------------------------------
     def count(self, table: str = "exchanges") -> int:
@@ -208,43 +215,62 @@ class FeedbackStore:
     def exchanges_with_feedback(
         self, model_name: str | None = None, since: float | None = None, only_unexported: bool = False
     ) -> list[dict[str, Any]]:
-        """Every exchange (optionally of one model, since a time) joined with its LATEST feedback.
+        """Every exchange (optionally of one model, since a time) with its feedback MERGED.
 
-        Each dict has the exchange columns (messages decoded) plus `feedback_id`, `feedback_at`,
-        `thumb`, `rating`, `correction`, `comment`, `exported_at` (all None without feedback).
-        With `only_unexported`, only exchanges whose latest feedback is not exported yet.
+        A user may send several pieces of feedback on one answer (a thumb, later a correction, later a
+        comment): each field holds its latest non-empty value, so a later comment never erases an
+        earlier verdict or correction. Each dict has the exchange columns (messages decoded) plus
+        `thumb`, `rating`, `correction`, `comment`, `feedback_id` (the latest feedback row's id),
+        `feedback_ids` (all of them), `feedback_at` (latest) and `exported_at` (None while any of the
+        exchange's feedback is not exported; all None without feedback). With `only_unexported`, only
+        exchanges that have feedback not exported yet.
         """
-        latest = (
-            select(feedback.c.request_id, func.max(feedback.c.id).label("fid"))
-            .group_by(feedback.c.request_id)
-            .subquery()
-        )
-        query = (
-            select(
-                exchanges,
-                feedback.c.id.label("feedback_id"),
-                feedback.c.created_at.label("feedback_at"),
-                feedback.c.thumb,
-                feedback.c.rating,
-                feedback.c.correction,
-                feedback.c.comment,
-                feedback.c.exported_at,
-            )
-            .select_from(
-                exchanges.outerjoin(latest, latest.c.request_id == exchanges.c.request_id).outerjoin(
-                    feedback, feedback.c.id == latest.c.fid
-                )
-            )
-            .order_by(exchanges.c.created_at, exchanges.c.request_id)
-        )
+        query = select(exchanges).order_by(exchanges.c.created_at, exchanges.c.request_id)
         if model_name is not None:
             query = query.where(exchanges.c.model_name == model_name)
         if since is not None:
             query = query.where(exchanges.c.created_at >= since)
+        rated = select(feedback.c.request_id)
         if only_unexported:
-            query = query.where(feedback.c.id.is_not(None), feedback.c.exported_at.is_(None))
+            rated = rated.where(feedback.c.exported_at.is_(None))
+            query = query.where(exchanges.c.request_id.in_(rated))
         with self.engine.connect() as conn:
-            return [_decoded(r) for r in conn.execute(query).mappings()]
+            rows = [_decoded(r) for r in conn.execute(query).mappings()]
+            notes = conn.execute(
+                select(feedback).where(feedback.c.request_id.in_(query.with_only_columns(exchanges.c.request_id)))
+                .order_by(feedback.c.id)
+            ).mappings().all()
+        merged: dict[str, dict[str, Any]] = {}
+        for note in notes:
+            m = merged.setdefault(note["request_id"], {"feedback_ids": [], "pending": False})
+            m["feedback_ids"].append(note["id"])
+            m["feedback_id"], m["feedback_at"] = note["id"], note["created_at"]
+            m["pending"] = m["pending"] or note["exported_at"] is None
+            m["exported_max"] = max(m.get("exported_max") or 0.0, note["exported_at"] or 0.0)
+            for key in ("thumb", "rating", "correction", "comment"):
+                if note[key] is not None and note[key] != "":
+                    m[key] = note[key]
+        for row in rows:
+            m = merged.get(row["request_id"], {})
+            row.update({key: m.get(key) for key in FEEDBACK_FIELDS})
+            row["feedback_ids"] = m.get("feedback_ids", [])
+            row["exported_at"] = None if m.get("pending", True) else m.get("exported_max")
+        return rows
+
+
+FEEDBACK_FIELDS = ("feedback_id", "feedback_at", "thumb", "rating", "correction", "comment")
+
+
+def _insert_new(dialect: str) -> Any:
+    """INSERT that skips a request id already stored: a retried batch whose first commit did land (the
+    acknowledgement was lost) must not fail forever on its own rows."""
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        return insert(exchanges)
+    return dialect_insert(exchanges).on_conflict_do_nothing(index_elements=["request_id"])
 
 
 def _exchange_row(row: dict[str, Any]) -> dict[str, Any]:

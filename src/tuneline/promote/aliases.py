@@ -345,7 +345,8 @@ def apply_decision(
 ) -> PromotionResult:
     """Record the gate's decision on the version (gate.* tags) and act on it.
 
-    "rejected": nothing moves (status "rejected"). "promote": `promote`. "await_approval": `promote`
+    "rejected": the champion stays; the version loses the challenger alias (status "rejected").
+    "promote": `promote`. "await_approval": `promote`
     with `require_approval`, so it moves the champion only once `record_approval` said "approved"
     (status "needs_approval" until then); call it again after the approval. With `canary` and a
     champion in place, a passing version keeps the challenger alias instead (status "canary"): live
@@ -369,9 +370,11 @@ def apply_decision(
         return PromotionResult(False, "canary", version, str(expected_champion),
                                aliases_of(uri, model_name).get(names.previous_alias), reason)
     if decision.status == "rejected":
-        current = aliases_of(uri, model_name)
         names = _names(aliases)
         reason = f"gate rejected version {version}: {', '.join(decision.failed)}"
+        # A rejected candidate must not stay `challenger`: the server would canary it to real users.
+        retire_challenger(uri, model_name, version, reason, aliases, lock_path=lock_path, timeout_s=timeout_s)
+        current = aliases_of(uri, model_name)
         logger.warning("promote: %s", reason)
         return PromotionResult(
             False,

@@ -92,22 +92,26 @@ def adapter_sha256(adapter: Path) -> str:
 
 
 def already_registered(cfg: Config, sha: str) -> dict[str, Any] | None:
-    """The champion or challenger version holding exactly this adapter, if any (then nothing is registered
-    again: a nightly run that retrained nothing must not add a duplicate version and promote it)."""
-    from tuneline.registry.registry import aliases_of, version_info
+    """The newest version holding exactly this adapter, if any (then nothing is registered again: a
+    nightly run that retrained nothing must not add a duplicate version, nor re-judge a rejected one)."""
+    from tuneline.registry.registry import aliases_of, client
 
     reg, uri = cfg.registry, cfg.tracking.uri
+    found = client(uri).search_model_versions(f"name='{reg.model_name}' and tags.adapter_sha256='{sha}'")
+    if not found:
+        return None
+    newest = max(found, key=lambda v: int(v.version))
+    version = str(newest.version)
     aliases = aliases_of(uri, reg.model_name)
-    for alias in (reg.champion_alias, reg.challenger_alias):
-        version = aliases.get(alias)
-        if version and version_info(uri, reg.model_name, version)["tags"].get("adapter_sha256") == sha:
-            return {"version": version, "alias": alias, "champion": aliases.get(reg.champion_alias)}
-    return None
+    held = [a for a in (reg.champion_alias, reg.challenger_alias) if aliases.get(a) == version]
+    return {"version": version, "alias": held[0] if held else None,
+            "champion": aliases.get(reg.champion_alias), "gate": newest.tags.get("gate.status")}
 
 
 def _unchanged(cfg: Config, layout: Layout, found: dict[str, Any], sha: str) -> dict[str, Any]:
     status = "already_champion" if found["alias"] == cfg.registry.champion_alias else "already_registered"
-    reason = (f"the candidate is version {found['version']} ({found['alias']}), adapter sha256 {sha[:12]}: "
+    held = found["alias"] or f"no alias; the gate said {found['gate'] or 'nothing'}"
+    reason = (f"the candidate is version {found['version']} ({held}), adapter sha256 {sha[:12]}: "
               "nothing new to register or judge")
     report = {
         "model_name": cfg.registry.model_name, "version": found["version"], "adapter_sha256": sha,

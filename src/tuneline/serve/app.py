@@ -83,20 +83,19 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
-        if request.url.path.startswith("/v1/"):
-            if state.api_keys and not _authorized(request, state.api_keys):
-                return _error(401, "missing or invalid API key (Authorization: Bearer <key>)",
-                              "invalid_request_error", "invalid_api_key")
-            length = request.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > params.max_request_bytes:
-                return _error(413, f"request body is {length} bytes; the limit is {params.max_request_bytes} "
-                              "(serve.max_request_bytes)", "invalid_request_error", "request_too_large")
+        # Deny by default: with keys configured, only the health probe is open.
+        if state.api_keys and request.url.path != "/health" and not _authorized(request, state.api_keys):
+            return _error(401, "missing or invalid API key (Authorization: Bearer <key>)",
+                          "invalid_request_error", "invalid_api_key")
         return await call_next(request)
 
+    app.add_middleware(BodyLimit, limit=params.max_request_bytes)  # outermost: before anything reads
+
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {
-            "status": "ok",
+    async def health() -> Any:
+        alive = state.batcher.alive
+        body = {
+            "status": "ok" if alive else "generation thread stopped",
             "model": name,
             "versions": state.models.versions,
             "canary_share": params.canary_share if "challenger" in state.models.versions else 0.0,
@@ -106,6 +105,7 @@ def create_app(state: ServerState) -> FastAPI:
             "registry_error": state.watcher.last_error if state.watcher else None,
             "uptime_s": round(time.time() - state.started, 1),
         }
+        return JSONResponse(body, status_code=200 if alive else 503)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -116,12 +116,8 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
-        body = await request.body()
-        if len(body) > params.max_request_bytes:  # chunked bodies carry no content-length
-            return _error(413, f"request body is {len(body)} bytes; the limit is {params.max_request_bytes} "
-                          "(serve.max_request_bytes)", "invalid_request_error", "request_too_large")
         try:
-            req = ChatRequest.model_validate_json(body)
+            req = ChatRequest.model_validate_json(await request.body())
             conversation = req.conversation()
         except ValidationError as exc:
             message, param = validation_message(exc)
@@ -145,12 +141,17 @@ def create_app(state: ServerState) -> FastAPI:
                           "messages")
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         user_id = request.headers.get(params.user_header) or req.user
-        choice = route(user_id=user_id, request_id=request_id, versions=state.models.versions,
+        versions = state.models.versions  # one snapshot: the aliases may move while this request waits
+        if pinned is not None and pinned not in versions:
+            return _error(404, f"{name}{PIN_SEPARATOR}{pinned} is not served any more",
+                          "invalid_request_error", "model_not_found", "model")
+        choice = route(user_id=user_id, request_id=request_id, versions=versions,
                        canary_share=params.canary_share, pinned=pinned)
         sampling = {"temperature": req.temperature, "top_p": req.top_p or 1.0} if req.temperature else None
         started = time.perf_counter()
         try:
-            future = state.batcher.submit(choice.variant, conversation, budget, sampling)
+            future = state.batcher.submit(choice.variant, versions[choice.variant], conversation, budget,
+                                          sampling)
         except Overloaded as exc:
             return _error(503, str(exc), "server_error", "overloaded", headers={"Retry-After": "1"})
         try:
@@ -160,29 +161,29 @@ def create_app(state: ServerState) -> FastAPI:
             return _error(500, f"generation failed: {exc.__class__.__name__}", "server_error", "generation")
         latency_ms = (time.perf_counter() - started) * 1000
         text, finish = _apply_stops(reply["text"], req.stops(), "stop" if reply["stopped"] else "length")
-        version = state.models.versions[choice.variant]
+        variant, version = reply["variant"], reply["version"]  # who really answered
         state.writer.submit({
             "request_id": request_id, "created_at": time.time(),
-            "user_hash": user_hash(user_id, name) if user_id else None, "variant": choice.variant,
+            "user_hash": user_hash(user_id, name) if user_id else None, "variant": variant,
             "model_name": name, "model_version": version, "pinned": choice.pinned,
             "latency_ms": latency_ms, "prompt_tokens": prompt_tokens,
             "completion_tokens": reply["new_tokens"], "finish_reason": finish,
-            "messages": conversation, "answer": text,
+            "messages": req.sent_messages(), "answer": text,
         })
-        logger.info("%s %s v%s %.0f ms %d+%d tokens%s", request_id, choice.variant, version, latency_ms,
+        logger.info("%s %s v%s %.0f ms %d+%d tokens%s", request_id, variant, version, latency_ms,
                     prompt_tokens, reply["new_tokens"],
                     f" prompt={conversation!r} answer={text!r}" if params.log_content else "")
         payload = {
             "id": request_id, "object": "chat.completion", "created": int(time.time()),
-            "model": f"{name}{PIN_SEPARATOR}{choice.variant}", "system_fingerprint": f"{name}-v{version}",
+            "model": f"{name}{PIN_SEPARATOR}{variant}", "system_fingerprint": f"{name}-v{version}",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "finish_reason": finish, "logprobs": None}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": reply["new_tokens"],
                       "total_tokens": prompt_tokens + reply["new_tokens"]},
-            "tuneline": {"variant": choice.variant, "model_version": version, "pinned": choice.pinned,
+            "tuneline": {"variant": variant, "model_version": version, "pinned": choice.pinned,
                          "sticky": choice.sticky, "latency_ms": round(latency_ms, 1)},
         }
-        return JSONResponse(payload, headers={"x-request-id": request_id, PIN_HEADER: choice.variant,
+        return JSONResponse(payload, headers={"x-request-id": request_id, PIN_HEADER: variant,
                                               "x-tuneline-model-version": version})
 
     @app.post("/v1/feedback")
@@ -193,7 +194,9 @@ def create_app(state: ServerState) -> FastAPI:
             message, param = validation_message(exc)
             return _error(400, message, "invalid_request_error", "invalid_feedback", param)
         # The exchange may still be queued for the store: commit the queue first.
-        await asyncio.to_thread(state.writer.flush, 30.0)
+        if not await asyncio.to_thread(state.writer.flush, 30.0):
+            return _error(503, "the feedback store is behind; retry shortly", "server_error", "store_busy",
+                          headers={"Retry-After": "5"})
         try:
             feedback_id = await asyncio.to_thread(
                 state.store.record_feedback, fb.request_id, fb.thumb_value(), fb.rating, fb.correction,
@@ -222,3 +225,44 @@ def _apply_stops(text: str, stops: list[str], finish: str) -> tuple[str, str]:
     if not cuts:
         return text, finish
     return text[: min(cuts)], "stop"
+
+
+class BodyLimit:
+    """ASGI middleware: refuse (413) a request body over `limit` bytes, declared or streamed (chunked),
+    without reading more than `limit` + one chunk; a body within the limit is replayed to the app."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        size = int(declared) if declared.isdigit() else 0
+        chunks: list[bytes] = []
+        more = size <= self.limit
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size = max(size, sum(len(c) for c in chunks))
+            more = message.get("more_body", False) and size <= self.limit
+        if size > self.limit:
+            response = _error(413, f"request body is over {self.limit} bytes (serve.max_request_bytes)",
+                              "invalid_request_error", "request_too_large")
+            await response(scope, receive, send)
+            return
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+

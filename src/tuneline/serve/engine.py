@@ -29,6 +29,7 @@ class Overloaded(TunelineError):
 @dataclass
 class Job:
     variant: str
+    version: str  # the version routing chose; generation says which one really answered
     messages: list[dict[str, str]]
     max_new_tokens: int
     sampling: tuple[tuple[str, float], ...] | None
@@ -37,7 +38,7 @@ class Job:
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return (self.variant, self.max_new_tokens, self.sampling)
+        return (self.variant, self.version, self.max_new_tokens, self.sampling)
 
 
 class Batcher:
@@ -62,15 +63,19 @@ class Batcher:
         with self._cond:
             return len(self._pending)
 
-    def submit(self, variant: str, messages: list[dict[str, str]], max_new_tokens: int,
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def submit(self, variant: str, version: str, messages: list[dict[str, str]], max_new_tokens: int,
                sampling: dict[str, float] | None = None) -> Future:
-        """Queue one conversation for `variant`.
+        """Queue one conversation for `variant` at `version`.
 
         Raises:
             Overloaded: `max_queue` requests are already waiting, or the batcher is closed.
         """
         frozen = tuple(sorted(sampling.items())) if sampling else None
-        job = Job(variant, messages, max_new_tokens, frozen)
+        job = Job(variant, version, messages, max_new_tokens, frozen)
         with self._cond:
             if self._closed:
                 raise Overloaded("the server is shutting down")
@@ -120,16 +125,22 @@ class Batcher:
                 return
             if isinstance(batch, tuple):
                 fn, future = batch
+                if not future.set_running_or_notify_cancel():
+                    continue
                 try:
                     future.set_result(fn())
                 except Exception as exc:  # reported to the caller, the server goes on
                     future.set_exception(exc)
                 continue
+            # A request cancelled while it waited is dropped here; it must never reach set_result.
+            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
             head = batch[0]
             try:
                 replies = self.models.generate(
                     head.variant, [j.messages for j in batch], head.max_new_tokens,
-                    dict(head.sampling) if head.sampling else None,
+                    dict(head.sampling) if head.sampling else None, version=head.version,
                 )
             except Exception as exc:  # one bad batch must not kill the server: each request gets the error
                 logger.exception("generation failed for a batch of %d (%s)", len(batch), head.variant)

@@ -26,6 +26,7 @@ from tuneline.errors import TunelineError
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("champion", "challenger")
+Conversation = list[dict[str, str]]
 _HASH_FULL_BELOW = 256 * 2**20  # weight files above this are identified by name and size only
 
 
@@ -53,12 +54,11 @@ def download_version(uri: str, model_name: str, version: str, variant: str, into
 
     from tuneline.registry.registry import using_tracking_uri
 
-    with using_tracking_uri(uri):
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{model_name}/{version}", dst_path=str(into / f"v{version}")
-            )
-        )
+    local = into / f"v{version}"
+    if not (local / "MLmodel").is_file():  # a version's files never change: download once
+        with using_tracking_uri(uri):
+            local = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{model_name}/{version}", dst_path=str(local)))
     flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
     artifacts = flavor.get("artifacts") or {}
     if "adapter" not in artifacts:
@@ -153,17 +153,43 @@ class ServedModels:
             self.model.delete_adapter(name)
         return self.versions
 
-    def generate(self, variant: str, conversations: list[list[dict[str, str]]], max_new_tokens: int,
-                 sampling: dict[str, float] | None = None) -> list[dict[str, Any]]:
-        """Replies of one variant to a batch of conversations (call from one thread at a time)."""
+    def answering(self, variant: str, version: str | None) -> tuple[str, str]:
+        """(variant, version) that answers: the routed version while its adapter is loaded, else (the
+        aliases moved since routing) the variant's current version, else the champion's."""
+        if version is not None and f"v{version}" in getattr(self.model, "peft_config", {}):
+            return variant, version
+        current = self.versions
+        if variant in current:
+            return variant, current[variant]
+        return "champion", current["champion"]
+
+    def generate(self, variant: str, conversations: list[Conversation], max_new_tokens: int,
+                 sampling: dict[str, float] | None = None,
+                 version: str | None = None) -> list[dict[str, Any]]:
+        """Replies of one variant to a batch of conversations (call from one thread at a time).
+
+        Each reply dict also names the `variant` and `version` that answered (see `answering`).
+        """
         from tuneline.evaluate.generate import complete
 
-        name = f"v{self.versions[variant]}"
+        variant, version = self.answering(variant, version)
+        name = f"v{version}"
         if name != self._active:
             self.model.set_adapter(name)
             self._active = name
-        return complete(self.model, self.tokenizer, conversations, max_new_tokens,
-                        batch_size=max(1, len(conversations)), sampling=sampling, progress=False)
+        replies = complete(self.model, self.tokenizer, conversations, max_new_tokens,
+                           batch_size=max(1, len(conversations)), sampling=sampling, progress=False)
+        return [{**r, "variant": variant, "version": version} for r in replies]
+
+
+def challenger_problem(uri: str, model_name: str, version: str) -> str | None:
+    """Why a challenger version must not be canaried (it did not pass the gate), or None when it may."""
+    from tuneline.registry.registry import version_info
+
+    gate = version_info(uri, model_name, version)["tags"].get("gate.status")
+    if gate in ("promote", "await_approval"):
+        return None
+    return f"version {version} has gate.status {gate or 'unset'}; only a version that passed the gate serves"
 
 
 def resolve_versions(
@@ -188,7 +214,11 @@ def resolve_versions(
     files = [download_version(uri, model_name, champion, "champion", into)]
     challenger = current.get(aliases["challenger"]) if with_challenger else None
     if challenger is not None and challenger != champion:
-        files.append(download_version(uri, model_name, challenger, "challenger", into))
+        problem = challenger_problem(uri, model_name, challenger)
+        if problem:
+            logger.warning("serve: not serving the challenger: %s", problem)
+        else:
+            files.append(download_version(uri, model_name, challenger, "challenger", into))
     return files
 
 

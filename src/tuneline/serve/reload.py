@@ -32,6 +32,7 @@ class AliasWatcher:
         self.with_challenger = with_challenger
         self.cache_dir = cache_dir
         self.last_error: str | None = None
+        self.skipped: str | None = None  # why the current challenger is not served, if it is not
         self.reloads = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tuneline-alias-watcher", daemon=True)
@@ -48,7 +49,14 @@ class AliasWatcher:
             out["champion"] = champion
         challenger = current.get(self.aliases["challenger"]) if self.with_challenger else None
         if challenger is not None and challenger != champion:
-            out["challenger"] = challenger
+            from tuneline.serve.models import challenger_problem
+
+            problem = challenger_problem(self.uri, self.model_name, challenger)
+            if problem is None:
+                out["challenger"] = challenger
+            elif problem != self.skipped:
+                logger.warning("serve: not serving the challenger: %s", problem)
+            self.skipped = problem
         return out
 
     def check(self) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from tuneline.serve.models import ServeError, VersionFiles, _adapter_tokenizer
+from tuneline.serve.models import Conversation, ServeError, VersionFiles, _adapter_tokenizer
 
 
 def vllm_command(files: list[VersionFiles], port: int = 8001, dtype: str = "auto",
@@ -95,11 +95,13 @@ class RemoteModels:
                 "stopped": choice.get("finish_reason") == "stop",
                 "new_tokens": int(data.get("usage", {}).get("completion_tokens", 0))}
 
-    def generate(self, variant: str, conversations: list[list[dict[str, str]]], max_new_tokens: int,
-                 sampling: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    def generate(self, variant: str, conversations: list[Conversation], max_new_tokens: int,
+                 sampling: dict[str, float] | None = None,
+                 version: str | None = None) -> list[dict[str, Any]]:
         """One backend call per conversation, concurrently (the backend batches them itself)."""
         futures = [self._pool.submit(self._one, variant, c, max_new_tokens, sampling) for c in conversations]
-        return [f.result() for f in futures]
+        answered = self.versions.get(variant, version)
+        return [{**f.result(), "variant": variant, "version": answered} for f in futures]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

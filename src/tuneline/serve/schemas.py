@@ -1,9 +1,11 @@
 """Request bodies of the OpenAI-compatible API and the OpenAI error shape.
 
-Only what tuneline can honour is accepted: one choice (`n` = 1), text content, greedy decoding unless
-`temperature` > 0. Fields the OpenAI API has but that do not change the answer here (presence_penalty,
-logit_bias, ...) are accepted and ignored, so unchanged clients keep working; fields that would change
-it and are not supported are refused with a message naming them.
+Honoured: `messages` (text content; an assistant's `tool_calls` and `tool` replies, rendered as ingest
+renders such training data), `max_tokens` / `max_completion_tokens`, `temperature` (absent or 0: greedy,
+as evaluation), `top_p`, `stop`, `user`. Refused with a message naming the field: `n` > 1, `stream`.
+Accepted and ignored, so unchanged clients keep working: `seed`, `presence_penalty`,
+`frequency_penalty`, `logit_bias`, `logprobs`, `tools`, `tool_choice`, `response_format` (the fine-tuned
+model answers in the format it was trained on).
 """
 
 from __future__ import annotations
@@ -20,19 +22,6 @@ class ChatMessage(BaseModel):
 
     role: Role
     content: str | list[dict[str, Any]] | None = None
-
-    def text(self) -> str:
-        """The message content as text (text parts joined); other part types are refused."""
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        parts = []
-        for i, part in enumerate(self.content):
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise ValueError(f"content part {i}: only text parts are supported, got {part.get('type')!r}")
-            parts.append(part["text"])
-        return "".join(parts)
 
 
 class ChatRequest(BaseModel):
@@ -67,15 +56,27 @@ class ChatRequest(BaseModel):
     def budget(self, default: int) -> int | None:
         return self.max_completion_tokens or self.max_tokens or default
 
+    def sent_messages(self) -> list[dict[str, Any]]:
+        """The messages as the client sent them (tool_calls, tool_call_id, ... kept): what the feedback
+        store keeps, so an export is read back by `ingest` exactly like any OpenAI-format data."""
+        return [m.model_dump(exclude_none=True) for m in self.messages]
+
     def conversation(self) -> list[dict[str, str]]:
-        # "developer" is the newer name of "system"; the chat templates know "system".
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                for m in self.messages]
+        """The conversation as training saw such data: ingest's OpenAI `messages` converter (text parts
+        joined, "developer" as "system", an assistant's tool_calls as JSON text).
+
+        Raises:
+            ValueError: the messages cannot be converted (the reason says why).
+        """
+        from tuneline.data.formats import messages_format
+
+        messages, _meta = messages_format({"messages": self.sent_messages()})
+        return messages
 
     def stops(self) -> list[str]:
         if self.stop is None:
             return []
-        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
+        return [s for s in ([self.stop] if isinstance(self.stop, str) else self.stop) if s]
 
 
 class FeedbackRequest(BaseModel):
@@ -84,8 +85,8 @@ class FeedbackRequest(BaseModel):
     request_id: str = Field(min_length=1, max_length=64, description="The `id` of the chat completion.")
     thumb: Literal["up", "down", 1, -1] | None = None
     rating: int | None = Field(None, ge=1, le=5)
-    correction: str | None = Field(None, description="The answer that would have been right.")
-    comment: str | None = None
+    correction: str | None = Field(None, max_length=32000, description="The answer that was right.")
+    comment: str | None = Field(None, max_length=4000)
 
     def thumb_value(self) -> int | None:
         return {"up": 1, "down": -1, 1: 1, -1: -1}.get(self.thumb) if self.thumb is not None else None
