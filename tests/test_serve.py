@@ -276,3 +276,28 @@ def test_tool_calls_are_rendered_as_training_saw_them_and_stored_as_sent(world: 
     with pytest.raises(openai.BadRequestError, match="only text parts"):
         client.chat.completions.create(model=MODEL, max_tokens=2, messages=[
             {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}])
+
+
+def test_streamed_oversize_body_and_closed_docs_without_key(server: RunningServer) -> None:
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+
+    def chunks():  # no content-length: the limit must hold while the body streams in
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}]}'
+
+    big = httpx.post(server.base_url + "/chat/completions", content=chunks(), headers=headers)
+    assert big.status_code == 413 and "serve.max_request_bytes" in big.json()["error"]["message"]
+    parts = [b'{"messages": [{"role": "user", ', b'"content": "hi"}], "max_tokens": 2}']
+    small = httpx.post(server.base_url + "/chat/completions", headers=headers, content=iter(parts))
+    assert small.status_code == 200, small.text  # a streamed body within the limit reaches the app whole
+    root = server.base_url.removesuffix("/v1")
+    assert httpx.get(root + "/openapi.json").status_code == 401  # with keys, only /health is open
+    assert httpx.get(root + "/openapi.json", headers=headers).status_code == 200
+
+
+def test_empty_stop_string_is_ignored(client: openai.OpenAI) -> None:
+    full = client.chat.completions.create(model=f"{MODEL}@champion", messages=ASK, max_tokens=6)
+    same = client.chat.completions.create(model=f"{MODEL}@champion", messages=ASK, max_tokens=6, stop="")
+    assert same.choices[0].message.content == full.choices[0].message.content
