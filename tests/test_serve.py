@@ -146,8 +146,6 @@ def test_oversize_and_unsupported_requests_get_clear_errors(client: openai.OpenA
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "cat " * 600}])
     with pytest.raises(openai.BadRequestError, match="n=1"):
         client.chat.completions.create(model=MODEL, messages=ASK, n=2)
-    with pytest.raises(openai.BadRequestError, match="streaming"):
-        client.chat.completions.create(model=MODEL, messages=ASK, stream=True)
     with pytest.raises(openai.BadRequestError, match="role"):
         client.chat.completions.create(model=MODEL, messages=[{"role": "wizard", "content": "hi"}])
     with pytest.raises(openai.NotFoundError, match="not served"):
@@ -234,8 +232,13 @@ def test_router_in_front_of_an_openai_compatible_backend(world: World, server: R
             assert via.choices[0].message.content == direct.choices[0].message.content
             assert via.model == f"{MODEL}@{variant}"
             assert via.usage.completion_tokens == direct.usage.completion_tokens
+        streamed = front.chat.completions.create(model=f"{MODEL}@champion", messages=ASK, max_tokens=6,
+                                                 stream=True)  # relayed in one piece at the end
+        direct = client.chat.completions.create(model=f"{MODEL}@champion", messages=ASK, max_tokens=6)
+        text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+        assert text == direct.choices[0].message.content
         assert router.state.writer.flush(30)
-        assert FeedbackStore(cfg.serve.store_url).count() == 2
+        assert FeedbackStore(cfg.serve.store_url).count() == 3
     finally:
         router.stop()
 
@@ -301,3 +304,35 @@ def test_empty_stop_string_is_ignored(client: openai.OpenAI) -> None:
     full = client.chat.completions.create(model=f"{MODEL}@champion", messages=ASK, max_tokens=6)
     same = client.chat.completions.create(model=f"{MODEL}@champion", messages=ASK, max_tokens=6, stop="")
     assert same.choices[0].message.content == full.choices[0].message.content
+
+
+def test_streamed_answer_equals_the_plain_one(world: World, client: openai.OpenAI,
+                                              server: RunningServer) -> None:
+    pieces = []
+    for variant in ("champion", "challenger"):
+        for stop in (None, ["e"]):
+            plain = client.chat.completions.create(model=f"{MODEL}@{variant}", messages=ASK, max_tokens=12,
+                                                   stop=stop)
+            chunks = list(client.chat.completions.create(
+                model=f"{MODEL}@{variant}", messages=ASK, max_tokens=12, stop=stop, stream=True,
+                stream_options={"include_usage": True}))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            assert text == plain.choices[0].message.content
+            pieces.append(sum(bool(c.choices and c.choices[0].delta.content) for c in chunks))
+            finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+            assert finals == [plain.choices[0].finish_reason]
+            assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+            assert len({c.id for c in chunks}) == 1 and chunks[0].model == f"{MODEL}@{variant}"
+    assert max(pieces) > 1, pieces  # tokens arrived in several events, not as one block
+    assert server.state.writer.flush(30)
+    stored = FeedbackStore(world.cfg.serve.store_url).exchange(chunks[0].id)
+    assert stored is not None and stored["answer"] == text
+
+
+def test_safe_prefix_holds_back_what_may_become_a_stop_or_a_character() -> None:
+    from tuneline.serve.streaming import safe_prefix
+
+    assert safe_prefix("Hello wor", ["world!"]) == ("Hello ", False)  # "wor" may start "world!"
+    assert safe_prefix("Hello world! Bye", ["world!"]) == ("Hello ", True)
+    assert safe_prefix("Hello", []) == ("Hello", False)
+    assert safe_prefix("caf\ufffd", []) == ("caf", False)  # half a UTF-8 character

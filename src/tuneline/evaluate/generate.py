@@ -211,6 +211,7 @@ def generate(
 def complete(
     model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], max_new_tokens: int,
     batch_size: int = 8, sampling: dict[str, float] | None = None, progress: bool = True,
+    streamer: Any = None,
 ) -> list[dict[str, Any]]:
     """Greedy replies to conversations (each ends where the assistant speaks next), in input order.
 
@@ -222,11 +223,15 @@ def complete(
         sampling: None (greedy: evaluation and parity) or {"temperature": t > 0, "top_p": p} to sample
             (a server request that asks for it).
         progress: draw a progress bar on a terminal (off in the server).
+        streamer: a transformers streamer that receives the new token ids as they are generated (one
+            conversation only: the server's streamed responses).
 
     Returns:
         One dict per conversation: prompt (rendered text), text (decoded without special tokens),
         stopped (an EOS was reached), new_tokens (generated, EOS included).
     """
+    if streamer is not None and len(conversations) != 1:
+        raise ValueError("a streamer follows exactly one conversation")
     stop_ids = eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     def render(messages: list[dict[str, str]], tokenize: bool) -> Any:
@@ -256,6 +261,7 @@ def complete(
             eos_token_id=stop_ids,
             pad_token_id=pad_id,
             use_cache=True,
+            streamer=streamer,
             **decoding,
         )
         width = enc["input_ids"].shape[1]

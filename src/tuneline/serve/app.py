@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from tuneline.config.serve import ServeParams
@@ -35,6 +35,7 @@ from tuneline.serve.schemas import (
     openai_error,
     validation_message,
 )
+from tuneline.serve.streaming import TokenStream, chunk, safe_prefix, sse
 
 logger = logging.getLogger(__name__)
 PIN_HEADER = "x-tuneline-variant"
@@ -148,42 +149,62 @@ def create_app(state: ServerState) -> FastAPI:
         choice = route(user_id=user_id, request_id=request_id, versions=versions,
                        canary_share=params.canary_share, pinned=pinned)
         sampling = {"temperature": req.temperature, "top_p": req.top_p or 1.0} if req.temperature else None
+        stream = TokenStream() if req.stream else None
         started = time.perf_counter()
         try:
             future = state.batcher.submit(choice.variant, versions[choice.variant], conversation, budget,
-                                          sampling)
+                                          sampling, streamer=stream)
         except Overloaded as exc:
             return _error(503, str(exc), "server_error", "overloaded", headers={"Retry-After": "1"})
+
+        def record(reply: dict[str, Any], text: str, finish: str) -> float:
+            latency_ms = (time.perf_counter() - started) * 1000
+            variant, version = reply["variant"], reply["version"]  # who really answered
+            state.writer.submit({
+                "request_id": request_id, "created_at": time.time(),
+                "user_hash": user_hash(user_id, name) if user_id else None, "variant": variant,
+                "model_name": name, "model_version": version, "pinned": choice.pinned,
+                "latency_ms": latency_ms, "prompt_tokens": prompt_tokens,
+                "completion_tokens": reply["new_tokens"], "finish_reason": finish,
+                "messages": req.sent_messages(), "answer": text,
+            })
+            logger.info("%s %s v%s %.0f ms %d+%d tokens%s", request_id, variant, version, latency_ms,
+                        prompt_tokens, reply["new_tokens"],
+                        f" prompt={conversation!r} answer={text!r}" if params.log_content else "")
+            return latency_ms
+
+        def usage(reply: dict[str, Any]) -> dict[str, int]:
+            return {"prompt_tokens": prompt_tokens, "completion_tokens": reply["new_tokens"],
+                    "total_tokens": prompt_tokens + reply["new_tokens"]}
+
+        routed = versions[choice.variant]
+        headers = {"x-request-id": request_id, PIN_HEADER: choice.variant, "x-tuneline-model-version": routed}
+        if stream is not None:
+            base = {"id": request_id, "created": int(time.time()),
+                    "model": f"{name}{PIN_SEPARATOR}{choice.variant}",
+                    "system_fingerprint": f"{name}-v{routed}"}
+            include_usage = bool((req.stream_options or {}).get("include_usage"))
+            events = _stream_events(stream, future, state.models.tokenizer, req.stops(), base, record, usage,
+                                    include_usage)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         try:
             reply = await asyncio.wrap_future(future)
         except Exception as exc:
             logger.error("request %s failed in generation: %s", request_id, exc)
             return _error(500, f"generation failed: {exc.__class__.__name__}", "server_error", "generation")
-        latency_ms = (time.perf_counter() - started) * 1000
         text, finish = _apply_stops(reply["text"], req.stops(), "stop" if reply["stopped"] else "length")
-        variant, version = reply["variant"], reply["version"]  # who really answered
-        state.writer.submit({
-            "request_id": request_id, "created_at": time.time(),
-            "user_hash": user_hash(user_id, name) if user_id else None, "variant": variant,
-            "model_name": name, "model_version": version, "pinned": choice.pinned,
-            "latency_ms": latency_ms, "prompt_tokens": prompt_tokens,
-            "completion_tokens": reply["new_tokens"], "finish_reason": finish,
-            "messages": req.sent_messages(), "answer": text,
-        })
-        logger.info("%s %s v%s %.0f ms %d+%d tokens%s", request_id, variant, version, latency_ms,
-                    prompt_tokens, reply["new_tokens"],
-                    f" prompt={conversation!r} answer={text!r}" if params.log_content else "")
+        latency_ms = record(reply, text, finish)
+        variant, version = reply["variant"], reply["version"]
         payload = {
             "id": request_id, "object": "chat.completion", "created": int(time.time()),
             "model": f"{name}{PIN_SEPARATOR}{variant}", "system_fingerprint": f"{name}-v{version}",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "finish_reason": finish, "logprobs": None}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": reply["new_tokens"],
-                      "total_tokens": prompt_tokens + reply["new_tokens"]},
+            "usage": usage(reply),
             "tuneline": {"variant": variant, "model_version": version, "pinned": choice.pinned,
                          "sticky": choice.sticky, "latency_ms": round(latency_ms, 1)},
         }
-        return JSONResponse(payload, headers={"x-request-id": request_id, PIN_HEADER: variant,
+        return JSONResponse(payload, headers={**headers, PIN_HEADER: variant,
                                               "x-tuneline-model-version": version})
 
     @app.post("/v1/feedback")
@@ -217,6 +238,38 @@ def _authorized(request: Request, keys: list[str]) -> bool:
     if scheme.lower() != "bearer" or not token:
         return False
     return any(hmac.compare_digest(token.strip().encode(), k.encode()) for k in keys)
+
+
+async def _stream_events(stream: TokenStream, future: Any, tokenizer: Any, stops: list[str],
+                         base: dict[str, Any], record: Any, usage: Any, include_usage: bool) -> Any:
+    """The server-sent events of one streamed completion; see `serve/streaming.py`."""
+    yield sse(chunk(base, {"role": "assistant", "content": ""}))
+    ids: list[int] = []
+    sent, hit = "", False
+    async for token in stream.tokens():
+        if hit:
+            continue  # a stop sequence was reached: the rest is generated but never sent
+        ids.append(token)
+        ready, hit = safe_prefix(tokenizer.decode(ids, skip_special_tokens=True), stops)
+        if len(ready) > len(sent):
+            yield sse(chunk(base, {"content": ready[len(sent):]}))
+            sent = ready
+    try:
+        reply = await asyncio.wrap_future(future)
+    except Exception as exc:
+        logger.error("request %s failed in generation: %s", base["id"], exc)
+        yield sse(openai_error(f"generation failed: {exc.__class__.__name__}", "server_error", "generation"))
+        return
+    text, finish = _apply_stops(reply["text"], stops, "stop" if reply["stopped"] else "length")
+    if text.startswith(sent) and len(text) > len(sent):  # held-back characters, or a backend's one chunk
+        yield sse(chunk(base, {"content": text[len(sent):]}))
+    elif not text.startswith(sent):
+        logger.warning("request %s: streamed text diverged from the final answer", base["id"])
+    record(reply, text, finish)
+    yield sse(chunk(base, {}, finish))
+    if include_usage:
+        yield sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage(reply)})
+    yield sse("[DONE]")
 
 
 def _apply_stops(text: str, stops: list[str], finish: str) -> tuple[str, str]:

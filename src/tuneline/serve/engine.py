@@ -33,12 +33,14 @@ class Job:
     messages: list[dict[str, str]]
     max_new_tokens: int
     sampling: tuple[tuple[str, float], ...] | None
+    streamer: Any = None  # a streamed request is generated alone (transformers streams batch size 1)
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return (self.variant, self.version, self.max_new_tokens, self.sampling)
+        alone = id(self) if self.streamer is not None else None
+        return (self.variant, self.version, self.max_new_tokens, self.sampling, alone)
 
 
 class Batcher:
@@ -68,14 +70,14 @@ class Batcher:
         return self._thread.is_alive()
 
     def submit(self, variant: str, version: str, messages: list[dict[str, str]], max_new_tokens: int,
-               sampling: dict[str, float] | None = None) -> Future:
+               sampling: dict[str, float] | None = None, streamer: Any = None) -> Future:
         """Queue one conversation for `variant` at `version`.
 
         Raises:
             Overloaded: `max_queue` requests are already waiting, or the batcher is closed.
         """
         frozen = tuple(sorted(sampling.items())) if sampling else None
-        job = Job(variant, version, messages, max_new_tokens, frozen)
+        job = Job(variant, version, messages, max_new_tokens, frozen, streamer)
         with self._cond:
             if self._closed:
                 raise Overloaded("the server is shutting down")
@@ -133,18 +135,25 @@ class Batcher:
                     future.set_exception(exc)
                 continue
             # A request cancelled while it waited is dropped here; it must never reach set_result.
-            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            live = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            for job in batch:
+                if job not in live and job.streamer is not None:
+                    job.streamer.fail()
+            batch = live
             if not batch:
                 continue
             head = batch[0]
+            extra = {"streamer": head.streamer} if head.streamer is not None else {}
             try:
                 replies = self.models.generate(
                     head.variant, [j.messages for j in batch], head.max_new_tokens,
-                    dict(head.sampling) if head.sampling else None, version=head.version,
+                    dict(head.sampling) if head.sampling else None, version=head.version, **extra,
                 )
             except Exception as exc:  # one bad batch must not kill the server: each request gets the error
                 logger.exception("generation failed for a batch of %d (%s)", len(batch), head.variant)
                 for job in batch:
+                    if job.streamer is not None:
+                        job.streamer.fail()
                     job.future.set_exception(exc)
                 continue
             self.batches += 1

@@ -165,7 +165,7 @@ class ServedModels:
 
     def generate(self, variant: str, conversations: list[Conversation], max_new_tokens: int,
                  sampling: dict[str, float] | None = None,
-                 version: str | None = None) -> list[dict[str, Any]]:
+                 version: str | None = None, streamer: Any = None) -> list[dict[str, Any]]:
         """Replies of one variant to a batch of conversations (call from one thread at a time).
 
         Each reply dict also names the `variant` and `version` that answered (see `answering`).
@@ -178,7 +178,8 @@ class ServedModels:
             self.model.set_adapter(name)
             self._active = name
         replies = complete(self.model, self.tokenizer, conversations, max_new_tokens,
-                           batch_size=max(1, len(conversations)), sampling=sampling, progress=False)
+                           batch_size=max(1, len(conversations)), sampling=sampling, progress=False,
+                           streamer=streamer)
         return [{**r, "variant": variant, "version": version} for r in replies]
 
 

@@ -97,11 +97,16 @@ class RemoteModels:
 
     def generate(self, variant: str, conversations: list[Conversation], max_new_tokens: int,
                  sampling: dict[str, float] | None = None,
-                 version: str | None = None) -> list[dict[str, Any]]:
-        """One backend call per conversation, concurrently (the backend batches them itself)."""
+                 version: str | None = None, streamer: Any = None) -> list[dict[str, Any]]:
+        """One backend call per conversation, concurrently (the backend batches them itself). A streamed
+        request gets its answer in one piece at the end (the router does not relay the backend's stream)."""
         futures = [self._pool.submit(self._one, variant, c, max_new_tokens, sampling) for c in conversations]
         answered = self.versions.get(variant, version)
-        return [{**f.result(), "variant": variant, "version": answered} for f in futures]
+        try:
+            return [{**f.result(), "variant": variant, "version": answered} for f in futures]
+        finally:
+            if streamer is not None:
+                streamer.end()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

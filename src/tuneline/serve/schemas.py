@@ -2,7 +2,8 @@
 
 Honoured: `messages` (text content; an assistant's `tool_calls` and `tool` replies, rendered as ingest
 renders such training data), `max_tokens` / `max_completion_tokens`, `temperature` (absent or 0: greedy,
-as evaluation), `top_p`, `stop`, `user`. Refused with a message naming the field: `n` > 1, `stream`.
+as evaluation), `top_p`, `stop`, `user`, `stream` (+ `stream_options.include_usage`). Refused with a
+message naming the field: `n` > 1.
 Accepted and ignored, so unchanged clients keep working: `seed`, `presence_penalty`,
 `frequency_penalty`, `logit_bias`, `logprobs`, `tools`, `tool_choice`, `response_format` (the fine-tuned
 model answers in the format it was trained on).
@@ -35,6 +36,7 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1)
     stream: bool = False
+    stream_options: dict[str, Any] | None = None
     stop: str | list[str] | None = None
     user: str | None = None
     seed: int | None = None
@@ -44,13 +46,6 @@ class ChatRequest(BaseModel):
     def _one_choice(cls, value: int) -> int:
         if value != 1:
             raise ValueError("only n=1 is supported (send several requests for several answers)")
-        return value
-
-    @field_validator("stream")
-    @classmethod
-    def _no_stream(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("streaming is not supported by this server; send stream=false")
         return value
 
     def budget(self, default: int) -> int | None:
