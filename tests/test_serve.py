@@ -336,3 +336,29 @@ def test_safe_prefix_holds_back_what_may_become_a_stop_or_a_character() -> None:
     assert safe_prefix("Hello world! Bye", ["world!"]) == ("Hello ", True)
     assert safe_prefix("Hello", []) == ("Hello", False)
     assert safe_prefix("caf\ufffd", []) == ("caf", False)  # half a UTF-8 character
+
+
+def test_prometheus_metrics_count_traffic_refusals_and_feedback(server: RunningServer,
+                                                                client: openai.OpenAI) -> None:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    root = server.base_url.removesuffix("/v1")
+
+    def scrape() -> dict[str, float]:
+        text = httpx.get(root + "/metrics", headers=headers).text
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line and not line.startswith("#")}
+
+    assert httpx.get(root + "/metrics").status_code == 401  # metrics are behind the key too
+    before = scrape()
+    ok = 'tuneline_requests_total{outcome="ok",variant="challenger",version="2"}'
+    reply = client.chat.completions.create(model=f"{MODEL}@challenger", messages=ASK, max_tokens=3)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=1000)
+    httpx.post(server.base_url + "/feedback", json={"request_id": reply.id, "thumb": "up"}, headers=headers)
+    after = scrape()
+    assert after[ok] == before.get(ok, 0) + 1
+    refused = 'tuneline_requests_total{outcome="400",variant="",version=""}'
+    assert after[refused] == before.get(refused, 0) + 1
+    assert after['tuneline_feedback_total{verdict="up"}'] >= 1
+    assert after['tuneline_served_version{variant="champion",version="1"}'] == 1
+    assert 'tuneline_request_latency_seconds_count{variant="challenger"}' in after

@@ -286,10 +286,11 @@ def serve_command(
 ) -> None:
     """Serve the registry's champion (and challenger, as an A/B canary) with an OpenAI-compatible API.
 
-    POST /v1/chat/completions (the `openai` client works unchanged: base_url=http://HOST:PORT/v1), GET
-    /v1/models, GET /health, POST /v1/feedback. Users are routed sticky by the serve.user_header header
-    (or the request's `user` field); model "<name>@challenger" pins a variant. Every exchange goes to
-    the feedback store (serve.store_url) for `tuneline ab report` and `tuneline feedback export`.
+    POST /v1/chat/completions (the `openai` client works unchanged: base_url=http://HOST:PORT/v1; stream
+    or not), GET /v1/models, GET /health, GET /metrics (Prometheus), POST /v1/feedback. Users are routed
+    sticky by the serve.user_header header (or the request's `user` field); model "<name>@challenger"
+    pins a variant. Every exchange goes to the feedback store (serve.store_url) for `tuneline ab report`
+    and `tuneline feedback export`. The server follows the registry aliases (serve.reload_s).
     API keys come from $TUNELINE_API_KEYS (required off loopback).
 
     On GPUs: `--print-vllm --download-dir DIR` prints the vLLM command serving the base with both

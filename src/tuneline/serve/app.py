@@ -1,6 +1,7 @@
 """The HTTP server: an OpenAI-compatible chat API with an A/B canary and feedback capture.
 
     GET  /health                 liveness + what is served (versions, canary share, queue)
+    GET  /metrics                Prometheus: requests, latency, tokens, feedback per variant
     GET  /v1/models              the model, and one pinned name per variant (`<model>@challenger`)
     POST /v1/chat/completions    routed (sticky per user) or pinned; the response names the variant
     POST /v1/feedback            thumb / rating / corrected answer on a completion's `id`
@@ -22,12 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from tuneline.config.serve import ServeParams
 from tuneline.feedback.store import ExchangeWriter, FeedbackStore, StoreError, UnknownRequest
 from tuneline.serve.engine import Batcher, Overloaded
+from tuneline.serve.metrics import ServerMetrics
 from tuneline.serve.routing import PIN_SEPARATOR, parse_model, route, user_hash
 from tuneline.serve.schemas import (
     ChatRequest,
@@ -82,15 +84,26 @@ def create_app(state: ServerState) -> FastAPI:
     params = state.params
     name = state.models.model_name
 
+    metrics = ServerMetrics(state)
+
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
         # Deny by default: with keys configured, only the health probe is open.
         if state.api_keys and request.url.path != "/health" and not _authorized(request, state.api_keys):
-            return _error(401, "missing or invalid API key (Authorization: Bearer <key>)",
-                          "invalid_request_error", "invalid_api_key")
-        return await call_next(request)
+            response = _error(401, "missing or invalid API key (Authorization: Bearer <key>)",
+                              "invalid_request_error", "invalid_api_key")
+        else:
+            response = await call_next(request)
+        if request.url.path == "/v1/chat/completions" and response.status_code != 200:
+            metrics.refused(str(response.status_code))
+        return response
 
-    app.add_middleware(BodyLimit, limit=params.max_request_bytes)  # outermost: before anything reads
+    # Outermost: before anything reads the body.
+    app.add_middleware(BodyLimit, limit=params.max_request_bytes, on_refuse=lambda: metrics.refused("413"))
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(state.models.versions), media_type=metrics.content_type)
 
     @app.get("/health")
     async def health() -> Any:
@@ -168,6 +181,7 @@ def create_app(state: ServerState) -> FastAPI:
                 "completion_tokens": reply["new_tokens"], "finish_reason": finish,
                 "messages": req.sent_messages(), "answer": text,
             })
+            metrics.answered(variant, version, latency_ms / 1000, reply["new_tokens"])
             logger.info("%s %s v%s %.0f ms %d+%d tokens%s", request_id, variant, version, latency_ms,
                         prompt_tokens, reply["new_tokens"],
                         f" prompt={conversation!r} answer={text!r}" if params.log_content else "")
@@ -227,6 +241,9 @@ def create_app(state: ServerState) -> FastAPI:
             return _error(404, str(exc), "invalid_request_error", "unknown_request", "request_id")
         except StoreError as exc:
             return _error(400, str(exc), "invalid_request_error", "invalid_feedback")
+        verdict = fb.thumb if isinstance(fb.thumb, str) else {1: "up", -1: "down"}.get(fb.thumb) \
+            or ("rating" if fb.rating else "correction" if fb.correction else "comment")
+        metrics.feedback.labels(verdict).inc()
         return {"object": "feedback", "id": feedback_id, "request_id": fb.request_id, "status": "recorded"}
 
     return app
@@ -284,9 +301,10 @@ class BodyLimit:
     """ASGI middleware: refuse (413) a request body over `limit` bytes, declared or streamed (chunked),
     without reading more than `limit` + one chunk; a body within the limit is replayed to the app."""
 
-    def __init__(self, app: Any, limit: int) -> None:
+    def __init__(self, app: Any, limit: int, on_refuse: Any = None) -> None:
         self.app = app
         self.limit = limit
+        self.on_refuse = on_refuse
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -304,6 +322,8 @@ class BodyLimit:
             size = max(size, sum(len(c) for c in chunks))
             more = message.get("more_body", False) and size <= self.limit
         if size > self.limit:
+            if self.on_refuse is not None and scope.get("path") == "/v1/chat/completions":
+                self.on_refuse()
             response = _error(413, f"request body is over {self.limit} bytes (serve.max_request_bytes)",
                               "invalid_request_error", "request_too_large")
             await response(scope, receive, send)
