@@ -21,8 +21,8 @@ from prefect.exceptions import ObjectNotFound
 from tasks.artifacts import artifact_key
 from tasks.stages import transient, workspace_config
 from tuneline.config import Config
-from tuneline.feedback.export import store_url
 from tuneline.layout import Layout
+from tuneline.urls import anchored_url
 
 
 def feedback_config(workspace: str | Path) -> Config:
@@ -30,7 +30,7 @@ def feedback_config(workspace: str | Path) -> Config:
     (the flow's process does not run in the workspace)."""
     root = Path(workspace).resolve()
     cfg = workspace_config(root)
-    serve = cfg.serve.model_copy(update={"store_url": store_url(cfg.serve.store_url, root)})
+    serve = cfg.serve.model_copy(update={"store_url": anchored_url(cfg.serve.store_url, root)})
     return cfg.model_copy(update={"serve": serve})
 
 

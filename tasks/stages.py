@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Literal, get_args
-from urllib.parse import urlparse
 
 import yaml
 from prefect import task
@@ -37,6 +36,7 @@ from tuneline import filelock
 from tuneline.config import Config, load_config
 from tuneline.errors import TunelineError
 from tuneline.layout import Layout
+from tuneline.urls import anchored_url
 
 StageName = Literal[
     "ingest",
@@ -216,21 +216,11 @@ def dvc_push(workspace: str) -> float:
 # ---------------------------------------------------------------- registry (in process)
 
 
-def anchored_uri(uri: str, root: Path) -> str:
-    """A tracking URI that params.yaml gives relative to the workspace, made absolute (the flow's
-    process does not run in the workspace)."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{(root / uri.removeprefix('sqlite:///')).resolve()}"
-    if urlparse(uri).scheme == "" and not Path(uri).is_absolute():
-        return str((root / uri).resolve())
-    return uri
-
-
 def workspace_config(workspace: str | Path) -> Config:
     """The workspace's params.yaml, with its tracking URI anchored to the workspace."""
     root = Path(workspace).resolve()
     cfg = load_config(root / "params.yaml")
-    tracking = cfg.tracking.model_copy(update={"uri": anchored_uri(cfg.tracking.uri, root)})
+    tracking = cfg.tracking.model_copy(update={"uri": anchored_url(cfg.tracking.uri, root)})
     return cfg.model_copy(update={"tracking": tracking})
 
 

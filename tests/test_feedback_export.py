@@ -30,11 +30,11 @@ from tuneline.feedback.export import (
     pending_count,
     pending_counts,
     should_retrain,
-    store_url,
 )
 from tuneline.feedback.store import FeedbackStore
 from tuneline.feedback.store import feedback as feedback_table
 from tuneline.jsonio import read_json, read_jsonl
+from tuneline.urls import anchored_url
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 WORDS = (
@@ -138,8 +138,8 @@ def test_classify_rules() -> None:
     assert should_retrain(50, 50) and not should_retrain(49, 50)
     with pytest.raises(FeedbackExportError, match="at least 1"):
         should_retrain(3, 0)
-    assert store_url("sqlite:///feedback.db", Path("/srv/ws")) == "sqlite:////srv/ws/feedback.db"
-    assert store_url("sqlite:////abs/f.db", Path("/srv")) == "sqlite:////abs/f.db"
+    assert anchored_url("sqlite:///feedback.db", Path("/srv/ws")) == "sqlite:////srv/ws/feedback.db"
+    assert anchored_url("sqlite:////abs/f.db", Path("/srv")) == "sqlite:////abs/f.db"
 
 
 def test_export_writes_sft_and_negatives_marks_rows_and_dvc_adds(

@@ -34,13 +34,13 @@ from tasks.stages import (
     LOCK_FILE,
     PIPELINE,
     WorkspaceBusy,
-    anchored_uri,
     command_env,
     hydra_overrides,
     stage_command,
     workspace_lock,
 )
 from tuneline.stages import DATA_STAGES
+from tuneline.urls import anchored_url
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 PAUSE_TIMEOUT_S = 240
@@ -81,7 +81,7 @@ def wait_paused(name: str, thread: threading.Thread) -> FlowRun:
 def registry(workspace: Path) -> tuple[Any, str]:
     import mlflow
 
-    uri = anchored_uri("sqlite:///mlflow.db", workspace)
+    uri = anchored_url("sqlite:///mlflow.db", workspace)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), uri
 
 
@@ -323,8 +323,8 @@ def test_stage_commands(tmp_path: Path) -> None:
         "+train.hostfile=h",
         "train.lr=1e-4",
     ]
-    assert anchored_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert anchored_uri("http://mlflow:5000", tmp_path) == "http://mlflow:5000"
+    assert anchored_url("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert anchored_url("http://mlflow:5000", tmp_path) == "http://mlflow:5000"
 
 
 def test_report_builders() -> None:

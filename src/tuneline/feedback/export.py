@@ -49,6 +49,7 @@ from tuneline.config import Config
 from tuneline.errors import TunelineError
 from tuneline.feedback.store import FeedbackStore
 from tuneline.jsonio import read_jsonl, write_jsonl
+from tuneline.urls import anchored_url
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +163,6 @@ def should_retrain(new_rows: int, threshold: int) -> bool:
 # ---------------------------------------------------------------- I/O
 
 
-def store_url(url: str, root: Path) -> str:
-    """A relative sqlite URL of params.yaml (`sqlite:///feedback.db`) anchored at the workspace `root`."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
-        return prefix + str((root / url.removeprefix(prefix)).resolve())
-    return url
-
-
 def _anchored(path: Path, root: Path) -> Path:
     return path if path.is_absolute() else root / path
 
@@ -177,7 +170,7 @@ def _anchored(path: Path, root: Path) -> Path:
 def _open_store(cfg: Config, root: Path, store: FeedbackStore | None) -> tuple[FeedbackStore, bool]:
     if store is not None:
         return store, False
-    return FeedbackStore(store_url(cfg.serve.store_url, root)), True
+    return FeedbackStore(anchored_url(cfg.serve.store_url, root)), True
 
 
 def pending_count(cfg: Config, store: FeedbackStore | None = None, root: Path | None = None) -> int:
