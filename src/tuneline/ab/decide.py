@@ -137,6 +137,7 @@ def run(cfg: Config, layout: Layout, store: FeedbackStore | None = None) -> dict
         StoreError, RegistryError, AbDataError: as `ab_report`; RegistryError also for a failed move.
     """
     from tuneline.promote.aliases import PromotionResult, promote, retire_challenger
+    from tuneline.promote.gate import passed
     from tuneline.registry.registry import aliases_of, set_version_tags, version_info
 
     reg, uri = cfg.registry, cfg.tracking.uri
@@ -148,7 +149,7 @@ def run(cfg: Config, layout: Layout, store: FeedbackStore | None = None) -> dict
         set_version_tags(uri, reg.model_name, decision.challenger, decision_tags(decision, at))
     gate = (version_info(uri, reg.model_name, decision.challenger)["tags"].get("gate.status")
             if decision.action == "promote" else None)
-    if decision.action == "promote" and gate not in ("promote", "await_approval"):
+    if decision.action == "promote" and not passed(gate):
         # Live feedback alone never promotes: the version must also have passed the offline gate.
         result = PromotionResult(False, "rejected", decision.challenger, decision.champion, None,
                                  f"version {decision.challenger} won the A/B test but its gate.status is "

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Status = Literal["promote", "await_approval", "rejected"]
+PASSED: tuple[Status, ...] = ("promote", "await_approval")
 LOWER_IS_BETTER = frozenset({"loss", "perplexity"})
 SCHEMA_METRIC = "json_valid_rate"  # the schema-valid rate (evaluate: JSON that validates)
 NEVER_STOP_METRIC = "never_stop_rate"
@@ -61,6 +62,12 @@ CRITERIA = (
 )
 
 
+def passed(status: str | None) -> bool:
+    """Whether a gate status (a Decision's, or a version's `gate.status` tag) let the version through:
+    only such a version may be approved, canaried or promoted on live feedback."""
+    return status in PASSED
+
+
 @dataclass(frozen=True)
 class Decision:
     """The gate's result: whether to promote now, the status, and one row per criterion."""
@@ -72,7 +79,7 @@ class Decision:
     @property
     def passed(self) -> bool:
         """Every criterion passed (the status is promote or await_approval)."""
-        return self.status != "rejected"
+        return passed(self.status)
 
     @property
     def failed(self) -> list[str]:

@@ -25,6 +25,7 @@ from tuneline.config.loader import Config
 from tuneline.errors import InputFileError, TunelineError
 from tuneline.jsonio import write_json
 from tuneline.layout import Layout
+from tuneline.promote.gate import passed
 from tuneline.train.inputs import read_split, resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ def approve(cfg: Config, layout: Layout, version: str, approver: str, note: str 
 
     reg = cfg.registry
     gate = version_info(cfg.tracking.uri, reg.model_name, version)["tags"].get("gate.status")
-    if gate not in ("promote", "await_approval"):
+    if not passed(gate):
         raise GateError(f"{reg.model_name} version {version}: the gate said {gate or 'nothing'}; "
                         "only a version that passed the gate can be approved")
     record_approval(cfg.tracking.uri, reg.model_name, version, approver, "approved", note)

@@ -90,6 +90,12 @@ def base_identity(base_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def prompt_length(tokenizer: Any, messages: list[dict[str, str]]) -> int:
+    """Tokens of the rendered prompt (chat template with the generation prompt)."""
+    return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                             return_dict=True)["input_ids"])
+
+
 def _template_of(tokenizer: Any) -> tuple[Any, Any]:
     return tokenizer.chat_template, tokenizer.eos_token
 
@@ -116,10 +122,7 @@ class ServedModels:
         return [v for v in VARIANTS if v in self.versions]
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        """Tokens of the rendered prompt (chat template with the generation prompt)."""
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                 return_dict=True)["input_ids"]
-        return len(ids)
+        return prompt_length(self.tokenizer, messages)
 
     def apply(self, files: list[VersionFiles]) -> dict[str, str]:
         """Serve exactly these versions: load adapters not loaded yet, drop those no longer served.
@@ -185,10 +188,11 @@ class ServedModels:
 
 def challenger_problem(uri: str, model_name: str, version: str) -> str | None:
     """Why a challenger version must not be canaried (it did not pass the gate), or None when it may."""
+    from tuneline.promote.gate import passed
     from tuneline.registry.registry import version_info
 
     gate = version_info(uri, model_name, version)["tags"].get("gate.status")
-    if gate in ("promote", "await_approval"):
+    if passed(gate):
         return None
     return f"version {version} has gate.status {gate or 'unset'}; only a version that passed the gate serves"
 
@@ -256,14 +260,11 @@ def load_served_models(
 
 
 def _adapter_tokenizer(adapter_dir: Path, fallback: Any) -> Any:
-    from transformers import AutoTokenizer
+    from tuneline.evaluate.generate import load_tokenizer
 
     if not (adapter_dir / "tokenizer_config.json").is_file():
         return fallback
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(adapter_dir)
     if tokenizer.chat_template is None:
         raise ServeError(f"{adapter_dir}: the tokenizer has no chat template; cannot render conversations")
     return tokenizer
