@@ -54,6 +54,18 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     return names[dtype]
 
 
+def load_tokenizer(source: str | Path, trust_remote_code: bool = False) -> Any:
+    """A tokenizer set up for generation: padding on the left (prompts must end where generation
+    starts), and the EOS as pad token when it has none."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_variant(
     base_path: str | Path,
     adapter_path: str | Path | None = None,
@@ -77,7 +89,7 @@ def load_variant(
     Returns:
         (model in eval mode with the KV cache on, tokenizer).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     device = device or default_device()
     tok_source = base_path
@@ -86,10 +98,7 @@ def load_variant(
             tok_source = adapter_path
         else:
             logger.warning("%s has no tokenizer; using the base model's", adapter_path)
-    tokenizer = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=trust_remote_code)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(tok_source, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         base_path,
         dtype=_resolve_dtype(dtype, device),

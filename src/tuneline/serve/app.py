@@ -37,7 +37,7 @@ from tuneline.serve.schemas import (
     openai_error,
     validation_message,
 )
-from tuneline.serve.streaming import TokenStream, chunk, safe_prefix, sse
+from tuneline.serve.streaming import TokenStream, chunk, cut_at_stop, safe_prefix, sse
 
 logger = logging.getLogger(__name__)
 PIN_HEADER = "x-tuneline-variant"
@@ -291,10 +291,8 @@ async def _stream_events(stream: TokenStream, future: Any, tokenizer: Any, stops
 
 def _apply_stops(text: str, stops: list[str], finish: str) -> tuple[str, str]:
     """Cut the answer at the first stop sequence (OpenAI's `stop`); finish_reason is then "stop"."""
-    cuts = [text.find(s) for s in stops if s in text]
-    if not cuts:
-        return text, finish
-    return text[: min(cuts)], "stop"
+    cut, hit = cut_at_stop(text, stops)
+    return cut, "stop" if hit else finish
 
 
 class BodyLimit:

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from tuneline.serve.models import Conversation, ServeError, VersionFiles, _adapter_tokenizer
+from tuneline.serve.models import Conversation, ServeError, VersionFiles, _adapter_tokenizer, prompt_length
 
 
 def vllm_command(files: list[VersionFiles], port: int = 8001, dtype: str = "auto",
@@ -75,9 +75,7 @@ class RemoteModels:
         return [v for v in ("champion", "challenger") if v in self.versions]
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                 return_dict=True)["input_ids"]
-        return len(ids)
+        return prompt_length(self.tokenizer, messages)
 
     def _one(self, variant: str, messages: list[dict[str, str]], max_new_tokens: int,
              sampling: dict[str, float] | None) -> dict[str, Any]:

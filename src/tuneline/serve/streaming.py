@@ -48,15 +48,21 @@ class TokenStream:
             yield item
 
 
+def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    """(`text` up to the first stop sequence in it, whether one was found): OpenAI's `stop`."""
+    cuts = [text.find(s) for s in stops if s and s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
 def safe_prefix(text: str, stops: list[str]) -> tuple[str, bool]:
     """(the part of `text` that can be sent now, whether a stop sequence was reached).
 
     With a stop sequence in the text, everything from it on is dropped. Otherwise the end of the text
     that could still become a stop sequence (or a half-decoded character) is held back.
     """
-    cuts = [text.find(s) for s in stops if s and s in text]
-    if cuts:
-        return text[: min(cuts)], True
+    cut, hit = cut_at_stop(text, stops)
+    if hit:
+        return cut, True
     hold = 0
     for s in stops:
         for k in range(min(len(s) - 1, len(text)), 0, -1):
