@@ -35,8 +35,8 @@ from typing import Any
 os.environ.setdefault("TUNELINE_PROGRESS", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from tuneline.lm.labels import IGNORE_INDEX  # noqa: E402
 from tuneline.train.packing import TokenCounter, collate_packed, pack_rows  # noqa: E402
-from tuneline.train.tokenize import IGNORE_INDEX  # noqa: E402
 
 PEAK_BF16 = 989e12  # H100 / H200 SXM dense BF16 tensor FLOP/s
 GPU_MODEL = {  # TinyLlama-1.1B's shape: 1.10 B parameters
@@ -62,14 +62,15 @@ def demo_rows(root: Path, max_length: int) -> tuple[list[dict[str, Any]], str]:
     from transformers import AutoTokenizer
 
     from tuneline.jsonio import read_jsonl
-    from tuneline.train.tokenize import encode_records
+    from tuneline.lm.chat import ChatFormat
+    from tuneline.lm.labels import encode_records
 
     base = root / "models" / "base"
     if not (base / "config.json").is_file():
         raise SystemExit(f"{base}: no demo base; run `make run` or `dvc repro build_base` first")
     tokenizer = AutoTokenizer.from_pretrained(base)
     records = list(read_jsonl(root / "data" / "processed" / "train.jsonl"))
-    return encode_records(tokenizer, records, max_length).rows, str(base)
+    return encode_records(ChatFormat(tokenizer), records, max_length).rows, str(base)
 
 
 def flops_per_step(batches: list[list[list[int]]], n_params: int, layers: int, hidden: int) -> float:

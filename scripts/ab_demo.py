@@ -78,7 +78,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 180
 
 
 def prompts(limit: int) -> list[tuple[list[dict[str, str]], str]]:
-    from tuneline.evaluate.generate import prompts_and_references
+    from tuneline.lm.generate import prompts_and_references
 
     out = []
     with open(ROOT / "data/processed/train.jsonl", encoding="utf-8") as fh:

@@ -74,18 +74,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from test_demo_base import tiny_records
     from tuneline.config.loader import Config
+    from tuneline.lm.chat import ChatFormat
+    from tuneline.lm.labels import encode_records
     from tuneline.train.distributed import init_worker, training_kwargs, uses_deepspeed
     from tuneline.train.lora import prepare_model
     from tuneline.train.plan import make_plan
-    from tuneline.train.tokenize import encode_records
 
     cfg = Config.model_validate({"seed": 0, "train": job["train"]})
     base, out = job["base"], Path(job["out"])
     use_cpu = not torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(base)
-    train_rows = encode_records(tokenizer, tiny_records(job["rows"]), 64).rows
+    train_rows = encode_records(ChatFormat(tokenizer), tiny_records(job["rows"]), 64).rows
     val_records = [{**r, "id": f"v{i}"} for i, r in enumerate(tiny_records(VAL_ROWS))]
-    val_rows = encode_records(tokenizer, val_records, 64).rows
+    val_rows = encode_records(ChatFormat(tokenizer), val_records, 64).rows
     plan = make_plan(cfg, model_config=base, token_lengths=[len(r["input_ids"]) for r in train_rows])
 
     # The order the worker must keep: process group, then TrainingArguments (which registers the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from pathlib import Path
@@ -11,16 +12,12 @@ import pytest
 import torch
 
 from test_demo_base import build_tiny_base, tiny_records
-from tuneline.evaluate.generate import (
-    eos_ids,
-    generate,
-    load_variant,
-    loss_and_perplexity,
-    prompts_and_references,
-    split_prompts,
-)
+from tuneline.evaluate.loss import loss_and_perplexity
 from tuneline.evaluate.metrics import score_rows
-from tuneline.train.tokenize import IGNORE_INDEX, encode_records
+from tuneline.lm.chat import ChatFormat
+from tuneline.lm.generate import generate, prompts_and_references, split_prompts
+from tuneline.lm.labels import IGNORE_INDEX, encode_records
+from tuneline.lm.load import load_variant
 
 
 def _record(rid: str, messages: list[tuple[str, str]], category: str | None = None) -> dict[str, Any]:
@@ -101,7 +98,8 @@ def test_prompt_is_everything_before_the_last_assistant_turn() -> None:
     assert prompts_and_references(trailing) == ([{"role": "user", "content": "q"}], "a")
     assert prompts_and_references(records["no-answer"]) is None
     prompts, skipped = split_prompts(list(records.values()))
-    assert skipped == ["no-answer"] and len(prompts) == len(records) - 1
+    assert [s["id"] for s in skipped] == ["no-answer"] and len(prompts) == len(records) - 1
+    assert skipped[0]["reason"] == "no_assistant_turn"
     assert prompts[-1]["category"] == "zh" and prompts[-1]["reference"] == "喵喵。"
 
 
@@ -110,25 +108,27 @@ def test_variant_loading(
 ) -> None:
     from peft import PeftModel
 
-    base, base_tok = base_variant
-    lora, lora_tok = lora_variant
+    base, base_chat = base_variant
+    lora, lora_chat = lora_variant
+    base_tok, lora_tok = base_chat.tokenizer, lora_chat.tokenizer
     assert not isinstance(base, PeftModel) and isinstance(lora, PeftModel)
     assert not base.training and not lora.training
     assert base.config.use_cache and lora.config.use_cache
     # The adapter's own tokenizer (what training saved), left-padding for generation.
     assert Path(lora_tok.name_or_path) == adapter and Path(base_tok.name_or_path) == tiny_base
     assert lora_tok.padding_side == "left" and lora_tok.chat_template
-    assert eos_ids(lora, lora_tok) == [lora_tok.eos_token_id]
+    assert lora_chat.stop_ids == [lora_tok.eos_token_id]
     assert next(lora.parameters()).dtype == torch.float32
     with pytest.raises(ValueError, match="dtype 'int8'"):
         load_variant(tiny_base, dtype="int8", device="cpu")
 
 
 def test_greedy_generation_stops_at_eos_and_batching_changes_nothing(base_variant: tuple[Any, Any]) -> None:
-    model, tok = base_variant
+    model, chat = base_variant
+    tok = chat.tokenizer
     records = eval_records()
-    rows = generate(model, tok, records, max_new_tokens=24, batch_size=4)
-    one_by_one = generate(model, tok, records, max_new_tokens=24, batch_size=1)
+    rows = generate(model, chat, records, max_new_tokens=24, batch_size=4)
+    one_by_one = generate(model, chat, records, max_new_tokens=24, batch_size=1)
     assert rows == one_by_one
     assert [r["id"] for r in rows] == [r["id"] for r in records if r["id"] != "no-answer"]
     first = rows[0]
@@ -147,28 +147,26 @@ def test_greedy_generation_stops_at_eos_and_batching_changes_nothing(base_varian
     # The new-token count includes the EOS: re-encoding the reply gives one token fewer.
     for r in stopped:
         assert len(tok(r["prediction"], add_special_tokens=False)["input_ids"]) == r["new_tokens"] - 1
-    assert generate(model, tok, records, max_new_tokens=24, batch_size=3) == rows  # deterministic
+    assert generate(model, chat, records, max_new_tokens=24, batch_size=3) == rows  # deterministic
 
 
 def test_budget_hits_are_counted_as_never_stopped(base_variant: tuple[Any, Any]) -> None:
-    model, tok = base_variant
-    rows = generate(model, tok, eval_records(), max_new_tokens=3, batch_size=4)
+    model, chat = base_variant
+    rows = generate(model, chat, eval_records(), max_new_tokens=3, batch_size=4)
     assert all(not r["stopped"] and r["new_tokens"] == 3 for r in rows)
     assert score_rows(rows)["overall"]["never_stop_rate"] == 1.0
 
 
 def test_generation_config_eos_ids_also_stop(base_variant: tuple[Any, Any]) -> None:
-    model, tok = base_variant
+    model, chat = base_variant
+    tok = chat.tokenizer
     records = tiny_records(3)
-    full = generate(model, tok, records, max_new_tokens=24, batch_size=3)
+    full = generate(model, chat, records, max_new_tokens=24, batch_size=3)
     ids = tok(full[0]["prediction"], add_special_tokens=False)["input_ids"]
     extra = ids[2]  # the third token of the first reply becomes an extra stop token
-    saved = model.generation_config.eos_token_id
-    model.generation_config.eos_token_id = [saved, extra]
-    try:
-        cut = generate(model, tok, records, max_new_tokens=24, batch_size=3)
-    finally:
-        model.generation_config.eos_token_id = saved
+    config = copy.deepcopy(model.generation_config)
+    config.eos_token_id = [config.eos_token_id, extra]
+    cut = generate(model, ChatFormat(tok, config), records, max_new_tokens=24, batch_size=3)
     assert cut[0]["stopped"] and cut[0]["new_tokens"] == ids.index(extra) + 1
     assert cut[0]["prediction"] == tok.decode(ids[: ids.index(extra)])
 
@@ -177,18 +175,18 @@ def test_adapter_changes_outputs_and_batches_match(
     base_variant: tuple[Any, Any], lora_variant: tuple[Any, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     records = eval_records()
-    with caplog.at_level(logging.WARNING, logger="tuneline.evaluate.generate"):
+    with caplog.at_level(logging.WARNING, logger="tuneline.lm.generate"):
         lora_rows = generate(*lora_variant, records, max_new_tokens=12, batch_size=5)
-    assert "1 of 12 rows have no assistant turn" in caplog.text and "no-answer" in caplog.text
+    assert "1 of 12 rows are not generated for" in caplog.text and "no-answer" in caplog.text
     base_rows = generate(*base_variant, records, max_new_tokens=12, batch_size=5)
     assert [r["prediction"] for r in lora_rows] != [r["prediction"] for r in base_rows]
     assert generate(*lora_variant, records, max_new_tokens=12, batch_size=1) == lora_rows
 
 
-def manual_loss(model: Any, tok: Any, records: list[dict[str, Any]], max_length: int) -> tuple[float, int]:
+def manual_loss(model: Any, chat: Any, records: list[dict[str, Any]], max_length: int) -> tuple[float, int]:
     """Sum of per-token cross-entropies, one unpadded row at a time, through the model's own loss."""
     total, tokens = 0.0, 0
-    for row in encode_records(tok, records, max_length).rows:
+    for row in encode_records(chat, records, max_length).rows:
         n = sum(1 for t in row["labels"][1:] if t != IGNORE_INDEX)
         with torch.no_grad():
             out = model(input_ids=torch.tensor([row["input_ids"]]), labels=torch.tensor([row["labels"]]))
@@ -201,9 +199,9 @@ def test_loss_is_token_weighted_over_assistant_tokens(
     base_variant: tuple[Any, Any], lora_variant: tuple[Any, Any]
 ) -> None:
     records = eval_records()
-    model, tok = base_variant
-    result = loss_and_perplexity(model, tok, records, max_length=256, batch_size=3)
-    expected, tokens = manual_loss(model, tok, records, 256)
+    model, chat = base_variant
+    result = loss_and_perplexity(model, chat, records, max_length=256, batch_size=3)
+    expected, tokens = manual_loss(model, chat, records, 256)
     assert result["tokens"] == tokens and result["rows"] == len(records) - 1
     assert result["skipped"] == ["no-answer"] and result["truncated_rows"] == 0
     assert result["loss"] == pytest.approx(expected, rel=1e-5)
@@ -214,10 +212,10 @@ def test_loss_is_token_weighted_over_assistant_tokens(
     assert sum(r["loss"] for r in per_row) / len(per_row) != pytest.approx(result["loss"], rel=1e-6)
     assert sum(r["loss"] * r["tokens"] for r in per_row) / tokens == pytest.approx(result["loss"], rel=1e-6)
     # Batch size does not change the result; truncation is counted.
-    assert loss_and_perplexity(model, tok, records, 256, batch_size=1)["loss"] == pytest.approx(
+    assert loss_and_perplexity(model, chat, records, 256, batch_size=1)["loss"] == pytest.approx(
         result["loss"], rel=1e-6
     )
-    assert loss_and_perplexity(model, tok, records, 20, batch_size=4)["truncated_rows"] > 0
+    assert loss_and_perplexity(model, chat, records, 20, batch_size=4)["truncated_rows"] > 0
     lora_loss = loss_and_perplexity(*lora_variant, records, 256, batch_size=3)["loss"]
     assert lora_loss != pytest.approx(result["loss"], rel=1e-3)
 
@@ -228,16 +226,16 @@ def test_cuda_variants_match_cpu_and_batch(
     tiny_base: Path, adapter: Path, lora_variant: tuple[Any, Any]
 ) -> None:
     records = eval_records()
-    model, tok = load_variant(tiny_base, adapter, dtype="fp32", device="cuda")
+    model, chat = load_variant(tiny_base, adapter, dtype="fp32", device="cuda")
     assert next(model.parameters()).is_cuda
-    rows = generate(model, tok, records, max_new_tokens=12, batch_size=5)
-    assert rows == generate(model, tok, records, max_new_tokens=12, batch_size=1)
+    rows = generate(model, chat, records, max_new_tokens=12, batch_size=5)
+    assert rows == generate(model, chat, records, max_new_tokens=12, batch_size=1)
     cpu_loss = loss_and_perplexity(*lora_variant, records, 256, batch_size=3)["loss"]
-    assert loss_and_perplexity(model, tok, records, 256, batch_size=3)["loss"] == pytest.approx(
+    assert loss_and_perplexity(model, chat, records, 256, batch_size=3)["loss"] == pytest.approx(
         cpu_loss, rel=1e-4
     )
     half, _ = load_variant(tiny_base, adapter, device="cuda")  # auto: bf16 where the GPU has it
     assert next(half.parameters()).dtype == (
         torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     )
-    assert len(generate(half, tok, records, max_new_tokens=12, batch_size=5)) == len(rows)
+    assert len(generate(half, chat, records, max_new_tokens=12, batch_size=5)) == len(rows)

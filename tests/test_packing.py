@@ -11,9 +11,10 @@ from tests.test_demo_base import build_tiny_base
 from tests.test_train import repeat_records
 
 from tuneline.jsonio import write_jsonl
+from tuneline.lm.chat import ChatFormat
+from tuneline.lm.labels import IGNORE_INDEX, encode_records
 from tuneline.train import token_cache
 from tuneline.train.packing import TokenCounter, collate_packed, collate_padded, pack_rows
-from tuneline.train.tokenize import IGNORE_INDEX, encode_records
 
 
 def rows_of_lengths(lengths: list[int]) -> list[dict[str, Any]]:
@@ -71,7 +72,7 @@ def test_packed_batch_has_no_attention_across_rows(tiny_base: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     model = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
     model.config.use_cache = False  # as the trainer sets it: a KV cache hides the restarting positions
-    rows = encode_records(tokenizer, repeat_records(5), max_length=512).rows
+    rows = encode_records(ChatFormat(tokenizer), repeat_records(5), max_length=512).rows
     (packed,) = pack_rows(rows, 512)
     with torch.no_grad():
         batch = collate_packed([packed], tokenizer.pad_token_id or 0)
@@ -93,20 +94,20 @@ def test_tokenization_cache_tokenizes_once(
     path = tmp_path / "train.jsonl"
     records = repeat_records(7)
     write_jsonl(path, records)
-    first = token_cache.tokenize_split(tokenizer, records, path, tmp_path)
+    first = token_cache.tokenize_split(ChatFormat(tokenizer), records, path, tmp_path)
     assert not first.from_cache and list((tmp_path / token_cache.CACHE_DIR).glob("*.npz"))
 
     def no_tokenizing(*a: Any, **kw: Any) -> Any:
         raise AssertionError("re-tokenized although the cache holds this split")
 
-    monkeypatch.setattr(token_cache, "encode_messages", no_tokenizing)
-    again = token_cache.tokenize_split(tokenizer, records, path, tmp_path)
+    monkeypatch.setattr(token_cache, "encode_all", no_tokenizing)
+    again = token_cache.tokenize_split(ChatFormat(tokenizer), records, path, tmp_path)
     assert again.from_cache and again.ids == first.ids and again.masks == first.masks
     assert again.record_ids == [r["id"] for r in records]
 
     write_jsonl(path, records[:6])  # other data: another key, so it must tokenize (and here, fail)
     with pytest.raises(AssertionError, match="re-tokenized"):
-        token_cache.tokenize_split(tokenizer, records[:6], path, tmp_path)
+        token_cache.tokenize_split(ChatFormat(tokenizer), records[:6], path, tmp_path)
 
 
 def test_damaged_cache_is_rebuilt(tiny_base: Path, tmp_path: Path) -> None:
@@ -116,8 +117,8 @@ def test_damaged_cache_is_rebuilt(tiny_base: Path, tmp_path: Path) -> None:
     path = tmp_path / "val.jsonl"
     records = repeat_records(3)
     write_jsonl(path, records)
-    first = token_cache.tokenize_split(tokenizer, records, path, tmp_path)
+    first = token_cache.tokenize_split(ChatFormat(tokenizer), records, path, tmp_path)
     (cached,) = (tmp_path / token_cache.CACHE_DIR).glob("*.npz")
     cached.write_bytes(b"not a zip")
-    again = token_cache.tokenize_split(tokenizer, records, path, tmp_path)
+    again = token_cache.tokenize_split(ChatFormat(tokenizer), records, path, tmp_path)
     assert not again.from_cache and again.ids == first.ids

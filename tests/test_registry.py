@@ -106,7 +106,8 @@ def mean_loss(base: Path, adapter: Path | None) -> float:
 
         model, tok = AutoModelForCausalLM.from_pretrained(base).eval(), AutoTokenizer.from_pretrained(base)
     else:
-        model, tok = load_adapter_model(base, adapter, "cpu")
+        model, chat = load_adapter_model(base, adapter, "cpu")
+        tok = chat.tokenizer
     losses = []
     for rec in tiny_records(10):
         enc = tok.apply_chat_template(rec["messages"], return_tensors="pt", return_dict=True)

@@ -15,8 +15,9 @@ import pytest
 
 from serve_world import API_KEY, MODEL, RunningServer, World, build_world
 from tuneline.config.serve import ServeParams
-from tuneline.evaluate.generate import complete, load_variant
 from tuneline.feedback.store import FeedbackStore
+from tuneline.lm.generate import complete
+from tuneline.lm.load import load_variant
 from tuneline.serve.models import ServeError
 from tuneline.serve.routing import experiment_id, parse_model, route
 from tuneline.serve.server import api_keys

@@ -12,7 +12,8 @@ from tests.test_demo_base import build_tiny_base
 from tuneline.config.loader import Config
 from tuneline.jsonio import write_jsonl
 from tuneline.layout import Layout
-from tuneline.train.tokenize import IGNORE_INDEX, build_rows, encode_records
+from tuneline.lm.chat import ChatFormat
+from tuneline.lm.labels import IGNORE_INDEX, build_rows, encode_records
 
 WORDS = ["cat", "dog", "fox", "owl", "bee", "ant"]
 
@@ -49,7 +50,7 @@ def test_labels_supervise_only_assistant_tokens(tokenizer: Any) -> None:
         {"role": "user", "content": "And dog?"},
         {"role": "assistant", "content": "dog"},
     ]}
-    enc = encode_records(tokenizer, [rec], max_length=512)
+    enc = encode_records(ChatFormat(tokenizer), [rec], max_length=512)
     row = enc.rows[0]
     supervised = [t for t in row["labels"] if t != IGNORE_INDEX]
     assert tokenizer.decode(supervised) == "cat<|eos|>dog<|eos|>"
@@ -62,8 +63,8 @@ def test_truncation_counted_and_answerless_rows_dropped(tokenizer: Any) -> None:
     long = {"id": "long", "messages": [{"role": "user", "content": "word " * 200},
                                        {"role": "assistant", "content": "ok"}]}
     short = repeat_records(1)[0]
-    limit = len(encode_records(tokenizer, [short], max_length=10_000).rows[0]["input_ids"])
-    enc = encode_records(tokenizer, [long, short], max_length=limit)
+    limit = len(encode_records(ChatFormat(tokenizer), [short], max_length=10_000).rows[0]["input_ids"])
+    enc = encode_records(ChatFormat(tokenizer), [long, short], max_length=limit)
     assert enc.truncated_rows == 1 and enc.dropped_no_target == ["long"]
     assert len(enc.rows) == 1 and len(enc.rows[0]["input_ids"]) == limit
     rendered = [tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True,

@@ -58,10 +58,12 @@ def poisoned_base(base: Path, out: Path, records: list[dict[str, Any]], bad_id: 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuneline.train.tokenize import encode_records
+    from tuneline.lm.chat import ChatFormat
+    from tuneline.lm.labels import encode_records
 
     tokenizer = AutoTokenizer.from_pretrained(base)
-    ids = {r["id"]: set(encode_records(tokenizer, [r], 512).rows[0]["input_ids"]) for r in records}
+    chat = ChatFormat(tokenizer)
+    ids = {r["id"]: set(encode_records(chat, [r], 512).rows[0]["input_ids"]) for r in records}
     others = set().union(*(v for k, v in ids.items() if k != bad_id))
     token = min(ids[bad_id] - others)
     model = AutoModelForCausalLM.from_pretrained(base)

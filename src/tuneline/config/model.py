@@ -51,4 +51,16 @@ class ModelParams(Section):
         "the default is the demo base built by `tuneline build_base`.",
     )
     trust_remote_code: bool = Field(False, description="Run code shipped with a checkpoint.")
+    chat_template: str = Field(
+        "auto",
+        description="How conversations are rendered: `auto` (the tokenizer's own template), a path to a "
+        ".jinja file (relative to the workspace root), or a bundled template name (`chatml`). Saved with "
+        "the adapter, so evaluate and serve render exactly what training saw.",
+    )
+    merge_system: bool = Field(
+        False,
+        description="Put the system prompt at the head of the first user turn, for templates with no "
+        "system role (Gemma) or that drop it from a finished conversation (Mistral v0.3). Off: such rows "
+        "are rejected with the reason.",
+    )
     demo: DemoBaseParams = Field(default_factory=DemoBaseParams, description="The built-in demo base model.")

@@ -80,20 +80,26 @@ def score_variant(
     max_length: int, schema: Any,
 ) -> dict[str, Any]:
     """Loss on the whole test split, generation metrics on each sampled set, for one variant."""
-    from tuneline.evaluate.generate import generate, load_variant, loss_and_perplexity
+    from tuneline.evaluate.loss import loss_and_perplexity
     from tuneline.evaluate.metrics import score_rows
+    from tuneline.lm.generate import generate
+    from tuneline.lm.load import load_variant
 
     e = cfg.evaluate
-    model, tokenizer = load_variant(model_dir[0], model_dir[1], trust_remote_code=cfg.model.trust_remote_code)
+    # Every variant renders with the candidate's tokenizer and options: the base is asked exactly what
+    # the candidate is asked.
+    model, chat = load_variant(model_dir[0], model_dir[1], trust_remote_code=cfg.model.trust_remote_code,
+                               tokenizer_from=model_dir[2] if len(model_dir) > 2 else None)
     out: dict[str, Any] = {"sets": {}, "rows": {}}
     for set_name, records in sets.items():
         sampled = sample_rows(records, e.max_rows, cfg.seed)
-        rows = generate(model, tokenizer, sampled, e.max_new_tokens, e.batch_size)
+        rows = generate(model, chat, sampled, e.max_new_tokens, e.batch_size)
         scored = score_rows(rows, schema)
         if set_name == "test":
-            loss = loss_and_perplexity(model, tokenizer, records, max_length, e.batch_size)
+            loss = loss_and_perplexity(model, chat, records, max_length, e.batch_size)
             scored["overall"]["loss"], scored["overall"]["perplexity"] = loss["loss"], loss["perplexity"]
             scored["loss_rows"], scored["loss_tokens"] = loss["rows"], loss["tokens"]
+            scored["unrenderable_rows"] = len(loss["rejected"])
         out["sets"][set_name] = scored
         out["rows"][set_name] = rows
     logger.info("evaluate: %s scored", name)
@@ -110,9 +116,9 @@ def run(cfg: Config, layout: Layout, champion: tuple[str, str | None] | None = N
     Raises:
         InputFileError: the test split or the trained model is missing.
     """
-    from tuneline.evaluate.generate import split_prompts
     from tuneline.evaluate.metrics import compare
     from tuneline.evaluate.review import write_review
+    from tuneline.lm.generate import split_prompts
 
     test = read_split(layout, "test")
     sets = {"test": test, **eval_sets(cfg)}
@@ -123,8 +129,8 @@ def run(cfg: Config, layout: Layout, champion: tuple[str, str | None] | None = N
     with tempfile.TemporaryDirectory(prefix="tuneline-champion-") as tmp:
         if champion is None:
             champion = _registry_champion(cfg, Path(tmp))
-        variants: dict[str, tuple[str, str | None]] = {"base": (base, None),
-                                                       "candidate": (base, str(adapter))}
+        variants: dict[str, tuple[str, str | None, str | None]] = {
+            "base": (base, None, str(adapter)), "candidate": (base, str(adapter), None)}
         if champion is not None:
             variants["champion"] = champion
         max_length = _max_length(adapter)

@@ -52,10 +52,14 @@ def gate_metrics(scores: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def probe_conversations(layout: Layout, n: int) -> list[list[dict[str, str]]]:
-    """The first `n` test prompts (the conversation before its last assistant turn)."""
-    from tuneline.evaluate.generate import split_prompts
+    """The first `n` test prompts (the conversation before its last assistant turn) without tools: the
+    pyfunc's input is plain role / content messages."""
+    from tuneline.lm.generate import split_prompts
 
-    prompts, _ = split_prompts(read_split(layout, "test"))
+    plain = [r for r in read_split(layout, "test")
+             if not any(m["role"] == "tool" for m in r["messages"]) and not (r.get("meta") or {}).get("tools")
+             and not (r.get("meta") or {}).get("tool_call_messages")]
+    prompts, _ = split_prompts(plain)
     return [p["messages"] for p in prompts[:n]]
 
 

@@ -41,22 +41,19 @@ def pip_requirements() -> list[str]:
 def load_adapter_model(
     base_dir: str | Path, adapter_dir: str | Path, device: str | None = None, dtype: str | None = "auto"
 ) -> tuple[Any, Any]:
-    """Base + LoRA adapter + the adapter's tokenizer (chat template), exactly as evaluation loads them
-    (`tuneline.evaluate.generate.load_variant`: not merged, bf16 on a bf16 GPU else fp32).
+    """Base + LoRA adapter + the adapter's chat format, exactly as evaluation loads them
+    (`tuneline.lm.load.load_variant`: not merged, bf16 on a bf16 GPU else fp32).
 
     Raises:
-        ValueError: the tokenizer has no chat template.
+        RenderError: the tokenizer has no chat template.
     """
-    from tuneline.evaluate.generate import load_variant
+    from tuneline.lm.load import load_variant
 
-    model, tokenizer = load_variant(base_dir, adapter_dir, dtype=dtype, device=device)
-    if tokenizer.chat_template is None:
-        raise ValueError(f"{adapter_dir}: the tokenizer has no chat template; cannot render conversations")
-    return model, tokenizer
+    return load_variant(base_dir, adapter_dir, dtype=dtype, device=device)
 
 
 def generate_replies(
-    model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], max_new_tokens: int
+    model: Any, chat: Any, conversations: list[list[dict[str, str]]], max_new_tokens: int
 ) -> list[dict[str, Any]]:
     """Greedy replies, one conversation at a time (no padding), through evaluation's `complete`.
 
@@ -64,9 +61,9 @@ def generate_replies(
         One dict per conversation: `text`, `new_tokens` (stop token included) and `stopped` (False when
         the reply used all `max_new_tokens`: the never-stop signal the gate limits).
     """
-    from tuneline.evaluate.generate import complete
+    from tuneline.lm.generate import complete
 
-    return complete(model, tokenizer, conversations, max_new_tokens, batch_size=1)
+    return complete(model, chat, conversations, max_new_tokens, batch_size=1)
 
 
 def _messages(value: Any, where: str) -> list[dict[str, str]]:
@@ -143,7 +140,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         if not base:
             raise ValueError("the model has neither a `base` artifact nor a `base_model_path` config")
         self.max_new_tokens = int(config.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
-        self.model, self.tokenizer = load_adapter_model(
+        self.model, self.chat = load_adapter_model(
             base, context.artifacts["adapter"], config.get("device"), config.get("dtype", "auto")
         )
 
@@ -160,7 +157,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
             One reply text per conversation, in input order.
         """
         max_new = int((params or {}).get("max_new_tokens") or self.max_new_tokens)
-        replies = generate_replies(self.model, self.tokenizer, parse_conversations(model_input), max_new)
+        replies = generate_replies(self.model, self.chat, parse_conversations(model_input), max_new)
         return [r["text"] for r in replies]
 
 

@@ -265,8 +265,8 @@ def parity_check(
     """
     from tuneline.registry.model import generate_replies, load_adapter_model
 
-    model, tokenizer = load_adapter_model(base_dir, adapter_dir, dtype=dtype)
-    local = [r["text"] for r in generate_replies(model, tokenizer, conversations, max_new_tokens)]
+    model, chat = load_adapter_model(base_dir, adapter_dir, dtype=dtype)
+    local = [r["text"] for r in generate_replies(model, chat, conversations, max_new_tokens)]
     served = load_version(uri, model_name, version_or_alias).predict(
         conversations, params={"max_new_tokens": max_new_tokens}
     )

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from tuneline.config.serve import ServeParams
 from tuneline.feedback.store import ExchangeWriter, FeedbackStore, StoreError, UnknownRequest
+from tuneline.lm.errors import RenderError
 from tuneline.serve.engine import Batcher, Overloaded
 from tuneline.serve.metrics import ServerMetrics
 from tuneline.serve.routing import PIN_SEPARATOR, parse_model, route, user_hash
@@ -132,7 +133,9 @@ def create_app(state: ServerState) -> FastAPI:
     async def chat(request: Request) -> Any:
         try:
             req = ChatRequest.model_validate_json(await request.body())
-            conversation = req.conversation()
+            conversation = state.models.conversation(req.conversation())
+        except RenderError as exc:  # the model's chat template cannot render this conversation
+            return _error(400, f"{exc.reason}: {exc.detail}", "invalid_request_error", exc.reason, "messages")
         except ValidationError as exc:
             message, param = validation_message(exc)
             return _error(400, message, "invalid_request_error", "invalid_request", param)

@@ -26,7 +26,7 @@ from tuneline.errors import TunelineError
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("champion", "challenger")
-Conversation = list[dict[str, str]]
+Conversation = tuple[list[dict[str, Any]], list[dict[str, Any]] | None]  # (template messages, tools)
 _HASH_FULL_BELOW = 256 * 2**20  # weight files above this are identified by name and size only
 
 
@@ -90,10 +90,20 @@ def base_identity(base_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def prompt_length(tokenizer: Any, messages: list[dict[str, str]]) -> int:
-    """Tokens of the rendered prompt (chat template with the generation prompt)."""
-    return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                             return_dict=True)["input_ids"])
+def prompt_length(chat: Any, conversation: Conversation) -> int:
+    """Tokens of the rendered prompt (chat template with the generation prompt and the tools)."""
+    return len(chat.prompt(*conversation)[1])
+
+
+def chat_conversation(chat: Any, record: dict[str, Any]) -> Conversation:
+    """A request (as a canonical record) as the template renders it, checked like a training row.
+
+    Raises:
+        RenderError: the template cannot render it (the server answers 400 with the reason).
+    """
+    messages, tools = chat.conversation(record)
+    chat.check(messages, tools)
+    return messages, tools
 
 
 def _template_of(tokenizer: Any) -> tuple[Any, Any]:
@@ -108,9 +118,10 @@ class ServedModels:
     (`Batcher.call`): peft adds layers to the model while loading an adapter.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, model_name: str, base: VersionFiles) -> None:
+    def __init__(self, model: Any, chat: Any, model_name: str, base: VersionFiles) -> None:
         self.model = model
-        self.tokenizer = tokenizer
+        self.chat = chat
+        self.tokenizer = chat.tokenizer
         self.model_name = model_name
         self.versions: dict[str, str] = {}  # variant -> registry version; replaced whole, never mutated
         self._base = base
@@ -121,8 +132,11 @@ class ServedModels:
     def variants(self) -> list[str]:
         return [v for v in VARIANTS if v in self.versions]
 
-    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        return prompt_length(self.tokenizer, messages)
+    def prompt_tokens(self, conversation: Conversation) -> int:
+        return prompt_length(self.chat, conversation)
+
+    def conversation(self, record: dict[str, Any]) -> Conversation:
+        return chat_conversation(self.chat, record)
 
     def apply(self, files: list[VersionFiles]) -> dict[str, str]:
         """Serve exactly these versions: load adapters not loaded yet, drop those no longer served.
@@ -173,16 +187,16 @@ class ServedModels:
 
         Each reply dict also names the `variant` and `version` that answered (see `answering`).
         """
-        from tuneline.evaluate.generate import complete
+        from tuneline.lm.generate import complete
 
         variant, version = self.answering(variant, version)
         name = f"v{version}"
         if name != self._active:
             self.model.set_adapter(name)
             self._active = name
-        replies = complete(self.model, self.tokenizer, conversations, max_new_tokens,
+        replies = complete(self.model, self.chat, [c[0] for c in conversations], max_new_tokens,
                            batch_size=max(1, len(conversations)), sampling=sampling, progress=False,
-                           streamer=streamer)
+                           streamer=streamer, tools=[c[1] for c in conversations])
         return [{**r, "variant": variant, "version": version} for r in replies]
 
 
@@ -243,16 +257,16 @@ def load_served_models(
     """
     from peft import PeftModel
 
-    from tuneline.evaluate.generate import load_variant
+    from tuneline.lm.load import load_variant
 
     head = files[0]
-    model, tokenizer = load_variant(head.base_dir, None, dtype=dtype, device=device)
-    # The tokenizer (chat template, EOS) is the one training saved with the adapter.
-    tokenizer = _adapter_tokenizer(head.adapter_dir, tokenizer)
+    # The tokenizer (chat template, rendering options, stop set) is the one training saved with the adapter.
+    model, chat = load_variant(head.base_dir, None, dtype=dtype, device=device,
+                               tokenizer_from=head.adapter_dir)
     model = PeftModel.from_pretrained(model, str(head.adapter_dir), adapter_name=f"v{head.version}",
                                       is_trainable=False)
     model.eval()
-    served = ServedModels(model, tokenizer, model_name, head)
+    served = ServedModels(model, chat, model_name, head)
     versions = served.apply(files)
     logger.info("serve: %s %s on one base (%s)", model_name,
                 ", ".join(f"{k} v{v}" for k, v in versions.items()), next(model.parameters()).device)
@@ -260,7 +274,7 @@ def load_served_models(
 
 
 def _adapter_tokenizer(adapter_dir: Path, fallback: Any) -> Any:
-    from tuneline.evaluate.generate import load_tokenizer
+    from tuneline.lm.load import load_tokenizer
 
     if not (adapter_dir / "tokenizer_config.json").is_file():
         return fallback

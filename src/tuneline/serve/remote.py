@@ -20,7 +20,16 @@ from typing import Any
 
 import httpx
 
-from tuneline.serve.models import Conversation, ServeError, VersionFiles, _adapter_tokenizer, prompt_length
+from tuneline.lm.chat import ChatFormat
+from tuneline.lm.load import saved_chat_options
+from tuneline.serve.models import (
+    Conversation,
+    ServeError,
+    VersionFiles,
+    _adapter_tokenizer,
+    chat_conversation,
+    prompt_length,
+)
 
 
 def vllm_command(files: list[VersionFiles], port: int = 8001, dtype: str = "auto",
@@ -66,6 +75,8 @@ class RemoteModels:
         self.versions = versions
         self.model_name = model_name
         self.tokenizer = _adapter_tokenizer(adapter_dir, None)
+        merge = bool(saved_chat_options(adapter_dir).get("merge_system", False))
+        self.chat = ChatFormat(self.tokenizer, None, merge)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(timeout=timeout_s, headers=headers)
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="tuneline-backend")
@@ -74,13 +85,19 @@ class RemoteModels:
     def variants(self) -> list[str]:
         return [v for v in ("champion", "challenger") if v in self.versions]
 
-    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        return prompt_length(self.tokenizer, messages)
+    def prompt_tokens(self, conversation: Conversation) -> int:
+        return prompt_length(self.chat, conversation)
 
-    def _one(self, variant: str, messages: list[dict[str, str]], max_new_tokens: int,
+    def conversation(self, record: dict[str, Any]) -> Conversation:
+        return chat_conversation(self.chat, record)
+
+    def _one(self, variant: str, conversation: Conversation, max_new_tokens: int,
              sampling: dict[str, float] | None) -> dict[str, Any]:
+        messages, tools = conversation
         body: dict[str, Any] = {"model": variant, "messages": messages, "max_tokens": max_new_tokens,
-                                "temperature": 0.0}
+                                "temperature": 0.0, "stop_token_ids": self.chat.stop_ids}
+        if tools:
+            body["tools"] = tools
         if sampling:
             body.update(temperature=sampling["temperature"], top_p=sampling.get("top_p", 1.0))
         response = self._http.post(f"{self.backend_url}/chat/completions", json=body)

@@ -1,11 +1,11 @@
 """Request bodies of the OpenAI-compatible API and the OpenAI error shape.
 
-Honoured: `messages` (text content; an assistant's `tool_calls` and `tool` replies, rendered as ingest
-renders such training data), `max_tokens` / `max_completion_tokens`, `temperature` (absent or 0: greedy,
-as evaluation), `top_p`, `stop`, `user`, `stream` (+ `stream_options.include_usage`). Refused with a
-message naming the field: `n` > 1.
+Honoured: `messages` (text content; an assistant's `tool_calls` and `tool` replies, rendered as training
+renders such data), `tools` (shown to templates that render tools), `max_tokens` /
+`max_completion_tokens`, `temperature` (absent or 0: greedy, as evaluation), `top_p`, `stop`, `user`,
+`stream` (+ `stream_options.include_usage`). Refused with a message naming the field: `n` > 1.
 Accepted and ignored, so unchanged clients keep working: `seed`, `presence_penalty`,
-`frequency_penalty`, `logit_bias`, `logprobs`, `tools`, `tool_choice`, `response_format` (the fine-tuned
+`frequency_penalty`, `logit_bias`, `logprobs`, `tool_choice`, `response_format` (the fine-tuned
 model answers in the format it was trained on).
 """
 
@@ -40,6 +40,7 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     user: str | None = None
     seed: int | None = None
+    tools: list[dict[str, Any]] | None = None
 
     @field_validator("n")
     @classmethod
@@ -56,17 +57,21 @@ class ChatRequest(BaseModel):
         store keeps, so an export is read back by `ingest` exactly like any OpenAI-format data."""
         return [m.model_dump(exclude_none=True) for m in self.messages]
 
-    def conversation(self) -> list[dict[str, str]]:
-        """The conversation as training saw such data: ingest's OpenAI `messages` converter (text parts
-        joined, "developer" as "system", an assistant's tool_calls as JSON text).
+    def conversation(self) -> dict[str, Any]:
+        """The request as a canonical record, exactly as ingest reads OpenAI `messages` training data
+        (text parts joined, "developer" as "system", tool calls kept), with the request's `tools`; the
+        served model's `ChatFormat` then renders it as training rendered such rows.
 
         Raises:
             ValueError: the messages cannot be converted (the reason says why).
         """
         from tuneline.data.formats import messages_format
 
-        messages, _meta = messages_format({"messages": self.sent_messages()})
-        return messages
+        raw = {"messages": self.sent_messages()}
+        if self.tools:
+            raw["tools"] = self.tools
+        messages, meta = messages_format(raw)
+        return {"id": "request", "messages": messages, "meta": meta}
 
     def stops(self) -> list[str]:
         if self.stop is None:

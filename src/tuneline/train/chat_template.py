@@ -18,6 +18,10 @@ Assistant-only loss masking: the assistant content *and its closing `<|eos|>`* s
 return_assistant_tokens_mask=True)` returns `assistant_masks` with 1 exactly on those tokens. The eos
 is in the mask on purpose: the model must learn to stop. The role marker and newline are prompt.
 
+Tools (OpenAI form) are listed first in a `<|system|>` block (`Tools:` and one JSON object per line);
+an assistant's structured tool calls follow its content as `{"name": ..., "arguments": {...}}` JSON,
+inside the generation block, so the model learns to emit them.
+
 The template adds `<|bos|>` itself; the tokenizer does not add it to plain `tokenizer(text)` calls
 (`add_bos_token` is off), so a rendered chat is never given a second bos.
 """
@@ -35,13 +39,25 @@ SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, END, *ROLE_TOKENS.values())
 
 CHAT_TEMPLATE = (
     "{{- bos_token -}}"
+    "{%- if tools -%}"
+    "{{- '<|system|>\\nTools:' -}}"
+    "{%- for tool in tools -%}{{- '\\n' ~ (tool | tojson) -}}{%- endfor -%}"
+    "{{- '" + END + "\\n' -}}"
+    "{%- endif -%}"
     "{%- for message in messages -%}"
     "{%- if message['role'] not in ['system', 'user', 'assistant', 'tool'] -%}"
     "{{- raise_exception('unknown role ' ~ message['role'] ~ ': expected system, user, assistant, tool') -}}"
     "{%- endif -%}"
     "{{- '<|' ~ message['role'] ~ '|>\\n' -}}"
     "{%- if message['role'] == 'assistant' -%}"
-    "{%- generation -%}{{- message['content'] ~ eos_token -}}{%- endgeneration -%}"
+    "{%- generation -%}"
+    "{{- message['content'] or '' -}}"
+    "{%- for call in message.tool_calls or [] -%}"
+    "{{- ('\\n' if loop.first and message['content'] else '') -}}"
+    "{{- {'name': call.function.name, 'arguments': call.function.arguments} | tojson -}}"
+    "{%- endfor -%}"
+    "{{- eos_token -}}"
+    "{%- endgeneration -%}"
     "{{- '\\n' -}}"
     "{%- else -%}"
     "{{- message['content'] ~ '" + END + "\\n' -}}"

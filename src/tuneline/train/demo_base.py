@@ -294,6 +294,11 @@ def build_base(cfg: Config, root: Path = Path(".")) -> dict:
         InputFileError: the train split is missing or empty.
     """
     layout = Layout(Path(root))
+    params = cfg.model.demo
+    out_dir = params.output_dir if params.output_dir.is_absolute() else layout.root / params.output_dir
+    named = Path(cfg.model.name_or_path)
+    if (named if named.is_absolute() else layout.root / named).resolve() != out_dir.resolve():
+        return _not_needed(cfg, layout, out_dir)
     train = layout.processed("train")
     if not train.is_file():
         raise InputFileError(
@@ -303,9 +308,27 @@ def build_base(cfg: Config, root: Path = Path(".")) -> dict:
     records = list(read_jsonl(train))
     if not records:
         raise InputFileError(f"{train}: the train split is empty; nothing to build the demo base from")
-    params = cfg.model.demo
-    out_dir = params.output_dir if params.output_dir.is_absolute() else layout.root / params.output_dir
     info = build_demo_base(records, params, cfg.seed, out_dir)
     # Wall time goes to the log only, so the DVC metric is identical when the build is.
     write_json(layout.report("build_base"), {k: v for k, v in info.items() if k != "seconds"})
+    return info
+
+
+NOT_BUILT = "NOT_BUILT.md"
+
+
+def _not_needed(cfg: Config, layout: Layout, out_dir: Path) -> dict:
+    """`model.name_or_path` names another model: the demo base is not built (minutes of CPU for a model
+    nobody trains). The stage's output folder holds only a note saying so, so DVC has its output."""
+    note = out_dir / NOT_BUILT
+    if out_dir.exists() and not (note.is_file() or (out_dir / BUILD_INFO).is_file()):
+        raise InputFileError(f"{out_dir}: exists and was not written by build_base; refusing to replace it")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    note.write_text(f"The demo base was not built: model.name_or_path is {cfg.model.name_or_path!r}.\n",
+                    encoding="utf-8")
+    info = {"built": False, "reason": f"model.name_or_path is {cfg.model.name_or_path!r}, not the demo base"}
+    write_json(layout.report("build_base"), info)
+    logger.info("build_base: skipped (%s)", info["reason"])
     return info

@@ -10,8 +10,8 @@ from typing import Any
 
 from tuneline.config.loader import Config
 from tuneline.jsonio import write_json
+from tuneline.lm.labels import Encoded
 from tuneline.train.plan import Plan
-from tuneline.train.tokenize import Encoded
 from tuneline.train.trainer import FitResult
 
 

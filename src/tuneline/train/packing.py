@@ -19,7 +19,7 @@ import bisect
 from dataclasses import dataclass
 from typing import Any
 
-from tuneline.train.tokenize import IGNORE_INDEX
+from tuneline.lm.labels import IGNORE_INDEX
 
 Row = dict[str, Any]
 

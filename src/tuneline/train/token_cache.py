@@ -1,8 +1,10 @@
 """Tokenization cache: a split is rendered and tokenized once per (data, tokenizer, chat template).
 
-The cache holds each record's full rendered token ids and assistant mask, untruncated, in one `.npz`
-file under `<root>/.tuneline/cache/tokens/`, named by a key over the split file's bytes, the
-tokenizer (vocabulary, merges, special tokens), the chat template and this format's version.
+The cache holds each record's full rendered token ids and assistant mask, untruncated, and the rows
+the chat template cannot render (with their reason), in one `.npz` file under
+`<root>/.tuneline/cache/tokens/`, named by a key over the split file's bytes, the tokenizer
+(vocabulary, merges, special tokens), the chat template, the rendering options, the stop set and this
+format's version.
 `max_length`, truncation, labels and packing are applied on load (cheap), so a rerun with a new
 `max_length` re-tokenizes nothing either. The trainer's parent process fills the cache before any
 worker starts; workers only read it (slow tokenization inside workers stalls collectives).
@@ -15,16 +17,17 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneline.lm.chat import ChatFormat
+from tuneline.lm.labels import encode_all
 from tuneline.progress import track
-from tuneline.train.tokenize import encode_messages, messages_of
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 CACHE_DIR = Path(".tuneline") / "cache" / "tokens"
 
 
@@ -37,6 +40,7 @@ class Tokenized:
     masks: list[list[int]]
     key: str
     from_cache: bool
+    rejected: list[dict[str, str]] = field(default_factory=list)  # {id, reason, detail}
 
     @property
     def lengths(self) -> list[int]:
@@ -56,42 +60,38 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
-def cache_key(data_path: Path, tokenizer: Any) -> str:
+def cache_key(data_path: Path, chat: ChatFormat) -> str:
     h = hashlib.sha256(f"tuneline-tokens-v{FORMAT_VERSION}\0".encode())
     with data_path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    h.update(tokenizer_fingerprint(tokenizer).encode())
+    h.update(tokenizer_fingerprint(chat.tokenizer).encode())
+    h.update(json.dumps({"merge_system": chat.merge_system, "stops": chat.stop_ids}).encode())
     return h.hexdigest()[:32]
 
 
 def tokenize_split(
-    tokenizer: Any, records: list[dict[str, Any]], data_path: Path, cache_root: Path | None
+    chat: ChatFormat, records: list[dict[str, Any]], data_path: Path, cache_root: Path | None
 ) -> Tokenized:
     """Rendered tokens of `records` (read from `data_path`), from the cache when present.
 
     Args:
-        tokenizer: tokenizer with a chat template marking assistant tokens.
+        chat: the model's chat format (template, options, stop set).
         records: the split's canonical records, in file order.
         data_path: the split file (its bytes are part of the key).
         cache_root: workspace root holding `.tuneline/cache/tokens`; None disables the cache.
 
-    Raises:
-        ConfigError: the tokenizer cannot render assistant masks (see `encode_messages`).
+    Rows the template cannot render are listed in `rejected`, not raised.
     """
-    key = cache_key(data_path, tokenizer)
+    key = cache_key(data_path, chat)
     path = cache_root / CACHE_DIR / f"{key}.npz" if cache_root is not None else None
     if path is not None and path.is_file():
         loaded = _load(path, key)
-        if loaded is not None and len(loaded.ids) == len(records):
+        if loaded is not None and len(loaded.ids) + len(loaded.rejected) == len(records):
             logger.info("tokens: %s from cache %s", data_path.name, path)
             return loaded
-    ids, masks = [], []
-    for record in track(records, f"tokenizing {data_path.name}"):
-        i, m = encode_messages(tokenizer, messages_of(record))
-        ids.append(i)
-        masks.append(m)
-    out = Tokenized([str(r.get("id")) for r in records], ids, masks, key, from_cache=False)
+    kept, ids, masks, rejected = encode_all(chat, track(records, f"tokenizing {data_path.name}"))
+    out = Tokenized(kept, ids, masks, key, from_cache=False, rejected=rejected)
     if path is not None:
         _save(path, out)
     return out
@@ -108,7 +108,8 @@ def _save(path: Path, tok: Tokenized) -> None:
     os.close(fd)
     with open(tmp, "wb") as f:
         np.savez(f, ids=flat_ids, mask=flat_mask, offsets=offsets,
-                 record_ids=np.array(json.dumps(tok.record_ids)), key=np.array(tok.key))
+                 record_ids=np.array(json.dumps(tok.record_ids)), key=np.array(tok.key),
+                 rejected=np.array(json.dumps(tok.rejected)))
     os.replace(tmp, path)  # atomic: a reader never sees half a cache file
 
 
@@ -122,9 +123,10 @@ def _load(path: Path, key: str) -> Tokenized | None:
             offsets = z["offsets"].tolist()
             flat_ids, flat_mask = z["ids"].tolist(), z["mask"].tolist()
             record_ids = json.loads(str(z["record_ids"]))
+            rejected = json.loads(str(z["rejected"]))
     except (OSError, ValueError, KeyError) as exc:  # a damaged cache file is rebuilt, not trusted
         logger.warning("tokens: ignoring unreadable cache %s (%s)", path, exc)
         return None
     spans = list(zip(offsets[:-1], offsets[1:], strict=True))
     return Tokenized(record_ids, [flat_ids[a:b] for a, b in spans], [flat_mask[a:b] for a, b in spans],
-                     key, from_cache=True)
+                     key, from_cache=True, rejected=rejected)

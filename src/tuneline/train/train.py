@@ -34,6 +34,9 @@ from tuneline.config.loader import Config
 from tuneline.errors import InputFileError, TunelineError
 from tuneline.jsonio import write_json
 from tuneline.layout import Layout
+from tuneline.lm.labels import build_rows
+from tuneline.lm.load import save_chat_format
+from tuneline.train.chat_rows import chat_format_for, write_rejected
 from tuneline.train.curves import write_curves
 from tuneline.train.inputs import read_split, resolve_model_path
 from tuneline.train.outputs import replace_dir, sort_target_modules, train_report
@@ -41,7 +44,6 @@ from tuneline.train.packing import pack_rows
 from tuneline.train.plan import Plan, backoff, make_plan
 from tuneline.train.run_attempt import Attempt, OutOfMemory, run_attempt
 from tuneline.train.token_cache import tokenize_split
-from tuneline.train.tokenize import build_rows
 from tuneline.train.tracking import (
     end_run,
     flatten,
@@ -91,22 +93,25 @@ def run(cfg: Config, layout: Layout) -> dict:
         PlanError: the plan does not fit the device.
         TrainingError: the health monitor stopped the run, or memory ran out after every back-off.
     """
-    from transformers import AutoTokenizer
-
     started = time.monotonic()
     train_path, val_path = layout.processed("train"), layout.processed("val")
     train_records, val_records = read_split(layout, "train"), read_split(layout, "val")
     model_path = resolve_model_path(cfg, layout)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
-    tok_train = tokenize_split(tokenizer, train_records, train_path, layout.root)
-    tok_val = tokenize_split(tokenizer, val_records, val_path, layout.root)
+    chat, template_source = chat_format_for(cfg, layout, model_path)
+    tok_train = tokenize_split(chat, train_records, train_path, layout.root)
+    tok_val = tokenize_split(chat, val_records, val_path, layout.root)
+    rejected = write_rejected(layout, {"train": (train_records, tok_train.rejected),
+                                       "val": (val_records, tok_val.rejected)})
 
     plan = make_plan(cfg, model_config=model_path, token_lengths=tok_train.lengths)
     drop = cfg.train.long_rows == "drop"
     train_enc = build_rows(tok_train.record_ids, tok_train.ids, tok_train.masks, plan.max_length, drop)
     val_enc = build_rows(tok_val.record_ids, tok_val.ids, tok_val.masks, plan.max_length, drop)
     if not train_enc.rows or not val_enc.rows:
-        raise InputFileError(f"{train_path if not train_enc.rows else val_path}: no row has an answer token")
+        why = f" ({rejected['summary']})" if rejected["rows"] else ""
+        raise InputFileError(
+            f"{train_path if not train_enc.rows else val_path}: no row has an answer token{why}"
+        )
     packing = cfg.train.packing
     train_rows = pack_rows(train_enc.rows, plan.max_length) if packing else train_enc.rows
     val_rows = pack_rows(val_enc.rows, plan.max_length) if packing else val_enc.rows
@@ -161,6 +166,10 @@ def run(cfg: Config, layout: Layout) -> dict:
     report = train_report(cfg, plan, train_enc, val_enc, result, outcome.history, p_hash, data_hash,
                           len(train_rows), len(val_rows), outcome.counts)
     report["health_status"] = health.get("status")
+    report["chat_template"] = template_source
+    report["stop_ids"] = chat.stop_ids
+    report["rejected"] = rejected
+    save_chat_format(final, chat, template_source)
     # The adapter directory (a DVC output) holds only what the training determines, so a rerun of the
     # same inputs yields the same hash; wall time, the MLflow run id and the commit go to train_run.json.
     write_json(final / SUMMARY, {**report, "plan": plan.to_dict(), "history": outcome.history,
