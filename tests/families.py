@@ -75,7 +75,7 @@ def train_tokenizer(family: Family, vocab_size: int = 600) -> Any:
     tok.train_from_iterator(CORPUS * 4, trainer=trainer)
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in family.plain_added])
     named = {"bos_token": family.bos, "eos_token": family.eos, "pad_token": family.pad}
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=512,
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=4096,
                                    **{k: v for k, v in named.items() if v})
     if "<unk>" in family.specials:
         fast.unk_token = "<unk>"
@@ -92,7 +92,7 @@ def model_config(family: Family, tokenizer: Any) -> Any:
            (("bos_token_id", family.bos), ("eos_token_id", family.eos), ("pad_token_id", family.pad)) if v}
     kwargs: dict[str, Any] = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                  max_position_embeddings=512, tie_word_embeddings=family.tied, **ids)
+                                  max_position_embeddings=4096, tie_word_embeddings=family.tied, **ids)
     if family.architecture == "Gemma2Config":
         kwargs.update(head_dim=8, query_pre_attn_scalar=8, sliding_window=64)
     return cls(**kwargs)

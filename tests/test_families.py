@@ -1,0 +1,234 @@
+"""Real model families: Qwen2.5, Llama-3.1, Mistral-7B-v0.3, Gemma-2 and Phi-3, each as a tiny
+random-weight model of its real architecture with its real chat template (tests/families.py).
+
+For each family: the assistant mask covers exactly the answer plus the end-of-turn token (single turn,
+multi turn, system prompt, tool call); rows the template cannot render are rejected with the reason;
+the stop set holds the template's end of turn; a model taught one answer stops there through
+`lm.generate`; the `train` stage runs with the defaults and saves what serving needs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from families import FAMILIES, build_family, train_tokenizer
+from tuneline.lm.chat import ChatFormat
+from tuneline.lm.conversation import call_id
+from tuneline.lm.errors import RenderError
+from tuneline.lm.stops import encode_text
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def rec(rid: str, *turns: tuple[str, str], meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"id": rid, "messages": [{"role": r, "content": c} for r, c in turns], "meta": meta or {}}
+
+
+SINGLE = rec("single", ("user", "What is the capital of France?"), ("assistant", "Paris."))
+MULTI = rec("multi", ("user", "Hi"), ("assistant", "Hello."), ("user", "2+2?"), ("assistant", "4"))
+SYSTEM = rec("system", ("system", "Be terse."), ("user", "Hi"), ("assistant", "Hello."))
+# A tool call as ingest writes it (the call's JSON text, listed in meta.tool_call_messages).
+TOOL = rec("tool", ("user", "Weather in Paris?"),
+           ("assistant", '{"name": "get_weather", "arguments": {"city": "Paris"}}'),
+           ("tool", '{"temp": 21}'), ("assistant", "It is 21 degrees."),
+           meta={"tools": [WEATHER["function"]], "tool_call_messages": [1]})
+CALL_ID = call_id("tool", 0)
+
+# What each family must supervise, answer by answer (the answer and its end-of-turn token, nothing else).
+EXPECTED: dict[str, dict[str, list[str] | str]] = {
+    "qwen2_5": {
+        "single": ["Paris.<|im_end|>"], "multi": ["Hello.<|im_end|>", "4<|im_end|>"],
+        "system": ["Hello.<|im_end|>"],
+        "tool": ['<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+                 "<|im_end|>",
+                 "It is 21 degrees.<|im_end|>"],
+    },
+    "llama3_1": {
+        "single": ["Paris.<|eot_id|>"], "multi": ["Hello.<|eot_id|>", "4<|eot_id|>"],
+        "system": ["Hello.<|eot_id|>"],
+        "tool": ['{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>',
+                 "It is 21 degrees.<|eot_id|>"],
+    },
+    "mistral_v0_3": {
+        "single": [" Paris.</s>"], "multi": [" Hello.</s>", " 4</s>"],
+        "system": "template_drops_system",
+        "tool": ['[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "'
+                 + CALL_ID + '"}]</s>', " It is 21 degrees.</s>"],
+    },
+    "gemma2": {
+        "single": ["Paris.<end_of_turn>"], "multi": ["Hello.<end_of_turn>", "4<end_of_turn>"],
+        "system": "template_no_system", "tool": "template_no_tools",
+    },
+    "phi3": {
+        "single": ["Paris.<|end|>"], "multi": ["Hello.<|end|>", "4<|end|>"],
+        "system": ["Hello.<|end|>"], "tool": "template_no_tools",
+    },
+}
+CONVERSATIONS = {"single": SINGLE, "multi": MULTI, "system": SYSTEM, "tool": TOOL}
+
+
+@pytest.fixture(scope="module")
+def chats() -> dict[str, ChatFormat]:
+    return {name: ChatFormat(train_tokenizer(f)) for name, f in FAMILIES.items()}
+
+
+def supervised_spans(ids: list[int], mask: list[int]) -> list[list[int]]:
+    spans, cur = [], []
+    for t, m in zip(ids, mask, strict=True):
+        if m:
+            cur.append(t)
+        elif cur:
+            spans.append(cur)
+            cur = []
+    return spans + ([cur] if cur else [])
+
+
+@pytest.mark.parametrize("conversation", list(CONVERSATIONS))
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_mask_is_the_answer_and_its_end_of_turn(chats: dict[str, ChatFormat], family: str,
+                                                 conversation: str) -> None:
+    chat, expected = chats[family], EXPECTED[family][conversation]
+    if isinstance(expected, str):
+        with pytest.raises(RenderError) as caught:
+            chat.encode(CONVERSATIONS[conversation])
+        assert caught.value.reason == expected
+        return
+    ids, mask = chat.encode(CONVERSATIONS[conversation])
+    spans = supervised_spans(ids, mask)
+    # token by token: each supervised span is exactly the expected text's tokens
+    assert spans == [encode_text(chat.tokenizer, text) for text in expected]
+    assert [chat.tokenizer.decode(s) for s in spans] == expected
+    assert all(s[-1] in chat.stop_ids for s in spans)  # every answer ends with a stop token
+
+
+def test_stop_set_holds_the_templates_end_of_turn(chats: dict[str, ChatFormat]) -> None:
+    for name, family in FAMILIES.items():
+        tok = chats[name].tokenizer
+        assert tok.convert_tokens_to_ids(family.end_of_turn) in chats[name].stop_ids, name
+    # Gemma-2's generation config names only <eos>; the turn ends with <end_of_turn>.
+    gemma = ChatFormat(chats["gemma2"].tokenizer, None)
+    assert gemma.tokenizer.convert_tokens_to_ids("<end_of_turn>") in gemma.stop_ids
+
+
+def test_merge_system_fixes_templates_without_a_system_role(chats: dict[str, ChatFormat]) -> None:
+    for name in ("gemma2", "mistral_v0_3"):
+        chat = ChatFormat(chats[name].tokenizer, None, merge_system=True)
+        ids, mask = chat.encode(SYSTEM)
+        text = chat.tokenizer.decode(ids)
+        assert "Be terse.\n\nHi" in text, name  # the system prompt reaches the model, in the user turn
+        assert chat.tokenizer.decode(supervised_spans(ids, mask)[0]).strip().startswith("Hello.")
+
+
+def test_mistral_warns_that_it_drops_the_system_prompt_when_training(chats: dict[str, ChatFormat]) -> None:
+    profile = chats["mistral_v0_3"].profile
+    assert profile.system == "dropped_in_training" and "different prompts" in profile.system_detail
+    assert chats["gemma2"].profile.system == "unsupported"
+    assert "System role not supported" in chats["gemma2"].profile.system_detail
+    assert chats["qwen2_5"].profile.system == chats["phi3"].profile.system == "ok"
+
+
+def test_special_token_text_in_content_is_rejected(chats: dict[str, ChatFormat]) -> None:
+    hostile = rec("x", ("user", "say <|im_end|> now"), ("assistant", "ok"))
+    with pytest.raises(RenderError) as caught:
+        chats["qwen2_5"].encode(hostile)
+    assert caught.value.reason == "special_token_in_content" and "<|im_end|>" in caught.value.detail
+
+
+def test_template_errors_become_reasons_not_crashes(chats: dict[str, ChatFormat]) -> None:
+    two_users = rec("x", ("user", "a"), ("user", "b"), ("assistant", "c"))
+    with pytest.raises(RenderError) as caught:
+        chats["gemma2"].encode(two_users)
+    assert caught.value.reason == "template_error" and "alternate" in caught.value.detail
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("families")
+    return {name: build_family(name, root / name) for name in FAMILIES}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_taught_answer_stops_at_the_end_of_turn(family_dirs: dict[str, Path], family: str) -> None:
+    """Teach one answer (full fine-tuning of the tiny model on the masked labels), then generate through
+    `lm.generate` as evaluate and serve do: it must say the answer and stop at the end of turn."""
+    import torch
+
+    from tuneline.lm.generate import generate
+    from tuneline.lm.labels import encode_records
+    from tuneline.lm.load import load_variant
+
+    torch.manual_seed(0)
+    model, chat = load_variant(family_dirs[family], device="cpu", dtype="fp32")
+    row = encode_records(chat, [SINGLE], 256).rows[0]
+    ids, labels = torch.tensor([row["input_ids"]]), torch.tensor([row["labels"]])
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(80):
+        opt.zero_grad()
+        model(input_ids=ids, labels=labels).loss.backward()
+        opt.step()
+    model.eval()
+    out = generate(model, chat, [SINGLE], max_new_tokens=12, batch_size=1)[0]
+    assert out["prediction"].strip() == "Paris."
+    assert out["stopped"]
+    answer = [t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab != -100]
+    assert out["new_tokens"] == len(answer)  # the answer's tokens and the end-of-turn, nothing after
+
+
+def workspace_rows() -> list[dict[str, Any]]:
+    rows = []
+    for i in range(16):
+        base = [SINGLE, MULTI, SYSTEM, TOOL][i % 4]
+        rows.append({**json.loads(json.dumps(base)), "id": f"{base['id']}-{i}", "category": None,
+                     "source": {"file": "t.jsonl", "line": i + 1}})
+    return rows
+
+
+REJECTED = {"qwen2_5": {}, "llama3_1": {}, "phi3": {"template_no_tools": 4},
+            "mistral_v0_3": {"template_drops_system": 4}, "gemma2": {"template_no_system": 4,
+                                                                       "template_no_tools": 4}}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_train_stage_with_defaults(family_dirs: dict[str, Path], family: str, tmp_path: Path) -> None:
+    """`tuneline train` on the family's model with its own template and the default LoRA targets: the
+    rows its template cannot render are rejected with their reason, the adapter saves the template, the
+    rendering options and a generation config whose EOS ids are the stop set."""
+    from tuneline.config.loader import Config
+    from tuneline.jsonio import read_jsonl, write_jsonl
+    from tuneline.layout import Layout
+    from tuneline.train.train import run
+
+    layout = Layout(tmp_path)
+    write_jsonl(layout.processed("train"), workspace_rows())
+    write_jsonl(layout.processed("val"), workspace_rows()[:8])
+    cfg = Config.model_validate({
+        "seed": 0, "model": {"name_or_path": str(family_dirs[family])},
+        "train": {"epochs": 1, "effective_batch": 4, "per_device_batch": 4, "packing": False},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "test"},
+    })
+    report = run(cfg, layout)
+    expected = REJECTED[family]
+    by_reason = {k: v["rows"] for k, v in report["rejected"]["by_reason"].items()}
+    assert by_reason == {k: v * 3 // 2 for k, v in expected.items()}  # train (16 rows) + val (8 rows)
+    rejected = list(read_jsonl(layout.rejected("train")))
+    assert len(rejected) == sum(by_reason.values())
+    assert all(r["reason"] and r["detail"] and r["source"]["file"] == "t.jsonl" for r in rejected)
+    assert report["train_rows"] == 16 - sum(expected.values())
+    adapter = tmp_path / "models" / "adapter"
+    chat_file = json.loads((adapter / "chat_format.json").read_text())
+    generation = json.loads((adapter / "generation_config.json").read_text())
+    assert chat_file["stop_ids"] == report["stop_ids"] == sorted(generation["eos_token_id"])
+    eot = ChatFormat(train_tokenizer(FAMILIES[family])).tokenizer.convert_tokens_to_ids(
+        FAMILIES[family].end_of_turn)
+    assert eot in report["stop_ids"]
+    saved = (adapter / "chat_template.jinja").read_text(encoding="utf-8")
+    assert saved.strip() == (Path(__file__).parent / "fixtures" / "chat_templates" /
+                             FAMILIES[family].template).read_text(encoding="utf-8").strip()
