@@ -193,28 +193,66 @@ def workspace_rows() -> list[dict[str, Any]]:
 REJECTED = {"qwen2_5": {}, "llama3_1": {}, "phi3": {"template_no_tools": 4},
             "mistral_v0_3": {"template_drops_system": 4}, "gemma2": {"template_no_system": 4,
                                                                        "template_no_tools": 4}}
+MODEL = "tuneline-family"
+
+
+class Cycles(dict):
+    """train -> evaluate -> promote of a family, run on first use (a failing family fails its own tests)."""
+
+    def __init__(self, family_dirs: dict[str, Path], factory: pytest.TempPathFactory) -> None:
+        super().__init__()
+        self.family_dirs, self.factory = family_dirs, factory
+
+    def __missing__(self, family: str) -> dict[str, Any]:
+        self[family] = cycle_family(family, self.family_dirs[family], self.factory)
+        return self[family]
+
+
+@pytest.fixture(scope="module")
+def cycled(family_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Cycles:
+    return Cycles(family_dirs, tmp_path_factory)
+
+
+def cycle_family(family: str, base: Path, factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """train -> evaluate -> promote with the defaults (own template, default LoRA targets)."""
+    from tuneline.config.loader import Config
+    from tuneline.evaluate.stage import run as evaluate
+    from tuneline.jsonio import write_json, write_jsonl
+    from tuneline.layout import Layout
+    from tuneline.promote.stage import run as promote
+    from tuneline.train.train import run as train
+
+    root = factory.mktemp(f"ws-{family}")
+    layout = Layout(root)
+    write_jsonl(layout.processed("train"), workspace_rows())
+    write_jsonl(layout.processed("val"), workspace_rows()[:8])
+    write_jsonl(layout.processed("test"), workspace_rows()[:8])
+    write_json(layout.report("validate_splits"), {"success": True})
+    cfg = Config.model_validate({
+        "seed": 0, "model": {"name_or_path": str(base)},
+        "train": {"epochs": 4, "lr": 0.01, "effective_batch": 4, "per_device_batch": 4, "packing": False},
+        "tracking": {"uri": f"sqlite:///{root}/mlflow.db", "experiment": "test"},
+        "registry": {"model_name": MODEL},
+        "evaluate": {"max_rows": 8, "max_new_tokens": 6, "review_samples": 2},
+        "promote": {"primary_metric": "loss", "min_gain": 0.0, "max_never_stop_rate": 1.0,
+                    "parity_probe_rows": 2},
+        "split": {"eval_dir": None},
+    })
+    return {"layout": layout, "cfg": cfg, "train": train(cfg, layout), "evaluate": evaluate(cfg, layout),
+            "promote": promote(cfg, layout)}
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_train_stage_with_defaults(family_dirs: dict[str, Path], family: str, tmp_path: Path) -> None:
+def test_train_evaluate_promote_with_defaults(cycled: Cycles, family: str) -> None:
     """`tuneline train` on the family's model with its own template and the default LoRA targets: the
     rows its template cannot render are rejected with their reason, the adapter saves the template, the
-    rendering options and a generation config whose EOS ids are the stop set."""
-    from tuneline.config.loader import Config
-    from tuneline.jsonio import read_jsonl, write_jsonl
-    from tuneline.layout import Layout
-    from tuneline.train.train import run
+    rendering options and a generation config whose EOS ids are the stop set; evaluate scores base and
+    candidate with the same rendering; promote registers and judges it."""
+    from tuneline.jsonio import read_jsonl
 
-    layout = Layout(tmp_path)
-    write_jsonl(layout.processed("train"), workspace_rows())
-    write_jsonl(layout.processed("val"), workspace_rows()[:8])
-    cfg = Config.model_validate({
-        "seed": 0, "model": {"name_or_path": str(family_dirs[family])},
-        "train": {"epochs": 1, "effective_batch": 4, "per_device_batch": 4, "packing": False},
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "test"},
-    })
-    report = run(cfg, layout)
+    run = cycled[family]
+    layout, report = run["layout"], run["train"]
     expected = REJECTED[family]
     by_reason = {k: v["rows"] for k, v in report["rejected"]["by_reason"].items()}
     assert by_reason == {k: v * 3 // 2 for k, v in expected.items()}  # train (16 rows) + val (8 rows)
@@ -222,13 +260,74 @@ def test_train_stage_with_defaults(family_dirs: dict[str, Path], family: str, tm
     assert len(rejected) == sum(by_reason.values())
     assert all(r["reason"] and r["detail"] and r["source"]["file"] == "t.jsonl" for r in rejected)
     assert report["train_rows"] == 16 - sum(expected.values())
-    adapter = tmp_path / "models" / "adapter"
+    assert report["train_loss_final"] < report["train_loss_first"]
+    adapter = layout.root / "models" / "adapter"
     chat_file = json.loads((adapter / "chat_format.json").read_text())
     generation = json.loads((adapter / "generation_config.json").read_text())
     assert chat_file["stop_ids"] == report["stop_ids"] == sorted(generation["eos_token_id"])
-    eot = ChatFormat(train_tokenizer(FAMILIES[family])).tokenizer.convert_tokens_to_ids(
-        FAMILIES[family].end_of_turn)
-    assert eot in report["stop_ids"]
+    tokenizer = train_tokenizer(FAMILIES[family])
+    assert tokenizer.convert_tokens_to_ids(FAMILIES[family].end_of_turn) in report["stop_ids"]
     saved = (adapter / "chat_template.jinja").read_text(encoding="utf-8")
     assert saved.strip() == (Path(__file__).parent / "fixtures" / "chat_templates" /
                              FAMILIES[family].template).read_text(encoding="utf-8").strip()
+    variants = run["evaluate"]["variants"]
+    assert variants["candidate"]["loss"] < variants["base"]["loss"]
+    promotion = run["promote"]
+    assert promotion["result"]["status"] == "promoted", promotion["result"]
+    assert promotion["parity"]["parity"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_serve_answers_with_the_training_prompt(cycled: Cycles, family: str) -> None:
+    """`tuneline serve` on the promoted version answers through the real `openai` client exactly what
+    `lm.generate` answers for the prompt training rendered; what the template cannot render is a 400."""
+    import openai
+
+    from serve_world import RunningServer
+    from tuneline.config.loader import load_config
+    from tuneline.lm.generate import complete
+    from tuneline.lm.load import load_variant
+
+    run = cycled[family]
+    root, base = run["layout"].root, run["cfg"].model.name_or_path
+    adapter = root / "models" / "adapter"
+    model, chat = load_variant(base, adapter, device="cpu")
+    ids, mask = chat.encode(SINGLE)
+    ask = [{"role": "user", "content": SINGLE["messages"][0]["content"]}]
+    assert chat.prompt(ask)[1] == ids[: mask.index(1)]  # the served prompt is the training prompt
+    expected = complete(model, chat, [ask], 6, batch_size=1, progress=False)[0]
+    cfg = load_config(None, [f"tracking.uri={run['cfg'].tracking.uri}", f"registry.model_name={MODEL}",
+                             f"serve.store_url=sqlite:///{root / 'feedback.db'}",
+                             "serve.default_max_tokens=6"])
+    server = RunningServer(cfg)
+    try:
+        client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+        reply = client.chat.completions.create(model=MODEL, messages=ask, max_tokens=6)
+        assert reply.choices[0].message.content == expected["text"]
+        assert reply.usage.prompt_tokens == len(chat.prompt(ask)[1])
+        if family == "gemma2":
+            with pytest.raises(openai.BadRequestError, match="template_no_system"):
+                client.chat.completions.create(model=MODEL, max_tokens=2, messages=[
+                    {"role": "system", "content": "Be terse."}, *ask])
+    finally:
+        server.stop()
+
+
+def test_tool_call_format_is_learnt_from_the_template(chats: dict[str, ChatFormat]) -> None:
+    from tuneline.lm.toolcalls import parse_tool_calls
+
+    call = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    replies = {
+        "qwen2_5": f"Sure.\n<tool_call>\n{call}\n</tool_call>",
+        "llama3_1": '{"name": "get_weather", "parameters": {"city": "Paris"}}',
+        "mistral_v0_3": f"[TOOL_CALLS] [{call[:-1]}, \"id\": \"a1b2c3d4e\"}}]",
+    }
+    for family, reply in replies.items():
+        content, calls = parse_tool_calls(chats[family].tool_format, reply, "req-1")
+        assert [c["function"]["name"] for c in calls] == ["get_weather"], family
+        assert json.loads(calls[0]["function"]["arguments"]) == {"city": "Paris"}
+        assert content == ("Sure." if family == "qwen2_5" else "")
+    assert chats["gemma2"].tool_format is None and chats["phi3"].tool_format is None
+    text = 'The answer is {"a": 1}'  # JSON that is not a call stays text
+    assert parse_tool_calls(chats["llama3_1"].tool_format, text, "r") == (text, [])

@@ -43,6 +43,7 @@ class ChatFormat:
         self.merge_system = merge_system
         self.profile = profile(tokenizer)
         self.stop_ids = stop_ids(tokenizer, generation_config)
+        self._tool_format: Any = None
         specials = special_ids(tokenizer)
         self.special_texts = sorted(
             {t for t in (tokenizer.convert_ids_to_tokens(i) for i in specials) if t and len(t) > 1},
@@ -73,6 +74,16 @@ class ChatFormat:
         if uses_tools and not p.tools:
             raise RenderError("template_no_tools",
                               "the chat template renders no tools or tool calls (it never reads `tools`)")
+
+    @property
+    def tool_format(self) -> Any:
+        """The template's tool-call format (`toolcalls.learn_format`), learnt on first use; None when
+        the template renders no tool calls."""
+        if self._tool_format is None:
+            from tuneline.lm.toolcalls import learn_format
+
+            self._tool_format = learn_format(self.tokenizer) or False
+        return self._tool_format or None
 
     # ---- training rows ----
 

@@ -212,11 +212,16 @@ def create_app(state: ServerState) -> FastAPI:
         text, finish = _apply_stops(reply["text"], req.stops(), "stop" if reply["stopped"] else "length")
         latency_ms = record(reply, text, finish)
         variant, version = reply["variant"], reply["version"]
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if req.tools:  # a reply in the template's tool-call format is returned as OpenAI tool_calls
+            content, calls = state.models.tool_calls(reply.get("raw", reply["text"]), request_id)
+            if calls:
+                message = {"role": "assistant", "content": content or None, "tool_calls": calls}
+                finish = "tool_calls"
         payload = {
             "id": request_id, "object": "chat.completion", "created": int(time.time()),
             "model": f"{name}{PIN_SEPARATOR}{variant}", "system_fingerprint": f"{name}-v{version}",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": finish, "logprobs": None}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
             "usage": usage(reply),
             "tuneline": {"variant": variant, "model_version": version, "pinned": choice.pinned,
                          "sticky": choice.sticky, "latency_ms": round(latency_ms, 1)},

@@ -95,6 +95,13 @@ def prompt_length(chat: Any, conversation: Conversation) -> int:
     return len(chat.prompt(*conversation)[1])
 
 
+def reply_tool_calls(chat: Any, raw: str, seed: str) -> tuple[str, list[dict[str, Any]]]:
+    """(content, OpenAI tool_calls) of a reply, read in the template's own tool-call format."""
+    from tuneline.lm.toolcalls import parse_tool_calls
+
+    return parse_tool_calls(chat.tool_format, raw, seed)
+
+
 def chat_conversation(chat: Any, record: dict[str, Any]) -> Conversation:
     """A request (as a canonical record) as the template renders it, checked like a training row.
 
@@ -137,6 +144,9 @@ class ServedModels:
 
     def conversation(self, record: dict[str, Any]) -> Conversation:
         return chat_conversation(self.chat, record)
+
+    def tool_calls(self, raw: str, seed: str) -> tuple[str, list[dict[str, Any]]]:
+        return reply_tool_calls(self.chat, raw, seed)
 
     def apply(self, files: list[VersionFiles]) -> dict[str, str]:
         """Serve exactly these versions: load adapters not loaded yet, drop those no longer served.

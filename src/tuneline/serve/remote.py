@@ -29,6 +29,7 @@ from tuneline.serve.models import (
     _adapter_tokenizer,
     chat_conversation,
     prompt_length,
+    reply_tool_calls,
 )
 
 
@@ -90,6 +91,9 @@ class RemoteModels:
 
     def conversation(self, record: dict[str, Any]) -> Conversation:
         return chat_conversation(self.chat, record)
+
+    def tool_calls(self, raw: str, seed: str) -> tuple[str, list[dict[str, Any]]]:
+        return reply_tool_calls(self.chat, raw, seed)
 
     def _one(self, variant: str, conversation: Conversation, max_new_tokens: int,
              sampling: dict[str, float] | None) -> dict[str, Any]:
