@@ -16,6 +16,7 @@ from typing import Any
 
 from tuneline.config import Config
 from tuneline.config.ingest import Source
+from tuneline.data.readers import display_path
 from tuneline.data.report import build_report, render_html
 from tuneline.errors import DataValidationError, InputFileError
 from tuneline.jsonio import atomic_write, dumps, read_jsonl, write_json, write_text
@@ -35,7 +36,7 @@ def run_data(inputs: list[Path], output: Path, cfg: Config) -> str:
             tuneline did not write (nothing is deleted or written then).
         DataValidationError: a contract failed (after the report has been written, so it shows why).
     """
-    missing = [str(p) for p in inputs if not Path(p).exists()]
+    missing = [display_path(Path(p)) for p in inputs if not Path(p).exists()]
     if missing:
         raise InputFileError(f"input not found: {', '.join(missing)}")
     check_disjoint(inputs, output)
