@@ -382,3 +382,144 @@ def test_dangling_link_is_an_unreadable_file(workspace: Path) -> None:
     os.symlink("gone.jsonl", "raw/link.jsonl")
     _, _, rejected = ingest({"ok.jsonl": line(GOOD)})
     assert "cannot read" in only_reject(rejected, "unreadable_file", file="raw/link.jsonl")["detail"]
+
+
+# --- inputs that used to crash or hang ingest (each now a rejected row, a skipped file or a clear error) ---
+
+DEEP = "[" * 1000 + "]" * 1000
+
+
+def test_json_nested_a_thousand_deep_is_a_rejected_row(workspace: Path) -> None:
+    """Fault 15: JSON nested 1,000 deep raised RecursionError and no report was written."""
+    deep_row = '{"instruction": ' + DEEP + ', "output": "x"}'
+    merely_deep = json.dumps({**GOOD, "meta": json.loads("[" * 150 + "]" * 150)})  # parses, too deep to keep
+    report, records, rejected = ingest({
+        "a.jsonl": "\n".join([line(GOOD), deep_row, merely_deep, line(GOOD)]) + "\n",
+        "b.json": "[" + ",".join([line(GOOD), DEEP, deep_row, line(GOOD)]) + "]",
+        "c.jsonl": line({**GOOD, "tools": DEEP, "conversations": []}) + "\n",
+    })
+    assert len(records) == 4
+    where = sorted((r["source"]["file"], r["source"].get("line", r["source"].get("index"))) for r in rejected)
+    assert where == [("raw/a.jsonl", 2), ("raw/a.jsonl", 3), ("raw/b.json", 1), ("raw/b.json", 2),
+                     ("raw/c.jsonl", 1)]
+    assert {r["reason"] for r in rejected} == {"too_deep"}
+    assert report["rejected_by_reason"] == {"too_deep": 5}
+
+
+def test_deep_single_object_file_is_a_rejected_file(workspace: Path) -> None:
+    _, records, rejected = ingest({"a.json": '{"x": ' + DEEP + "}", "b.jsonl": line(GOOD)})
+    assert len(records) == 1
+    only_reject(rejected, "bad_json_file", file="raw/a.json")
+
+
+def test_file_name_with_invalid_utf8_bytes(workspace: Path) -> None:
+    """Fault 16: a file named with bytes that are not UTF-8 crashed ingest with UnicodeEncodeError."""
+    Path("raw").mkdir()
+    with open(os.path.join(b"raw", b"bad\xff.jsonl"), "w", encoding="utf-8") as fh:
+        fh.write(line(GOOD) + "\n")
+    with open(os.path.join(b"raw", b"worse\xfe.jsonl"), "w", encoding="utf-8") as fh:
+        fh.write("{broken\n")
+    os.mkdir(os.path.join(b"raw", b"\xfenotes"))
+    with open(os.path.join(b"raw", b"\xfenotes", b"x.md"), "w") as fh:
+        fh.write("not data")
+    report, records, rejected = ingest({})
+    assert [r["source"]["file"] for r in records] == ["raw/bad\\xff.jsonl"]
+    only_reject(rejected, "bad_json", file="raw/worse\\xfe.jsonl", line=1)
+    assert {"file": "raw/\\xfenotes/x.md", "reason": "not_data"} in report["skipped_files"]
+
+
+def test_lone_surrogate_escape_rejects_only_its_row(workspace: Path) -> None:
+    """Fault 17: a row holding "\\ud800" (valid JSON, not encodable text) aborted the whole ingest."""
+    bad = '{"instruction": "x\\ud800", "input": "", "output": "y"}'
+    bad_category = '{"instruction": "a", "output": "b", "category": "\\udc00"}'
+    bad_key = '{"\\udfff": 1, "weird": 2}'  # unknown format: the detail quotes the key
+    _, records, rejected = ingest({
+        "a.jsonl": "\n".join([line(GOOD), bad, bad_category, line(GOOD)]) + "\n",
+        "b.json": "[" + ",".join([line(GOOD), bad]) + "]",
+        "c.jsonl": bad_key + "\n",
+    })
+    assert len(records) == 3
+    by_where = {(r["source"]["file"], r["source"].get("line", r["source"].get("index"))): r for r in rejected}
+    assert {k: r["reason"] for k, r in by_where.items()} == {
+        ("raw/a.jsonl", 2): "invalid_utf8", ("raw/a.jsonl", 3): "invalid_utf8",
+        ("raw/b.json", 1): "invalid_utf8", ("raw/c.jsonl", 1): "unknown_format",
+    }
+    assert "\\ud800" in by_where[("raw/a.jsonl", 2)]["detail"]
+    assert "\\udfff" in by_where[("raw/c.jsonl", 1)]["detail"]
+
+
+def test_fifo_in_an_input_folder_is_skipped_not_read(workspace: Path) -> None:
+    """Fault 18: a FIFO inside an input folder made ingest wait forever for a writer."""
+    Path("raw").mkdir()
+    os.mkfifo("raw/pipe.jsonl")
+    report, records, rejected = ingest({"a.jsonl": line(GOOD)})
+    assert len(records) == 1 and rejected == []
+    assert {"file": "raw/pipe.jsonl", "reason": "not_a_regular_file"} in report["skipped_files"]
+    os.mkfifo("alone.jsonl")
+    cfg = Config(ingest=IngestParams(sources=[Source(path=Path("alone.jsonl"))]))
+    with pytest.raises(InputFileError, match="alone.jsonl: ingest source is not a regular file"):
+        run(cfg, Layout(Path(".")))
+
+
+def test_linked_folder_is_reported_not_silently_ignored(workspace: Path) -> None:
+    Path("elsewhere").mkdir()
+    Path("elsewhere/x.jsonl").write_text(line(GOOD))
+    Path("raw").mkdir()
+    os.symlink("../elsewhere", "raw/linked")
+    report, records, _ = ingest({"a.jsonl": line(GOOD)})
+    assert len(records) == 1
+    assert {"file": "raw/linked/", "reason": "linked_dir"} in report["skipped_files"]
+
+
+# --- what tuneline does not tune on is named, not mistaken for broken rows ---------------------------------
+
+
+def test_preference_pairs_are_an_unsupported_format(workspace: Path) -> None:
+    """DPO sets used to be rejected row by row as `no_final_assistant` (or `unknown_format`)."""
+    sharegpt_pair = {"conversations": [{"from": "human", "value": "Hi?"}],
+                     "chosen": {"from": "gpt", "value": "Hello!"},
+                     "rejected": {"from": "gpt", "value": "Go."}}
+    trl_pair = {"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away."}
+    _, records, rejected = ingest({"a.json": json.dumps([sharegpt_pair, sharegpt_pair]),
+                                   "b.jsonl": line(trl_pair) + "\n" + line(GOOD)})
+    assert len(records) == 1 and len(rejected) == 3
+    assert {r["reason"] for r in rejected} == {"unsupported_format"}
+    assert "preference pairs (chosen/rejected) are not supported" in rejected[0]["detail"]
+    assert "conversations (SFT)" in rejected[0]["detail"]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"messages": [{"role": "user", "content": "<image>What is this?"},
+                      {"role": "assistant", "content": "A cat."}], "images": ["1.jpg"]},
+        {"messages": [{"role": "user", "content": "<image>What is this?"},
+                      {"role": "assistant", "content": "A cat."}]},
+        {"conversations": [{"from": "human", "value": "<video>What happens?"},
+                           {"from": "gpt", "value": "A dog runs."}]},
+        {"instruction": "Describe the sound.", "output": "Birdsong.", "audios": ["a.mp3"]},
+    ],
+)
+def test_multimodal_rows_are_unsupported_content(workspace: Path, row: dict[str, Any]) -> None:
+    """Multimodal rows used to be kept with their `<image>` placeholders and the images silently ignored."""
+    _, records, rejected = ingest({"a.jsonl": line(row)})
+    detail = only_reject(rejected, "unsupported_content", file="raw/a.jsonl", line=1)["detail"]
+    assert "multimodal" in detail and "text-only" in detail
+    assert records == []
+
+
+def test_empty_media_fields_are_text_rows(workspace: Path) -> None:
+    _, records, rejected = ingest({"a.jsonl": line({**GOOD, "images": [], "videos": None})})
+    assert rejected == [] and len(records) == 1
+
+
+def test_text_parts_written_with_value(workspace: Path) -> None:
+    """OpenAI content parts {"type": "text", "value": ...} used to be rejected as `null_field`."""
+    row = {"messages": [{"role": "user", "content": [{"type": "text", "value": "Hi"},
+                                                     {"type": "text", "text": "there"}]},
+                        {"role": "assistant", "content": [{"type": "text", "value": "Hello!"}]}]}
+    no_text = {"messages": [{"role": "user", "content": [{"type": "text"}]},
+                            {"role": "assistant", "content": "x"}]}
+    _, records, rejected = ingest({"a.jsonl": line(row) + "\n" + line(no_text)})
+    assert [m["content"] for m in records[0]["messages"]] == ["Hi\nthere", "Hello!"]
+    only_reject(rejected, "missing_field", file="raw/a.jsonl", line=2)

@@ -19,3 +19,7 @@ class DataValidationError(TunelineError):
     """A data contract (Great Expectations suite) failed a critical expectation."""
 
     exit_code = 3
+
+
+class OutputPathError(TunelineError):
+    """An output path tuneline must not write: outside the workspace, holding inputs, or someone else's."""

@@ -21,7 +21,11 @@ class QualityParams(Section):
         description="Drop when more than this share of non-space characters is neither letter nor digit.",
     )
     max_duplicate_line_fraction: float = Field(
-        0.3, ge=0, le=1, description="Gopher: drop when this share of lines are repeats of other lines."
+        0.3,
+        ge=0,
+        le=1,
+        description="Gopher: drop when this share of a turn's content lines (3+ words; short labels such as "
+        "'Options:' and fenced code are not counted) repeat earlier lines.",
     )
     max_top_ngram_fraction: float = Field(
         0.2,
@@ -34,8 +38,9 @@ class QualityParams(Section):
     repetition_min_words: int = Field(
         50,
         ge=0,
-        description="duplicate_lines and repeated_ngrams judge only turns of at least this many words "
-        "(CJK: characters); Gopher's 50 — short texts repeat by chance.",
+        description="duplicate_lines and repeated_ngrams judge each turn on its own, and only turns of at "
+        "least this many words (tokens holding a letter, outside fenced code; CJK: characters); Gopher's "
+        "50 — short texts repeat by chance.",
     )
 
 

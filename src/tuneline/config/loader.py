@@ -33,6 +33,12 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 class Config(Section):
     seed: int = Field(42, description="Seed of every random choice (split, augmentation).")
+    allow_outside_workspace: bool = Field(
+        False,
+        description="Let model.demo.output_dir and train.output_dir point outside the workspace root "
+        "(`../x`, an absolute path elsewhere). Off: such a path is refused, so a typo cannot replace "
+        "another folder. Either way a non-empty folder tuneline did not write is never replaced.",
+    )
     task: TaskParams = Field(default_factory=TaskParams, description="What the model is tuned to do.")
     ingest: IngestParams = Field(default_factory=IngestParams, description="Raw sources -> canonical JSONL.")
     validate_raw: ValidateRawParams = Field(

@@ -6,13 +6,20 @@ thousands separators, dates, whitespace. Tool turns are structured payloads and 
 `task.output_schema` is set, assistant outputs are structured too: they are validated, not rewritten.
 
 Then every quality rule (see `tuneline.data.quality.RULES`) is checked; a failing row goes to the rejected
-file with the first failing rule as its `reason` and all of them in `detail`. Kept rows keep their `id`
-(the ingest content hash), so any row can be followed through every stage.
+file with the first failing rule as its `reason` and all of them in `detail`. A user or assistant turn
+left holding nothing but placeholders (`<URL>`, `<EMAIL>`) is `empty_after_clean`: an answer that is only
+"<URL>" teaches nothing. Kept rows keep their `id` (the ingest content hash), so any row can be followed
+through every stage.
+
+`reports/clean.json` counts the rows failing each rule (`failed_by_rule`, not only the first) and shows a
+few of them per rule (`examples_by_rule`: id, source, detail, the text judged), so the limits in
+`clean.quality` can be tuned on evidence.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from typing import Any
 
@@ -36,8 +43,11 @@ from tuneline.stages import finish_stage
 log = logging.getLogger(__name__)
 
 STAGE = "clean"
+EXAMPLES_PER_RULE = 3
+EXCERPT_CHARS = 300
 # Rules whose "rows changed" counts the report carries (a row counts once per rule).
 CHANGE_RULES = ("nfkc", "control", "html", "emails", "urls", "numbers", "dates", "whitespace")
+_MESSAGE_RE = re.compile(r"message (?:index \[)?(\d+)")
 
 
 def clean_text(text: str, params: CleanParams) -> tuple[str, set[str]]:
@@ -145,6 +155,16 @@ def record_failures(
     ]
     if empty:
         failures.append(("empty_turn", f"empty user/assistant turn(s) at message index {empty}"))
+    hollow = [
+        i
+        for i, m in enumerate(msgs)
+        if m.get("role") in ("user", "assistant") and i not in empty and not _is_call(m)
+        and _only_placeholders(_as_text(m.get("content")), params)
+    ]
+    if hollow:
+        failures.append(
+            ("empty_after_clean", f"turn(s) at message index {hollow} hold only placeholders after cleaning")
+        )
     answer = "\n".join(_as_text(m.get("content")) for m in msgs if m.get("role") == "assistant")
     if len(answer) < q.min_chars:
         failures.append(("too_short", f"assistant text {len(answer)} chars < {q.min_chars}"))
@@ -160,9 +180,24 @@ def record_failures(
                     break
     # Heuristics judge free text only: tool payloads and structured outputs are JSON, all symbols.
     prose_roles = set(params.roles) - {"tool"} - ({"assistant"} if schema_validator is not None else set())
-    prose = [m["content"] for m in msgs if m.get("role") in prose_roles and isinstance(m.get("content"), str)]
-    failures.extend(heuristic_failures(prose, q))
+    turns = [(i, m) for i, m in enumerate(msgs)
+             if m.get("role") in prose_roles and isinstance(m.get("content"), str)]
+    labels = [f"message {i} ({m['role']})" for i, m in turns]
+    failures.extend(heuristic_failures([m["content"] for _, m in turns], q, labels))
     return failures
+
+
+def _only_placeholders(text: str, params: CleanParams) -> bool:
+    """True when `text` has content only in the URL / e-mail placeholders cleaning put there."""
+    if not text.strip():
+        return False
+    modes = ((params.urls, params.url_placeholder), (params.emails, params.email_placeholder))
+    placeholders = [p for mode, p in modes if mode == "placeholder" and p]
+    if not placeholders or not any(p in text for p in placeholders):
+        return False
+    for p in placeholders:
+        text = text.replace(p, " ")
+    return not any(ch.isalnum() for ch in text)
 
 
 def clean_records(
@@ -194,11 +229,16 @@ def clean_records(
     kept: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
     failed_by_rule: Counter[str] = Counter()
+    examples: dict[str, list[dict[str, Any]]] = {}
     for original, new, fails in zip(records, cleaned, failures, strict=True):
         if not fails:
             kept.append(new)
             continue
         failed_by_rule.update({rule for rule, _ in fails})
+        for rule, detail in fails:
+            shown = examples.setdefault(rule, [])
+            if len(shown) < EXAMPLES_PER_RULE:
+                shown.append(_example(new, detail))
         # The row as it came in: the detail says what cleaning measured on it.
         rejected.append(
             reject(STAGE, fails[0][0], original.get("source", {}), "; ".join(d for _, d in fails),
@@ -207,8 +247,21 @@ def clean_records(
     stats = {
         "changed_by_rule": {rule: changed_by_rule.get(rule, 0) for rule in CHANGE_RULES},
         "failed_by_rule": {rule: failed_by_rule[rule] for rule in RULES if failed_by_rule[rule]},
+        "examples_by_rule": {rule: examples[rule] for rule in RULES if rule in examples},
     }
     return kept, rejected, stats
+
+
+def _example(record: dict[str, Any], detail: str) -> dict[str, Any]:
+    """One rejected row as the report shows it: what was measured, and the start of the text judged."""
+    msgs = record["messages"]
+    match = _MESSAGE_RE.search(detail)
+    if match and int(match.group(1)) < len(msgs):
+        text = _as_text(msgs[int(match.group(1))].get("content"))
+    else:
+        text = "\n".join(_as_text(m.get("content")) for m in msgs if m.get("role") == "assistant")
+    excerpt = text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…"
+    return {"id": record.get("id"), "source": record.get("source", {}), "detail": detail, "text": excerpt}
 
 
 def run(cfg: Config, layout: Layout) -> dict[str, Any]:

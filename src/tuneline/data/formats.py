@@ -5,14 +5,20 @@ Formats (DESIGN §4):
 - ``alpaca``: ``instruction``, ``input``, ``output``, optional ``system`` and ``history`` ([[q, a], ...]).
 - ``sharegpt``: ``conversations[{from, value}]`` (human/user, gpt/assistant, system, function_call,
   observation), optional top-level ``system`` and ``tools`` (a JSON string or a list).
-- ``messages``: OpenAI style ``messages[{role, content}]``; content may be a list of text parts; an assistant
-  turn with ``tool_calls`` becomes that call's JSON text.
+- ``messages``: OpenAI style ``messages[{role, content}]``; content may be a list of text parts
+  (``{"type": "text", "text": ...}``, or ``"value"`` in place of ``"text"``); an assistant turn with
+  ``tool_calls`` becomes that call's JSON text.
 - ``table``: a flat row (CSV, parquet, or JSON with prompt/response-like keys) read through a column mapping
   (canonical name -> column), auto-detected from common header names when none is given.
 
 Tool calls: an assistant turn that is a tool call (sharegpt ``function_call``, OpenAI ``tool_calls``) keeps
 ``role: assistant`` with the call's JSON as ``content``; its index in ``messages`` is listed in
 ``meta["tool_call_messages"]`` so later stages can leave structured payloads alone.
+
+What tuneline does not tune on is named, not mistaken for broken rows (`check_supported`, `check_media`):
+preference pairs (``chosen``/``rejected``, DPO-style) are ``unsupported_format``; rows with attached
+media (``images``/``videos``/``audios``) or ``<image>``/``<video>``/``<audio>`` placeholders in the text are
+``unsupported_content``.
 
 Every problem raises `RowError(reason, detail)`; the caller turns it into a rejected row.
 Empty strings are *not* a problem here (`clean` owns empty content); absent, null or mistyped fields are.
@@ -206,9 +212,14 @@ def _openai_content(msg: dict[str, Any], i: int) -> str | None:
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                 raise RowError(
                     "unsupported_content",
-                    f"`messages[{i}].content[{j}]` is {kind!r}; only text parts can be tuned on",
+                    f"`messages[{i}].content[{j}]` is {kind!r}; tuneline tunes text-only models, so only "
+                    "text parts can be tuned on",
                 )
-            texts.append(expect_str(part.get("text"), f"messages[{i}].content[{j}].text"))
+            # Some exporters write the text under `value` (the sharegpt habit) instead of OpenAI's `text`.
+            key = "text" if "text" in part else "value" if "value" in part else None
+            if key is None:
+                raise RowError("missing_field", f"`messages[{i}].content[{j}]` has no `text` (or `value`)")
+            texts.append(expect_str(part[key], f"messages[{i}].content[{j}].{key}"))
         return "\n".join(texts)
     raise RowError(
         "wrong_type",
@@ -254,6 +265,56 @@ def messages_format(row: dict[str, Any], category_field: str = "category") -> Co
     if tool_calls:
         meta[TOOL_CALL_KEY] = tool_calls
     return messages, meta
+
+
+MEDIA_FIELDS = ("images", "videos", "audios", "image", "video", "audio")
+MEDIA_PLACEHOLDERS = ("<image>", "<video>", "<audio>")
+
+
+def _present(value: Any) -> bool:
+    return value not in (None, "", [], {}) and not (isinstance(value, float) and math.isnan(value))
+
+
+def check_supported(row: dict[str, Any]) -> None:
+    """Refuse, by name, the kinds of data tuneline does not tune on (whatever the row's format).
+
+    Raises:
+        RowError: unsupported_format for a preference pair (`chosen` and `rejected`), unsupported_content
+            for a row with attached images, videos or audio.
+    """
+    if "chosen" in row and "rejected" in row:
+        raise RowError(
+            "unsupported_format",
+            "preference pairs (chosen/rejected) are not supported; tuneline tunes on conversations (SFT). "
+            "To tune on the preferred answers, write each pair as a conversation ending with its `chosen` "
+            "answer",
+        )
+    for key in MEDIA_FIELDS:
+        if _present(row.get(key)):
+            raise RowError(
+                "unsupported_content",
+                f"field `{key}` attaches media to the row (multimodal data); tuneline tunes text-only models "
+                "and would silently drop them, so the row is not tuned on",
+            )
+
+
+def check_media(messages: list[Message]) -> None:
+    """Refuse text that points at media the row cannot carry (`<image>` placeholders of multimodal sets).
+
+    Raises:
+        RowError: unsupported_content, naming the message and the placeholder.
+    """
+    for i, msg in enumerate(messages):
+        content = msg.get("content")
+        if msg.get("role") == "tool" or not isinstance(content, str) or "<" not in content:
+            continue
+        for tag in MEDIA_PLACEHOLDERS:
+            if tag in content:
+                raise RowError(
+                    "unsupported_content",
+                    f"message {i} holds a {tag} placeholder (multimodal data); tuneline tunes text-only "
+                    "models, and the text without its media would teach answers about nothing",
+                )
 
 
 def resolve_columns(header: list[str], mapping: dict[str, str]) -> dict[str, str]:

@@ -9,9 +9,15 @@ its file, line/index and a machine-readable reason (`data/rejected/ingest.jsonl`
 be read becomes one rejected row (source without line/index) or, with `ingest.on_bad_file: error`, an
 `InputFileError` naming it.
 
-Rejection reasons: bad_json, invalid_utf8, not_an_object, missing_field, null_field, wrong_type,
-unsupported_content, unknown_role, bad_role_order, no_final_assistant, empty_conversation, unknown_format,
-ragged_row, bad_csv, and for whole files unreadable_file, bad_json_file, top_level_object, unknown_format.
+Rejection reasons: bad_json, invalid_utf8 (also text holding a lone surrogate escape such as "\ud800",
+which UTF-8 cannot encode), too_deep (JSON nested deeper than `readers.MAX_DEPTH`), not_an_object,
+missing_field, null_field, wrong_type, unsupported_format, unsupported_content, unknown_role,
+bad_role_order, no_final_assistant, empty_conversation, unknown_format, ragged_row, bad_csv, and for whole
+files unreadable_file, bad_json_file, top_level_object, unknown_format.
+
+Skipped files (listed in the report, not rows): hidden, not_data, not_a_regular_file (a FIFO, socket or
+device: reading one could block forever), linked_dir (a symbolic link to a directory is not followed),
+unreadable_dir, optional_missing. File names that are not valid UTF-8 are shown with backslash escapes.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import logging
 import math
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +36,20 @@ from tuneline.config import Config
 from tuneline.config.ingest import IngestParams, Source
 from tuneline.data import formats
 from tuneline.data.formats import RowError
-from tuneline.data.readers import DATA_EXTS, READERS, FileProblem, FileStats, container_of, is_empty
+from tuneline.data.readers import (
+    DATA_EXTS,
+    MAX_DEPTH,
+    READERS,
+    FileProblem,
+    FileStats,
+    container_of,
+    display_path,
+    is_empty,
+    nesting_depth,
+    printable,
+)
 from tuneline.errors import InputFileError
+from tuneline.jsonio import dumps
 from tuneline.layout import Layout
 from tuneline.ledger import Ledger
 from tuneline.progress import track
@@ -66,29 +85,42 @@ class FileResult:
 
 
 def discover(path: Path) -> tuple[list[Path], list[dict[str, str]]]:
-    """The data files of a source (sorted) and the files skipped with why (`hidden` or `not_data`).
+    """The data files of a source (sorted) and the entries skipped with why (see the module docstring).
 
     Raises:
-        InputFileError: the source path does not exist.
+        InputFileError: the source path does not exist, or is neither a regular file nor a directory.
     """
-    if not path.exists():
-        raise InputFileError(f"{path}: ingest source not found (check ingest.sources[].path in params.yaml)")
-    if path.is_file():
-        return [path], []
+    shown = display_path(path)
+    if not path.exists() and not path.is_symlink():
+        raise InputFileError(f"{shown}: ingest source not found (check ingest.sources[].path in params.yaml)")
+    if path.is_file() or (path.is_symlink() and not path.exists()):
+        return [path], []  # a dangling link is read, and rejected as an unreadable file
+    if not path.is_dir():
+        raise InputFileError(f"{shown}: ingest source is not a regular file or a directory (a FIFO, socket "
+                             "or device); reading it could block forever")
     found: list[Path] = []
     skipped: list[dict[str, str]] = []
-    for dirpath, dirnames, filenames in os.walk(path):
+
+    def unreadable(exc: OSError) -> None:
+        where = display_path(Path(exc.filename)) if exc.filename else shown
+        skipped.append({"file": where + "/", "reason": "unreadable_dir"})
+
+    for dirpath, dirnames, filenames in os.walk(path, onerror=unreadable):
         here = Path(dirpath)
         for name in list(dirnames):
             if name.startswith("."):  # .git, .ipynb_checkpoints, ...: never data
-                skipped.append({"file": (here / name).as_posix() + "/", "reason": "hidden"})
+                skipped.append({"file": display_path(here / name) + "/", "reason": "hidden"})
                 dirnames.remove(name)
+            elif (here / name).is_symlink():  # os.walk does not follow it (loops); say so
+                skipped.append({"file": display_path(here / name) + "/", "reason": "linked_dir"})
         for name in filenames:
             p = here / name
             if name.startswith("."):
-                skipped.append({"file": p.as_posix(), "reason": "hidden"})
+                skipped.append({"file": display_path(p), "reason": "hidden"})
             elif p.suffix.lower() not in DATA_EXTS:
-                skipped.append({"file": p.as_posix(), "reason": "not_data"})
+                skipped.append({"file": display_path(p), "reason": "not_data"})
+            elif p.exists() and not p.is_file():
+                skipped.append({"file": display_path(p), "reason": "not_a_regular_file"})
             else:
                 found.append(p)
     found.sort(key=lambda p: p.relative_to(path).parts)
@@ -114,7 +146,7 @@ def convert_row(
     category_field: str = "category",
     default_category: str | None = None,
 ) -> dict[str, Any]:
-    """One parsed raw row -> canonical record, checked for role order.
+    """One parsed raw row -> canonical record, checked for role order, depth and encodable text.
 
     Args:
         row: the raw object (JSON object, CSV row by header, parquet row).
@@ -127,19 +159,50 @@ def convert_row(
     Raises:
         RowError: the reason the row cannot be a record.
     """
+    if nesting_depth(row) > MAX_DEPTH:
+        raise RowError("too_deep", f"row nested deeper than {MAX_DEPTH} levels")
+    formats.check_supported(row)
     cat_key = columns.get("category", category_field) if fmt == "table" else category_field
-    messages, meta = formats.converter(fmt, columns, cat_key)(row)
+    try:
+        messages, meta = formats.converter(fmt, columns, cat_key)(row)
+    except RecursionError:  # a JSON string inside the row (tools, a messages column) nested too deep
+        raise RowError("too_deep", f"a JSON value in the row is nested deeper than {MAX_DEPTH} levels") \
+            from None
+    formats.check_media(messages)
     category = row_category(row, cat_key, default_category)
     formats.check_roles(messages, meta.get(formats.TOOL_CALL_KEY, []))
+    _check_writable({"messages": messages, "category": category, "meta": meta})
     return make_record(messages, source, category=category, meta=meta)
+
+
+def _check_writable(content: dict[str, Any]) -> None:
+    """The id hash and every later stage encode the record as UTF-8 JSON; refuse now what they could not."""
+    if nesting_depth(content) > MAX_DEPTH:
+        raise RowError("too_deep", f"a JSON value in the row is nested deeper than {MAX_DEPTH} levels")
+    try:
+        dumps(content).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end].encode("utf-8", "backslashreplace").decode("ascii")
+        raise RowError(
+            "invalid_utf8",
+            f"text holds a lone surrogate escape ({bad}), which is not a character: UTF-8 cannot encode it",
+        ) from None
 
 
 def _raw_text(raw: str | None, row: dict[str, Any] | None) -> str | None:
     if raw is not None:
-        return raw
+        return printable(raw)
     if row is None:
         return None
-    return json.dumps(formats.jsonable(row), ensure_ascii=False)
+    try:
+        return printable(json.dumps(formats.jsonable(row), ensure_ascii=False))
+    except RecursionError:
+        return None
+
+
+def _reject(reason: str, source: dict[str, Any], detail: str, raw: str | None = None) -> dict[str, Any]:
+    # Details quote raw keys and values, which may hold lone surrogates: keep the rejected row writable.
+    return reject(STAGE, reason, source, printable(detail), raw=raw)
 
 
 def read_source_file(path: Path, label: str, src: Source, params: IngestParams) -> FileResult:
@@ -147,6 +210,12 @@ def read_source_file(path: Path, label: str, src: Source, params: IngestParams) 
     res = FileResult()
     stats = FileStats()
     try:
+        try:
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise FileProblem("unreadable_file", f"cannot read: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(mode):
+            raise FileProblem("unreadable_file", "not a regular file (a FIFO, socket or device)")
         if is_empty(path):
             return res
         res.container = container_of(path, src.format)
@@ -166,25 +235,22 @@ def read_source_file(path: Path, label: str, src: Source, params: IngestParams) 
                 if raw.row is None:
                     raise RowError(raw.reason or "bad_json", raw.detail)
                 if convert is None:
+                    formats.check_supported(raw.row)  # say "preference pairs", not "unknown format"
                     fmt = fmt or formats.detect(raw.row)
                     if fmt is None:
-                        raise RowError(
-                            "unknown_format",
-                            "no known format fits this row's fields (" + ", ".join(list(raw.row)[:8]) + ")",
-                        )
+                        keys = ", ".join(list(raw.row)[:8])
+                        raise RowError("unknown_format", f"no known format fits this row's fields ({keys})")
                     convert = _make_converter(fmt, raw.row, src, params)
                 res.records.append(convert(raw.row, raw.source))
             except RowError as exc:
-                res.rejected.append(
-                    reject(STAGE, exc.reason, raw.source, exc.detail, raw=_raw_text(raw.raw, raw.row))
-                )
+                res.rejected.append(_reject(exc.reason, raw.source, exc.detail, _raw_text(raw.raw, raw.row)))
         res.format = fmt
     except FileProblem as exc:
         if params.on_bad_file == "error":
             raise InputFileError(f"{label}: {exc.detail}") from None
         log.warning("%s: %s (whole file rejected: %s)", label, exc.detail, exc.reason)
         res.rows_in += 1
-        res.rejected.append(reject(STAGE, exc.reason, {"file": label}, exc.detail))
+        res.rejected.append(_reject(exc.reason, {"file": label}, exc.detail))
     res.blank_lines = stats.blank_lines
     return res
 
@@ -216,7 +282,7 @@ def ingest_sources(
         if not src.required and not Path(src.path).exists():
             # e.g. data/raw/feedback before the first `tuneline feedback export`: said, not an error
             log.info("ingest: optional source %s does not exist yet; nothing to read", src.path)
-            skipped.append({"file": Path(src.path).as_posix(), "reason": "optional_missing"})
+            skipped.append({"file": display_path(Path(src.path)), "reason": "optional_missing"})
             continue
         found, skip = discover(Path(src.path))
         plan.extend((p, src) for p in found)
@@ -229,7 +295,7 @@ def ingest_sources(
     files: dict[str, dict[str, Any]] = {}
     empty: list[str] = []
     for path, src in track(plan, "ingest files"):
-        label = path.as_posix()
+        label = display_path(path)
         res = read_source_file(path, label, src, params)
         records.extend(res.records)
         rejected.extend(res.rejected)

@@ -2,6 +2,9 @@
 
 Same library code as the DVC stages: the stages run one after another on a private workspace under
 DIR/work, then the final splits, every rejected row and the funnel report are gathered into DIR.
+
+DIR is tuneline's: it must be new, empty or an earlier `tuneline data` output (`tuneline.outdirs`), and it
+must neither hold an input nor lie inside one, so clearing DIR/work for a fresh run never deletes user files.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from typing import Any
 
 from tuneline.config import Config
 from tuneline.config.ingest import Source
+from tuneline.data.readers import display_path
 from tuneline.data.report import build_report, render_html
 from tuneline.errors import DataValidationError, InputFileError
 from tuneline.jsonio import atomic_write, dumps, read_jsonl, write_json, write_text
 from tuneline.layout import SPLITS, Layout
+from tuneline.outdirs import check_disjoint, claim_dir, fresh_dir
 from tuneline.stages import DATA_STAGES, run_stage
 
 log = logging.getLogger(__name__)
@@ -27,17 +32,19 @@ def run_data(inputs: list[Path], output: Path, cfg: Config) -> str:
 
     Raises:
         InputFileError: an input path does not exist.
+        OutputPathError: `output` holds an input or lies inside one, is a file, or is a non-empty directory
+            tuneline did not write (nothing is deleted or written then).
         DataValidationError: a contract failed (after the report has been written, so it shows why).
     """
-    missing = [str(p) for p in inputs if not Path(p).exists()]
+    missing = [display_path(Path(p)) for p in inputs if not Path(p).exists()]
     if missing:
         raise InputFileError(f"input not found: {', '.join(missing)}")
+    check_disjoint(inputs, output)
     cfg = cfg.model_copy(deep=True)
     cfg.ingest.sources = [Source(path=Path(p)) for p in inputs]
-    output.mkdir(parents=True, exist_ok=True)
+    claim_dir(output, "--output")
     work = output / "work"
-    if work.exists():
-        shutil.rmtree(work)  # a run never mixes with a previous one's intermediate files
+    fresh_dir(work, "--output")  # a run never mixes with a previous one's intermediate files
     layout = Layout(work)
     failure: DataValidationError | None = None
     for stage in DATA_STAGES:

@@ -3,6 +3,17 @@
 Each heuristic is a pure function of a text returning the measured value; `heuristic_failures` compares
 them with the configured limits and returns every failing rule, in a fixed order, so the stage can
 record the first one as the reason and all of them as the detail.
+
+The Gopher rules were made for web pages; chat data differs, so they measure prose only:
+
+- Fenced code (```...```) is left out of every heuristic: code repeats lines (`}`, `break;`) and is
+  made of symbols by nature.
+- Repetition is judged per turn (a rewrite task echoes its input), only on turns of at least
+  `repetition_min_words` words, and only on words (tokens holding a letter): numbers and symbols
+  (`= 36`, a grid of zeros) are for the symbol rules.
+- duplicate_lines counts content lines only (at least `_CONTENT_LINE_WORDS` words): short labels repeat
+  in good answers ("Options:", "- yes", a screenplay's "JENNY", "Ex Input:"); repeated sentences do not.
+- repeated_ngrams compares word 2-grams (CJK text, which has no spaces: character 2-grams).
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from tuneline.errors import ConfigError, InputFileError
 # Rule names in the order they are checked; the first failing one becomes the rejection reason.
 RULES = (
     "empty_turn",
+    "empty_after_clean",
     "too_short",
     "too_long",
     "output_schema_invalid",
@@ -40,6 +52,19 @@ _ALNUM_OR_WS_RE = re.compile(r"[^\W_]+|\s+")
 _ASCII_RUN_RE = re.compile(r"[\x00-\x7f]+")
 _ASCII_WS = b" \t\n\r\x0b\x0c"
 _ASCII_ALNUM_WS = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" + _ASCII_WS
+_FENCE_RE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
+_LETTER_RE = re.compile(r"[^\W\d_]")
+_CONTENT_LINE_WORDS = 3
+
+
+def prose(text: str) -> str:
+    """`text` without its fenced code blocks (each becomes a line break)."""
+    return _FENCE_RE.sub("\n", text) if "```" in text else text
+
+
+def words(tokens: list[str]) -> list[str]:
+    """The tokens that hold a letter (numbers, symbols and bullets are not words)."""
+    return [t for t in tokens if _LETTER_RE.search(t)]
 
 
 def tokenize(text: str) -> list[str]:
@@ -83,57 +108,68 @@ def non_alnum_fraction(text: str) -> float:
 
 
 def duplicate_line_fraction(text: str) -> float:
-    """Gopher: share of the non-blank lines that repeat an earlier line."""
+    """Gopher: share of the content lines (`_CONTENT_LINE_WORDS` words or more) repeating an earlier one."""
     lines = [line.strip() for line in text.split("\n")]
-    lines = [line for line in lines if line]
+    lines = [line for line in lines if line and len(words(tokenize(line))) >= _CONTENT_LINE_WORDS]
     if len(lines) < 2:
         return 0.0
     return (len(lines) - len(set(lines))) / len(lines)
 
 
-def top_bigram_fraction(tokens: list[str]) -> float:
-    """Gopher: share of the token characters covered by the most frequent bigram, counting only bigrams
-    that occur more than once (a short text's single bigram would otherwise cover all of it)."""
-    if len(tokens) < 3:
+def top_ngram_fraction(tokens: list[str], n: int = 2) -> float:
+    """Gopher: share of the token characters covered by the most frequent n-gram, counting only n-grams
+    that occur more than once (a short text's single n-gram would otherwise cover all of it)."""
+    if len(tokens) <= n:
         return 0.0
-    (first, second), count = Counter(zip(tokens, tokens[1:], strict=False)).most_common(1)[0]
+    grams = Counter(zip(*(tokens[i:] for i in range(n)), strict=False))
+    gram, count = grams.most_common(1)[0]
     if count < 2:
         return 0.0
     total = sum(map(len, tokens))
-    return count * (len(first) + len(second)) / total
+    return count * sum(map(len, gram)) / total
 
 
-def heuristic_failures(texts: list[str], params: QualityParams) -> list[tuple[str, str]]:
+def heuristic_failures(
+    texts: list[str], params: QualityParams, labels: list[str] | None = None
+) -> list[tuple[str, str]]:
     """The Gopher-style rules (symbol_ratio, non_alnum, duplicate_lines, repeated_ngrams) failed by the free
     text of one record, each as (rule, detail).
 
-    `texts` are the record's prose turns. Symbol and non-alnum density are measured on all of them
-    together (a short "2+2=?" is not garbage when its answer follows); repetition is measured per turn
-    and the worst turn counts, because repeating across turns is normal (a rewrite task echoes its input,
-    a correct sentence comes back unchanged), and only on turns of `repetition_min_words` words or more.
+    `texts` are the record's prose turns (`labels` name them in the details, e.g. "message 3"). Symbol and
+    non-alnum density are measured on all of them together (a short "2+2=?" is not garbage when its answer
+    follows); repetition is measured per turn and the worst turn counts, because repeating across turns is
+    normal (a rewrite task echoes its input, a correct sentence comes back unchanged), and only on turns
+    of `repetition_min_words` words or more. Fenced code is left out of every rule (see the module).
     """
-    texts = [t for t in texts if t]
-    if not texts:
+    labels = labels or [f"turn {i}" for i in range(len(texts))]
+    turns = [(prose(t), label) for t, label in zip(texts, labels, strict=True) if t]
+    turns = [(t, label) for t, label in turns if t.strip()]
+    if not turns:
         return []
     failures: list[tuple[str, str]] = []
-    per_turn = [tokenize(t) for t in texts]
-    joined = "\n".join(texts)
+    per_turn = [tokenize(t) for t, _ in turns]
+    joined = "\n".join(t for t, _ in turns)
     ratio = symbol_ratio(joined, sum(map(len, per_turn)))
     if ratio > params.max_symbol_ratio:
         failures.append(("symbol_ratio", f"symbol_ratio {ratio:.3f} > {params.max_symbol_ratio}"))
     frac = non_alnum_fraction(joined)
     if frac > params.max_non_alnum_fraction:
         failures.append(("non_alnum", f"non_alnum {frac:.3f} > {params.max_non_alnum_fraction}"))
-    long_turns = [(t, tokens) for t, tokens in zip(texts, per_turn, strict=True)
-                  if len(tokens) >= params.repetition_min_words]
-    dup = max((duplicate_line_fraction(t) for t, _ in long_turns if "\n" in t), default=0.0)
+    long_turns = []
+    for (text, label), tokens in zip(turns, per_turn, strict=True):
+        if len(tokens) >= params.repetition_min_words:  # words <= tokens: most turns stop here, cheaply
+            turn_words = words(tokens)
+            if len(turn_words) >= params.repetition_min_words:
+                long_turns.append((text, label, turn_words))
+    dup, where = max(((duplicate_line_fraction(t), label) for t, label, _ in long_turns if "\n" in t),
+                     default=(0.0, ""))
     if dup > params.max_duplicate_line_fraction:
-        failures.append(
-            ("duplicate_lines", f"duplicate_lines {dup:.3f} > {params.max_duplicate_line_fraction}")
-        )
-    top = max((top_bigram_fraction(tokens) for _, tokens in long_turns), default=0.0)
+        failures.append(("duplicate_lines",
+                         f"duplicate_lines {dup:.3f} > {params.max_duplicate_line_fraction} in {where}"))
+    top, where = max(((top_ngram_fraction(w), label) for _, label, w in long_turns), default=(0.0, ""))
     if top > params.max_top_ngram_fraction:
-        failures.append(("repeated_ngrams", f"repeated_ngrams {top:.3f} > {params.max_top_ngram_fraction}"))
+        failures.append(("repeated_ngrams",
+                         f"repeated_ngrams {top:.3f} > {params.max_top_ngram_fraction} in {where}"))
     return failures
 
 

@@ -13,6 +13,8 @@ Choices that keep the ledger honest:
 - JSONL is streamed line by line in binary, so one line with invalid UTF-8 is rejected on its own
   (``invalid_utf8``, raw text kept with backslash escapes) and a 10 MB line is just a long line.
 - NaN / Infinity literals are not JSON: such rows are rejected (``bad_json``) instead of becoming floats.
+- JSON nested deeper than `MAX_DEPTH` levels is no conversation: such a row is rejected (``too_deep``)
+  before anything recurses into it (the parser's own recursion limit is caught too).
 - CSV uses the stdlib reader (streaming, one row at a time) so ragged rows are rejected one by one instead
   of failing the whole file as a dataframe parser would.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,11 +37,47 @@ PARQUET_EXTS = {".parquet", ".pq"}
 DATA_EXTS = JSON_EXTS | JSONL_EXTS | CSV_EXTS | PARQUET_EXTS
 
 BOM = b"\xef\xbb\xbf"
+MAX_DEPTH = 100  # nesting levels of one row; real tool schemas stay far below, and later stages recurse
 _SNIFF_BYTES = 8192
 _DECODER = json.JSONDecoder()
 
 # A single CSV cell may be as long as a whole long document; the stdlib default (128 KiB) is too small.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+def display_path(path: Path) -> str:
+    """`path` as text that can always be written and printed: bytes of a file name that are not UTF-8
+    appear as backslash escapes (`bad\\xff.jsonl`) instead of making every later write fail."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def printable(text: str) -> str:
+    """`text` with lone surrogates (not encodable as UTF-8) written as backslash escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def nesting_depth(obj: Any, limit: int = MAX_DEPTH) -> int:
+    """Depth of nested lists/dicts in `obj` (a scalar is 0), counted without recursion; stops past `limit`."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            node = list(node.values())
+        elif not isinstance(node, list | tuple):
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                return deepest
+        stack.extend((child, depth) for child in node if isinstance(child, dict | list | tuple))
+    return deepest
+
+
+def _too_deep(source: dict[str, Any], raw: str) -> RawRow:
+    shown = raw[:2000].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return RawRow(source, reason="too_deep", detail=f"JSON nested deeper than {MAX_DEPTH} levels", raw=shown)
 
 
 class FileProblem(Exception):
@@ -124,6 +163,8 @@ def _loads(text: str) -> tuple[Any, str | None]:
 
 
 def _parsed(source: dict[str, Any], obj: Any, nan: str | None, raw: str) -> RawRow:
+    if nesting_depth(obj) > MAX_DEPTH:
+        return _too_deep(source, raw)
     if nan is not None:
         return RawRow(source, reason="bad_json", detail=f"{nan} is not valid JSON", raw=raw)
     if not isinstance(obj, dict):
@@ -165,6 +206,9 @@ def read_jsonl(path: Path, label: str, stats: FileStats) -> Iterator[RawRow]:
             except json.JSONDecodeError as exc:
                 yield RawRow(source, reason="bad_json", detail=f"column {exc.colno}: {exc.msg}", raw=text)
                 continue
+            except RecursionError:
+                yield _too_deep(source, text)
+                continue
             yield _parsed(source, obj, nan, text)
 
 
@@ -184,10 +228,12 @@ def read_json(path: Path, label: str, stats: FileStats) -> Iterator[RawRow]:
     if text[pos] == "{":
         try:
             obj, end = _DECODER.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             if "\n{" in text[pos:]:  # several lines of objects: JSON lines whose first line is broken
                 yield from read_jsonl(path, label, stats)
                 return
+            if isinstance(exc, RecursionError):
+                raise FileProblem("bad_json_file", f"JSON nested deeper than {MAX_DEPTH} levels") from None
             raise FileProblem(
                 "bad_json_file", f"not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}"
             ) from None
@@ -222,8 +268,16 @@ def _array_elements(text: str, pos: int, label: str) -> Iterator[RawRow]:
     while True:
         source = {"file": label, "index": index}
         nan_seen.clear()
+        deep = False
         try:
             obj, end = decoder.raw_decode(text, pos)
+        except RecursionError:
+            # Too deep for the parser: step over the element by bracket matching and go on.
+            closed = _value_end(text, pos)
+            if closed is None:
+                yield _too_deep(source, text[pos : pos + 200])
+                return
+            obj, end, deep = None, closed, True
         except json.JSONDecodeError as exc:
             tail = (
                 text[pos : pos + 200].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -237,7 +291,9 @@ def _array_elements(text: str, pos: int, label: str) -> Iterator[RawRow]:
             )
             return
         raw = text[pos:end]
-        if any("\udc80" <= ch <= "\udcff" for ch in raw):
+        if deep:
+            yield _too_deep(source, raw)
+        elif any("\udc80" <= ch <= "\udcff" for ch in raw):
             fixed = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
             yield RawRow(
                 source, reason="invalid_utf8", detail="invalid UTF-8 bytes in this element", raw=fixed
@@ -266,6 +322,30 @@ def _array_elements(text: str, pos: int, label: str) -> Iterator[RawRow]:
             raw=text[pos : pos + 200],
         )
         return
+
+
+def _value_end(text: str, pos: int) -> int | None:
+    """End of the JSON array/object starting at `pos` (brackets matched outside strings), None if unclosed."""
+    depth = 0
+    in_string = escaped = False
+    for i in range(pos, len(text)):
+        ch = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
 
 
 def read_csv(path: Path, label: str, stats: FileStats) -> Iterator[RawRow]:

@@ -12,7 +12,8 @@ The same records, params and seed give byte-identical files (one CPU thread duri
 seeded init and seeded data order). The model is saved in Hugging Face format (safetensors; the only
 format transformers 5 writes) with its tokenizer, chat template and generation config, into a temp
 directory beside `out_dir`; it is reloaded with `AutoModelForCausalLM` / `AutoTokenizer` (the real
-loading path), checked to reproduce the trained loss and to generate, and only then renamed into place.
+loading path), checked to reproduce the trained loss and to generate, and only then renamed into place
+(`tuneline.outdirs.replace_dir`: an existing `out_dir` is replaced only when tuneline wrote it).
 Input embeddings and the LM head are tied (Llama-3.2-1B style): fewer parameters, same architecture.
 """
 
@@ -22,7 +23,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -36,12 +36,14 @@ from tuneline.config.model import DemoBaseParams
 from tuneline.errors import InputFileError, TunelineError
 from tuneline.jsonio import read_jsonl, write_json
 from tuneline.layout import Layout
+from tuneline.outdirs import check_replaceable, fresh_dir, inside_workspace, replace_dir
 from tuneline.progress import track
 from tuneline.train.chat_template import BOS, CHAT_TEMPLATE, EOS, PAD, SPECIAL_TOKENS
 
 logger = logging.getLogger(__name__)
 
 BUILD_INFO = "build_info.json"
+OUTPUT_SETTING = "model.demo.output_dir"
 PROBE_BLOCKS = 16  # fixed blocks whose loss is measured before and after pre-training
 
 
@@ -197,17 +199,6 @@ def _check_saved(path: Path, probe: torch.Tensor, loss_after: float, convs: list
     return {"prompt": prompt[-1]["content"][:200], "completion": completion}
 
 
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Move the finished build into place; an older build is removed only after the new one is there."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / out_dir.name)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def build_demo_base(records: list[dict[str, Any]], params: DemoBaseParams, seed: int, out_dir: Path) -> dict:
     """Build the demo base from `records` (the train split) and save it atomically into `out_dir`.
 
@@ -224,12 +215,14 @@ def build_demo_base(records: list[dict[str, Any]], params: DemoBaseParams, seed:
 
     Raises:
         TunelineError: empty corpus, pre-training that did not lower the loss, or a save that does not reload.
+        OutputPathError: `out_dir` exists and tuneline did not write it (checked before any work).
     """
     import tokenizers
     import transformers
 
     if not records:
         raise TunelineError("no records to build the demo base from (the train split is empty)")
+    check_replaceable(Path(out_dir), OUTPUT_SETTING)
     started = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # bit-for-bit results do not depend on the machine's core count
@@ -274,7 +267,7 @@ def build_demo_base(records: list[dict[str, Any]], params: DemoBaseParams, seed:
             }
             # No wall time in the saved directory: same inputs give a byte-identical directory (DVC hash).
             write_json(tmp / BUILD_INFO, info)
-            _publish(tmp, out_dir)
+            replace_dir(tmp, out_dir, OUTPUT_SETTING)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -288,14 +281,17 @@ def build_demo_base(records: list[dict[str, Any]], params: DemoBaseParams, seed:
 def build_base(cfg: Config, root: Path = Path(".")) -> dict:
     """The `build_base` stage: build `cfg.model.demo` from `root/data/processed/train.jsonl`.
 
-    `output_dir` is taken relative to `root` (unless absolute). Also writes `root/reports/build_base.json`.
+    `output_dir` is taken relative to `root` (unless absolute) and must stay inside it unless
+    `allow_outside_workspace` is set. Also writes `root/reports/build_base.json`.
 
     Raises:
         InputFileError: the train split is missing or empty.
+        OutputPathError: `output_dir` is outside the workspace, or holds files tuneline did not write.
     """
     layout = Layout(Path(root))
-    params = cfg.model.demo
-    out_dir = params.output_dir if params.output_dir.is_absolute() else layout.root / params.output_dir
+    out_dir = inside_workspace(layout.root, cfg.model.demo.output_dir, OUTPUT_SETTING,
+                               cfg.allow_outside_workspace)
+    check_replaceable(out_dir, OUTPUT_SETTING)  # before any work: refuse now, not after pre-training
     named = Path(cfg.model.name_or_path)
     if (named if named.is_absolute() else layout.root / named).resolve() != out_dir.resolve():
         return _not_needed(cfg, layout, out_dir)
@@ -308,7 +304,7 @@ def build_base(cfg: Config, root: Path = Path(".")) -> dict:
     records = list(read_jsonl(train))
     if not records:
         raise InputFileError(f"{train}: the train split is empty; nothing to build the demo base from")
-    info = build_demo_base(records, params, cfg.seed, out_dir)
+    info = build_demo_base(records, cfg.model.demo, cfg.seed, out_dir)
     # Wall time goes to the log only, so the DVC metric is identical when the build is.
     write_json(layout.report("build_base"), {k: v for k, v in info.items() if k != "seconds"})
     return info
@@ -320,15 +316,10 @@ NOT_BUILT = "NOT_BUILT.md"
 def _not_needed(cfg: Config, layout: Layout, out_dir: Path) -> dict:
     """`model.name_or_path` names another model: the demo base is not built (minutes of CPU for a model
     nobody trains). The stage's output folder holds only a note saying so, so DVC has its output."""
-    note = out_dir / NOT_BUILT
-    if out_dir.exists() and not (note.is_file() or (out_dir / BUILD_INFO).is_file()):
-        raise InputFileError(f"{out_dir}: exists and was not written by build_base; refusing to replace it")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    note.write_text(f"The demo base was not built: model.name_or_path is {cfg.model.name_or_path!r}.\n",
-                    encoding="utf-8")
-    info = {"built": False, "reason": f"model.name_or_path is {cfg.model.name_or_path!r}, not the demo base"}
+    fresh_dir(out_dir, OUTPUT_SETTING)
+    reason = f"model.name_or_path is {cfg.model.name_or_path!r}, not the demo base"
+    (out_dir / NOT_BUILT).write_text(f"The demo base was not built: {reason}.\n", encoding="utf-8")
+    info = {"built": False, "reason": reason}
     write_json(layout.report("build_base"), info)
     logger.info("build_base: skipped (%s)", info["reason"])
     return info

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +22,6 @@ def sort_target_modules(path: Path) -> None:
     if isinstance(conf.get("target_modules"), list):
         conf["target_modules"] = sorted(conf["target_modules"])
         write_json(path, conf)
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Move `tmp` into `out`, replacing any previous output with a rename (never half-written)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _mean(values: list[float]) -> float | None:

@@ -36,10 +36,11 @@ from tuneline.jsonio import write_json
 from tuneline.layout import Layout
 from tuneline.lm.labels import build_rows
 from tuneline.lm.load import save_chat_format
+from tuneline.outdirs import check_replaceable, inside_workspace, replace_dir
 from tuneline.train.chat_rows import chat_format_for, write_rejected
 from tuneline.train.curves import write_curves
 from tuneline.train.inputs import read_split, resolve_model_path
-from tuneline.train.outputs import replace_dir, sort_target_modules, train_report
+from tuneline.train.outputs import sort_target_modules, train_report
 from tuneline.train.packing import pack_rows
 from tuneline.train.plan import Plan, backoff, make_plan
 from tuneline.train.run_attempt import Attempt, OutOfMemory, run_attempt
@@ -57,6 +58,7 @@ from tuneline.train.tracking import (
 logger = logging.getLogger(__name__)
 
 SUMMARY = "train_summary.json"
+OUTPUT_SETTING = "train.output_dir"
 CHECKPOINTS = Path(".tuneline") / "checkpoints"
 
 
@@ -92,8 +94,12 @@ def run(cfg: Config, layout: Layout) -> dict:
             LoRA targets not found).
         PlanError: the plan does not fit the device.
         TrainingError: the health monitor stopped the run, or memory ran out after every back-off.
+        OutputPathError: train.output_dir is outside the workspace, or holds files tuneline did not write
+            (checked before any training).
     """
     started = time.monotonic()
+    out = inside_workspace(layout.root, cfg.train.output_dir, OUTPUT_SETTING, cfg.allow_outside_workspace)
+    check_replaceable(out, OUTPUT_SETTING)
     train_path, val_path = layout.processed("train"), layout.processed("val")
     train_records, val_records = read_split(layout, "train"), read_split(layout, "val")
     model_path = resolve_model_path(cfg, layout)
@@ -135,7 +141,6 @@ def run(cfg: Config, layout: Layout) -> dict:
     checkpoints = layout.root / CHECKPOINTS / run_key[:16]
     if cfg.train.resume == "never":
         shutil.rmtree(checkpoints, ignore_errors=True)
-    out = layout.root / cfg.train.output_dir
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     final = work / "final"
@@ -181,7 +186,7 @@ def run(cfg: Config, layout: Layout) -> dict:
                  "resumed_from": outcome.resumed_from,
                  "tokens_cached": tok_train.from_cache and tok_val.from_cache,
                  "mlflow_run_id": run_id, "tracking_uri": uri, "git_commit": commit}
-    replace_dir(final, out)
+    replace_dir(final, out, OUTPUT_SETTING)
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(checkpoints, ignore_errors=True)  # finished: nothing left to resume
     final_metrics = {"val_loss_best": report["val_loss_best"], "train_seconds": result.train_seconds}
