@@ -34,6 +34,7 @@ from tuneline.config.loader import Config
 from tuneline.errors import InputFileError, TunelineError
 from tuneline.jsonio import write_json
 from tuneline.layout import Layout
+from tuneline.redact import redact
 from tuneline.train.curves import write_curves
 from tuneline.train.inputs import read_split, resolve_model_path
 from tuneline.train.outputs import replace_dir, sort_target_modules, train_report
@@ -171,7 +172,7 @@ def run(cfg: Config, layout: Layout) -> dict:
                  "tokens_per_second": tokens_per_second, "oom_retries": outcome.oom_events,
                  "resumed_from": outcome.resumed_from,
                  "tokens_cached": tok_train.from_cache and tok_val.from_cache,
-                 "mlflow_run_id": run_id, "tracking_uri": uri, "git_commit": commit}
+                 "mlflow_run_id": run_id, "tracking_uri": redact(uri), "git_commit": commit}
     replace_dir(final, out)
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(checkpoints, ignore_errors=True)  # finished: nothing left to resume
