@@ -27,7 +27,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from tuneline.config.serve import ServeParams
-from tuneline.feedback.store import ExchangeWriter, FeedbackStore, StoreError, UnknownRequest
+from tuneline.feedback.store import FeedbackStore, StoreError, UnknownRequest
+from tuneline.feedback.writer import ExchangeWriter
 from tuneline.serve.engine import Batcher, Overloaded
 from tuneline.serve.metrics import ServerMetrics
 from tuneline.serve.routing import PIN_SEPARATOR, parse_model, route, user_hash
