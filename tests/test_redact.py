@@ -76,7 +76,8 @@ def test_mlflow_params_and_tags_are_redacted(tmp_path: Path, monkeypatch: pytest
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run = start_run(uri, "tuneline", {"source": STORE_URL}, {"serve.store_url": STORE_URL, "lr": "0.001"}, "r")
+    params = {"serve.store_url": STORE_URL, "lr": "0.001"}
+    run = start_run(uri, "tuneline", {"source": STORE_URL}, params, "r")
     end_run(uri, run, "FINISHED", {"backend": f"http://gpu/v1?token={PASSWORD}"})
     data = mlflow.MlflowClient(tracking_uri=uri).get_run(run).data
     assert data.params["lr"] == "0.001" and data.params["serve.store_url"].startswith("postgresql+psycopg://app:")

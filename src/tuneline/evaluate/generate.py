@@ -220,7 +220,7 @@ def generate(
 def complete(
     model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], max_new_tokens: int,
     batch_size: int = 8, sampling: dict[str, float] | None = None, progress: bool = True,
-    streamer: Any = None,
+    streamer: Any = None, stopping_criteria: Any = None,
 ) -> list[dict[str, Any]]:
     """Greedy replies to conversations (each ends where the assistant speaks next), in input order.
 
@@ -234,6 +234,8 @@ def complete(
         progress: draw a progress bar on a terminal (off in the server).
         streamer: a transformers streamer that receives the new token ids as they are generated (one
             conversation only: the server's streamed responses).
+        stopping_criteria: extra transformers stopping criteria (the server's: the client hung up); a
+            reply they end is returned as generated so far (`stopped` False).
 
     Returns:
         One dict per conversation: prompt (rendered text), text (decoded without special tokens),
@@ -271,6 +273,7 @@ def complete(
             pad_token_id=pad_id,
             use_cache=True,
             streamer=streamer,
+            stopping_criteria=stopping_criteria,
             **decoding,
         )
         width = enc["input_ids"].shape[1]
