@@ -26,6 +26,6 @@ else
 fi
 DS_VERSION=$(grep -E '^deepspeed==' constraints.txt | cut -d= -f3)
 DS_BUILD_OPS=0 pip install -q --no-build-isolation -c constraints.txt "deepspeed==$DS_VERSION"
-pip install -q -c constraints.txt -e ".[dev]"
+pip install -q -c constraints.txt -e ".[dev,postgres]"  # postgres: the feedback store tests on PostgreSQL
 echo "$want" > "$STAMP"
 echo "setup: ready ($VENV)"

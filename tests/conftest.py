@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from postgres_harness import postgres_url  # noqa: F401  (one PostgreSQL server per session)
 from prefect_harness import prefect_harness  # noqa: F401  (one Prefect test server per session)
 
 os.environ.setdefault("TUNELINE_PROGRESS", "0")

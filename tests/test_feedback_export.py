@@ -135,6 +135,8 @@ def test_classify_rules() -> None:
     assert classify({**row, "thumb": 1, "messages": []}, 4) == ("skipped", "bad_conversation")
     ends_with_answer = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     assert classify({**row, "thumb": 1, "messages": ends_with_answer}, 4) == ("skipped", "bad_conversation")
+    # A streamed answer whose client hung up is stored cut short: never a positive SFT target.
+    assert classify({**row, "thumb": 1, "finish_reason": "cancelled"}, 4) == ("skipped", "truncated_answer")
     assert should_retrain(50, 50) and not should_retrain(49, 50)
     with pytest.raises(FeedbackExportError, match="at least 1"):
         should_retrain(3, 0)

@@ -1,21 +1,22 @@
-"""The feedback store on SQLite (always) and PostgreSQL (when TUNELINE_TEST_POSTGRES_URL names a scratch
-database, e.g. postgresql+psycopg://postgres@/tuneline_test?host=/tmp/pg&port=5433): the latest feedback
-wins, bad feedback is refused with a reason, and the background writer loses nothing under concurrency."""
+"""The feedback store on SQLite and on a real PostgreSQL (started for the session by `postgres_url`,
+tests/postgres_harness.py): the latest feedback wins, bad feedback is refused with a reason, and the
+background writer loses nothing: not under concurrency, not on a row the database refuses, not when the
+database is down at shutdown."""
 
 from __future__ import annotations
 
-import os
+import json
 import threading
 import time
+import traceback
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tuneline.feedback.store import ExchangeWriter, FeedbackStore, StoreError, UnknownRequest, metadata
-
-POSTGRES = os.environ.get("TUNELINE_TEST_POSTGRES_URL")
+from tuneline.feedback.store import FeedbackStore, StoreError, UnknownRequest, metadata
+from tuneline.feedback.writer import ExchangeWriter
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -23,9 +24,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     if request.param == "sqlite":
         db = FeedbackStore(f"sqlite:///{tmp_path / 'sub' / 'feedback.db'}")
     else:
-        if not POSTGRES:
-            pytest.skip("set TUNELINE_TEST_POSTGRES_URL to run the store tests on PostgreSQL")
-        db = FeedbackStore(POSTGRES)
+        db = FeedbackStore(request.getfixturevalue("postgres_url"))
         metadata.drop_all(db.engine)
         metadata.create_all(db.engine)
     yield db
@@ -69,8 +68,8 @@ def test_bad_feedback_is_refused_with_a_reason(store: FeedbackStore) -> None:
     assert store.count("feedback") == 0
 
 
-def test_writer_loses_nothing_from_many_threads(store: FeedbackStore) -> None:
-    writer = ExchangeWriter(store, batch_size=50)
+def test_writer_loses_nothing_from_many_threads(store: FeedbackStore, tmp_path: Path) -> None:
+    writer = ExchangeWriter(store, batch_size=50, local_dir=tmp_path)
     ids = [[uuid.uuid4().hex for _ in range(100)] for _ in range(8)]
 
     def submit(chunk: list[str]) -> None:
@@ -94,7 +93,7 @@ def test_writer_retries_until_the_database_takes_the_rows(tmp_path: Path) -> Non
     from tuneline.feedback.store import exchanges
 
     exchanges.drop(store.engine)
-    writer = ExchangeWriter(store, retry_s=0.05)
+    writer = ExchangeWriter(store, retry_s=0.05, local_dir=tmp_path)
     writer.submit(exchange(1))
     deadline = time.monotonic() + 10
     while writer.failures < 2:
@@ -131,3 +130,103 @@ def test_a_retried_batch_that_already_landed_is_not_a_failure(store: FeedbackSto
     store.record_exchanges([exchange(1)])
     store.record_exchanges([exchange(1), exchange(2)])  # req-1 again: skipped, req-2 stored
     assert store.count() == 2
+
+
+def wait_until(check: Any, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.02)
+
+
+def test_a_row_the_database_refuses_is_quarantined_and_the_rest_commit(store: FeedbackStore,
+                                                                       tmp_path: Path) -> None:
+    """Fault: one refused row made the writer retry forever and every later exchange queued behind it."""
+    writer = ExchangeWriter(store, retry_s=0.05, local_dir=tmp_path)
+    bad = [exchange(2, answer=None)]  # NOT NULL: refused by every database
+    if store.engine.dialect.name == "postgresql":
+        bad.append(exchange(3, model_name="m" * 300))  # varchar(256): PostgreSQL refuses, SQLite does not
+    for row in [exchange(1), *bad, exchange(4)]:
+        writer.submit(row)
+    assert writer.flush(30), writer.health()
+    assert store.exchange("req-1") and store.exchange("req-4") and store.count() == 2
+    kept = [json.loads(line) for line in writer.quarantine_path.read_text(encoding="utf-8").splitlines()]
+    assert [k["row"]["request_id"] for k in kept] == [r["request_id"] for r in bad]
+    assert kept[0]["reason"].startswith("IntegrityError")
+    if len(kept) > 1:
+        assert kept[1]["reason"].startswith("DataError") and "too long" in kept[1]["reason"]
+    assert writer.health()["state"] == "ok" and writer.health()["quarantined"] == len(bad)
+    writer.submit(exchange(5))  # the writer goes on
+    assert writer.flush(30) and store.count() == 3
+    writer.close()
+
+
+def test_an_answer_with_a_nul_character_is_stored(store: FeedbackStore, tmp_path: Path) -> None:
+    """Fault: PostgreSQL refuses NUL in text; the writer retried the answer forever. NULs (which a model can
+    emit) are stored as U+FFFD on every database, so feedback on the exchange still finds it."""
+    writer = ExchangeWriter(store, retry_s=0.05, local_dir=tmp_path)
+    writer.submit(exchange(1, answer="a\x00b", messages=[{"role": "user", "content": "q\x00"}]))
+    writer.submit(exchange(2))
+    assert writer.flush(30), writer.health()
+    row = store.exchange("req-1")
+    assert row["answer"] == "a\ufffdb" and row["messages"][0]["content"] == "q\x00"  # JSON keeps it escaped
+    assert store.count() == 2 and writer.quarantined == 0
+    writer.close()
+
+
+def test_feedback_with_a_nul_character_is_refused_with_a_reason(store: FeedbackStore) -> None:
+    """Fault: a NUL in a correction, comment or request id was a database error (HTTP 500) on PostgreSQL."""
+    store.record_exchanges([exchange(1)])
+    for field, value in (("correction", "fix\x00ed"), ("comment", "\x00")):
+        with pytest.raises(StoreError, match=f"{field} contains a NUL"):
+            store.record_feedback("req-1", thumb=1, **{field: value})
+    with pytest.raises(StoreError, match="request_id contains a NUL"):
+        store.record_feedback("req-\x001", thumb=1)
+    assert store.count("feedback") == 0
+
+
+def test_a_stuck_writer_says_so_and_shutdown_spills_rows_that_the_next_start_writes(
+        store: FeedbackStore, tmp_path: Path) -> None:
+    """Fault: a database that took nothing left /health "ok", held feedback 30 s, and Ctrl-C lost the queue.
+    (The tables are dropped: SQLite says OperationalError; PostgreSQL ProgrammingError, which only the
+    probe insert tells from a bad row.)"""
+    metadata.drop_all(store.engine)
+    writer = ExchangeWriter(store, retry_s=0.05, max_retry_s=0.2, local_dir=tmp_path)
+    for i in range(3):
+        writer.submit(exchange(i))
+    wait_until(lambda: writer.stuck)
+    health = writer.health()
+    assert health["state"] == "stuck" and health["backlog"] == 3
+    assert health["last_error"] in ("OperationalError", "ProgrammingError")
+    assert writer.wait_for("req-1", timeout=600) is False  # at once: no request waits on a stuck store
+    assert writer.quarantined == 0  # the database is sick, not the rows
+    writer.close(timeout=1)
+    spilled = list(tmp_path.glob("*.spill-*.jsonl"))
+    assert len(spilled) == 1 and len(spilled[0].read_text(encoding="utf-8").splitlines()) == 3
+    metadata.create_all(store.engine)
+    again = ExchangeWriter(store, local_dir=tmp_path)  # the next start
+    assert again.flush(30) and store.count() == 3
+    wait_until(lambda: not list(tmp_path.glob("*.spill-*.jsonl")))
+    again.close()
+
+
+def test_database_errors_never_show_prompts_answers_or_corrections(store: FeedbackStore, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: a database error's traceback printed the SQL parameters: the conversation, the answer, the
+    correction (even with serve.log_content: false)."""
+    secrets = {"prompt": "SECRET-" + "PROMPT", "answer": "SECRET-" + "ANSWER",
+               "fix": "SECRET-" + "CORRECTION"}
+    store.record_exchanges([exchange(1)])
+    metadata.drop_all(store.engine)
+    writer = ExchangeWriter(store, retry_s=0.05, max_retry_s=0.1, local_dir=tmp_path)
+    asked = [{"role": "user", "content": secrets["prompt"]}]
+    writer.submit(exchange(2, answer=secrets["answer"], messages=asked))
+    wait_until(lambda: writer.failures >= 2)
+    writer.close(timeout=0.5)
+    with pytest.raises(Exception) as failed:
+        store.record_feedback("req-1", thumb=-1, correction=secrets["fix"])
+    # (the secrets are built above so that the traceback's source lines do not spell them)
+    shown = caplog.text + "".join(traceback.format_exception(failed.value))
+    assert "feedback store" in caplog.text  # the failure is logged...
+    for secret in secrets.values():
+        assert secret not in shown  # ...without the rows' content

@@ -5,6 +5,9 @@ feedback; API keys; limits; and a few hundred concurrent requests with nothing l
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -368,3 +371,149 @@ def test_prometheus_metrics_count_traffic_refusals_and_feedback(server: RunningS
     assert after['tuneline_feedback_total{verdict="up"}'] >= 1
     assert after['tuneline_served_version{variant="champion",version="1"}'] == 1
     assert 'tuneline_request_latency_seconds_count{variant="challenger"}' in after
+
+
+def test_a_tiny_temperature_decodes_greedily_instead_of_failing(client: openai.OpenAI) -> None:
+    """Fault: temperature 1e-300 turned the logits into inf/nan: HTTP 500. Below GREEDY_BELOW: greedy."""
+    greedy = client.chat.completions.create(model=f"{MODEL}@challenger", messages=ASK, max_tokens=8)
+    for temperature in (1e-300, 5e-324, 1e-30):
+        tiny = client.chat.completions.create(model=f"{MODEL}@challenger", messages=ASK, max_tokens=8,
+                                              temperature=temperature)
+        assert tiny.choices[0].message.content == greedy.choices[0].message.content
+    from tuneline.serve.schemas import GREEDY_BELOW, ChatRequest
+
+    assert ChatRequest(messages=ASK, temperature=GREEDY_BELOW / 2).sampling() is None
+    assert ChatRequest(messages=ASK, temperature=1e-300).sampling() is None
+    sampled = ChatRequest(messages=ASK, temperature=0.7, top_p=0.9).sampling()
+    assert sampled == {"temperature": 0.7, "top_p": 0.9}
+
+
+def test_feedback_with_a_nul_character_is_a_400_naming_the_field(client: openai.OpenAI,
+                                                                 server: RunningServer) -> None:
+    """Fault: `\\u0000` in a correction, comment or request id reached the database (a 500 on PostgreSQL)."""
+    reply = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    for field, body in (("correction", {"request_id": reply.id, "thumb": "down", "correction": "Me\u0000ow"}),
+                        ("comment", {"request_id": reply.id, "comment": "\u0000"}),
+                        ("request_id", {"request_id": "chatcmpl-\u0000", "thumb": "up"})):
+        bad = httpx.post(server.base_url + "/feedback", json=body, headers=headers)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == field, bad.text
+        assert "NUL" in bad.json()["error"]["message"]
+
+
+def _disconnects(server: RunningServer) -> float:
+    text = httpx.get(server.base_url.removesuffix("/v1") + "/metrics",
+                     headers={"Authorization": f"Bearer {API_KEY}"}).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("tuneline_stream_disconnects_total"))
+
+
+def _wait_until(check: Any, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.05)
+
+
+def test_a_client_that_hangs_up_stops_generation_and_its_exchange_is_stored(
+        world: World, client: openai.OpenAI, server: RunningServer) -> None:
+    """Fault: a streamed request whose client went away generated on to max_tokens (holding the model) and
+    its exchange was never stored. Now generation stops at the next token; the exchange is stored as
+    generated so far with finish_reason "cancelled"."""
+    full = client.chat.completions.create(model=f"{MODEL}@challenger", messages=ASK, max_tokens=16)
+    assert full.choices[0].finish_reason == "length"  # uncancelled, this request spends all 16 tokens
+    before = _disconnects(server)
+    gate = threading.Event()
+    server.state.batcher.call(gate.wait)  # hold the generation thread: the stream waits in the queue
+    try:
+        body = {"model": f"{MODEL}@challenger", "messages": ASK, "max_tokens": 16, "stream": True}
+        with httpx.stream("POST", server.base_url + "/chat/completions", json=body, timeout=30,
+                          headers={"Authorization": f"Bearer {API_KEY}"}) as response:
+            first = json.loads(next(response.iter_lines()).removeprefix("data: "))
+        # the connection is closed here, before any token was generated
+        _wait_until(lambda: _disconnects(server) > before)
+    finally:
+        gate.set()
+    store = FeedbackStore(world.cfg.serve.store_url)
+    _wait_until(lambda: store.exchange(first["id"]) is not None)
+    row = store.exchange(first["id"])
+    assert row["finish_reason"] == "cancelled" and row["completion_tokens"] < 16 and row["messages"] == ASK
+
+
+def test_open_streams_do_not_starve_other_requests(client: openai.OpenAI, server: RunningServer) -> None:
+    """Fault: each waiting stream held a worker thread, so 30 open streams starved /v1/feedback (which
+    needs one). 40 streams wait here (more than any thread pool's default size) while feedback is sent."""
+    reply = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    body = {"model": MODEL, "messages": ASK, "max_tokens": 2, "stream": True}
+    gate = threading.Event()
+    server.state.batcher.call(gate.wait)  # no token for anyone until the feedback went through
+
+    async def scenario() -> int:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as http:
+            async def open_stream() -> tuple[httpx.Response, Any]:
+                request = http.build_request("POST", server.base_url + "/chat/completions", json=body)
+                response = await http.send(request, stream=True)
+                lines = response.aiter_lines()
+                await lines.__anext__()  # the role chunk: the stream is open and waiting for tokens
+                return response, lines
+
+            opened = await asyncio.gather(*[open_stream() for _ in range(40)])
+            try:
+                rated = await http.post(server.base_url + "/feedback", timeout=20,
+                                        json={"request_id": reply.id, "thumb": "up"})
+            finally:
+                gate.set()
+            for response, lines in opened:
+                assert "data: [DONE]" in [line async for line in lines]
+                await response.aclose()
+            return rated.status_code
+
+    try:
+        assert asyncio.run(scenario()) == 200
+    finally:
+        gate.set()
+
+
+def test_on_postgresql_nul_feedback_is_refused_and_a_stuck_store_is_reported_and_kept(
+        world: World, postgres_url: str, tmp_path: Path) -> None:
+    """Faults on PostgreSQL: NUL in feedback was a 500; a store that took no rows left /health "ok", held
+    feedback for 30 s, and shutdown lost the queued exchanges."""
+    from tuneline.feedback.store import metadata
+    from tuneline.feedback.writer import ExchangeWriter
+
+    store = FeedbackStore(postgres_url)
+    metadata.drop_all(store.engine)
+    metadata.create_all(store.engine)
+    cfg = world.cfg.model_copy(deep=True)
+    cfg.serve.store_url, cfg.serve.store_local_dir, cfg.serve.reload_s = postgres_url, str(tmp_path), 0
+    running = RunningServer(cfg, keys=API_KEY)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    health_url = running.base_url.removesuffix("/v1") + "/health"
+    try:
+        pg = openai.OpenAI(base_url=running.base_url, api_key=API_KEY, max_retries=0, timeout=60)
+        reply = pg.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2)
+        bad = httpx.post(running.base_url + "/feedback", headers=headers,
+                         json={"request_id": reply.id, "thumb": "down", "correction": "a\u0000b"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "correction", bad.text
+        ok = httpx.post(running.base_url + "/feedback", headers=headers,
+                        json={"request_id": reply.id, "thumb": "down", "correction": "ab"})
+        assert ok.status_code == 200, ok.text
+        metadata.drop_all(store.engine)  # from now on the database takes no exchange
+        lost = pg.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2)
+        _wait_until(lambda: httpx.get(health_url).json()["status"] == "degraded")
+        health = httpx.get(health_url).json()
+        assert health["store"]["backlog"] == 1 and health["store"]["last_error"] == "ProgrammingError"
+        busy = httpx.post(running.base_url + "/feedback", headers=headers,
+                          json={"request_id": lost.id, "thumb": "up"})
+        assert busy.status_code == 503 and "failing (ProgrammingError)" in busy.json()["error"]["message"]
+    finally:
+        running.stop()  # like Ctrl-C: what the database did not take is spilled to a local file
+    spilled = "".join(p.read_text(encoding="utf-8") for p in tmp_path.glob("*.spill-*.jsonl"))
+    assert lost.id in spilled
+    metadata.create_all(store.engine)
+    writer = ExchangeWriter(store, local_dir=tmp_path)  # the next start writes them
+    assert writer.flush(30) and store.exchange(lost.id)["answer"] == lost.choices[0].message.content
+    writer.close()
+    store.close()

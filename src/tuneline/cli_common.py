@@ -10,6 +10,7 @@ import typer
 
 from tuneline.config import Config, load_config
 from tuneline.errors import TunelineError
+from tuneline.redact import install_log_redaction, redact
 
 ParamsOpt = Annotated[
     Path | None,
@@ -29,6 +30,7 @@ def setup_logging() -> None:
         format="%(message)s",
         handlers=[RichHandler(show_path=False, console=None, markup=False)],
     )
+    install_log_redaction()  # every line, whoever logs it (uvicorn, mlflow, sqlalchemy): no credentials
 
 
 def load(params: Path | None, overrides: list[str] | None) -> Config:
@@ -40,5 +42,5 @@ def load(params: Path | None, overrides: list[str] | None) -> Config:
 
 def fail(exc: TunelineError) -> typer.Exit:
     """Print a typed error in one line and return the Exit to raise (its exit code)."""
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {redact(str(exc))}", fg=typer.colors.RED, err=True)
     return typer.Exit(exc.exit_code)

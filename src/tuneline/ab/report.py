@@ -25,6 +25,7 @@ from tuneline.config.ab import AbParams
 from tuneline.feedback.store import FeedbackStore
 from tuneline.jsonio import write_json, write_text
 from tuneline.layout import Layout
+from tuneline.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def _current_aliases(cfg: Config) -> dict[str, str | None]:
     try:
         found = aliases_of(cfg.tracking.uri, reg.model_name)
     except MlflowException as exc:
-        raise RegistryError(f"registry {cfg.tracking.uri} (tracking.uri): {exc}") from exc
+        raise RegistryError(redact(f"registry {cfg.tracking.uri} (tracking.uri): {exc}")) from exc
     return {"champion": found.get(reg.champion_alias), "challenger": found.get(reg.challenger_alias)}
 
 

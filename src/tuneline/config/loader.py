@@ -143,5 +143,7 @@ def load_config(path: Path | str | None = DEFAULT_PARAMS, overrides: list[str] |
 
 
 def dump_config(cfg: Config) -> str:
-    """The resolved config as YAML (what `tuneline config show` prints)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    """The resolved config as YAML (what `tuneline config show` prints), credentials masked."""
+    from tuneline.redact import redact
+
+    return yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False, allow_unicode=True)

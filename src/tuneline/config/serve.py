@@ -20,6 +20,12 @@ class ServeParams(Section):
         "sqlite:///feedback.db",
         description="Feedback store: SQLAlchemy URL; sqlite (embedded) or postgresql+psycopg://... .",
     )
+    store_local_dir: str | None = Field(
+        None,
+        description="Folder for exchanges the store refused (<db>.quarantine.jsonl, with the reason) or did "
+        "not commit before shutdown (<db>.spill-*.jsonl, written at the next start). null: beside a sqlite "
+        "store's file, else ./feedback-local.",
+    )
     api_keys_env: str = Field(
         "TUNELINE_API_KEYS", description="Environment variable with the accepted API keys (comma-separated)."
     )

@@ -92,8 +92,9 @@ def classify(row: dict[str, Any], min_rating: int) -> tuple[str, str | None]:
         return "negative", None
     if not (row.get("answer") or "").strip():
         return "skipped", "empty_answer"
-    if row.get("finish_reason") == "length":
-        # A thumb up on an answer cut at max_tokens would teach the model to stop mid-sentence.
+    if row.get("finish_reason") in ("length", "cancelled"):
+        # A thumb up on an answer cut at max_tokens (or by a client that hung up mid-stream) would teach
+        # the model to stop mid-sentence.
         return "skipped", "truncated_answer"
     return "positive", None
 

@@ -10,18 +10,20 @@ Two tables, created on first use:
     feedback    one row per POST /v1/feedback: request id, time, thumb (+1 / -1), rating (1-5),
                 corrected answer, comment, and when (and into which file) it was exported.
 
-The server never waits on the database: `ExchangeWriter` queues exchanges and a background thread
-inserts them in batches; `flush` waits until everything queued is committed (feedback on a request
-flushes first, so feedback never races its own exchange).
+The server never waits on the database: `tuneline.feedback.writer.ExchangeWriter` queues exchanges and a
+background thread inserts them in batches (a row the database refuses is quarantined, the rest commit).
+
+The engine hides SQL parameters (`hide_parameters=True`): a database error names the statement, never the
+prompts, answers or corrections it carried, whatever `serve.log_content` says. PostgreSQL text cannot
+hold NUL characters: an exchange's NULs are stored as U+FFFD; feedback with one is refused (StoreError).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
 import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -44,8 +46,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 
 from tuneline.errors import TunelineError
+from tuneline.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -111,17 +115,19 @@ def open_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
     except Exception as exc:  # sqlalchemy raises ArgumentError with a terse message
-        raise StoreError(f"serve.store_url {url!r} is not a database URL: {exc}") from exc
+        raise StoreError(redact(f"serve.store_url {url!r} is not a database URL: {exc}")) from exc
     sqlite = parsed.get_backend_name() == "sqlite"
     if sqlite and parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     try:
-        engine = create_engine(url, future=True)
+        # hide_parameters: an error message must never carry the prompts and answers being written.
+        engine = create_engine(url, future=True, hide_parameters=True)
         if sqlite:
             event.listen(engine, "connect", _sqlite_pragmas)
         metadata.create_all(engine)
     except Exception as exc:
-        raise StoreError(f"feedback store {parsed.render_as_string(hide_password=True)}: {exc}") from exc
+        where = parsed.render_as_string(hide_password=True)
+        raise StoreError(redact(f"feedback store {where}: {error_summary(exc)}")) from exc
     return engine
 
 
@@ -144,6 +150,22 @@ class FeedbackStore:
                 conn.execute(_insert_new(self.engine.dialect.name), batch)
         return len(batch)
 
+    def check_writable(self) -> None:
+        """Insert a probe exchange and roll it back: raises what the database raises when it takes no row
+        at all (unreachable, table gone, no permission), so a refused row is told apart from a sick
+        database."""
+        probe = _exchange_row({
+            "request_id": f"tuneline-probe-{uuid.uuid4().hex}", "created_at": time.time(), "variant": "probe",
+            "model_name": "probe", "model_version": "0", "latency_ms": 0.0, "prompt_tokens": 0,
+            "completion_tokens": 0, "finish_reason": "probe", "messages": [], "answer": "",
+        })
+        with self.engine.connect() as conn:
+            trans = conn.begin()
+            try:
+                conn.execute(insert(exchanges), [probe])
+            finally:
+                trans.rollback()
+
     def record_feedback(
         self,
         request_id: str,
@@ -164,6 +186,9 @@ class FeedbackStore:
             raise StoreError(f"feedback on {request_id}: thumb must be 1 (up) or -1 (down), got {thumb!r}")
         if rating is not None and not 1 <= rating <= 5:
             raise StoreError(f"feedback on {request_id}: rating must be 1..5, got {rating!r}")
+        for name, text in (("request_id", request_id), ("correction", correction), ("comment", comment)):
+            if text and NUL in text:  # PostgreSQL text cannot hold it; refused the same on every database
+                raise StoreError(f"feedback: {name} contains a NUL character (\\u0000), which is not text")
         with self.engine.begin() as conn:
             found = conn.execute(
                 select(exchanges.c.request_id).where(exchanges.c.request_id == request_id)
@@ -259,6 +284,18 @@ class FeedbackStore:
 
 
 FEEDBACK_FIELDS = ("feedback_id", "feedback_at", "thumb", "rating", "correction", "comment")
+NUL = "\x00"
+
+
+def error_summary(exc: BaseException) -> str:
+    """One line about a database error: its class and the database's message, never the SQL parameters
+    (a DBAPI error's own message names the problem, e.g. "value too long for type character varying")."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        message = str(exc.orig)
+    else:
+        message = str(exc).split("\n[SQL", 1)[0]
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return f"{type(exc).__name__}: {first}"[:300]
 
 
 def _insert_new(dialect: str) -> Any:
@@ -276,8 +313,11 @@ def _insert_new(dialect: str) -> Any:
 def _exchange_row(row: dict[str, Any]) -> dict[str, Any]:
     out = {c.name: row.get(c.name) for c in exchanges.columns}
     if not isinstance(out["messages"], str):
-        out["messages"] = json.dumps(out["messages"], ensure_ascii=False)
+        out["messages"] = json.dumps(out["messages"], ensure_ascii=False)  # escapes NUL as \u0000
     out["pinned"] = bool(out["pinned"])
+    for key, value in out.items():
+        if isinstance(value, str) and NUL in value:  # a model may emit one; PostgreSQL refuses it
+            out[key] = value.replace(NUL, "\ufffd")
     return out
 
 
@@ -285,87 +325,3 @@ def _decoded(row: Any) -> dict[str, Any]:
     out = dict(row)
     out["messages"] = json.loads(out["messages"])
     return out
-
-
-class ExchangeWriter:
-    """Queues exchanges and inserts them from a background thread, so a response never waits on SQL.
-
-    Nothing queued is dropped: a failed batch is retried (with back-off) until it commits or the
-    writer is closed, and `close` drains the queue first. `pending` says how many are not committed.
-    """
-
-    def __init__(self, store: FeedbackStore, batch_size: int = 256, retry_s: float = 0.5) -> None:
-        self.store = store
-        self.batch_size = batch_size
-        self.retry_s = retry_s
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._unfinished = 0
-        self._cond = threading.Condition()
-        self._closed = False
-        self.failures = 0
-        self._thread = threading.Thread(target=self._run, name="tuneline-feedback-writer", daemon=True)
-        self._thread.start()
-
-    @property
-    def pending(self) -> int:
-        with self._cond:
-            return self._unfinished
-
-    def submit(self, row: dict[str, Any]) -> None:
-        if self._closed:
-            raise StoreError("the exchange writer is closed")
-        with self._cond:
-            self._unfinished += 1
-        self._queue.put(row)
-
-    def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until every submitted exchange is committed; False on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._unfinished:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
-
-    def close(self, timeout: float = 60.0) -> None:
-        """Commit everything queued, then stop the thread."""
-        if self._closed:
-            return
-        self.flush(timeout)
-        self._closed = True
-        self._queue.put(None)
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            while len(batch) < self.batch_size:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                batch.append(nxt)
-            self._commit(batch)
-
-    def _commit(self, batch: list[dict[str, Any]]) -> None:
-        delay = self.retry_s
-        while True:
-            try:
-                self.store.record_exchanges(batch)
-                break
-            except Exception:  # a locked or unreachable database must not lose rows: retry
-                self.failures += 1
-                logger.exception("feedback store: %d exchanges not written yet; retrying", len(batch))
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        with self._cond:
-            self._unfinished -= len(batch)
-            self._cond.notify_all()

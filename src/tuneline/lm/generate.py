@@ -111,7 +111,7 @@ def generate(model: Any, chat: ChatFormat, records: list[dict[str, Any]], max_ne
 def complete(
     model: Any, chat: ChatFormat, conversations: list[list[Message]], max_new_tokens: int,
     batch_size: int = 8, sampling: dict[str, float] | None = None, progress: bool = True,
-    streamer: Any = None, tools: list[Tools] | None = None,
+    streamer: Any = None, tools: list[Tools] | None = None, stopping_criteria: Any = None,
 ) -> list[dict[str, Any]]:
     """Replies to conversations (each ends where the assistant speaks next), in input order.
 
@@ -125,6 +125,8 @@ def complete(
         streamer: a transformers streamer that receives the new token ids as they are generated (one
             conversation only: the server's streamed responses).
         tools: each conversation's tools (OpenAI form) or None.
+        stopping_criteria: extra transformers stopping criteria (the server's: the client hung up); a
+            reply they end is returned as generated so far (`stopped` False).
 
     Returns:
         One dict per conversation: prompt (rendered text), text (decoded without special tokens), raw
@@ -158,7 +160,8 @@ def complete(
         enc = _left_pad([ids[i] for i in batch], pad_id, device)
         seqs = model.generate(
             **enc, max_new_tokens=max_new_tokens, num_beams=1, repetition_penalty=1.0, eos_token_id=stop_ids,
-            pad_token_id=pad_id, use_cache=True, streamer=streamer, **decoding,
+            pad_token_id=pad_id, use_cache=True, streamer=streamer, stopping_criteria=stopping_criteria,
+            **decoding,
         )
         width = enc["input_ids"].shape[1]
         for row, i in enumerate(batch):

@@ -25,9 +25,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from tuneline.config.serve import ServeParams
-from tuneline.feedback.store import ExchangeWriter, FeedbackStore, StoreError, UnknownRequest
+from tuneline.feedback.store import FeedbackStore, StoreError, UnknownRequest, error_summary
+from tuneline.feedback.writer import ExchangeWriter
 from tuneline.lm.errors import RenderError
 from tuneline.serve.engine import Batcher, Overloaded
 from tuneline.serve.metrics import ServerMetrics
@@ -42,6 +44,7 @@ from tuneline.serve.streaming import TokenStream, chunk, cut_at_stop, safe_prefi
 
 logger = logging.getLogger(__name__)
 PIN_HEADER = "x-tuneline-variant"
+CANCELLED = "cancelled"  # finish_reason stored for a streamed answer whose client went away
 
 
 @dataclass
@@ -109,13 +112,17 @@ def create_app(state: ServerState) -> FastAPI:
     @app.get("/health")
     async def health() -> Any:
         alive = state.batcher.alive
+        store = state.writer.health()
+        # degraded: answers go on, but the feedback store takes no rows (they are kept, see `store`)
+        status = "ok" if store["state"] == "ok" else "degraded"
         body = {
-            "status": "ok" if alive else "generation thread stopped",
+            "status": status if alive else "generation thread stopped",
             "model": name,
             "versions": state.models.versions,
             "canary_share": params.canary_share if "challenger" in state.models.versions else 0.0,
             "queued": state.batcher.queued,
-            "store_pending": state.writer.pending,
+            "store_pending": store["backlog"],
+            "store": store,
             "reloads": state.watcher.reloads if state.watcher else None,
             "registry_error": state.watcher.last_error if state.watcher else None,
             "uptime_s": round(time.time() - state.started, 1),
@@ -164,7 +171,7 @@ def create_app(state: ServerState) -> FastAPI:
                           "invalid_request_error", "model_not_found", "model")
         choice = route(user_id=user_id, request_id=request_id, versions=versions,
                        canary_share=params.canary_share, pinned=pinned)
-        sampling = {"temperature": req.temperature, "top_p": req.top_p or 1.0} if req.temperature else None
+        sampling = req.sampling()
         stream = TokenStream() if req.stream else None
         started = time.perf_counter()
         try:
@@ -184,7 +191,10 @@ def create_app(state: ServerState) -> FastAPI:
                 "completion_tokens": reply["new_tokens"], "finish_reason": finish,
                 "messages": req.sent_messages(), "answer": text,
             })
-            metrics.answered(variant, version, latency_ms / 1000, reply["new_tokens"])
+            if finish == CANCELLED:
+                metrics.requests.labels(variant, version, CANCELLED).inc()
+            else:
+                metrics.answered(variant, version, latency_ms / 1000, reply["new_tokens"])
             logger.info("%s %s v%s %.0f ms %d+%d tokens%s", request_id, variant, version, latency_ms,
                         prompt_tokens, reply["new_tokens"],
                         f" prompt={conversation!r} answer={text!r}" if params.log_content else "")
@@ -202,7 +212,7 @@ def create_app(state: ServerState) -> FastAPI:
                     "system_fingerprint": f"{name}-v{routed}"}
             include_usage = bool((req.stream_options or {}).get("include_usage"))
             events = _stream_events(stream, future, state.models.tokenizer, req.stops(), base, record, usage,
-                                    include_usage)
+                                    include_usage, on_disconnect=lambda: metrics.disconnects.inc())
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         try:
             reply = await asyncio.wrap_future(future)
@@ -236,10 +246,13 @@ def create_app(state: ServerState) -> FastAPI:
         except ValidationError as exc:
             message, param = validation_message(exc)
             return _error(400, message, "invalid_request_error", "invalid_feedback", param)
-        # The exchange may still be queued for the store: commit the queue first.
-        if not await asyncio.to_thread(state.writer.flush, 30.0):
-            return _error(503, "the feedback store is behind; retry shortly", "server_error", "store_busy",
-                          headers={"Retry-After": "5"})
+        # The exchange may still be queued for the store: wait for it (not the whole queue); a stuck
+        # writer answers at once.
+        if not await asyncio.to_thread(state.writer.wait_for, fb.request_id, 30.0):
+            stuck = state.writer.health()["last_error"] if state.writer.stuck else None
+            message = f"the feedback store is failing ({stuck}); retry later" if stuck else \
+                "the feedback store is behind; retry shortly"
+            return _error(503, message, "server_error", "store_busy", headers={"Retry-After": "5"})
         try:
             feedback_id = await asyncio.to_thread(
                 state.store.record_feedback, fb.request_id, fb.thumb_value(), fb.rating, fb.correction,
@@ -249,6 +262,10 @@ def create_app(state: ServerState) -> FastAPI:
             return _error(404, str(exc), "invalid_request_error", "unknown_request", "request_id")
         except StoreError as exc:
             return _error(400, str(exc), "invalid_request_error", "invalid_feedback")
+        except SQLAlchemyError as exc:  # logged without the SQL parameters (the correction, the comment)
+            logger.error("feedback on %s not stored: %s", fb.request_id, error_summary(exc))
+            return _error(503, f"the feedback store failed ({type(exc).__name__}); retry later",
+                          "server_error", "store_error", headers={"Retry-After": "5"})
         verdict = fb.thumb if isinstance(fb.thumb, str) else {1: "up", -1: "down"}.get(fb.thumb) \
             or ("rating" if fb.rating else "correction" if fb.correction else "comment")
         metrics.feedback.labels(verdict).inc()
@@ -266,35 +283,62 @@ def _authorized(request: Request, keys: list[str]) -> bool:
 
 
 async def _stream_events(stream: TokenStream, future: Any, tokenizer: Any, stops: list[str],
-                         base: dict[str, Any], record: Any, usage: Any, include_usage: bool) -> Any:
-    """The server-sent events of one streamed completion; see `serve/streaming.py`."""
-    yield sse(chunk(base, {"role": "assistant", "content": ""}))
-    ids: list[int] = []
-    sent, hit = "", False
-    async for token in stream.tokens():
-        if hit:
-            continue  # a stop sequence was reached: the rest is generated but never sent
-        ids.append(token)
-        ready, hit = safe_prefix(tokenizer.decode(ids, skip_special_tokens=True), stops)
-        if len(ready) > len(sent):
-            yield sse(chunk(base, {"content": ready[len(sent):]}))
-            sent = ready
+                         base: dict[str, Any], record: Any, usage: Any, include_usage: bool,
+                         on_disconnect: Any = None) -> Any:
+    """The server-sent events of one streamed completion; see `serve/streaming.py`.
+
+    A client that goes away (the response task is cancelled) cancels generation, and the exchange is
+    stored as generated so far, with finish_reason "cancelled".
+    """
+    recorded = False
     try:
-        reply = await asyncio.wrap_future(future)
-    except Exception as exc:
-        logger.error("request %s failed in generation: %s", base["id"], exc)
-        yield sse(openai_error(f"generation failed: {exc.__class__.__name__}", "server_error", "generation"))
-        return
-    text, finish = _apply_stops(reply["text"], stops, "stop" if reply["stopped"] else "length")
-    if text.startswith(sent) and len(text) > len(sent):  # held-back characters, or a backend's one chunk
-        yield sse(chunk(base, {"content": text[len(sent):]}))
-    elif not text.startswith(sent):
-        logger.warning("request %s: streamed text diverged from the final answer", base["id"])
-    record(reply, text, finish)
+        yield sse(chunk(base, {"role": "assistant", "content": ""}))
+        ids: list[int] = []
+        sent, hit = "", False
+        async for token in stream.tokens():
+            if hit:
+                continue  # a stop sequence was reached: the rest is generated but never sent
+            ids.append(token)
+            ready, hit = safe_prefix(tokenizer.decode(ids, skip_special_tokens=True), stops)
+            if len(ready) > len(sent):
+                yield sse(chunk(base, {"content": ready[len(sent):]}))
+                sent = ready
+        try:
+            reply = await asyncio.wrap_future(future)
+        except Exception as exc:
+            recorded = True  # nothing to store
+            logger.error("request %s failed in generation: %s", base["id"], exc)
+            failed = f"generation failed: {exc.__class__.__name__}"
+            yield sse(openai_error(failed, "server_error", "generation"))
+            return
+        text, finish = _apply_stops(reply["text"], stops, "stop" if reply["stopped"] else "length")
+        if text.startswith(sent) and len(text) > len(sent):  # held-back characters, or a backend's one chunk
+            yield sse(chunk(base, {"content": text[len(sent):]}))
+        elif not text.startswith(sent):
+            logger.warning("request %s: streamed text diverged from the final answer", base["id"])
+        record(reply, text, finish)
+        recorded = True
+    finally:
+        if not recorded:  # the client went away: stop generating, store what was generated
+            stream.cancel()
+            if on_disconnect is not None:
+                on_disconnect()
+            future.add_done_callback(lambda done: _record_cancelled(done, record, stops))
     yield sse(chunk(base, {}, finish))
     if include_usage:
         yield sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage(reply)})
     yield sse("[DONE]")
+
+
+def _record_cancelled(done: Any, record: Any, stops: list[str]) -> None:
+    """Store a cancelled stream's exchange once generation has stopped (on the generation thread)."""
+    if done.cancelled() or done.exception() is not None:
+        return
+    reply = done.result()
+    try:
+        record(reply, cut_at_stop(reply["text"], stops)[0], CANCELLED)
+    except StoreError as exc:  # the server is shutting down and its writer is closed
+        logger.warning("a cancelled stream's exchange was not stored: %s", exc)
 
 
 def _apply_stops(text: str, stops: list[str], finish: str) -> tuple[str, str]:

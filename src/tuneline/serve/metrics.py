@@ -29,6 +29,8 @@ class ServerMetrics:
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.tokens = Counter("tuneline_completion_tokens", "Generated tokens.", ["variant"], registry=r)
         self.feedback = Counter("tuneline_feedback", "Feedback received by verdict.", ["verdict"], registry=r)
+        self.disconnects = Counter("tuneline_stream_disconnects", "Streamed requests whose client went away "
+                                   "before the end (generation is cancelled).", registry=r)
         Gauge("tuneline_queue_requests", "Requests waiting for generation.", registry=r).set_function(
             lambda: state.batcher.queued)
         Gauge("tuneline_store_pending_exchanges", "Exchanges not yet written to the feedback store.",

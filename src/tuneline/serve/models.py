@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from tuneline.errors import TunelineError
+from tuneline.serve.streaming import cancel_criteria
 
 logger = logging.getLogger(__name__)
 
@@ -204,9 +205,11 @@ class ServedModels:
         if name != self._active:
             self.model.set_adapter(name)
             self._active = name
+        cancelled = getattr(streamer, "cancelled", None)  # a streamed request whose client may hang up
         replies = complete(self.model, self.chat, [c[0] for c in conversations], max_new_tokens,
                            batch_size=max(1, len(conversations)), sampling=sampling, progress=False,
-                           streamer=streamer, tools=[c[1] for c in conversations])
+                           streamer=streamer, tools=[c[1] for c in conversations],
+                           stopping_criteria=cancel_criteria(cancelled) if cancelled is not None else None)
         return [{**r, "variant": variant, "version": version} for r in replies]
 
 

@@ -22,6 +22,7 @@ import httpx
 
 from tuneline.lm.chat import ChatFormat
 from tuneline.lm.load import saved_chat_options
+from tuneline.redact import redact
 from tuneline.serve.models import (
     Conversation,
     ServeError,
@@ -107,7 +108,7 @@ class RemoteModels:
         response = self._http.post(f"{self.backend_url}/chat/completions", json=body)
         if response.status_code != 200:
             status, text = response.status_code, response.text[:300]
-            raise ServeError(f"backend {self.backend_url} answered {status}: {text}")
+            raise ServeError(f"backend {redact(self.backend_url)} answered {status}: {redact(text)}")
         data = response.json()
         choice = data["choices"][0]
         return {"prompt": None, "text": choice["message"]["content"] or "",

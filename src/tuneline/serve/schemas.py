@@ -2,8 +2,10 @@
 
 Honoured: `messages` (text content; an assistant's `tool_calls` and `tool` replies, rendered as training
 renders such data), `tools` (shown to templates that render tools), `max_tokens` /
-`max_completion_tokens`, `temperature` (absent or 0: greedy, as evaluation), `top_p`, `stop`, `user`,
-`stream` (+ `stream_options.include_usage`). Refused with a message naming the field: `n` > 1.
+`max_completion_tokens`, `temperature` (absent, 0 or below `GREEDY_BELOW` = 0.001: greedy, as evaluation;
+dividing the logits by a smaller one overflows them to inf/nan), `top_p`, `stop`, `user`, `stream`
+(+ `stream_options.include_usage`). Refused with a message naming the field: `n` > 1; a NUL character in
+a feedback's `request_id`, `correction` or `comment`.
 Accepted and ignored, so unchanged clients keep working: `seed`, `presence_penalty`,
 `frequency_penalty`, `logit_bias`, `logprobs`, `tool_choice`, `response_format` (the fine-tuned
 model answers in the format it was trained on).
@@ -16,6 +18,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Role = Literal["system", "user", "assistant", "tool", "developer"]
+# Below this temperature sampling is greedy decoding in all but name, and logits / temperature can
+# overflow to inf (HTTP 500 "probability tensor contains inf/nan"): such requests are decoded greedily.
+GREEDY_BELOW = 1e-3
 
 
 class ChatMessage(BaseModel):
@@ -48,6 +53,12 @@ class ChatRequest(BaseModel):
         if value != 1:
             raise ValueError("only n=1 is supported (send several requests for several answers)")
         return value
+
+    def sampling(self) -> dict[str, float] | None:
+        """How to decode: None (greedy) for no temperature or one below `GREEDY_BELOW`, else sampling."""
+        if self.temperature is None or self.temperature < GREEDY_BELOW:
+            return None
+        return {"temperature": self.temperature, "top_p": self.top_p or 1.0}
 
     def budget(self, default: int) -> int | None:
         return self.max_completion_tokens or self.max_tokens or default
@@ -87,6 +98,13 @@ class FeedbackRequest(BaseModel):
     rating: int | None = Field(None, ge=1, le=5)
     correction: str | None = Field(None, max_length=32000, description="The answer that was right.")
     comment: str | None = Field(None, max_length=4000)
+
+    @field_validator("request_id", "correction", "comment")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:  # not text; PostgreSQL cannot store it
+            raise ValueError("contains a NUL character (\\u0000)")
+        return value
 
     def thumb_value(self) -> int | None:
         return {"up": 1, "down": -1, 1: 1, -1: -1}.get(self.thumb) if self.thumb is not None else None

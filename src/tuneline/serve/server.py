@@ -6,9 +6,11 @@ import ipaddress
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from tuneline.config import Config
 from tuneline.config.serve import ServeParams
+from tuneline.redact import redact
 from tuneline.serve.models import ServeError
 
 logger = logging.getLogger(__name__)
@@ -52,7 +54,8 @@ def version_files(cfg: Config, canary: bool = True, cache_dir: Path | None = Non
 
 def build_state(cfg: Config, host: str, canary: bool = True, cache_dir: Path | None = None):
     """Load everything `create_app` needs from the config (registry aliases, store, limits)."""
-    from tuneline.feedback.store import ExchangeWriter, FeedbackStore
+    from tuneline.feedback.store import FeedbackStore
+    from tuneline.feedback.writer import ExchangeWriter
     from tuneline.serve.app import ServerState
     from tuneline.serve.engine import Batcher
     from tuneline.serve.models import load_served_models
@@ -80,8 +83,9 @@ def build_state(cfg: Config, host: str, canary: bool = True, cache_dir: Path | N
                                {"champion": reg.champion_alias, "challenger": reg.challenger_alias},
                                models, batcher, params.reload_s,
                                with_challenger=canary and params.canary_share > 0, cache_dir=cache_dir)
-    return ServerState(models=models, batcher=batcher, store=store, writer=ExchangeWriter(store),
-                       params=params, api_keys=keys, watcher=watcher)
+    writer = ExchangeWriter(store, local_dir=params.store_local_dir)
+    return ServerState(models=models, batcher=batcher, store=store, writer=writer, params=params,
+                       api_keys=keys, watcher=watcher)
 
 
 def vllm_recipe(cfg: Config, canary: bool = True, download_dir: Path | None = None) -> str:
@@ -96,6 +100,16 @@ def vllm_recipe(cfg: Config, canary: bool = True, download_dir: Path | None = No
             "# then: tuneline serve --set serve.backend_url=http://<this host>:8001/v1")
 
 
+def startup_line(cfg: Config, state: Any, host: str, port: int) -> str:
+    """What the server says when it starts: versions, canary share, store (credentials masked), keys."""
+    versions = ", ".join(f"{k} v{v}" for k, v in state.models.versions.items())
+    share = 100 * (cfg.serve.canary_share if "challenger" in state.models.versions else 0)
+    backend = f", backend {cfg.serve.backend_url}" if cfg.serve.backend_url else ""
+    return redact(f"serving {state.models.model_name} ({versions}) on http://{host}:{port}/v1 — canary share "
+                  f"{share:.0f} %, store {cfg.serve.store_url}{backend}, API key "
+                  f"{'required' if state.api_keys else 'off (loopback)'}")
+
+
 def serve(cfg: Config, host: str | None = None, port: int | None = None, canary: bool = True,
           download_dir: Path | None = None) -> None:
     """Run the server until interrupted (Ctrl-C drains the queue and commits every exchange)."""
@@ -106,9 +120,5 @@ def serve(cfg: Config, host: str | None = None, port: int | None = None, canary:
     host = host or cfg.serve.host
     port = port or cfg.serve.port
     state = build_state(cfg, host, canary, download_dir)
-    versions = ", ".join(f"{k} v{v}" for k, v in state.models.versions.items())
-    logger.info("serving %s (%s) on http://%s:%d/v1 — canary share %.0f %%, store %s, API key %s",
-                state.models.model_name, versions, host, port,
-                100 * (cfg.serve.canary_share if "challenger" in state.models.versions else 0),
-                cfg.serve.store_url, "required" if state.api_keys else "off (loopback)")
+    logger.info("%s", startup_line(cfg, state, host, port))
     uvicorn.run(create_app(state), host=host, port=port, log_level="warning")

@@ -6,13 +6,17 @@ in the middle of a multi-byte character is held back until the character is comp
 could be the start of a stop sequence is held back until it is clear it is not. When generation ends,
 whatever the final answer has beyond what was sent goes out, so a streamed answer is exactly the
 non-streamed one (same `complete`, same stops).
+
+A waiting stream holds no thread: tokens are handed to the event loop (`call_soon_threadsafe`) and read
+from an asyncio queue, so a hundred open streams leave the thread pool to the other requests. A client
+that hangs up cancels its stream (`cancel`): generation stops at the next token (`cancel_criteria`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import queue
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,32 +24,59 @@ _DONE = object()
 
 
 class TokenStream:
-    """A transformers streamer: the first `put` is the prompt (skipped), then one put per new token."""
+    """A transformers streamer: the first `put` is the prompt (skipped), then one put per new token.
+
+    Create it in the request handler (it hands tokens to that event loop); `put`, `end` and `fail` are
+    called from the generation thread.
+    """
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._prompt_seen = False
+        self.cancelled = threading.Event()  # the client went away: stop generating
+
+    def _deliver(self, item: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed (server stopped): nobody reads any more
+            pass
 
     def put(self, value: Any) -> None:
         if not self._prompt_seen:
             self._prompt_seen = True
             return
         for token in value.reshape(-1).tolist():
-            self._queue.put(int(token))
+            self._deliver(int(token))
 
     def end(self) -> None:
-        self._queue.put(_DONE)
+        self._deliver(_DONE)
 
     def fail(self) -> None:
         """Unblock the reader when generation failed before `end`."""
-        self._queue.put(_DONE)
+        self._deliver(_DONE)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
 
     async def tokens(self) -> AsyncIterator[int]:
         while True:
-            item = await asyncio.to_thread(self._queue.get)
+            item = await self._queue.get()
             if item is _DONE:
                 return
             yield item
+
+
+def cancel_criteria(flag: threading.Event) -> Any:
+    """A transformers stopping criterion: stop every sequence once `flag` is set (checked per token)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), flag.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Cancelled()])
 
 
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:

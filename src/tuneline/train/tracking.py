@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tuneline.redact import redact
+
 # Trainer log keys -> the metric names tuneline logs.
 METRIC_NAMES = {
     "loss": "train_loss", "learning_rate": "lr", "grad_norm": "grad_norm", "eval_loss": "val_loss",
@@ -65,8 +67,9 @@ def start_run(uri: str, experiment: str, tags: dict[str, str], params: dict[str,
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    run_id = client.create_run(exp_id, tags=tags, run_name=name).info.run_id
-    items = sorted(params.items())
+    # Params and tags are shown to everyone who can read the tracking server: no credentials in them.
+    run_id = client.create_run(exp_id, tags=redact(tags), run_name=name).info.run_id
+    items = sorted(redact(params).items())
     for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
         client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in items[i : i + 100]])
     return run_id
@@ -88,7 +91,7 @@ def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = No
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     for k, v in (tags or {}).items():
-        client.set_tag(run_id, k, v)
+        client.set_tag(run_id, k, redact(v))
     client.set_terminated(run_id, status)
 
 

@@ -37,6 +37,7 @@ from tuneline.layout import Layout
 from tuneline.lm.labels import build_rows
 from tuneline.lm.load import save_chat_format
 from tuneline.outdirs import check_replaceable, inside_workspace, replace_dir
+from tuneline.redact import redact
 from tuneline.train.chat_rows import chat_format_for, write_rejected
 from tuneline.train.curves import write_curves
 from tuneline.train.inputs import read_split, resolve_model_path
@@ -185,7 +186,7 @@ def run(cfg: Config, layout: Layout) -> dict:
                  "tokens_per_second": tokens_per_second, "oom_retries": outcome.oom_events,
                  "resumed_from": outcome.resumed_from,
                  "tokens_cached": tok_train.from_cache and tok_val.from_cache,
-                 "mlflow_run_id": run_id, "tracking_uri": uri, "git_commit": commit}
+                 "mlflow_run_id": run_id, "tracking_uri": redact(uri), "git_commit": commit}
     replace_dir(final, out, OUTPUT_SETTING)
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(checkpoints, ignore_errors=True)  # finished: nothing left to resume

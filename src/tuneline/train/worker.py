@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from tuneline.jsonio import write_json
+from tuneline.redact import install_log_redaction
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    install_log_redaction()
 
     import torch
 
