@@ -48,19 +48,20 @@ def _cfg(config: Any, *names: str, default: int | None = None) -> int | None:
 def model_shape(config: Any, trust_remote_code: bool = False) -> ModelShape:
     """Build the model from a transformers config on the meta device and read its shape.
 
-    No weights are allocated or loaded: `accelerate.init_empty_weights` puts every parameter on
-    the meta device, so a 70B model costs a second and no memory.
+    No weights are allocated or loaded: built under `torch.device("meta")`, so a 70B model costs a
+    second and no memory. Not `accelerate.init_empty_weights`: it re-registers every parameter as a
+    new meta tensor, which un-ties `lm_head` from the input embeddings (`tie_word_embeddings`), so a
+    tied model's vocabulary matrix was counted twice (Qwen2.5-0.5B: 630M instead of 494M).
 
     Args:
         config: a `transformers.PretrainedConfig`.
         trust_remote_code: allow a checkpoint's own modelling code (`model.trust_remote_code`).
     """
     import torch
-    from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
     try:
-        with init_empty_weights():
+        with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(
@@ -85,7 +86,7 @@ def model_shape(config: Any, trust_remote_code: bool = False) -> ModelShape:
     )
     layer_params = sum(p.numel() for p in stack[0].parameters()) if stack is not None else 0
     return ModelShape(
-        params=sum(p.numel() for p in model.parameters()),
+        params=sum(p.numel() for p in model.parameters()),  # a shared tensor once
         hidden=hidden,
         layers=layers,
         heads=heads,
