@@ -115,3 +115,18 @@ def test_peft_adapts_the_mapped_layers(model_type: str, adapted: str) -> None:
     assert trainable and all("lora_" in n for n in trainable)
     ids = torch.tensor([[1, 2, 3, 4]])
     assert torch.isfinite(model(input_ids=ids, labels=ids).loss)
+
+
+def test_tuneline_plan_writes_and_prints_the_mapping(workspace: Any) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from tuneline.cli import app
+
+    tiny("phi3").save_pretrained(workspace / "phi3")
+    result = CliRunner().invoke(app, ["plan", "--model-config", "phi3", "-s", "train.precision=fp32"])
+    assert result.exit_code == 0, result.output
+    assert "lora targets     qkv_proj" in result.output and "q_proj, v_proj -> qkv_proj" in result.output
+    plan = json.loads((workspace / "reports" / "plan.json").read_text())
+    assert plan["lora_targets"] == ["qkv_proj"] and plan["lora_target_notes"][0].startswith("q_proj, v_proj")
