@@ -84,6 +84,90 @@ def test_unknown_target_module_is_a_config_error(tiny: Any) -> None:
         make_plan(Config.model_validate({"train": {"lora": {"target_modules": ["q_proj", "c_attn"]}}}), tiny)
 
 
+# Published configs (the size fields of each repository's config.json on the Hugging Face hub, copied
+# here; nothing is downloaded) and the parameter counts their model cards / safetensors metadata state.
+# Regression: the model was built under accelerate.init_empty_weights, which un-ties lm_head from the
+# input embeddings, so a tied model (Qwen2.5-0.5B, Gemma-2-2b) counted its vocabulary matrix twice.
+PUBLISHED: dict[str, tuple[dict[str, Any], int]] = {
+    # https://huggingface.co/Qwen/Qwen2.5-0.5B/blob/main/config.json
+    "Qwen2.5-0.5B": (
+        dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+             num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+             max_position_embeddings=32768, tie_word_embeddings=True),
+        494_032_768,
+    ),
+    # https://huggingface.co/Qwen/Qwen2.5-7B/blob/main/config.json
+    "Qwen2.5-7B": (
+        dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+             num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
+             max_position_embeddings=131072, tie_word_embeddings=False),
+        7_615_616_512,
+    ),
+    # https://huggingface.co/meta-llama/Llama-3.1-8B/blob/main/config.json
+    "Llama-3.1-8B": (
+        dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+             num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+             max_position_embeddings=131072, tie_word_embeddings=False),
+        8_030_261_248,
+    ),
+    # https://huggingface.co/mistralai/Mistral-7B-v0.3/blob/main/config.json (vocabulary grown to 32768)
+    "Mistral-7B-v0.3": (
+        dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+             num_attention_heads=32, num_key_value_heads=8, vocab_size=32768,
+             max_position_embeddings=32768, tie_word_embeddings=False),
+        7_248_023_552,
+    ),
+    # https://huggingface.co/mistralai/Mistral-7B-v0.1/blob/main/config.json (vocabulary 32000)
+    "Mistral-7B-v0.1": (
+        dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+             num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
+             max_position_embeddings=32768, tie_word_embeddings=False),
+        7_241_732_096,
+    ),
+    # https://huggingface.co/google/gemma-2-2b/blob/main/config.json (tied: Gemma2Config's default)
+    "gemma-2-2b": (
+        dict(model_type="gemma2", hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+             num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=256000,
+             max_position_embeddings=8192, tie_word_embeddings=True),
+        2_614_341_888,
+    ),
+    # https://huggingface.co/microsoft/Phi-3-mini-4k-instruct/blob/main/config.json
+    "Phi-3-mini-4k": (
+        dict(model_type="phi3", hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+             num_attention_heads=32, num_key_value_heads=32, vocab_size=32064,
+             max_position_embeddings=4096, tie_word_embeddings=False),
+        3_821_079_552,
+    ),
+}
+
+
+def published(name: str) -> Any:
+    fields, _ = PUBLISHED[name]
+    fields = dict(fields)
+    return transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_params_match_published_counts(name: str) -> None:
+    config, expected = published(name), PUBLISHED[name][1]
+    assert model_shape(config).params == expected
+    # the plan's count is the one a real (meta-device) build of the same config gives
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_tied_embeddings_pick_the_template_of_the_true_size() -> None:
+    """Qwen2.5-0.5B was planned as a 0.63B model: a smaller LR step than its 0.494B deserves."""
+    plan = make_plan(cfg_of(precision="bf16", method="full"), published("Qwen2.5-0.5B"))
+    assert plan.params == 494_032_768
+    assert "0.494B" in plan.template_row
+    assert plan.lr == pytest.approx(pick_lr("full", 494_032_768).lr)
+    assert plan.lr > pick_lr("full", 630_167_424).lr
+    gemma = make_plan(cfg_of(precision="bf16", method="full"), published("gemma-2-2b"))
+    assert gemma.params == 2_614_341_888 and "2.61B" in gemma.template_row
+
+
 # ---- templates ----
 
 

@@ -26,6 +26,7 @@ from tuneline.promote.aliases import (
     rollback,
 )
 from tuneline.promote.gate import decide
+from tuneline.registry.base_ref import base_sha256
 from tuneline.registry.model import generate_replies, load_adapter_model, parse_conversations
 from tuneline.registry.registry import (
     aliases_of,
@@ -130,10 +131,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     for name in ("good", "bad"):
         runs[name] = start_run(uri, "tuneline", LINEAGE, {"train.lr": "0.002"}, f"train-{name}")
         end_run(uri, runs[name], "FINISHED")
-    v_good = register_candidate(uri, "demo", runs["good"], base, good, {"eval.loss": 1.5})
-    v_bad = register_candidate(
-        uri, "demo", runs["bad"], base, bad, {"eval.loss": 9.9}, copy_base=False, max_new_tokens=6
-    )
+    v_good = register_candidate(uri, "demo", runs["good"], base, good, {"eval.loss": 1.5}, copy_base=True)
+    v_bad = register_candidate(uri, "demo", runs["bad"], base, bad, {"eval.loss": 9.9}, max_new_tokens=6)
     yield {
         "root": root,
         "base": base,
@@ -185,8 +184,14 @@ def test_base_copied_or_referenced(world: dict[str, Any]) -> None:
     flavor = copied.metadata.flavors["python_function"]
     assert set(flavor["artifacts"]) == {"adapter", "base"}
     ref_flavor = referenced.metadata.flavors["python_function"]
+    # the default records a reference: no copy of the base in the version, its path and content hash
     assert set(ref_flavor["artifacts"]) == {"adapter"}
-    assert ref_flavor["config"]["base_model_path"] == str(world["base"].resolve())
+    sha = base_sha256(world["base"])
+    assert {k: ref_flavor["config"][k] for k in ("base_kind", "base_model_path", "base_sha256")} == {
+        "base_kind": "path", "base_model_path": str(world["base"].resolve()), "base_sha256": sha}
+    assert flavor["config"]["base_sha256"] == sha  # a copied version keeps the reference too (lineage)
+    tags = version_info(world["uri"], "demo", world["v_bad"])["tags"]
+    assert (tags["base.path"], tags["base.sha256"]) == (str(world["base"].resolve()), sha)
     with using_tracking_uri(world["uri"]):
         import mlflow
 

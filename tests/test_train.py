@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +175,53 @@ def test_same_inputs_and_seed_give_the_same_adapter(
     for name in ("adapter_model.safetensors", "train_summary.json", "adapter_config.json"):
         first = (root / "models" / "adapter" / name).read_bytes()
         assert (tmp_path / "models" / "adapter" / name).read_bytes() == first, name
+
+
+@pytest.fixture(scope="module")
+def phi3_base(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Phi-3 (fused qkv_proj, no q_proj/v_proj) with the demo tokenizer."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, Phi3Config, Phi3ForCausalLM
+
+    out = tmp_path_factory.mktemp("phi3") / "base"
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    torch.manual_seed(0)
+    model = Phi3ForCausalLM(Phi3Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    ))
+    model.save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        if (tiny_base / name).exists():
+            shutil.copy(tiny_base / name, out / name)
+    return out
+
+
+def test_phi3_default_targets_train_its_fused_qkv(phi3_base: Path, tmp_path: Path) -> None:
+    """Regression: the guide's default [q_proj, v_proj] failed on Phi-3 ("match no linear layer"); it now
+    adapts the fused qkv_proj, and the train report and the adapter config say so."""
+    from tuneline.train.train import run
+
+    layout = Layout(tmp_path)
+    write_jsonl(layout.processed("train"), repeat_records(16))
+    write_jsonl(layout.processed("val"), repeat_records(4, offset=1))
+    cfg = Config.model_validate({
+        "seed": 0,
+        "model": {"name_or_path": str(phi3_base)},
+        "train": {"lr": 0.02, "epochs": 1, "effective_batch": 8, "per_device_batch": 4, "packing": False,
+                  "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "test"},
+    })
+    report = run(cfg, layout)
+    assert report["lora_targets"] == ["qkv_proj"]
+    (note,) = report["lora_target_notes"]
+    assert note.startswith("q_proj, v_proj -> qkv_proj")
+    out = tmp_path / "models" / "adapter"
+    conf = json.loads((out / "adapter_config.json").read_text())
+    assert conf["target_modules"] == ["qkv_proj"]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["plan"]["lora_targets"] == ["qkv_proj"]
+    assert report["steps"] == 2 and math.isfinite(report["train_loss_final"])

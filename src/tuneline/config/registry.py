@@ -12,3 +12,9 @@ class RegistryParams(Section):
     previous_alias: str = Field(
         "previous_champion", description="Alias kept on the champion a promotion replaced (for rollback)."
     )
+    copy_base: bool = Field(
+        False,
+        description="Copy the base model's files into every registered version, for air-gapped serving. "
+        "Off: a version records a reference to its base (local path + content hash, or hub id + "
+        "revision), checked when the version is loaded, instead of storing GBs per version.",
+    )

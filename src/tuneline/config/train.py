@@ -14,7 +14,9 @@ class LoraParams(Section):
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path (guide default 0.05).")
     target_modules: list[str] | Literal["all-linear"] = Field(
         default_factory=lambda: ["q_proj", "v_proj"],
-        description="Modules that get adapters: the guide's q_proj, v_proj, or `all-linear`.",
+        description="Modules that get adapters: the guide's q_proj, v_proj, or `all-linear`. A Llama name "
+        "the model lacks is mapped to its layer with the same role (Phi-3 qkv_proj, GPT-2 c_attn, GPT-NeoX / "
+        "Falcon query_key_value; table in tuneline/train/lora_targets.py); the plan reports the mapping.",
     )
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train (guide: none).")
 

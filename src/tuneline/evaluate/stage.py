@@ -186,6 +186,7 @@ def _registry_champion(cfg: Config, tmp: Path) -> tuple[str, str | None] | None:
     import mlflow
     import yaml
 
+    from tuneline.registry.base_ref import registered_base
     from tuneline.registry.registry import aliases_of, using_tracking_uri
 
     reg = cfg.registry
@@ -196,12 +197,13 @@ def _registry_champion(cfg: Config, tmp: Path) -> tuple[str, str | None] | None:
     with using_tracking_uri(cfg.tracking.uri):  # `models:/` resolves through the process-wide registry URI
         local = Path(mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{reg.model_name}/{version}", dst_path=str(tmp)))
-    adapter, base = local / "artifacts" / "adapter", local / "artifacts" / "base"
-    if not base.is_dir():  # registered with the base by path, not copied
-        flavor = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))["flavors"]["python_function"]
-        base = Path(flavor.get("model_config", {})["base_model_path"])
+    flavor = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))["flavors"]["python_function"]
+    # An artifact keeps its source directory's name (artifacts/<name>): the MLmodel maps key -> path.
+    paths = {key: local / entry["path"] for key, entry in (flavor.get("artifacts") or {}).items()}
+    # the copied base when the version has one, else its reference, checked against its content hash
+    base = registered_base(flavor.get("config") or {}, paths.get("base"))
     logger.info("evaluate: champion is %s version %s", reg.model_name, version)
-    return str(base), str(adapter)
+    return base, str(paths["adapter"])
 
 
 def _log_mlflow(cfg: Config, layout: Layout, report: dict[str, Any], results: dict[str, Any]) -> None:

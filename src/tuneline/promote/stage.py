@@ -158,7 +158,7 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
     tags.update({"data_hash": train.get("data_hash"), "params_hash": train.get("params_hash"),
                  "adapter_sha256": sha})
     version = register_candidate(uri, reg.model_name, _training_run(cfg, layout, train), base, adapter, tags,
-                                 challenger_alias=reg.challenger_alias,
+                                 challenger_alias=reg.challenger_alias, copy_base=reg.copy_base,
                                  max_new_tokens=cfg.evaluate.max_new_tokens)
     probes = probe_conversations(layout, cfg.promote.parity_probe_rows)
     parity = (parity_check(uri, reg.model_name, version, base, adapter, probes, cfg.evaluate.max_new_tokens)

@@ -1,7 +1,8 @@
 """The registered model: base model + LoRA adapter + the adapter's chat template, as an MLflow pyfunc.
 
 A registered version is self-describing: `AdapterModel.load_context` loads the base model (an artifact
-copied into the version, or a path the version refers to, see `model_artifacts`), applies the adapter
+copied into the version, or the directory / hub revision it refers to, checked by content hash; see
+`model_artifacts` and `tuneline.registry.base_ref`), applies the adapter
 with peft and renders every conversation through the tokenizer's chat template with
 `add_generation_prompt=True`. `predict` returns greedy completions, so the same prompts give the same
 replies in the evaluate stage, in the registry and in serving (the parity check of the promotion gate).
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+
+from tuneline.registry.base_ref import local_base_dir, reference_base, registered_base
 
 DEFAULT_MAX_NEW_TOKENS = 128
 # Packages a loaded version needs; pinned to the versions that logged it (`pip_requirements`).
@@ -120,8 +123,9 @@ def parse_conversations(model_input: Any) -> list[list[dict[str, str]]]:
 class AdapterModel(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc: base model + LoRA adapter; predicts greedy completions of conversations.
 
-    Artifacts: `adapter` (always) and `base` (when the base is copied into the version); otherwise
-    the model config's `base_model_path` names the base directory on the loading host.
+    Artifacts: `adapter` (always) and `base` (when the base is copied into the version). The model
+    config always holds the base's reference (`tuneline.registry.base_ref`): a directory and its
+    content hash, or a hub id and revision; without a copy, loading resolves and checks it.
     """
 
     # MLflow wraps `predict` in type-hint based input validation and warns when there are no hints;
@@ -130,15 +134,13 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
-        """Load base + adapter + tokenizer from the version's artifacts (or the referenced base path).
+        """Load base + adapter + tokenizer from the version's artifacts (or the referenced base).
 
         Raises:
-            ValueError: neither a `base` artifact nor a `base_model_path` in the model config.
+            BaseModelError: no base recorded, or the referenced one is missing or changed.
         """
         config = context.model_config or {}
-        base = context.artifacts.get("base") or config.get("base_model_path")
-        if not base:
-            raise ValueError("the model has neither a `base` artifact nor a `base_model_path` config")
+        base = registered_base(config, context.artifacts.get("base"))
         self.max_new_tokens = int(config.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
         self.model, self.chat = load_adapter_model(
             base, context.artifacts["adapter"], config.get("device"), config.get("dtype", "auto")
@@ -162,21 +164,23 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
 
 
 def model_artifacts(
-    base_dir: str | Path, adapter_dir: str | Path, copy_base: bool
+    base: str | Path, adapter_dir: str | Path, copy_base: bool
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """(artifacts, model_config) for logging an `AdapterModel`.
 
     Args:
-        base_dir: the base model directory.
+        base: the base model: a local directory or a hub id (as `resolve_model_path` gives it).
         adapter_dir: the adapter directory.
-        copy_base: True copies the base into the version (self-contained; right for small bases);
-            False records its absolute path instead, so a multi-GB base is not duplicated per version
-            (then every host that loads the version must see the same path).
+        copy_base: also copy the base into the version (self-contained, for air-gapped serving). Either
+            way the config records the base's reference (`base_ref.reference_base`: a directory with
+            its content hash, or a hub id with its revision), so a multi-GB base is not stored again
+            per version by default.
+
+    Raises:
+        BaseModelError: `copy_base` with a hub base that is neither cached nor downloadable.
     """
+    ref = reference_base(base)
     artifacts = {"adapter": str(Path(adapter_dir).resolve())}
-    config: dict[str, Any] = {}
     if copy_base:
-        artifacts["base"] = str(Path(base_dir).resolve())
-    else:
-        config["base_model_path"] = str(Path(base_dir).resolve())
-    return artifacts, config
+        artifacts["base"] = local_base_dir(ref)
+    return artifacts, ref.to_config()

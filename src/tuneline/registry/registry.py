@@ -114,7 +114,7 @@ def register_candidate(
     adapter_dir: str | Path,
     tags: dict[str, Any] | None = None,
     *,
-    copy_base: bool = True,
+    copy_base: bool = False,
     challenger_alias: str = "challenger",
     max_new_tokens: int = 128,
     dtype: str = "auto",
@@ -125,11 +125,12 @@ def register_candidate(
         uri: MLflow tracking (and registry) URI.
         model_name: registered model name (created when missing).
         run_id: the MLflow run that trained the adapter; the model is logged into it.
-        base_dir: base model directory.
+        base_dir: the base model: a local directory or a hub id.
         adapter_dir: adapter directory (adapter weights + config, tokenizer with chat template).
         tags: version tags (eval metrics, gate result, ...); values are stored as strings. The run's
             git_commit / data_hash / params_hash tags are added unless given here.
-        copy_base: copy the base into the version (True) or record its path (False; see
+        copy_base: also copy the base into the version (air-gapped serving); by default the version
+            records a reference only (directory + content hash, or hub id + revision; see
             `model.model_artifacts`).
         challenger_alias: the alias the new version takes.
         max_new_tokens: the pyfunc's default generation budget.
@@ -143,6 +144,7 @@ def register_candidate(
     from mlflow.models import Model, ModelSignature
     from mlflow.types import ParamSchema, ParamSpec
 
+    from tuneline.registry.base_ref import BaseRef
     from tuneline.registry.model import AdapterModel, model_artifacts, pip_requirements
 
     mc = client(uri)
@@ -150,6 +152,7 @@ def register_candidate(
     version_tags = {k: run.data.tags[k] for k in LINEAGE_TAGS if k in run.data.tags}
     version_tags.update({k: str(v) for k, v in (tags or {}).items()})
     artifacts, config = model_artifacts(base_dir, adapter_dir, copy_base)
+    version_tags.update(BaseRef.from_config(config).to_tags())  # the base, visible in the registry UI
     config.update(max_new_tokens=max_new_tokens, dtype=dtype)
     # Only params: the input is free-form conversations (validated by the model itself).
     signature = ModelSignature(

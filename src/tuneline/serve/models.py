@@ -1,10 +1,11 @@
 """What the server serves: one base model, the champion's and the challenger's LoRA adapters on it.
 
 Both come from the MLflow registry by alias. Each version's files are downloaded once (the pyfunc's
-`artifacts/adapter`, and `artifacts/base` or the `base_model_path` it refers to); the base is loaded
-once and both adapters are attached to it with peft (`load_adapter`), so a second variant costs the
-adapter's few MB, not a second model. A challenger trained on a different base, or whose tokenizer
-renders conversations differently, cannot share the base: loading refuses with the reason.
+`artifacts/adapter`, and `artifacts/base` or the base it refers to, checked: `registry.base_ref`); the
+base is loaded once and both adapters are attached to it with peft (`load_adapter`), so a second
+variant costs the adapter's few MB, not a second model. A challenger trained on a different base, or
+whose tokenizer renders conversations differently, cannot share the base: loading refuses with the
+reason.
 
 Generation goes through `tuneline.evaluate.generate.complete`, the function evaluation and the
 registry's pyfunc use, so the server answers with the same chat template, EOS and greedy decoding.
@@ -22,6 +23,7 @@ from typing import Any
 import yaml
 
 from tuneline.errors import TunelineError
+from tuneline.registry.base_ref import BaseModelError, registered_base
 from tuneline.serve.streaming import cancel_criteria
 
 logger = logging.getLogger(__name__)
@@ -49,7 +51,8 @@ def download_version(uri: str, model_name: str, version: str, variant: str, into
     """Download a version's artifacts and find its base and adapter directories.
 
     Raises:
-        ServeError: the version's MLmodel has no adapter, or names a base path missing on this host.
+        ServeError: the version's MLmodel has no adapter, or its base is missing on this host or is not
+            the base it was registered with (content hash).
     """
     import mlflow
 
@@ -65,12 +68,11 @@ def download_version(uri: str, model_name: str, version: str, variant: str, into
     if "adapter" not in artifacts:
         raise ServeError(f"{model_name} version {version}: no `adapter` artifact; not a tuneline model")
     adapter = local / artifacts["adapter"]["path"]
-    if "base" in artifacts:
-        base = local / artifacts["base"]["path"]
-    else:
-        base = Path((flavor.get("config") or {}).get("base_model_path", ""))
-        if not base.is_dir():
-            raise ServeError(f"{model_name} version {version}: base model path {base} is not on this host")
+    copied = local / artifacts["base"]["path"] if "base" in artifacts else None
+    try:
+        base = Path(registered_base(flavor.get("config") or {}, copied))
+    except BaseModelError as exc:
+        raise ServeError(f"{model_name} version {version}: {exc}") from None
     return VersionFiles(variant, version, base, adapter)
 
 

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from tuneline.config.train import TrainParams
 from tuneline.errors import ConfigError
+from tuneline.train.lora_targets import linear_names, resolve_targets
+
+logger = logging.getLogger(__name__)
 
 
-def lora_config(params: TrainParams) -> Any:
-    """The peft `LoraConfig` for `train.lora` (causal LM)."""
+def lora_config(params: TrainParams, model: Any) -> Any:
+    """The peft `LoraConfig` for `train.lora` (causal LM), its targets resolved against `model`'s layers.
+
+    Raises:
+        ConfigError: a target module matches no layer of the model (nor a layer with its role).
+    """
     from peft import LoraConfig, TaskType
 
     lora = params.lora
+    targets = resolve_targets(lora.target_modules, linear_names(model))
+    for note in targets.notes:
+        logger.info("LoRA target %s", note)
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
+        target_modules=targets.modules,
         bias=lora.bias,
         task_type=TaskType.CAUSAL_LM,
     )
@@ -36,7 +47,7 @@ def prepare_model(model: Any, params: TrainParams) -> Any:
     from peft import get_peft_model
 
     try:
-        return get_peft_model(model, lora_config(params))
+        return get_peft_model(model, lora_config(params, model))
     except ValueError as exc:
         # peft says "Target modules {...} not found in the base model" - name the config key.
         raise ConfigError(f"train.lora.target_modules {params.lora.target_modules!r}: {exc}") from None

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tuneline.errors import ConfigError
+from tuneline.train.lora_targets import is_linear, matches
 
 GIB = 2**30
 Precision = Literal["bf16", "fp16", "fp32"]
@@ -48,19 +49,20 @@ def _cfg(config: Any, *names: str, default: int | None = None) -> int | None:
 def model_shape(config: Any, trust_remote_code: bool = False) -> ModelShape:
     """Build the model from a transformers config on the meta device and read its shape.
 
-    No weights are allocated or loaded: `accelerate.init_empty_weights` puts every parameter on
-    the meta device, so a 70B model costs a second and no memory.
+    No weights are allocated or loaded: built under `torch.device("meta")`, so a 70B model costs a
+    second and no memory. Not `accelerate.init_empty_weights`: it re-registers every parameter as a
+    new meta tensor, which un-ties `lm_head` from the input embeddings (`tie_word_embeddings`), so a
+    tied model's vocabulary matrix was counted twice (Qwen2.5-0.5B: 630M instead of 494M).
 
     Args:
         config: a `transformers.PretrainedConfig`.
         trust_remote_code: allow a checkpoint's own modelling code (`model.trust_remote_code`).
     """
     import torch
-    from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
     try:
-        with init_empty_weights():
+        with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(
@@ -76,8 +78,14 @@ def model_shape(config: Any, trust_remote_code: bool = False) -> ModelShape:
     linears: dict[str, tuple[int, int, bool]] = {}
     output_linear = None
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            linears[name] = (module.in_features, module.out_features, module.bias is not None)
+        if is_linear(module):
+            # GPT-2's Conv1D stores its weight transposed: (in, out)
+            n_in, n_out = (
+                (module.in_features, module.out_features)
+                if isinstance(module, torch.nn.Linear)
+                else tuple(module.weight.shape)
+            )
+            linears[name] = (n_in, n_out, module.bias is not None)
             if module is out_emb:
                 output_linear = name
     stack = next(
@@ -85,7 +93,7 @@ def model_shape(config: Any, trust_remote_code: bool = False) -> ModelShape:
     )
     layer_params = sum(p.numel() for p in stack[0].parameters()) if stack is not None else 0
     return ModelShape(
-        params=sum(p.numel() for p in model.parameters()),
+        params=sum(p.numel() for p in model.parameters()),  # a shared tensor once
         hidden=hidden,
         layers=layers,
         heads=heads,
@@ -98,11 +106,6 @@ def model_shape(config: Any, trust_remote_code: bool = False) -> ModelShape:
         output_linear=output_linear,
         biases=sum(p.numel() for n, p in model.named_parameters() if n.endswith(".bias")),
     )
-
-
-def _matches(name: str, target: str) -> bool:
-    # PEFT's rule: the module's full name equals the target or ends with "." + target.
-    return name == target or name.endswith("." + target)
 
 
 def lora_trainable(
@@ -129,7 +132,7 @@ def lora_trainable(
         if targets == ["all-linear"]:
             key = None if name == shape.output_linear else name.rsplit(".", 1)[-1]
         else:
-            key = next((t for t in targets if _matches(name, t)), None)
+            key = next((t for t in targets if matches(name, t)), None)
         if key is None:
             continue
         breakdown[key] = breakdown.get(key, 0) + r * (n_in + n_out)
@@ -248,6 +251,6 @@ def lora_dropout_inputs(shape: ModelShape, target_modules: list[str] | str, drop
     for name, (n_in, _, _) in shape.linears.items():
         if name == shape.output_linear and targets == ["all-linear"]:
             continue
-        if targets == ["all-linear"] or any(_matches(name, t) for t in targets):
+        if targets == ["all-linear"] or any(matches(name, t) for t in targets):
             total += n_in
     return total // max(shape.layers, 1)

@@ -65,6 +65,9 @@ def train_report(
         "useful_token_fraction": result.useful_token_fraction,
         "steps": result.global_step,
         "epochs": result.epoch,
+        # the layers that got adapters, and any guide name mapped onto this model's own (e.g. Phi-3 qkv_proj)
+        "lora_targets": plan.lora_targets,
+        "lora_target_notes": plan.lora_target_notes,
         "trainable_params": counts[0],
         "total_params": counts[1],
         "train_loss_first": train_losses[0] if train_losses else None,

@@ -9,6 +9,7 @@ from typing import Any
 
 from tuneline.config import Config
 from tuneline.errors import ConfigError, TunelineError
+from tuneline.train.lora_targets import LoraTargets, resolve_targets
 from tuneline.train.memory import (
     USABLE_FRACTION,
     MemoryEstimate,
@@ -66,6 +67,9 @@ class Plan:
     options: list[MemoryEstimate] = field(default_factory=list)
     adjustments: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # the modules that get adapters (train.lora.target_modules resolved against this model's layers)
+    lora_targets: list[str] | str = field(default_factory=list)
+    lora_target_notes: list[str] = field(default_factory=list)  # requested names mapped to other layers
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (reports/plan.json)."""
@@ -243,9 +247,11 @@ def make_plan(
     t = cfg.train
     hf_config = load_model_config(cfg, model_config)
     shape: ModelShape = model_shape(hf_config, cfg.model.trust_remote_code)
+    targets = LoraTargets([])
     if t.method == "lora":
-        trainable, breakdown = lora_trainable(shape, t.lora.r, t.lora.target_modules, t.lora.bias)
-        lora_inputs = lora_dropout_inputs(shape, t.lora.target_modules, t.lora.dropout)
+        targets = resolve_targets(t.lora.target_modules, shape.linears)
+        trainable, breakdown = lora_trainable(shape, t.lora.r, targets.modules, t.lora.bias)
+        lora_inputs = lora_dropout_inputs(shape, targets.modules, t.lora.dropout)
     else:
         trainable, breakdown, lora_inputs = shape.params, {}, 0
     tpl = pick_lr(t.method, shape.params) if t.template == "auto" else anchor_row(t.method, t.template)
@@ -292,6 +298,8 @@ def make_plan(
         warnings.append("no GPU here: fit check skipped (set train.device_memory_gib to plan for a target)")
     for line in warnings:
         logger.warning("plan: %s", line)
+    for line in targets.notes:
+        logger.info("plan: LoRA target %s", line)
     return Plan(
         model=str(model_config) if isinstance(model_config, str | Path) else cfg.model.name_or_path,
         params=shape.params,
@@ -325,4 +333,6 @@ def make_plan(
         options=options,
         adjustments=adjustments,
         warnings=warnings,
+        lora_targets=targets.modules,
+        lora_target_notes=targets.notes,
     )

@@ -31,6 +31,12 @@ def render_plan(plan: Plan) -> str:
         f"model            {plan.model}  ({plan.params:,} parameters, {plan.params / 1e9:.2f} B)",
         f"method           {plan.method}  trainable {plan.trainable_params:,} "
         f"({plan.trainable_percent:.4f} %)" + (f"  [{lora}]" if lora else ""),
+        *(
+            [f"lora targets     {_targets(plan.lora_targets)}"]
+            + [f"                   {note}" for note in plan.lora_target_notes]
+            if plan.method == "lora"
+            else []
+        ),
         f"template         {plan.template_row}  ({plan.template_source})",
         f"learning rate    {plan.lr:.3g}  from {plan.lr_from}; "
         f"range {plan.lr_range[0]:.2g}..{plan.lr_range[1]:.2g}",
@@ -66,6 +72,10 @@ def render_plan(plan: Plan) -> str:
     if plan.warnings:
         lines += ["", "warnings:"] + [f"  ! {w}" for w in plan.warnings]
     return "\n".join(lines)
+
+
+def _targets(modules: list[str] | str) -> str:
+    return modules if isinstance(modules, str) else ", ".join(modules)
 
 
 def _same(a: MemoryEstimate, b: MemoryEstimate) -> bool:
