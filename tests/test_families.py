@@ -107,6 +107,23 @@ def test_mask_is_the_answer_and_its_end_of_turn(chats: dict[str, ChatFormat], fa
     assert all(s[-1] in chat.stop_ids for s in spans)  # every answer ends with a stop token
 
 
+def test_structured_tool_calls_from_ingest_render_like_the_json_text(chats: dict[str, ChatFormat]) -> None:
+    """ingest keeps a sharegpt call as text and as OpenAI structure; both render the same call."""
+    from tuneline.data.ingest import convert_row
+
+    row = {"tools": json.dumps([WEATHER["function"]]), "conversations": [
+        {"from": "human", "value": "Weather in Paris?"},
+        {"from": "function_call", "value": '{"name": "get_weather", "arguments": {"city": "Paris"}}'},
+        {"from": "observation", "value": '{"temp": 21}'}, {"from": "gpt", "value": "It is 21 degrees."}]}
+    structured = convert_row(row, "sharegpt", {}, {"file": "t.jsonl", "line": 1})
+    assert structured["messages"][1]["tool_calls"]
+    text_only = json.loads(json.dumps(structured))
+    del text_only["messages"][1]["tool_calls"], text_only["messages"][2]["tool_call_id"]
+    for name in ("qwen2_5", "llama3_1", "mistral_v0_3"):
+        chat = chats[name]
+        assert chat.encode(structured) == chat.encode(text_only), name
+
+
 def test_stop_set_holds_the_templates_end_of_turn(chats: dict[str, ChatFormat]) -> None:
     for name, family in FAMILIES.items():
         tok = chats[name].tokenizer

@@ -70,6 +70,15 @@ def test_sharegpt_tool_calls_and_tools_meta() -> None:
     assert roles(rec["messages"]) == ["system", "user", "assistant", "tool", "assistant"]
     assert rec["messages"][2]["content"] == call
     assert rec["meta"] == {"tools": [{"name": "get_time"}], formats.TOOL_CALL_KEY: [2]}
+    # The call is kept as structure too (OpenAI form), and the result names the call it answers.
+    [structured] = rec["messages"][2]["tool_calls"]
+    assert structured["type"] == "function"
+    assert structured["function"] == {"name": "get_time", "arguments": "{}"}
+    assert rec["messages"][3]["tool_call_id"] == structured["id"]
+    unreadable = convert_row({"conversations": [{"from": "human", "value": "Go"},
+                                                {"from": "function_call", "value": "get_time()"}]},
+                             "sharegpt", {}, SRC)
+    assert "tool_calls" not in unreadable["messages"][1]  # not JSON: kept as text only
 
 
 def test_messages_text_parts_and_openai_tool_calls() -> None:
@@ -92,6 +101,7 @@ def test_messages_text_parts_and_openai_tool_calls() -> None:
     assert roles(rec["messages"]) == ["system", "user", "assistant", "tool", "assistant"]
     assert rec["messages"][1]["content"] == "part one\ntwo"
     assert json.loads(rec["messages"][2]["content"]) == calls
+    assert rec["messages"][2]["tool_calls"] == calls and rec["messages"][3]["tool_call_id"] == "c1"
     assert rec["meta"] == {"tools": [{"type": "function"}], "lang": "en", formats.TOOL_CALL_KEY: [2]}
 
 

@@ -12,8 +12,11 @@ Formats (DESIGN §4):
   (canonical name -> column), auto-detected from common header names when none is given.
 
 Tool calls: an assistant turn that is a tool call (sharegpt ``function_call``, OpenAI ``tool_calls``) keeps
-``role: assistant`` with the call's JSON as ``content``; its index in ``messages`` is listed in
-``meta["tool_call_messages"]`` so later stages can leave structured payloads alone.
+``role: assistant`` with the call's JSON as ``content`` (what the text stages clean, dedup and check) and,
+when the call is readable, the OpenAI-style structure as ``tool_calls`` (``[{id, type: function,
+function: {name, arguments: JSON text}}]``); a tool result keeps the ``tool_call_id`` it answers. The
+turn's index in ``messages`` is listed in ``meta["tool_call_messages"]`` so later stages can leave
+structured payloads alone. Chat templates render the structure (`tuneline.lm.conversation`).
 
 What tuneline does not tune on is named, not mistaken for broken rows (`check_supported`, `check_media`):
 preference pairs (``chosen``/``rejected``, DPO-style) are ``unsupported_format``; rows with attached
@@ -26,6 +29,7 @@ Empty strings are *not* a problem here (`clean` owns empty content); absent, nul
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -134,6 +138,28 @@ def parse_tools(value: Any) -> Any:
     raise RowError("wrong_type", f"field `tools` must be a JSON string or a list, got {type(value).__name__}")
 
 
+def structured_call(text: str, seed: str) -> dict[str, Any] | None:
+    """A sharegpt `function_call` value (`{"name": ..., "arguments": {...}}` JSON) as an OpenAI tool call
+    with a stable id, or None when the text is not such a call (it then stays text only)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        return None
+    args = value.get("arguments", value.get("parameters", {}))
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(args, dict):
+        return None
+    digest = hashlib.sha256(seed.encode("utf-8", "surrogatepass")).hexdigest()[:9]
+    return {"id": f"call_{digest}", "type": "function",
+            "function": {"name": value["name"], "arguments": json.dumps(jsonable(args), ensure_ascii=False)}}
+
+
 def alpaca(row: dict[str, Any], category_field: str = "category") -> Converted:
     """Alpaca row -> messages: [system], history turns, user (instruction + input), assistant (output)."""
     instruction = require_str(row, "instruction")
@@ -172,6 +198,7 @@ def sharegpt(row: dict[str, Any], category_field: str = "category") -> Converted
         raise RowError("wrong_type", f"field `conversations` must be a list, got {type(turns).__name__}")
     messages: list[Message] = []
     tool_calls: list[int] = []
+    pending: list[str] = []  # ids of calls not answered yet
     system = optional_str(row, "system")
     if system:
         messages.append({"role": "system", "content": system})
@@ -185,9 +212,16 @@ def sharegpt(row: dict[str, Any], category_field: str = "category") -> Converted
             raise RowError(
                 "unknown_role", f"`conversations[{i}].from` is {sender!r}; known: {', '.join(SHAREGPT_ROLES)}"
             )
+        message: Message = {"role": role, "content": value}
         if sender == "function_call":
             tool_calls.append(len(messages))
-        messages.append({"role": role, "content": value})
+            call = structured_call(value, f"{i}\0{value}")
+            if call is not None:
+                message["tool_calls"] = [call]
+                pending.append(call["id"])
+        elif role == "tool" and pending:
+            message["tool_call_id"] = pending.pop(0)
+        messages.append(message)
     meta = _extra_meta(row, {"conversations", "system", "tools", category_field})
     if row.get("tools") is not None:
         meta["tools"] = parse_tools(row["tools"])
@@ -258,7 +292,12 @@ def messages_format(row: dict[str, Any], category_field: str = "category") -> Co
         elif content is None:
             kind = "missing" if "content" not in msg else "null"
             raise RowError(f"{kind}_field", f"field `messages[{i}].content` is {kind}")
-        messages.append({"role": role, "content": content})
+        message: Message = {"role": role, "content": content}
+        if calls:
+            message["tool_calls"] = jsonable(calls)
+        if role == "tool" and isinstance(msg.get("tool_call_id"), str):
+            message["tool_call_id"] = msg["tool_call_id"]
+        messages.append(message)
     meta = _extra_meta(row, {"messages", "tools", category_field})
     if row.get("tools") is not None:
         meta["tools"] = parse_tools(row["tools"])

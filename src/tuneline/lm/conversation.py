@@ -114,8 +114,13 @@ def template_messages(record: dict[str, Any], merge_system: bool = False
         raw_calls = msg.get("tool_calls")
         if role == "assistant" and (raw_calls or i in calls_at):
             text = content
-            if not raw_calls:
-                text, raw_calls = _parse_calls(content, where)
+            if i in calls_at:  # the content holds the call's JSON text (after any free text)
+                try:
+                    text, parsed = _parse_calls(content, where)
+                except RenderError:
+                    if not raw_calls:
+                        raise
+                raw_calls = raw_calls or parsed
             calls = []
             for raw in raw_calls:
                 original, name, args = _one_call(raw, where)
