@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tuneline.urls import SQLITE
+
 # Trainer log keys -> the metric names tuneline logs.
 METRIC_NAMES = {
     "loss": "train_loss", "learning_rate": "lr", "grad_norm": "grad_norm", "eval_loss": "val_loss",
@@ -57,14 +59,31 @@ def git_commit(cwd: Path) -> str | None:
     return done.stdout.strip() or None
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment of the store `uri` keeps its artifacts: `mlruns/` beside a sqlite database
+    file; None (the store's own default) for a server or any other store.
+
+    MLflow's default for a sqlite store is `./mlruns` of whichever directory the process happens to run
+    in, which scatters artifacts (and lets a run from another directory write into this checkout).
+    """
+    if not uri.startswith(SQLITE) or uri.startswith(SQLITE + ":memory:"):
+        return None
+    database = Path(uri.removeprefix(SQLITE).split("?", 1)[0])  # relative: to the cwd, as MLflow reads it
+    return str(database.resolve().parent / "mlruns")
+
+
 def start_run(uri: str, experiment: str, tags: dict[str, str], params: dict[str, str], name: str) -> str:
-    """Create the MLflow run with its tags and flat params; return its id."""
+    """Create the MLflow run with its tags and flat params; return its id.
+
+    A new experiment keeps its artifacts beside its store (`artifact_location`).
+    """
     import mlflow
     from mlflow.entities import Param
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        experiment, artifact_location=artifact_location(uri))
     run_id = client.create_run(exp_id, tags=tags, run_name=name).info.run_id
     items = sorted(params.items())
     for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
