@@ -1,8 +1,9 @@
 """A test run leaves the repository as it found it: tests write only into temporary folders.
 
 `conftest.py` snapshots `git status --porcelain --ignored` (every untracked and ignored file, one by one)
-when the session starts and fails the session at its end if an entry appeared: a test that wrote
-`mlruns/`, `mlflow.db`, `reports/...` or `.tuneline/` into the checkout, or changed a tracked file.
+when the session starts and fails the session at its end if a new path appeared: a test that wrote
+`mlruns/`, `mlflow.db`, `reports/...` or `.tuneline/` into the checkout. Changes to tracked files are
+not judged (someone editing the code while the tests run is no fault of the tests).
 What any Python run of the checkout produces anyway (the virtual environment, byte code, tool caches,
 the package's egg-info) is allowed. Outside a git checkout (an unpacked archive) there is nothing to
 compare, and the check is skipped.
@@ -36,7 +37,7 @@ def repo_root(project: Path) -> Path | None:
 
 
 def snapshot(root: Path) -> set[str]:
-    """`XY path` of every changed, untracked and ignored file under `root`, allowed paths left out."""
+    """`XY path` of every untracked (`??`) and ignored (`!!`) file under `root`, allowed paths left out."""
     done = subprocess.run(
         ["git", "status", "--porcelain=v1", "-z", "--ignored", "--untracked-files=all", "--", ".", *ALLOWED],
         cwd=root, capture_output=True, text=True, timeout=120, check=True,
@@ -48,7 +49,8 @@ def snapshot(root: Path) -> set[str]:
         status, path = field[:2], field[3:]
         if status[0] in "RC":
             next(fields, None)  # a rename's second field is the old path
-        entries.add(f"{status} {path}")
+        if status in ("??", "!!"):
+            entries.add(f"{status} {path}")
     return entries
 
 
