@@ -17,9 +17,10 @@ from typing import Any
 
 from tuneline.urls import SQLITE
 
-# Trainer log keys -> the metric names tuneline logs.
+# Trainer log keys -> the metric names tuneline logs, in the order of a history entry (the trainer's
+# own order; a checkpoint's log history comes back with sorted keys, and must give the same entries).
 METRIC_NAMES = {
-    "loss": "train_loss", "learning_rate": "lr", "grad_norm": "grad_norm", "eval_loss": "val_loss",
+    "loss": "train_loss", "grad_norm": "grad_norm", "learning_rate": "lr", "eval_loss": "val_loss",
 }
 
 
@@ -117,7 +118,8 @@ def metrics_callback(uri: str | None, run_id: str | None, history: list[dict[str
 
     class MetricsLog(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
-            metrics = {METRIC_NAMES[k]: float(v) for k, v in (logs or {}).items() if k in METRIC_NAMES}
+            logs = logs or {}
+            metrics = {name: float(logs[key]) for key, name in METRIC_NAMES.items() if key in logs}
             if "val_loss" in metrics:
                 metrics["val_perplexity"] = math.exp(min(metrics["val_loss"], 50.0))
             if not metrics or not state.is_world_process_zero:
