@@ -1,14 +1,17 @@
-"""Shared test setup: no progress bars, one thread, and a temporary workspace fixture (all offline)."""
+"""Shared test setup: no progress bars, one thread, a temporary workspace fixture (all offline), and the
+check that a test run leaves the repository as it found it (`repo_hygiene`)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from postgres_harness import postgres_url  # noqa: F401  (one PostgreSQL server per session)
 from prefect_harness import prefect_harness  # noqa: F401  (one Prefect test server per session)
+from repo_hygiene import new_entries, repo_root, snapshot
 
 os.environ.setdefault("TUNELINE_PROGRESS", "0")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -22,3 +25,19 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty workspace directory that is also the current directory."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_left_as_found() -> Iterator[None]:
+    """Fails the session when the tests wrote into the checkout (tests write only to temporary folders)."""
+    root = repo_root(Path(__file__).resolve().parents[1])
+    before = snapshot(root) if root is not None else None
+    yield
+    if root is None or before is None:  # not a git checkout: nothing to compare against
+        return
+    appeared = new_entries(before, snapshot(root))
+    if appeared:
+        more = f"\n  ... {len(appeared) - 30} more" if len(appeared) > 30 else ""
+        shown = "\n  ".join(appeared[:30]) + more
+        pytest.fail(f"the test run wrote into the repository {root} (tests must write only to temporary "
+                    f"folders); new in `git status --porcelain --ignored`:\n  {shown}", pytrace=False)

@@ -120,3 +120,25 @@ def test_effective_batch_must_divide_and_accumulation_is_derived() -> None:
     assert cfg.train.world_size == 2 and cfg.train.grad_accum == 4
     with pytest.raises(ConfigError, match=r"effective_batch \(30\) must be a multiple of per_device_batch"):
         load_config(None, ["train.effective_batch=30", "train.per_device_batch=4"])
+
+
+@pytest.mark.parametrize("lr", ["-0.1", "0", "1e9", ".nan"])
+def test_nonsense_learning_rate_is_refused_with_a_sensible_range(lr: str) -> None:
+    """A negative, zero, huge or NaN train.lr used to load (the plan only warned): now refused at load."""
+    with pytest.raises(ConfigError, match=r"train\.lr: .*\(0, 1\].*1e-4\.\.1e-3 for LoRA"):
+        load_config(None, [f"train.lr={lr}"])
+
+
+def test_learning_rate_auto_and_in_range_load() -> None:
+    assert load_config(None, ["train.lr=auto"]).train.lr == "auto"
+    assert load_config(None, ["train.lr=2e-4"]).train.lr == 2e-4
+    assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+
+
+@pytest.mark.parametrize("setting", ["train.eval_every=0", "train.eval_every=-2", "train.max_length=0",
+                                     "train.max_length=-512", "train.device_memory_gib=-1",
+                                     "train.device_memory_gib=0", "train.warmup=-0.1"])
+def test_nonsense_train_knobs_are_refused(setting: str) -> None:
+    key = setting.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{key}\b"):
+        load_config(None, [setting])

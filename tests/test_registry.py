@@ -125,8 +125,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     good = save_adapter(base, root / "adapter_good", noisy=False)
     bad = save_adapter(base, root / "adapter_bad", noisy=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    mp = pytest.MonkeyPatch()
-    mp.chdir(root)  # the sqlite store puts artifacts under ./mlruns
     runs = {}
     for name in ("good", "bad"):
         runs[name] = start_run(uri, "tuneline", LINEAGE, {"train.lr": "0.002"}, f"train-{name}")
@@ -143,7 +141,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "v_good": v_good,
         "v_bad": v_bad,
     }
-    mp.undo()
 
 
 def test_register_sets_challenger_and_lineage(world: dict[str, Any]) -> None:
@@ -159,6 +156,12 @@ def test_register_sets_challenger_and_lineage(world: dict[str, Any]) -> None:
     assert {k: info["tags"][k] for k in LINEAGE} == LINEAGE and info["tags"]["eval.loss"] == "9.9"
     assert info["run"]["git_commit"] == "0123abc" and info["run"]["status"] == "FINISHED"
     assert info["source"].startswith("models:/") and info["model_id"]
+    # The packaged model belongs to its run's experiment, its files beside the store: it used to land in
+    # the Default experiment, under ./mlruns of whatever directory the test ran in (the repository).
+    mc = client(uri)
+    model = mc.get_logged_model(info["model_id"])
+    assert model.experiment_id == mc.get_run(world["runs"]["bad"]).info.experiment_id
+    assert Path(model.artifact_location.removeprefix("file://")).is_relative_to(world["root"] / "mlruns")
 
 
 def test_pyfunc_round_trip_equals_in_process_greedy(world: dict[str, Any]) -> None:

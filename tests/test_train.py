@@ -156,6 +156,9 @@ def test_mlflow_run_has_params_metrics_and_tags(trained: tuple[Path, dict, Confi
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == report["steps"]
     tags = run.data.tags
     assert tags["params_hash"] == report["params_hash"] and len(tags["data_hash"]) == 64
+    # Artifacts go beside the store, not into ./mlruns of whatever directory the process ran in (the
+    # test suite used to write the repository's mlruns/ this way).
+    assert Path(exp.artifact_location.removeprefix("file://")) == root / "mlruns"
 
 
 def test_same_inputs_and_seed_give_the_same_adapter(

@@ -153,12 +153,18 @@ def _write_params(root: Path, cfg: dict[str, Any]) -> Path:
 
 @pytest.mark.integration
 def test_rerun_after_kill_9_resumes_to_the_same_adapter(tiny_base: Path, tmp_path: Path) -> None:
+    """Fault 20: after kill -9 the rerun resumed to the same weights, but lost the history of the steps
+    before the crash (so train_loss_first, the summary and the adapter folder's hash changed), left the
+    killed MLflow run RUNNING forever and an empty models/.adapter.tmp-* behind."""
+    import mlflow
+
+    from tuneline.train.recovery import REPLACED_BY_TAG, REPLACES_TAG
     from tuneline.train.train import run
 
     settings = config(tmp_path / "a", tiny_base, epochs=3, eval_every=2)
     first = workspace_with_data(tmp_path / "a")
-    run(Config.model_validate(settings), first)
-    expected = (tmp_path / "a" / "models" / "adapter" / "adapter_model.safetensors").read_bytes()
+    expected_report = run(Config.model_validate(settings), first)
+    expected = tmp_path / "a" / "models" / "adapter"
 
     root = tmp_path / "b"
     second = workspace_with_data(root)
@@ -177,10 +183,65 @@ def test_rerun_after_kill_9_resumes_to_the_same_adapter(tiny_base: Path, tmp_pat
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (root / "models" / "adapter").exists()
+    assert [p.name.startswith(".adapter.tmp-") for p in (root / "models").iterdir()] == [True]
+    # a folder of the same shape that tuneline did not make stays
+    (root / "models" / ".adapter.tmp-mine-keep").mkdir()
 
-    run(Config.model_validate(killed), second)
+    report = run(Config.model_validate(killed), second)
     facts = json.loads(second.report("train_run").read_text())
     assert facts["resumed_from"] and int(facts["resumed_from"].rsplit("-", 1)[1]) >= 4
-    resumed = (root / "models" / "adapter" / "adapter_model.safetensors").read_bytes()
-    assert resumed == expected  # same seed on CPU: the interruption left no trace in the weights
     assert not list(checkpoints.glob("*/checkpoint-*"))  # finished: checkpoints cleaned up
+
+    # The interruption left no trace: same report, same adapter folder byte for byte (so the same DVC
+    # hash, the same model version), the history from step 1.
+    assert report == expected_report
+    resumed = root / "models" / "adapter"
+    assert sorted(p.name for p in resumed.iterdir()) == sorted(p.name for p in expected.iterdir())
+    for path in expected.iterdir():
+        assert (resumed / path.name).read_bytes() == path.read_bytes(), path.name
+    history = json.loads((resumed / "train_summary.json").read_text())["history"]
+    assert [h["step"] for h in history if "train_loss" in h] == list(range(1, report["steps"] + 1))
+    assert second.report("train_health").read_text() == first.report("train_health").read_text()
+    assert sorted(p.name for p in (root / "models").iterdir()) == [".adapter.tmp-mine-keep", "adapter"]
+
+    client = mlflow.MlflowClient(tracking_uri=killed["tracking"]["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    by_status = {r.info.status: r for r in runs}
+    assert sorted(by_status) == ["FINISHED", "KILLED"] and len(runs) == 2
+    dead, done = by_status["KILLED"], by_status["FINISHED"]
+    assert dead.data.tags[REPLACED_BY_TAG] == done.info.run_id
+    assert done.data.tags[REPLACES_TAG] == dead.info.run_id
+    steps = [m.step for m in client.get_metric_history(done.info.run_id, "train_loss")]
+    assert sorted(steps) == list(range(1, report["steps"] + 1))  # the resumed run's curve is whole
+
+
+def test_a_second_train_of_the_same_output_is_refused_while_one_runs(tmp_path: Path) -> None:
+    from tuneline.train.recovery import OutputBusy, claim_output
+
+    out = tmp_path / "models" / "adapter"
+    with claim_output(tmp_path, out) as claim:
+        claim.record(mlflow_run_id="r1", tracking_uri="sqlite:///x.db")
+        with pytest.raises(OutputBusy, match="another `tuneline train` writing"):
+            with claim_output(tmp_path, out):
+                pass
+        with claim_output(tmp_path, tmp_path / "models" / "other"):  # another output: its own lock
+            pass
+    with claim_output(tmp_path, out) as claim:  # released by the clean exit, which also cleared the record
+        assert claim.previous == {}
+    with pytest.raises(RuntimeError), claim_output(tmp_path, out) as claim:
+        claim.record(mlflow_run_id="r3", tracking_uri="sqlite:///x.db")
+        raise RuntimeError("died")  # an exception (or a kill) keeps the record for the next holder
+    with claim_output(tmp_path, out) as claim:
+        assert claim.previous == {"mlflow_run_id": "r3", "tracking_uri": "sqlite:///x.db"}
+
+
+def test_only_tuneline_work_folders_of_this_output_are_dead(tmp_path: Path) -> None:
+    from tuneline.train.recovery import dead_work_dirs, new_work_dir
+
+    out = tmp_path / "models" / "adapter"
+    made = new_work_dir(out)
+    for name in (".adapter.tmp-notmine-longer", ".adapterx.tmp-abcdefgh", ".other.tmp-abcdefgh", "adapter"):
+        (out.parent / name).mkdir()
+    (out.parent / ".adapter.tmp-file1234").write_text("a file, not a work folder")
+    (out.parent / ".adapter.tmp-link1234").symlink_to(tmp_path)
+    assert dead_work_dirs(out) == [made]

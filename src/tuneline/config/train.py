@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tuneline.config.base import Section
 
@@ -45,7 +45,8 @@ class TrainParams(Section):
     method: Literal["lora", "full"] = Field("lora", description="LoRA adapters or full fine-tuning.")
     lora: LoraParams = Field(default_factory=LoraParams, description="LoRA settings (method: lora).")
     lr: float | Literal["auto"] = Field(
-        "auto", description="Peak learning rate; `auto`: from the template by model size and method."
+        "auto",
+        description="Peak learning rate, in (0, 1]; `auto`: from the template by model size and method.",
     )
     template: Literal["auto", "7b", "13b", "70b"] = Field(
         "auto",
@@ -62,7 +63,7 @@ class TrainParams(Section):
     per_device_batch: int = Field(4, ge=1, description="Sequences per device per forward pass.")
     num_processes: int = Field(1, ge=1, description="Data-parallel processes (GPUs) per node.")
     num_nodes: int = Field(1, ge=1, description="Machines taking part.")
-    max_length: int | Literal["auto"] = Field(
+    max_length: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto", description="Tokens per sequence; `auto` picks from task.type and the measured lengths."
     )
     long_rows: Literal["truncate", "drop"] = Field(
@@ -74,7 +75,7 @@ class TrainParams(Section):
         description="Pack several rows into each sequence (positions restart per row, no attention across "
         "rows); with packing, effective_batch counts packed sequences.",
     )
-    eval_every: int | Literal["epoch"] = Field(
+    eval_every: Annotated[int, Field(ge=1)] | Literal["epoch"] = Field(
         "epoch", description="Evaluate on val (and checkpoint) every N optimizer steps, or once per epoch."
     )
     early_stopping_patience: int = Field(
@@ -110,7 +111,7 @@ class TrainParams(Section):
     zero_stage: Literal["auto", 0, 2, 3] = Field(
         "auto", description="DeepSpeed ZeRO stage; `auto` picks the smallest that fits the device memory."
     )
-    device_memory_gib: float | Literal["auto"] = Field(
+    device_memory_gib: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
         "auto", description="Memory per device the plan must fit; `auto` reads it from the device."
     )
     on_plan_too_big: Literal["refuse", "adjust"] = Field(
@@ -127,6 +128,18 @@ class TrainParams(Section):
     def grad_accum(self) -> int:
         """Accumulation steps derived so that per_device x world_size x accumulation = effective_batch."""
         return self.effective_batch // (self.per_device_batch * self.world_size)
+
+    @field_validator("lr")
+    @classmethod
+    def _sensible_lr(cls, lr: float | str) -> float | str:
+        # A negative, zero or huge LR trains nothing or diverges at once: refuse it before any GPU time
+        # (the plan only warns about a value outside the template's range, which may be deliberate).
+        if lr != "auto" and not 0 < lr <= 1:  # also refuses NaN
+            raise ValueError(
+                f"{lr} is no learning rate: use `auto` or a number in (0, 1]; sensible peaks are about "
+                "1e-4..1e-3 for LoRA (up to ~1e-2 on tiny models) and 1e-6..1e-4 for full fine-tuning"
+            )
+        return lr
 
     @model_validator(mode="after")
     def _divisible(self) -> "TrainParams":

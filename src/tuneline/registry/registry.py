@@ -65,6 +65,26 @@ def using_tracking_uri(uri: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
+@contextmanager
+def in_experiment(experiment_id: str) -> Iterator[None]:
+    """Make `experiment_id` MLflow's process-wide experiment (its env variable), restored on exit.
+
+    MLflow 3 files a logged model under the active experiment, not its run's: without this, the model
+    lands in the store's `Default` experiment, whose artifacts live in `./mlruns` of whichever directory
+    created the store, instead of beside the training run's.
+    """
+    saved = {k: os.environ.pop(k, None) for k in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")}
+    os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def aliases_of(uri: str, model_name: str) -> dict[str, str]:
     """{alias: version} of the registered model, read in one call (a consistent snapshot); {} when the
     model is not registered yet."""
@@ -161,6 +181,7 @@ def register_candidate(
     with (
         tempfile.TemporaryDirectory(prefix="tuneline-code-") as tmp,
         using_tracking_uri(uri),
+        in_experiment(run.info.experiment_id),
         warnings.catch_warnings(),
     ):
         # No input example on purpose: MLflow would load the whole base model to validate it.

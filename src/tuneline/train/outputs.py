@@ -28,6 +28,16 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _loss_mean(losses: list[float]) -> float | None:
+    """Mean of the per-step losses of the whole run, summed in order as transformers sums its
+    `training_loss` (the same float for an uninterrupted run); the trainer's own number covers only
+    the steps since the last resume."""
+    total = 0.0
+    for loss in losses:
+        total += loss
+    return total / len(losses) if losses else None
+
+
 def train_report(
     cfg: Config,
     plan: Plan,
@@ -75,7 +85,7 @@ def train_report(
         # Single steps are noisy: the means of the first and last tenth of the logged steps show the trend.
         "train_loss_start_avg": _mean(train_losses[:tenth]),
         "train_loss_end_avg": _mean(train_losses[-tenth:]),
-        "train_loss_mean": result.training_loss,
+        "train_loss_mean": _loss_mean(train_losses),
         "val_loss_before": result.val_before,
         "val_loss_best": val_best,
         # history ends with the evaluation of the restored best checkpoint; the one before is the last epoch's

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from tuneline.redact import redact
+from tuneline.urls import SQLITE
 
-# Trainer log keys -> the metric names tuneline logs.
+# Trainer log keys -> the metric names tuneline logs, in the order of a history entry (the trainer's
+# own order; a checkpoint's log history comes back with sorted keys, and must give the same entries).
 METRIC_NAMES = {
-    "loss": "train_loss", "learning_rate": "lr", "grad_norm": "grad_norm", "eval_loss": "val_loss",
+    "loss": "train_loss", "grad_norm": "grad_norm", "learning_rate": "lr", "eval_loss": "val_loss",
 }
 
 
@@ -59,14 +61,31 @@ def git_commit(cwd: Path) -> str | None:
     return done.stdout.strip() or None
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment of the store `uri` keeps its artifacts: `mlruns/` beside a sqlite database
+    file; None (the store's own default) for a server or any other store.
+
+    MLflow's default for a sqlite store is `./mlruns` of whichever directory the process happens to run
+    in, which scatters artifacts (and lets a run from another directory write into this checkout).
+    """
+    if not uri.startswith(SQLITE) or uri.startswith(SQLITE + ":memory:"):
+        return None
+    database = Path(uri.removeprefix(SQLITE).split("?", 1)[0])  # relative: to the cwd, as MLflow reads it
+    return str(database.resolve().parent / "mlruns")
+
+
 def start_run(uri: str, experiment: str, tags: dict[str, str], params: dict[str, str], name: str) -> str:
-    """Create the MLflow run with its tags and flat params; return its id."""
+    """Create the MLflow run with its tags and flat params; return its id.
+
+    A new experiment keeps its artifacts beside its store (`artifact_location`).
+    """
     import mlflow
     from mlflow.entities import Param
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        experiment, artifact_location=artifact_location(uri))
     # Params and tags are shown to everyone who can read the tracking server: no credentials in them.
     run_id = client.create_run(exp_id, tags=redact(tags), run_name=name).info.run_id
     items = sorted(redact(params).items())
@@ -101,7 +120,8 @@ def metrics_callback(uri: str | None, run_id: str | None, history: list[dict[str
 
     class MetricsLog(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
-            metrics = {METRIC_NAMES[k]: float(v) for k, v in (logs or {}).items() if k in METRIC_NAMES}
+            logs = logs or {}
+            metrics = {name: float(logs[key]) for key, name in METRIC_NAMES.items() if key in logs}
             if "val_loss" in metrics:
                 metrics["val_perplexity"] = math.exp(min(metrics["val_loss"], 50.0))
             if not metrics or not state.is_world_process_zero:

@@ -14,9 +14,11 @@ The stage, in the parent process:
    monitor's alerts) and `reports/train_curves.html` (loss and LR curves).
 
 Checkpoints live in `.tuneline/checkpoints/<run key>`; the key covers params, data and base model,
-so a rerun after a crash (even kill -9) resumes its own run and never someone else's. A run stopped
-by the health monitor (NaN loss) writes its diagnosis, marks the MLflow run failed and writes no
-adapter.
+so a rerun after a crash (even kill -9) resumes its own run and never someone else's, and ends with
+the history, the report and the adapter (byte for byte) of an uninterrupted run. While it runs, the
+stage holds its output's lock (`recovery`): the rerun removes the work folder of the killed attempt
+and marks its MLflow run KILLED. A run stopped by the health monitor (NaN loss) writes its diagnosis,
+marks the MLflow run failed and writes no adapter.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,15 @@ from tuneline.train.inputs import read_split, resolve_model_path
 from tuneline.train.outputs import sort_target_modules, train_report
 from tuneline.train.packing import pack_rows
 from tuneline.train.plan import Plan, backoff, make_plan
+from tuneline.train.recovery import (
+    REPLACES_TAG,
+    OutputClaim,
+    claim_output,
+    mark_killed,
+    new_work_dir,
+    remove_dead_work_dirs,
+    stale_run,
+)
 from tuneline.train.run_attempt import Attempt, OutOfMemory, run_attempt
 from tuneline.train.token_cache import tokenize_split
 from tuneline.train.tracking import (
@@ -55,6 +66,7 @@ from tuneline.train.tracking import (
     sha256_files,
     start_run,
 )
+from tuneline.urls import anchored_url
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +109,17 @@ def run(cfg: Config, layout: Layout) -> dict:
         TrainingError: the health monitor stopped the run, or memory ran out after every back-off.
         OutputPathError: train.output_dir is outside the workspace, or holds files tuneline did not write
             (checked before any training).
+        OutputBusy: another `tuneline train` writing the same output is running.
     """
-    started = time.monotonic()
     out = inside_workspace(layout.root, cfg.train.output_dir, OUTPUT_SETTING, cfg.allow_outside_workspace)
     check_replaceable(out, OUTPUT_SETTING)
+    with claim_output(layout.root, out) as claim:
+        return _run(cfg, layout, claim)
+
+
+def _run(cfg: Config, layout: Layout, claim: OutputClaim) -> dict:
+    """`run`, holding the output's lock."""
+    started = time.monotonic()
     train_path, val_path = layout.processed("train"), layout.processed("val")
     train_records, val_records = read_split(layout, "train"), read_split(layout, "val")
     model_path = resolve_model_path(cfg, layout)
@@ -135,15 +154,24 @@ def run(cfg: Config, layout: Layout) -> dict:
     if commit:
         tags["git_commit"] = commit
     uri = cfg.tracking.uri
+    killed = stale_run(claim.previous)  # the run of an attempt that died (kill -9) while holding the lock
+    if killed:
+        tags[REPLACES_TAG] = killed
     run_id = start_run(uri, cfg.tracking.experiment, tags, {**params_flat, **plan_flat},
                        f"train-{cfg.train.method}")
+    claim.record(mlflow_run_id=run_id, tracking_uri=anchored_url(uri, layout.root), pid=os.getpid())
+    if killed:
+        mark_killed(claim.previous, killed, replaced_by=run_id)
 
     run_key = hashlib.sha256(f"{p_hash}\0{data_hash}\0{_model_fingerprint(model_path)}".encode()).hexdigest()
-    checkpoints = layout.root / CHECKPOINTS / run_key[:16]
+    # Absolute: the trainer state records the best checkpoint's path, which a rerun from another working
+    # directory (the CLI killed, the rerun in a flow) must still find.
+    checkpoints = (layout.root / CHECKPOINTS / run_key[:16]).resolve()
     if cfg.train.resume == "never":
         shutil.rmtree(checkpoints, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    out = claim.out
+    remove_dead_work_dirs(out)  # only dead attempts' work folders exist while this process holds the lock
+    work = new_work_dir(out)
     final = work / "final"
     attempt = Attempt(cfg=cfg, plan=plan, model_path=model_path, train_rows=train_rows, val_rows=val_rows,
                       checkpoints=checkpoints, save_to=final, work=work, tracking_uri=uri, run_id=run_id)

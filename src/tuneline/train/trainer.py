@@ -7,11 +7,15 @@ base's loss), trains with evaluation and a checkpoint every `train.eval_every`, 
 says so), restores the best checkpoint, and saves it (main process only).
 
 Checkpoints hold the optimizer, scheduler and RNG states, so `resume=True` continues a killed run
-exactly where its last checkpoint left it.
+exactly where its last checkpoint left it. They also hold the trainer state: its log history and the
+state of the stateful callbacks (early stopping's patience, the token counts). A resumed run puts both
+back (`_resume_callback`): the metrics log and the health monitor see the steps before the checkpoint
+again, so the history, the report and the adapter's summary are those of an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +23,7 @@ from typing import Any
 
 from tuneline.config.loader import Config
 from tuneline.progress import enabled as progress_enabled
-from tuneline.train.packing import TokenCounter, collate_packed, collate_padded
+from tuneline.train.packing import collate_packed, collate_padded
 from tuneline.train.plan import Plan
 
 logger = logging.getLogger(__name__)
@@ -57,15 +61,18 @@ class Rows:
         row = self.rows[index]
         return list(row.get("row_ids") or [row.get("row_id")])
 
+    def tokens(self, index: int) -> int:
+        return len(self.rows[index]["input_ids"])
 
-def make_collator(packed: bool, pad_id: int, counter: TokenCounter | None) -> Any:
+
+def make_collator(packed: bool, pad_id: int) -> Any:
     """Collate rows into a batch, plus `pack_index` (the trainer maps a bad batch back to row ids)."""
     import torch
 
     collate = collate_packed if packed else collate_padded
 
     def collator(rows: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = collate(rows, pad_id, counter)
+        batch = collate(rows, pad_id)
         batch["pack_index"] = torch.tensor([r["index"] for r in rows], dtype=torch.long)
         return batch
 
@@ -136,17 +143,73 @@ def training_args(cfg: Config, plan: Plan, out: Path) -> Any:
     )
 
 
+def _token_counts() -> Any:
+    """Real vs. padded tokens of the training batches (the useful-token fraction): a stateful callback,
+    so checkpoints keep the counts and a resumed run goes on counting from them."""
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
+
+    class TokenCounts(TrainerCallback, ExportableState):
+        def __init__(self) -> None:
+            self.real = 0
+            self.total = 0
+
+        @property
+        def useful_fraction(self) -> float | None:
+            return self.real / self.total if self.total else None
+
+        def state(self) -> dict[str, Any]:
+            return {"args": {}, "attributes": {"real": self.real, "total": self.total}}
+
+    return TokenCounts()
+
+
+def _resume_callback(replay_to: list[Any], restore: list[Any]) -> Any:
+    """A callback that, when training resumes from a checkpoint, puts back what the checkpoint's trainer
+    state remembers: the attributes of the stateful callbacks in `restore`, and the log history before
+    the checkpoint, replayed into `replay_to` (each entry as the log, and the evaluation, it was)."""
+    from transformers import TrainerCallback, TrainerControl
+
+    class ResumeFromTrainerState(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if not state.global_step:
+                return  # a fresh start: nothing to put back
+            for callback in restore:
+                name = type(callback).__name__
+                saved = state.stateful_callbacks.get(name)
+                if isinstance(saved, dict):
+                    for key, value in (saved.get("attributes") or {}).items():
+                        setattr(callback, key, value)
+                else:  # a checkpoint from before this callback kept state: the next save must find a slot
+                    state.stateful_callbacks[name] = callback.state()
+            for entry in list(state.log_history):
+                view = copy.copy(state)
+                view.global_step = int(entry.get("step", 0))
+                for callback in replay_to:
+                    # A scratch control: the replayed past must not stop (or save) the present.
+                    callback.on_log(args, view, TrainerControl(), logs=dict(entry))
+                    if "eval_loss" in entry:
+                        callback.on_evaluate(args, view, TrainerControl(), metrics=dict(entry))
+
+    return ResumeFromTrainerState()
+
+
 def _trainer_class() -> Any:
     import torch
     from transformers import Trainer
 
     class TunelineTrainer(Trainer):
-        """Trainer that maps a non-finite training loss back to the rows of its batch."""
+        """Trainer that counts the real tokens of its training batches and maps a non-finite training
+        loss back to the rows of its batch."""
 
         monitor: Any = None
+        token_counts: Any = None
 
         def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False, **kw: Any) -> Any:
             index = inputs.pop("pack_index", None)
+            if model.training and index is not None and self.token_counts is not None:
+                self.token_counts.real += sum(self.train_dataset.tokens(i) for i in index.tolist())
+                self.token_counts.total += int(inputs["input_ids"].numel())
             out = super().compute_loss(model, inputs, return_outputs=return_outputs, **kw)
             loss = out[0] if return_outputs else out
             if model.training and self.monitor is not None and not torch.isfinite(loss.detach()).all():
@@ -191,24 +254,25 @@ def fit(
     from transformers.trainer_callback import PrinterCallback
 
     checkpoints = Path(args.output_dir)
-    counter = TokenCounter()
+    counts = _token_counts()
+    stopping = EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience)
     trainer = _trainer_class()(
         model=model,
         args=args,
         train_dataset=Rows(train_rows),
         eval_dataset=Rows(val_rows),
-        data_collator=make_collator(cfg.train.packing, tokenizer.pad_token_id, counter),
+        data_collator=make_collator(cfg.train.packing, tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[*callbacks,
-                   EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience)],
+        callbacks=[_resume_callback(replay_to=callbacks, restore=[counts, stopping]), *callbacks, stopping,
+                   counts],
     )
     trainer.monitor = monitor
+    trainer.token_counts = counts
     trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout: MLflow and the log have them
     start = latest_checkpoint(checkpoints) if resume else None
     if start is not None:
         logger.info("train: resuming from %s", start)
     val_before = None if args.eval_on_start else float(trainer.evaluate()["eval_loss"])  # the base's
-    counter.real = counter.total = 0  # count training batches only
     began = time.monotonic()
     result = trainer.train(resume_from_checkpoint=str(start) if start else None)
     seconds = time.monotonic() - began
@@ -229,6 +293,6 @@ def fit(
         training_loss=float(result.training_loss),
         val_before=val_before,
         val_best=val_best,
-        useful_token_fraction=counter.useful_fraction,
+        useful_token_fraction=counts.useful_fraction,
         train_seconds=seconds,
     )
