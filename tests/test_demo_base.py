@@ -182,3 +182,18 @@ def test_params_reject_heads_that_do_not_divide_width() -> None:
         DemoBaseParams(hidden_size=64, num_heads=3)
     with pytest.raises(ValueError, match="num_heads"):
         DemoBaseParams(hidden_size=12, num_heads=4)  # head width 3 is odd: RoPE needs pairs
+
+
+def test_not_built_when_another_model_is_named(tmp_path: Path) -> None:
+    """`dvc exp run -S model.name_or_path=<another model>` must not spend minutes building the demo base
+    nobody trains: the stage leaves a note in its output folder and says so in its report."""
+    from tuneline.train.demo_base import NOT_BUILT
+
+    write_jsonl(tmp_path / "data" / "processed" / "train.jsonl", tiny_records())
+    cfg = Config.model_validate({"model": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct",
+                                           "demo": {**TINY, "pretrain_steps": 2}}})
+    info = build_base(cfg, tmp_path)
+    out = tmp_path / "models" / "base"
+    assert info["built"] is False and "Qwen/Qwen2.5-0.5B-Instruct" in info["reason"]
+    assert (out / NOT_BUILT).is_file() and not (out / BUILD_INFO).is_file()
+    assert json.loads((tmp_path / "reports" / "build_base.json").read_text())["built"] is False

@@ -120,8 +120,8 @@ def test_build_base_refuses_an_output_dir_outside_the_workspace(tmp_path: Path) 
 def test_build_base_outside_the_workspace_when_allowed(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     write_jsonl(ws / "data" / "processed" / "train.jsonl", tiny_records())
-    cfg = Config.model_validate({"allow_outside_workspace": True,
-                                 "model": {"demo": {**TINY, "pretrain_steps": 2, "output_dir": "../base"}}})
+    cfg = Config.model_validate({"allow_outside_workspace": True, "model": {
+        "name_or_path": "../base", "demo": {**TINY, "pretrain_steps": 2, "output_dir": "../base"}}})
     build_base(cfg, ws)
     assert (tmp_path / "base" / BUILD_INFO).is_file() and (tmp_path / "base" / MARKER).is_file()
     build_base(cfg, ws)  # its own output: replaced
