@@ -58,6 +58,7 @@ APPROVAL_DECISIONS = ("approved", "rejected")
 GATE_STATUS = "gate.status"  # the verdict; written last, so its presence means "judged"
 JUDGED_AGAINST = "gate.champion"  # the champion version the gate compared against ("none": there was none)
 NONE = "none"
+Refusal = Literal["retired", "rejected", "approval_rejected", "stale_evaluation"]
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def _version_or_none(value: str) -> str | None:
 
 def refusal(
     tags: Mapping[str, str], version: str, champion: str | None, *, require_evidence: bool = False
-) -> tuple[str, str] | None:
+) -> tuple[Refusal, str] | None:
     """Why `version` (given its tags) may not replace `champion`, as (status, reason); None when it may.
 
     Pure, so `promote` applies it under the lock and callers can apply it before acting (e.g. before

@@ -284,8 +284,8 @@ def approve(cfg: Config, layout: Layout, version: str, approver: str, note: str 
     why = None if champion == version else refusal(tags, version, champion, require_evidence=True)
     if why is not None:
         logger.warning("promote: approval of version %s refused (%s): %s", version, *why)
-        return PromotionResult(False, why[0], version, champion,  # type: ignore[arg-type]
-                               current.get(reg.previous_alias), why[1]).to_dict()
+        return PromotionResult(False, why[0], version, champion, current.get(reg.previous_alias),
+                               why[1]).to_dict()
     record_approval(uri, reg.model_name, version, approver, "approved", note)
     judged = tags.get(JUDGED_AGAINST)  # present unless the version is the champion already
     expected = champion if champion == version else (None if judged == NONE else judged)
