@@ -34,8 +34,11 @@ def make_model(uri: str, name: str, versions: int = 2, champion: str | None = "1
     """A registered model with cheap versions (no packaged model) and the A/B aliases."""
     mc = client(uri)
     mc.create_registered_model(name)
-    for i in range(versions):  # each passed the offline gate (only such a version is canaried)
-        mc.create_model_version(name, source=f"/nowhere/{name}/{i + 1}", tags={"gate.status": "promote"})
+    for i in range(versions):  # each passed the offline gate (only such a version is canaried), the
+        # first with no champion to compare against, the others against the champion
+        judged = "none" if i == 0 else (champion or "none")
+        mc.create_model_version(name, source=f"/nowhere/{name}/{i + 1}",
+                                tags={"gate.status": "promote", "gate.champion": judged})
     if champion:
         mc.set_registered_model_alias(name, "champion", champion)
     if challenger:
@@ -229,3 +232,62 @@ def test_a_winner_that_did_not_pass_the_gate_is_not_promoted(tmp_path: Path, reg
     assert out["decision"]["action"] == "promote"
     assert out["result"]["status"] == "rejected" and "gate.status is rejected" in out["result"]["reason"]
     assert aliases_of(registry, "ungated")["champion"] == "1"
+
+
+def test_a_winner_the_gate_sent_for_approval_waits_for_it(tmp_path: Path, registry: str) -> None:
+    """Fault: `ab decide` read promote.require_approval (off) instead of the challenger's own verdict
+    (gate.status await_approval) and promoted it with no approval."""
+    make_model(registry, "verdict")
+    client(registry).set_model_version_tag("verdict", "2", "gate.status", "await_approval")
+    cfg = settings(tmp_path, registry, "verdict")  # promote.require_approval is off today
+    store = FeedbackStore(cfg.serve.store_url)
+    arms(store, "verdict", champion=(300, 150), challenger=(300, 240))
+    out = run(cfg, Layout(tmp_path), store)
+    assert out["decision"]["action"] == "promote" and out["result"]["status"] == "needs_approval"
+    assert aliases_of(registry, "verdict") == {"champion": "1", "challenger": "2"}
+    record_approval(registry, "verdict", "2", "release-manager", "approved")
+    tags = version_info(registry, "verdict", "2")["tags"]
+    assert tags["approval.gate_status"] == "await_approval" and tags["approval.champion"] == "1"
+    assert run(cfg, Layout(tmp_path), store)["result"]["status"] == "promoted"
+    assert aliases_of(registry, "verdict")["champion"] == "2"
+
+
+def test_a_winner_judged_against_another_champion_is_stale(tmp_path: Path, registry: str) -> None:
+    """Fault: a canary judged offline against champion 1 was promoted on live feedback over champion 3,
+    which its gate never compared it with. Also a version with no record of its champion (fail closed)."""
+    make_model(registry, "moved", versions=3, champion="3")
+    client(registry).set_model_version_tag("moved", "2", "gate.champion", "1")  # judged when 1 was champion
+    cfg = settings(tmp_path, registry, "moved")
+    store = FeedbackStore(cfg.serve.store_url)
+    simulate(store, "moved", "3", "champion", 300, 150, seed=1)
+    simulate(store, "moved", "2", "challenger", 300, 240, seed=2)
+    out = run(cfg, Layout(tmp_path), store)
+    assert out["decision"]["action"] == "promote" and out["result"]["status"] == "stale_evaluation"
+    assert "judged against champion 1" in out["result"]["reason"] and "evaluate" in out["result"]["reason"]
+    assert aliases_of(registry, "moved") == {"champion": "3", "challenger": "2"}
+    client(registry).delete_model_version_tag("moved", "2", "gate.champion")
+    out = run(cfg, Layout(tmp_path), store)
+    assert out["result"]["status"] == "stale_evaluation" and "no record" in out["result"]["reason"]
+    assert aliases_of(registry, "moved")["champion"] == "3"
+
+
+def test_a_retired_challenger_can_never_be_approved(tmp_path: Path, registry: str) -> None:
+    """Fault: `tuneline promote --approve` made champion a version `ab decide` had retired as
+    significantly worse (its gate.status still said it passed)."""
+    from tuneline.promote.stage import approve
+
+    make_model(registry, "retired")
+    cfg = settings(tmp_path, registry, "retired", promote={"require_approval": True})
+    store = FeedbackStore(cfg.serve.store_url)
+    arms(store, "retired", champion=(300, 240), challenger=(300, 150))
+    assert run(cfg, Layout(tmp_path), store)["result"]["status"] == "retired"
+    result = approve(cfg, Layout(tmp_path), "2", "release-manager")
+    assert not result["promoted"] and result["status"] == "retired"
+    assert "never promoted" in result["reason"]
+    assert aliases_of(registry, "retired") == {"champion": "1"}
+    assert "approval.decision" not in version_info(registry, "retired", "2")["tags"]  # nothing recorded
+    # Nor by a direct alias move that skips the approval step.
+    from tuneline.promote.aliases import promote
+
+    assert promote(registry, "retired", "2", "1").status == "retired"
+    assert aliases_of(registry, "retired") == {"champion": "1"}

@@ -72,6 +72,7 @@ def test_better_candidate_is_promoted_worse_one_refused(tiny_base: Path, workspa
     evaluation, promotion = cycle(cfg, workspace)
     cand, base = evaluation["variants"]["candidate"], evaluation["variants"]["base"]
     assert cand["loss"] < base["loss"] - 0.01 and "champion" not in evaluation["variants"]
+    assert evaluation["champion_version"] is None and evaluation["champion_adapter_sha256"] is None
     assert promotion["result"]["status"] == "promoted" and promotion["champion_after"] == "1"
     assert promotion["parity"]["parity"] and promotion["parity"]["rows"] == 3
     from tuneline.promote.stage import run as promote_again
@@ -85,10 +86,20 @@ def test_better_candidate_is_promoted_worse_one_refused(tiny_base: Path, workspa
     crippled = settings(root, tiny_base, train__lr=1e-7)
     evaluation, promotion = cycle(crippled, workspace)
     assert "champion" in evaluation["variants"]  # compared with the champion on the same rows
+    # ... and says which champion that was, and which model it scored (promote judges on that evidence).
+    from tuneline.promote.stage import adapter_sha256
+    from tuneline.registry.registry import version_info
+
+    champion_tags = version_info(crippled.tracking.uri, crippled.registry.model_name, "1")["tags"]
+    assert evaluation["champion_version"] == "1"
+    assert evaluation["champion_adapter_sha256"] == champion_tags["adapter_sha256"]
+    assert evaluation["candidate_adapter_sha256"] == adapter_sha256(root / crippled.train.output_dir)
     assert promotion["result"]["status"] == "rejected" and promotion["version"] == "2"
     failed = promotion["decision"]["failed"]
     assert "beats_base" in failed and "vs_champion" in failed
     assert promotion["champion_after"] == "1"  # the champion stays
+    tags = version_info(crippled.tracking.uri, crippled.registry.model_name, "2")["tags"]
+    assert tags["gate.champion"] == "1" and tags["gate.champion_sha256"] == champion_tags["adapter_sha256"]
     on_disk = json.loads((root / "reports" / "promote.json").read_text())
     assert on_disk["decision"]["rows"] and on_disk["result"]["status"] == "rejected"
 

@@ -124,10 +124,13 @@ def decision_tags(decision: Decision, at: str) -> dict[str, str]:
 def run(cfg: Config, layout: Layout, store: FeedbackStore | None = None) -> dict[str, Any]:
     """Report, decide, tag the challenger, act; write reports/ab_decision.json.
 
-    promote: `promote(..., expected_champion=<the report's champion>, require_approval=
-    cfg.promote.require_approval)`; with approval required the status stays "needs_approval" until
-    `tuneline promote --approve VERSION`. retire: `retire_challenger`. collect / no_challenger: nothing
-    moves. A champion that moved since the report makes the promotion a "conflict" (nothing moves).
+    promote: only a challenger whose recorded gate.status passed; `promote(..., expected_champion=<the
+    report's champion>)`, with the approval the version's own verdict asks for (gate.status
+    await_approval, or promote.require_approval now): the status stays "needs_approval" until
+    `tuneline promote --approve VERSION`. The version must have been judged against the current
+    champion ("stale_evaluation" otherwise) and not retired. retire: `retire_challenger`. collect /
+    no_challenger: nothing moves. A champion that moved since the report makes the promotion a
+    "conflict" (nothing moves).
 
     Returns:
         {"decision": Decision.to_dict(), "result": PromotionResult.to_dict() or None, "aliases_before",
@@ -155,8 +158,11 @@ def run(cfg: Config, layout: Layout, store: FeedbackStore | None = None) -> dict
                                  f"version {decision.challenger} won the A/B test but its gate.status is "
                                  f"{gate or 'unset'}; only a version that passed the gate is promoted")
     elif decision.action == "promote":
+        # The version's recorded verdict is the evidence: a gate that asked for a person's approval
+        # still asks for it, whatever promote.require_approval says today.
         result = promote(uri, reg.model_name, decision.challenger, decision.champion, reg,
-                         require_approval=cfg.promote.require_approval)
+                         require_approval=gate != "promote" or cfg.promote.require_approval,
+                         require_evidence=True)
     elif decision.action == "retire":
         result = retire_challenger(uri, reg.model_name, decision.challenger, decision.reason, reg)
     after = aliases_of(uri, reg.model_name)

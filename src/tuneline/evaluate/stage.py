@@ -9,7 +9,10 @@ The held-out **test** split (never used for training or checkpoint selection) an
   `task.output_schema` is set; overall and per category.
 
 Variants: `base` (no adapter), `candidate` (models/adapter) and `champion` (the registry's
-`registry.champion_alias`, when one exists). Writes `reports/evaluate.json` (DVC metrics, no
+`registry.champion_alias`, when one exists). The report records what was compared: the champion's
+version and adapter sha256 (`champion_version`, `champion_adapter_sha256`; None without a champion)
+and the candidate's (`candidate_adapter_sha256`), so promote judges only against the champion the
+evaluation saw. Writes `reports/evaluate.json` (DVC metrics, no
 timings) and `reports/review.html` (sampled prompts side by side, for human review), and logs an
 MLflow run (tag `train_run_id` links it to the training run) with every metric, the per-row table
 and the review page.
@@ -111,7 +114,8 @@ def run(cfg: Config, layout: Layout, champion: tuple[str, str | None] | None = N
 
     Args:
         champion: (base path, adapter path) of the champion to compare against; None looks it up in the
-            registry (`registry.champion_alias`) and skips it when there is none.
+            registry (`registry.champion_alias`) and skips it when there is none. A champion given by
+            path is no registry version (champion_version None), so promote will not judge against it.
 
     Raises:
         InputFileError: the test split or the trained model is missing.
@@ -119,6 +123,7 @@ def run(cfg: Config, layout: Layout, champion: tuple[str, str | None] | None = N
     from tuneline.evaluate.metrics import compare
     from tuneline.evaluate.review import write_review
     from tuneline.lm.generate import split_prompts
+    from tuneline.train.tracking import adapter_sha256
 
     test = read_split(layout, "test")
     sets = {"test": test, **eval_sets(cfg)}
@@ -126,9 +131,12 @@ def run(cfg: Config, layout: Layout, champion: tuple[str, str | None] | None = N
     adapter = _adapter_dir(cfg, layout)
     base = resolve_model_path(cfg, layout)
     schema = str(cfg.task.output_schema) if cfg.task.output_schema else None  # a JSON schema file
+    evidence: dict[str, str | None] = {"champion_version": None, "champion_adapter_sha256": None}
     with tempfile.TemporaryDirectory(prefix="tuneline-champion-") as tmp:
         if champion is None:
-            champion = _registry_champion(cfg, Path(tmp))
+            found = _registry_champion(cfg, Path(tmp))
+            if found is not None:
+                champion, evidence = found
         variants: dict[str, tuple[str, str | None, str | None]] = {
             "base": (base, None, str(adapter)), "candidate": (base, str(adapter), None)}
         if champion is not None:
@@ -143,6 +151,8 @@ def run(cfg: Config, layout: Layout, champion: tuple[str, str | None] | None = N
         "rows_without_answer": len(no_answer),
         "max_new_tokens": cfg.evaluate.max_new_tokens,
         "champion": _describe(champion),
+        **evidence,
+        "candidate_adapter_sha256": adapter_sha256(adapter),
         "variants": overall,
         "per_category": {name: r["sets"]["test"]["per_category"] for name, r in results.items()},
         "comparison": compare(overall["base"], overall["candidate"], overall.get("champion")),
@@ -181,13 +191,17 @@ def _review_samples(results: dict[str, Any], n: int, seed: int) -> list[dict[str
     return samples
 
 
-def _registry_champion(cfg: Config, tmp: Path) -> tuple[str, str | None] | None:
-    """The champion's base and adapter, downloaded from the registry; None when there is none."""
+def _registry_champion(
+    cfg: Config, tmp: Path
+) -> tuple[tuple[str, str | None], dict[str, str | None]] | None:
+    """The champion's (base, adapter), downloaded from the registry, and which champion that is
+    ({"champion_version", "champion_adapter_sha256"}, the sha from its version tag); None when there is
+    none."""
     import mlflow
     import yaml
 
     from tuneline.registry.base_ref import registered_base
-    from tuneline.registry.registry import aliases_of, using_tracking_uri
+    from tuneline.registry.registry import aliases_of, client, using_tracking_uri
 
     reg = cfg.registry
     version = aliases_of(cfg.tracking.uri, reg.model_name).get(reg.champion_alias)
@@ -202,8 +216,10 @@ def _registry_champion(cfg: Config, tmp: Path) -> tuple[str, str | None] | None:
     paths = {key: local / entry["path"] for key, entry in (flavor.get("artifacts") or {}).items()}
     # the copied base when the version has one, else its reference, checked against its content hash
     base = registered_base(flavor.get("config") or {}, paths.get("base"))
+    # Read by version number, like the download: both name the same version even if the alias moves now.
+    sha = client(cfg.tracking.uri).get_model_version(reg.model_name, version).tags.get("adapter_sha256")
     logger.info("evaluate: champion is %s version %s", reg.model_name, version)
-    return base, str(paths["adapter"])
+    return (base, str(paths["adapter"])), {"champion_version": version, "champion_adapter_sha256": sha}
 
 
 def _log_mlflow(cfg: Config, layout: Layout, report: dict[str, Any], results: dict[str, Any]) -> None:

@@ -23,6 +23,15 @@ What the lock covers (an `fcntl.flock` on a lock file):
   on the promote task, or a PostgreSQL advisory lock taken on the tracking database). Not covered:
   writers that move aliases without this module (the MLflow UI, other scripts); the read-back
   detects them after the fact, it cannot prevent them.
+
+Evidence. A judgment is only good against the champion it was made on. The gate's decision is recorded
+on the version as `gate.*` tags, with the champion it compared against (`gate.champion`, "none" for a
+first model) written before the verdict `gate.status`, which is written last: a version without
+`gate.status` was never judged (a crash mid-way), and the next `tuneline promote` judges it. An
+approval records what it approved (`approval.gate_status`, `approval.champion`). Under the lock,
+`promote` refuses a version judged against another champion than the current one
+("stale_evaluation"), a retired one, one the gate rejected, and (with `require_approval`) one whose
+approval was of another verdict: `refusal` is that rule, for callers that check before acting too.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -39,12 +48,17 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from tuneline import filelock
+from tuneline.promote.gate import passed
 from tuneline.registry.registry import RegistryError, aliases_of, client
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".tuneline-aliases.lock"
 APPROVAL_DECISIONS = ("approved", "rejected")
+GATE_STATUS = "gate.status"  # the verdict; written last, so its presence means "judged"
+JUDGED_AGAINST = "gate.champion"  # the champion version the gate compared against ("none": there was none)
+NONE = "none"
+Refusal = Literal["retired", "rejected", "approval_rejected", "stale_evaluation"]
 
 
 @dataclass(frozen=True)
@@ -63,7 +77,7 @@ class PromotionResult:
     promoted: bool
     status: Literal[
         "promoted", "rejected", "conflict", "needs_approval", "approval_rejected", "already_champion",
-        "canary", "retired",
+        "canary", "retired", "stale_evaluation",
     ]
     version: str
     champion_before: str | None
@@ -137,6 +151,45 @@ def _names(aliases: Any) -> AliasNames:
     return AliasNames(aliases.champion_alias, aliases.challenger_alias, aliases.previous_alias)
 
 
+def _version_or_none(value: str) -> str | None:
+    return None if value == NONE else value
+
+
+def refusal(
+    tags: Mapping[str, str], version: str, champion: str | None, *, require_evidence: bool = False
+) -> tuple[Refusal, str] | None:
+    """Why `version` (given its tags) may not replace `champion`, as (status, reason); None when it may.
+
+    Pure, so `promote` applies it under the lock and callers can apply it before acting (e.g. before
+    recording an approval). Statuses: "retired" (the A/B test, or the gate, retired it), "rejected"
+    (its gate.status did not pass), "approval_rejected" (a person rejected it), "stale_evaluation"
+    (judged against another champion than `champion`, or, with `require_evidence`, no record of which).
+    """
+    if "retired.at" in tags or tags.get("ab.decision") == "retire":
+        why = tags.get("retired.reason") or "worse on live feedback"
+        return "retired", f"version {version} was retired ({why}); a retired version is never promoted"
+    gate = tags.get(GATE_STATUS)
+    if gate is not None and not passed(gate):
+        return "rejected", f"the gate said {gate} for version {version}: only a version that passed moves"
+    if tags.get("approval.decision") == "rejected":
+        return "approval_rejected", f"version {version} was rejected by {tags.get('approval.by', '?')}"
+    judged = tags.get(JUDGED_AGAINST)
+    if judged is None:
+        if not require_evidence:
+            return None
+        return "stale_evaluation", (
+            f"version {version} has no record of the champion its gate compared against ({JUDGED_AGAINST}); "
+            "re-run evaluate against the current champion, then promote"
+        )
+    if _version_or_none(judged) != champion:
+        return "stale_evaluation", (
+            f"version {version} was judged against champion {judged}, but the champion is now "
+            f"{champion or NONE}: that evaluation is stale; re-run evaluate against the current champion "
+            "(`tuneline evaluate`, or `dvc repro -f -s evaluate`), then promote"
+        )
+    return None
+
+
 def approval_of(uri: str, model_name: str, version: str | int) -> dict[str, str] | None:
     """The recorded approval of a version ({"decision", "by", "at", "note"}), or None."""
     tags = client(uri).get_model_version(model_name, str(version)).tags
@@ -148,7 +201,9 @@ def approval_of(uri: str, model_name: str, version: str | int) -> dict[str, str]
 def record_approval(
     uri: str, model_name: str, version: str | int, approver: str, decision: str, note: str = ""
 ) -> dict[str, str]:
-    """Record a person's release decision on a version as tags (approval.decision/by/at/note).
+    """Record a person's release decision on a version as tags (approval.decision/by/at/note), with the
+    evidence it was made on: the gate status it approved (approval.gate_status) and the champion that
+    verdict was judged against (approval.champion); "none" where the version has none.
 
     Raises:
         ValueError: `decision` is not "approved" or "rejected", or `approver` is empty.
@@ -157,13 +212,16 @@ def record_approval(
         raise ValueError(f"approval decision {decision!r}: expected one of {', '.join(APPROVAL_DECISIONS)}")
     if not approver.strip():
         raise ValueError("approval needs the approver's name")
+    mc = client(uri)
+    judged = mc.get_model_version(model_name, str(version)).tags
     tags = {
         "approval.decision": decision,
         "approval.by": approver,
         "approval.at": _now(),
         "approval.note": note,
+        "approval.gate_status": judged.get(GATE_STATUS, NONE),
+        "approval.champion": judged.get(JUDGED_AGAINST, NONE),
     }
-    mc = client(uri)
     for key, value in tags.items():
         mc.set_model_version_tag(model_name, str(version), key, value)
     logger.info("registry: %s version %s %s by %s", model_name, version, decision, approver)
@@ -178,10 +236,13 @@ def promote(
     aliases: Any = None,
     *,
     require_approval: bool = False,
+    require_evidence: bool = False,
     lock_path: str | Path | None = None,
     timeout_s: float = 60.0,
 ) -> PromotionResult:
-    """Make `version` the champion if the champion is still `expected_champion` (compare-and-set).
+    """Make `version` the champion if the champion is still `expected_champion` (compare-and-set), and
+    the version's recorded evidence still holds (`refusal`: judged against this champion, not retired,
+    not rejected).
 
     The old champion takes the previous alias; the challenger alias is removed when it named
     `version` (it is no longer a challenger). The version gets tags promotion.at and
@@ -193,7 +254,10 @@ def promote(
         version: the version to promote.
         expected_champion: the champion the caller's gate compared against (None: there was none).
         aliases: alias names (`RegistryParams` or `AliasNames`; None: the defaults).
-        require_approval: refuse unless the version carries an "approved" approval tag.
+        require_approval: refuse unless the version carries an "approved" approval tag, given to the
+            gate status it has now.
+        require_evidence: refuse a version with no record of the champion it was judged against
+            (gate.champion); callers acting on a recorded verdict (approval, A/B) set it.
         lock_path: lock file override (see the module doc for when it is needed).
         timeout_s: how long to wait for the lock.
 
@@ -222,6 +286,10 @@ def promote(
             logger.warning("promote %s version %s refused (%s): %s", model_name, version, status, reason)
             return PromotionResult(False, status, version, champion, previous, reason)
 
+        why = None if champion == version else refusal(tags, version, champion,
+                                                        require_evidence=require_evidence)
+        if why is not None and why[0] == "stale_evaluation":
+            return refuse(*why)
         if champion != expected:
             return refuse(
                 "conflict",
@@ -230,14 +298,15 @@ def promote(
             )
         if champion == version:
             return refuse("already_champion", f"version {version} is already the champion")
+        if why is not None:
+            return refuse(*why)
         if require_approval:
-            decision = tags.get("approval.decision")
-            if decision == "rejected":
-                return refuse(
-                    "approval_rejected", f"version {version} was rejected by {tags.get('approval.by', '?')}"
-                )
-            if decision != "approved":
+            if tags.get("approval.decision") != "approved":
                 return refuse("needs_approval", f"version {version} has no recorded approval")
+            approved = tags.get("approval.gate_status", tags.get(GATE_STATUS, NONE))
+            if approved != tags.get(GATE_STATUS, NONE):
+                return refuse("needs_approval", f"the approval of version {version} was of gate status "
+                              f"{approved}, the gate now says {tags.get(GATE_STATUS, NONE)}: approve again")
         # Previous first: a crash between the two writes leaves the champion as it was.
         if champion is not None:
             mc.set_registered_model_alias(model_name, names.previous_alias, champion)
@@ -340,10 +409,16 @@ def apply_decision(
     aliases: Any = None,
     *,
     canary: bool = False,
+    evidence: Mapping[str, Any] | None = None,
     lock_path: str | Path | None = None,
     timeout_s: float = 60.0,
 ) -> PromotionResult:
     """Record the gate's decision on the version (gate.* tags) and act on it.
+
+    The champion the gate compared against (`expected_champion`) is recorded first as gate.champion,
+    with `evidence`; the verdict gate.status is written last, after the action: until then the version
+    counts as not judged, so a crash anywhere in between leaves it for the next run to judge (an action
+    done twice is a no-op or a refusal: the champion alias is compare-and-set).
 
     "rejected": the champion stays; the version loses the challenger alias (status "rejected").
     "promote": `promote`. "await_approval": `promote`
@@ -355,12 +430,37 @@ def apply_decision(
     Args:
         decision: the `gate.Decision` for this version.
         canary: hold a passing version as challenger for an A/B canary instead of promoting it now.
+        evidence: more gate.* tags on what the decision was made on (e.g. gate.champion_sha256).
         (the rest as `promote`)
     """
     from tuneline.registry.registry import set_version_tags
 
     version = str(version)
-    set_version_tags(uri, model_name, version, decision.tags())
+    verdict = decision.tags()
+    status = verdict.pop(GATE_STATUS)
+    judged = NONE if expected_champion is None else str(expected_champion)
+    set_version_tags(uri, model_name, version, {JUDGED_AGAINST: judged, **(evidence or {}), **verdict})
+    result = _act(uri, model_name, version, decision, expected_champion, aliases, canary=canary,
+                  lock_path=lock_path, timeout_s=timeout_s)
+    set_version_tags(uri, model_name, version, {GATE_STATUS: status})
+    return result
+
+
+def _act(
+    uri: str,
+    model_name: str,
+    version: str,
+    decision: Any,
+    expected_champion: str | int | None,
+    aliases: Any,
+    *,
+    canary: bool,
+    lock_path: str | Path | None,
+    timeout_s: float,
+) -> PromotionResult:
+    """The alias move `apply_decision` leads to (see there)."""
+    from tuneline.registry.registry import set_version_tags
+
     if canary and decision.status != "rejected" and expected_champion is not None:
         names = _names(aliases)
         set_version_tags(uri, model_name, version, {"canary.started": _now()})

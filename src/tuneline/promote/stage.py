@@ -10,8 +10,18 @@
 4. `aliases.apply_decision` moves the champion alias (compare-and-set under a lock), or leaves it
    when the gate rejects or a person has not yet approved (`promote.require_approval`).
 
+Evidence. reports/evaluate.json names the champion it compared against (`champion_version`,
+`champion_adapter_sha256`) and the candidate it scored (`candidate_adapter_sha256`). When the champion
+has moved since, or the trained model is not the one evaluated, nothing is registered or judged: the
+result is "stale_evaluation" (re-run evaluate). The version records the champion it was judged against
+(gate.champion), and the alias moves only while that is still the champion.
+
+"Registered" is not "judged": a version of this adapter with no gate.status (a run that crashed after
+registering it) is judged by the next run instead of being skipped as already registered.
+
 "Not promoted" is a result: reports/promote.json holds the decision table either way, and the
-stage succeeds. `tuneline promote --approve VERSION` records a person's approval and promotes.
+stage succeeds. `tuneline promote --approve VERSION` records a person's approval and promotes, only
+while the version's verdict still holds (judged against the current champion, not retired).
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from tuneline.jsonio import write_json
 from tuneline.layout import Layout
 from tuneline.promote.gate import passed
 from tuneline.train.inputs import read_split, resolve_model_path
+from tuneline.train.tracking import adapter_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -89,16 +100,10 @@ def _training_run(cfg: Config, layout: Layout, train: dict[str, Any]) -> str:
     return start_run(cfg.tracking.uri, cfg.tracking.experiment, tags, {}, "register")
 
 
-def adapter_sha256(adapter: Path) -> str:
-    """Content hash of the trained model directory (every file, by name and bytes)."""
-    from tuneline.train.tracking import sha256_files
-
-    return sha256_files(sorted(p for p in adapter.rglob("*") if p.is_file()))
-
-
 def already_registered(cfg: Config, sha: str) -> dict[str, Any] | None:
     """The newest version holding exactly this adapter, if any (then nothing is registered again: a
-    nightly run that retrained nothing must not add a duplicate version, nor re-judge a rejected one)."""
+    nightly run that retrained nothing must not add a duplicate version, nor re-judge a judged one;
+    "gate" is None for a version registered but never judged)."""
     from tuneline.registry.registry import aliases_of, client
 
     reg, uri = cfg.registry, cfg.tracking.uri
@@ -131,6 +136,51 @@ def _unchanged(cfg: Config, layout: Layout, found: dict[str, Any], sha: str) -> 
     return report
 
 
+def stale_reason(evaluation: dict[str, Any], candidate_sha: str, champion: str | None,
+                 champion_sha: str | None) -> str | None:
+    """Why reports/evaluate.json is no evidence for judging this candidate now; None when it is.
+
+    Args:
+        evaluation: reports/evaluate.json's content.
+        candidate_sha: `adapter_sha256` of the trained model about to be judged.
+        champion: the champion version now (None: there is none).
+        champion_sha: the current champion's recorded adapter_sha256 tag (None: none recorded).
+    """
+    rerun = ("re-run evaluate against the current champion (`tuneline evaluate`, or "
+             "`dvc repro -f -s evaluate`), then promote")
+    if "champion_version" not in evaluation:
+        return f"reports/evaluate.json does not record which champion it compared against: {rerun}"
+    if evaluation.get("candidate_adapter_sha256") != candidate_sha:
+        return (f"reports/evaluate.json scored another trained model (adapter sha256 "
+                f"{str(evaluation.get('candidate_adapter_sha256'))[:12]}, now {candidate_sha[:12]}): {rerun}")
+    version = evaluation["champion_version"]
+    if version is None and "champion" in evaluation.get("variants", {}):
+        return f"reports/evaluate.json compared against a champion that is not a registry version: {rerun}"
+    if version != champion:
+        return (f"reports/evaluate.json compared against champion {version or 'none'}, the champion is now "
+                f"{champion or 'none'}: {rerun}")
+    if champion is not None and evaluation.get("champion_adapter_sha256") != champion_sha:
+        return (f"reports/evaluate.json compared against version {version} with adapter sha256 "
+                f"{str(evaluation.get('champion_adapter_sha256'))[:12]}, the registry's version {version} "
+                f"has {str(champion_sha)[:12]}: {rerun}")
+    return None
+
+
+def _stale(cfg: Config, layout: Layout, sha: str, champion: str | None, version: str | None,
+           reason: str) -> dict[str, Any]:
+    report = {
+        "model_name": cfg.registry.model_name, "version": version, "adapter_sha256": sha,
+        "decision": {"promote": False, "status": "stale_evaluation", "passed": False, "failed": [],
+                     "rows": []},
+        "result": {"promoted": False, "status": "stale_evaluation", "version": version,
+                   "champion_before": champion, "previous_champion": None, "reason": reason},
+        "parity": None, "champion_before": champion, "champion_after": champion,
+    }
+    write_json(layout.report("promote"), report)
+    logger.warning("promote: not judged: %s", reason)
+    return report
+
+
 def run(cfg: Config, layout: Layout) -> dict[str, Any]:
     """The `promote` stage; see the module docstring. Returns reports/promote.json's content.
 
@@ -139,7 +189,7 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
     """
     from tuneline.promote.aliases import apply_decision
     from tuneline.promote.gate import decide
-    from tuneline.registry.registry import aliases_of, parity_check, register_candidate
+    from tuneline.registry.registry import aliases_of, client, parity_check, register_candidate
 
     evaluation = _read(layout.report("evaluate"), "evaluation report")
     health = _read(layout.report("train_health"), "training health report")
@@ -151,19 +201,32 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
     variants = evaluation["variants"]
     sha = adapter_sha256(adapter)
     found = already_registered(cfg, sha)
-    if found is not None:
+    if found is not None and (found["gate"] is not None or found["alias"] == reg.champion_alias):
         return _unchanged(cfg, layout, found, sha)
+    champion_before = aliases_of(uri, reg.model_name).get(reg.champion_alias)
+    champion_sha = (None if champion_before is None else
+                    client(uri).get_model_version(reg.model_name, champion_before).tags.get("adapter_sha256"))
+    stale = stale_reason(evaluation, sha, champion_before, champion_sha)
+    if stale is not None:
+        return _stale(cfg, layout, sha, champion_before, None if found is None else found["version"], stale)
 
-    tags = {f"eval.{k}": v for k, v in variants["candidate"].items() if isinstance(v, int | float)}
-    tags.update({"data_hash": train.get("data_hash"), "params_hash": train.get("params_hash"),
-                 "adapter_sha256": sha})
-    version = register_candidate(uri, reg.model_name, _training_run(cfg, layout, train), base, adapter, tags,
-                                 challenger_alias=reg.challenger_alias, copy_base=reg.copy_base,
-                                 max_new_tokens=cfg.evaluate.max_new_tokens)
+    if found is None:
+        tags = {f"eval.{k}": v for k, v in variants["candidate"].items() if isinstance(v, int | float)}
+        tags.update({"data_hash": train.get("data_hash"), "params_hash": train.get("params_hash"),
+                     "adapter_sha256": sha})
+        version = register_candidate(uri, reg.model_name, _training_run(cfg, layout, train), base, adapter,
+                                     tags, challenger_alias=reg.challenger_alias, copy_base=reg.copy_base,
+                                     max_new_tokens=cfg.evaluate.max_new_tokens)
+    else:
+        # Registered by a run that stopped before the gate's verdict: judge it now (and finish the
+        # registration when the run stopped before the challenger alias).
+        version = found["version"]
+        logger.warning("promote: version %s was registered but never judged; judging it now", version)
+        if aliases_of(uri, reg.model_name).get(reg.challenger_alias) is None:
+            client(uri).set_registered_model_alias(reg.model_name, reg.challenger_alias, version)
     probes = probe_conversations(layout, cfg.promote.parity_probe_rows)
     parity = (parity_check(uri, reg.model_name, version, base, adapter, probes, cfg.evaluate.max_new_tokens)
               if probes else {"parity": True, "rows": 0, "mismatches": []})
-    champion_before = aliases_of(uri, reg.model_name).get(reg.champion_alias)
     context = {
         "train_health_status": health.get("status"),
         "train_alerts": health.get("alerts", []),
@@ -173,8 +236,11 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
     }
     decision = decide(cfg.promote, gate_metrics(variants["candidate"]), gate_metrics(variants["base"]),
                       gate_metrics(variants.get("champion")), context)
-    result = apply_decision(uri, reg.model_name, version, decision, champion_before, reg,
-                            canary=cfg.promote.canary)
+    # The champion the evaluation compared against, which stale_reason found still in place; the alias
+    # move is compare-and-set against it, so a promotion in the meantime makes this one refuse.
+    evidence = {"gate.champion_sha256": evaluation.get("champion_adapter_sha256") or "none"}
+    result = apply_decision(uri, reg.model_name, version, decision, evaluation["champion_version"], reg,
+                            canary=cfg.promote.canary, evidence=evidence)
     report = {
         "model_name": reg.model_name,
         "version": version,
@@ -191,18 +257,44 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
 
 
 def approve(cfg: Config, layout: Layout, version: str, approver: str, note: str = "") -> dict[str, Any]:
-    """A person's release approval of `version`, then the promotion it was waiting for."""
-    from tuneline.promote.aliases import promote, record_approval
+    """A person's release approval of `version`, then the promotion it was waiting for.
+
+    The approval is recorded only while the gate's verdict still holds: the version was judged against
+    the current champion, and was not retired or rejected since (`aliases.refusal`); otherwise the
+    result says why (e.g. "stale_evaluation") and nothing is recorded or moved. The champion alias
+    then moves compare-and-set against the champion the version was judged against.
+
+    Raises:
+        GateError: the gate did not pass the version (or never judged it).
+    """
+    from tuneline.promote.aliases import (
+        JUDGED_AGAINST,
+        NONE,
+        PromotionResult,
+        promote,
+        record_approval,
+        refusal,
+    )
     from tuneline.registry.registry import aliases_of, version_info
 
-    reg = cfg.registry
-    gate = version_info(cfg.tracking.uri, reg.model_name, version)["tags"].get("gate.status")
+    reg, uri, version = cfg.registry, cfg.tracking.uri, str(version)
+    tags = version_info(uri, reg.model_name, version)["tags"]
+    gate = tags.get("gate.status")
     if not passed(gate):
         raise GateError(f"{reg.model_name} version {version}: the gate said {gate or 'nothing'}; "
                         "only a version that passed the gate can be approved")
-    record_approval(cfg.tracking.uri, reg.model_name, version, approver, "approved", note)
-    current = aliases_of(cfg.tracking.uri, reg.model_name).get(reg.champion_alias)
-    result = promote(cfg.tracking.uri, reg.model_name, version, current, reg, require_approval=True)
+    current = aliases_of(uri, reg.model_name)
+    champion = current.get(reg.champion_alias)
+    why = None if champion == version else refusal(tags, version, champion, require_evidence=True)
+    if why is not None:
+        logger.warning("promote: approval of version %s refused (%s): %s", version, *why)
+        return PromotionResult(False, why[0], version, champion, current.get(reg.previous_alias),
+                               why[1]).to_dict()
+    record_approval(uri, reg.model_name, version, approver, "approved", note)
+    judged = tags.get(JUDGED_AGAINST)  # present unless the version is the champion already
+    expected = champion if champion == version else (None if judged == NONE else judged)
+    result = promote(uri, reg.model_name, version, expected, reg, require_approval=True,
+                     require_evidence=True)
     logger.info("promote: version %s approved by %s: %s", version, approver, result.reason)
     return result.to_dict()
 

@@ -36,6 +36,12 @@ def sha256_files(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
+def adapter_sha256(adapter: Path) -> str:
+    """Content hash of a trained model directory (every file, by name and bytes): the identity that
+    evaluate records for what it scored and promote tags on the version it registers."""
+    return sha256_files(sorted(p for p in adapter.rglob("*") if p.is_file()))
+
+
 def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
     """Nested dicts/lists -> {"a.b": "value"} strings (MLflow params are flat strings)."""
     if isinstance(obj, dict):
