@@ -264,6 +264,7 @@ def test_vllm_command_serves_both_adapters_on_the_shared_base(world: World, tmp_
     i = args.index("--lora-modules")
     assert args[i + 1 : i + 3] == [f"champion={files[0].adapter_dir}", f"challenger={files[1].adapter_dir}"]
     assert args[args.index("--tokenizer") + 1] == str(files[0].adapter_dir)  # the training chat template
+    assert args[args.index("--generation-config") + 1] == str(files[0].adapter_dir)  # the stop set
 
 
 def test_tool_calls_are_rendered_as_training_saw_them_and_stored_as_sent(world: World, client: openai.OpenAI,

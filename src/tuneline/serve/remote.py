@@ -47,8 +47,11 @@ def vllm_command(files: list[VersionFiles], port: int = 8001, dtype: str = "auto
     if any(base_identity(f.base_dir) != base_identity(head.base_dir) for f in files[1:]):
         raise ServeError("the champion and challenger were trained on different bases; vLLM cannot share one")
     rank = max(json.loads((f.adapter_dir / "adapter_config.json").read_text())["r"] for f in files)
+    # The adapter directory holds the training tokenizer (chat template) and a generation_config.json
+    # whose EOS ids are the stop set: vLLM renders and stops exactly as training taught the model.
     args = ["vllm", "serve", str(head.base_dir), "--port", str(port), "--dtype", dtype,
-            "--tokenizer", str(head.adapter_dir), "--enable-lora", "--max-loras", str(len(files)),
+            "--tokenizer", str(head.adapter_dir), "--generation-config", str(head.adapter_dir),
+            "--enable-lora", "--max-loras", str(len(files)),
             "--max-lora-rank", str(_vllm_rank(rank)), "--lora-modules"]
     args += [f"{f.variant}={f.adapter_dir}" for f in files]
     if max_model_len:
