@@ -120,7 +120,22 @@ def _template_of(tokenizer: Any) -> tuple[Any, Any]:
     return tokenizer.chat_template, tokenizer.eos_token
 
 
-class ServedModels:
+class Rendering:
+    """What the app asks of the served model's chat format, whatever generates (local model or vLLM)."""
+
+    chat: Any
+
+    def prompt_tokens(self, conversation: Conversation) -> int:
+        return prompt_length(self.chat, conversation)
+
+    def conversation(self, record: dict[str, Any]) -> Conversation:
+        return chat_conversation(self.chat, record)
+
+    def tool_calls(self, raw: str, seed: str) -> tuple[str, list[dict[str, Any]]]:
+        return reply_tool_calls(self.chat, raw, seed)
+
+
+class ServedModels(Rendering):
     """The loaded base with one peft adapter per served version, and which version each variant serves.
 
     Adapters are named after their version (`v3`), so a promotion (the challenger's version becomes the
@@ -141,15 +156,6 @@ class ServedModels:
     @property
     def variants(self) -> list[str]:
         return [v for v in VARIANTS if v in self.versions]
-
-    def prompt_tokens(self, conversation: Conversation) -> int:
-        return prompt_length(self.chat, conversation)
-
-    def conversation(self, record: dict[str, Any]) -> Conversation:
-        return chat_conversation(self.chat, record)
-
-    def tool_calls(self, raw: str, seed: str) -> tuple[str, list[dict[str, Any]]]:
-        return reply_tool_calls(self.chat, raw, seed)
 
     def apply(self, files: list[VersionFiles]) -> dict[str, str]:
         """Serve exactly these versions: load adapters not loaded yet, drop those no longer served.

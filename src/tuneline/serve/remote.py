@@ -25,12 +25,10 @@ from tuneline.lm.load import saved_chat_options
 from tuneline.redact import redact
 from tuneline.serve.models import (
     Conversation,
+    Rendering,
     ServeError,
     VersionFiles,
     _adapter_tokenizer,
-    chat_conversation,
-    prompt_length,
-    reply_tool_calls,
 )
 
 
@@ -71,7 +69,7 @@ def render_vllm_command(args: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
-class RemoteModels:
+class RemoteModels(Rendering):
     """Variants served by an OpenAI-compatible backend (vLLM), adapters addressed by variant name."""
 
     def __init__(self, backend_url: str, versions: dict[str, str], model_name: str, adapter_dir: Path,
@@ -89,15 +87,6 @@ class RemoteModels:
     @property
     def variants(self) -> list[str]:
         return [v for v in ("champion", "challenger") if v in self.versions]
-
-    def prompt_tokens(self, conversation: Conversation) -> int:
-        return prompt_length(self.chat, conversation)
-
-    def conversation(self, record: dict[str, Any]) -> Conversation:
-        return chat_conversation(self.chat, record)
-
-    def tool_calls(self, raw: str, seed: str) -> tuple[str, list[dict[str, Any]]]:
-        return reply_tool_calls(self.chat, raw, seed)
 
     def _one(self, variant: str, conversation: Conversation, max_new_tokens: int,
              sampling: dict[str, float] | None) -> dict[str, Any]:
