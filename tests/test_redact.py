@@ -82,3 +82,19 @@ def test_mlflow_params_and_tags_are_redacted(tmp_path: Path, monkeypatch: pytest
     data = mlflow.MlflowClient(tracking_uri=uri).get_run(run).data
     assert data.params["lr"] == "0.001" and data.params["serve.store_url"].startswith("postgresql+psycopg://app:")
     assert PASSWORD not in str(data.params) and PASSWORD not in str(data.tags)
+
+
+def test_lines_uvicorn_logs_itself_are_redacted() -> None:
+    """uvicorn sets up handlers of its own (not the root's): they must redact too."""
+    import io
+
+    from tuneline.serve.server import uvicorn_config
+
+    uvicorn_config(lambda scope, receive, send: None, "127.0.0.1", 0)
+    handlers = logging.getLogger("uvicorn").handlers  # uvicorn.error propagates to them, not to the root
+    assert handlers, "uvicorn configured no handler of its own"
+    stream = io.StringIO()
+    for handler in handlers:
+        handler.setStream(stream)
+    logging.getLogger("uvicorn.error").error("cannot reach postgresql://app:s3cret-pass@db:5432/feedback")
+    assert "s3cret-pass" not in stream.getvalue() and "db:5432" in stream.getvalue()

@@ -62,16 +62,29 @@ def gate_metrics(scores: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def probe_conversations(layout: Layout, n: int) -> list[list[dict[str, str]]]:
-    """The first `n` test prompts (the conversation before its last assistant turn) without tools: the
-    pyfunc's input is plain role / content messages."""
+def probe_conversations(layout: Layout, n: int, adapter: Path) -> list[list[dict[str, str]]]:
+    """The first `n` test prompts (the conversation before its last assistant turn) without tools that
+    the adapter's chat template can render: the pyfunc's input is plain role / content messages."""
+    from tuneline.lm.chat import ChatFormat
+    from tuneline.lm.errors import RenderError
     from tuneline.lm.generate import split_prompts
+    from tuneline.lm.load import load_tokenizer, saved_chat_options
 
     plain = [r for r in read_split(layout, "test")
              if not any(m["role"] == "tool" for m in r["messages"]) and not (r.get("meta") or {}).get("tools")
              and not (r.get("meta") or {}).get("tool_call_messages")]
     prompts, _ = split_prompts(plain)
-    return [p["messages"] for p in prompts[:n]]
+    chat = ChatFormat(load_tokenizer(adapter), None, bool(saved_chat_options(adapter).get("merge_system")))
+    out = []
+    for p in prompts:
+        try:
+            chat.conversation({"id": p["id"], "messages": p["messages"], "meta": {}})
+        except RenderError:
+            continue
+        out.append(p["messages"])
+        if len(out) == n:
+            break
+    return out
 
 
 def _training_run(cfg: Config, layout: Layout, train: dict[str, Any]) -> str:
@@ -224,7 +237,7 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
         logger.warning("promote: version %s was registered but never judged; judging it now", version)
         if aliases_of(uri, reg.model_name).get(reg.challenger_alias) is None:
             client(uri).set_registered_model_alias(reg.model_name, reg.challenger_alias, version)
-    probes = probe_conversations(layout, cfg.promote.parity_probe_rows)
+    probes = probe_conversations(layout, cfg.promote.parity_probe_rows, Path(adapter))
     parity = (parity_check(uri, reg.model_name, version, base, adapter, probes, cfg.evaluate.max_new_tokens)
               if probes else {"parity": True, "rows": 0, "mismatches": []})
     context = {

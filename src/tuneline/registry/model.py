@@ -60,13 +60,22 @@ def generate_replies(
 ) -> list[dict[str, Any]]:
     """Greedy replies, one conversation at a time (no padding), through evaluation's `complete`.
 
+    Each conversation is read like a served request (`ChatFormat.conversation`: the rendering options
+    training saved, such as `merge_system`, apply).
+
     Returns:
         One dict per conversation: `text`, `new_tokens` (stop token included) and `stopped` (False when
         the reply used all `max_new_tokens`: the never-stop signal the gate limits).
+
+    Raises:
+        RenderError: a conversation the chat template cannot render (names the reason).
     """
     from tuneline.lm.generate import complete
 
-    return complete(model, chat, conversations, max_new_tokens, batch_size=1)
+    converted = [chat.conversation({"id": f"row{i}", "messages": c, "meta": {}})
+                 for i, c in enumerate(conversations)]
+    return complete(model, chat, [m for m, _ in converted], max_new_tokens, batch_size=1,
+                    tools=[t for _, t in converted])
 
 
 def _messages(value: Any, where: str) -> list[dict[str, str]]:

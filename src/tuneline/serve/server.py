@@ -121,4 +121,16 @@ def serve(cfg: Config, host: str | None = None, port: int | None = None, canary:
     port = port or cfg.serve.port
     state = build_state(cfg, host, canary, download_dir)
     logger.info("%s", startup_line(cfg, state, host, port))
-    uvicorn.run(create_app(state), host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn_config(create_app(state), host, port)).run()
+
+
+def uvicorn_config(app: Any, host: str, port: int) -> Any:
+    """uvicorn's config, with its own log handlers (set up by the config) redacting like every other."""
+    import uvicorn
+
+    from tuneline.redact import install_log_redaction
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        install_log_redaction(logging.getLogger(name))
+    return config
