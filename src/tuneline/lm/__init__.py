@@ -7,3 +7,9 @@ served (DESIGN §9). Modules: `template` (which template, what it can render), `
 template), `stops` (the stop set), `labels` (truncation and labels), `load`, `generate`,
 `toolcalls` (reading a generated tool call back).
 """
+
+import warnings
+
+# peft reads transformers' deprecated `is_gradient_checkpointing` each time it wraps a model: the warning
+# names neither tuneline's code nor anything a user can change.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

@@ -19,6 +19,7 @@ whole stage.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tuneline.lm.conversation import Message, template_messages
@@ -49,6 +50,30 @@ class ChatFormat:
             {t for t in (tokenizer.convert_ids_to_tokens(i) for i in specials) if t and len(t) > 1},
             key=len, reverse=True,
         )
+        self._check_answer_span()
+
+    def _check_answer_span(self) -> None:
+        """A probe answer must be supervised as itself plus a stop token: a template whose generation
+        prompt does not end where the answer starts, or whose answers end with no stop token (ChatML text
+        on a tokenizer without `<|im_end|>`), would teach a model that never stops.
+
+        Raises:
+            RenderError: `template_unusable`, naming what was supervised.
+        """
+        probe = {"id": "probe", "meta": {}, "messages": [{"role": "user", "content": "ping"},
+                                                         {"role": "assistant", "content": "pong"}]}
+        ids, mask = self.encode(probe)
+        span = [t for t, m in zip(ids, mask, strict=True) if m]
+        text = self.tokenizer.decode(span[:-1]).strip() if span else ""
+        if not span or span[-1] not in self.stop_ids or text != "pong":
+            shown = self.tokenizer.decode(span)
+            raise RenderError(
+                "template_unusable",
+                f"an answer 'pong' is supervised as {shown!r}: it must be the answer followed by one stop "
+                f"token ({self.tokenizer.convert_ids_to_tokens(self.stop_ids)}); the template's generation "
+                "prompt must end where the answer starts, and its end of turn must be a special token of "
+                "this tokenizer",
+            )
 
     # ---- a record as the template wants it ----
 
@@ -61,19 +86,26 @@ class ChatFormat:
     def check(self, messages: list[Message], tools: list[dict[str, Any]] | None) -> None:
         """Refuse what this template would render wrongly (see the module docstring's reasons)."""
         for i, m in enumerate(messages):
-            hit = next((s for s in self.special_texts if s in (m.get("content") or "")), None)
+            # content, and the tool calls' names and arguments: all of it reaches the template as text
+            text = f"{m.get('content') or ''}{json.dumps(m.get('tool_calls') or [], ensure_ascii=False)}"
+            hit = next((s for s in self.special_texts if s in text), None)
             if hit:
                 raise RenderError("special_token_in_content",
                                   f"message {i} ({m['role']}) contains the special token {hit!r} as text")
+        described = json.dumps(tools or [], ensure_ascii=False)
+        hit = next((s for s in self.special_texts if s in described), None)
+        if hit:
+            raise RenderError("special_token_in_content",
+                              f"the tools contain the special token {hit!r} as text")
         p = self.profile
         if any(m["role"] == "system" for m in messages) and p.system != "ok":
             hint = "; set model.merge_system=true to put it at the head of the first user turn"
             reason = "template_no_system" if p.system == "unsupported" else "template_drops_system"
             raise RenderError(reason, p.system_detail + hint)
         uses_tools = bool(tools) or any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
-        if uses_tools and not p.tools:
-            raise RenderError("template_no_tools",
-                              "the chat template renders no tools or tool calls (it never reads `tools`)")
+        if uses_tools and (not p.tools or self.tool_format is None):
+            raise RenderError("template_no_tools", "the chat template renders no tools or no tool calls "
+                              "(it never reads `tools`, or a probe call does not appear in its answer)")
 
     @property
     def tool_format(self) -> Any:

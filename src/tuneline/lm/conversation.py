@@ -80,6 +80,8 @@ def _parse_calls(content: str, where: str) -> tuple[str, list[Any]]:
             parsed = json.loads(tail)
         except json.JSONDecodeError:
             continue
+        except RecursionError:
+            raise RenderError("bad_tool_call", f"{where}: the tool call's JSON is nested too deep") from None
         return text.strip(), parsed if isinstance(parsed, list) else [parsed]
     raise RenderError("bad_tool_call", f"{where}: the tool call is not valid JSON")
 
@@ -114,25 +116,30 @@ def template_messages(record: dict[str, Any], merge_system: bool = False
         raw_calls = msg.get("tool_calls")
         if role == "assistant" and (raw_calls or i in calls_at):
             text = content
-            if i in calls_at:  # the content holds the call's JSON text (after any free text)
+            if i in calls_at:
+                # The content holds the call's JSON text (after any free text): it is what clean
+                # checked and rewrote (e-mails, URLs), so it wins over the structure ingest kept.
                 try:
-                    text, parsed = _parse_calls(content, where)
+                    text, raw_calls = _parse_calls(content, where)
                 except RenderError:
                     if not raw_calls:
                         raise
-                raw_calls = raw_calls or parsed
             calls = []
             for raw in raw_calls:
                 original, name, args = _one_call(raw, where)
                 new = call_id(rid, n)
                 n += 1
                 if original:
+                    if str(original) in ids:
+                        raise RenderError("bad_tool_call", f"{where}: two calls share the id {original!r}")
                     ids[str(original)] = new
                 pending.append((new, name))
                 calls.append({"id": new, "type": "function", "function": {"name": name, "arguments": args}})
             out.append({"role": "assistant", "content": text, "tool_calls": calls})
         elif role == "tool":
             given = msg.get("tool_call_id")
+            if given and ids and str(given) not in ids:
+                raise RenderError("bad_tool_call", f"{where}: answers tool call {given!r}, which no call has")
             match = ids.get(str(given)) if given else None
             picked = next((p for p in pending if p[0] == match), pending[0] if pending else None)
             if picked is None:

@@ -40,7 +40,13 @@ def end_of_turn_id(tokenizer: Any) -> int | None:
     if full[: len(prompt)] != prompt:
         return None
     specials = special_ids(tokenizer)
-    return next((t for t in full[len(prompt):] if t in specials), None)
+    answer = full[len(prompt):]
+    at = next((k for k, t in enumerate(answer) if t in specials), None)
+    # The answer comes first: a special token before it belongs to the template's turn header (a template
+    # that ignores add_generation_prompt), not to the end of the turn.
+    if at is None or "pong" not in tokenizer.decode(answer[:at]):
+        return None
+    return answer[at]
 
 
 def configured_eos(generation_config: Any) -> list[int]:

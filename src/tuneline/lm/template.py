@@ -89,7 +89,11 @@ def referenced_names(template: str) -> set[str]:
 
     plain = GENERATION_TAGS.sub("", template)  # transformers' own tag, unknown to plain jinja2
     env = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"])
-    names = set(meta.find_undeclared_variables(env.parse(plain)))
+    try:
+        names = set(meta.find_undeclared_variables(env.parse(plain)))
+    except jinja2.TemplateSyntaxError as exc:
+        detail = f"the chat template does not parse: {exc} (line {exc.lineno})"
+        raise RenderError("template_error", detail) from None
     # Attributes of messages (message.tool_calls) are not variables; a template that reads them renders
     # structured tool calls.
     return names | set(re.findall(r"\b(tool_calls|tool_call_id)\b", plain))

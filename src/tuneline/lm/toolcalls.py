@@ -66,18 +66,24 @@ def learn_format(tokenizer: Any) -> ToolCallFormat | None:
     return None
 
 
-def parse_tool_calls(fmt: ToolCallFormat | None, reply: str, seed: str) -> tuple[str, list[dict[str, Any]]]:
+def parse_tool_calls(fmt: ToolCallFormat | None, reply: str, seed: str, names: set[str] | None = None
+                     ) -> tuple[str, list[dict[str, Any]]]:
     """(text content, OpenAI tool_calls) of a reply decoded with its special tokens.
+
+    A call must name one of `names` (the request's tools) and carry the arguments key; with no marker
+    (Llama-3.1 writes the bare JSON) the whole reply must be the call. Anything else stays text: an
+    answer that merely contains JSON is never turned into a call.
 
     Args:
         fmt: the template's format (`learn_format`), or None (the reply is text).
         reply: the generated text, special tokens kept (markers such as `[TOOL_CALLS]` are special).
         seed: makes the call ids of this reply (e.g. the request id).
+        names: the functions the request offered; None accepts any name.
     """
     if fmt is None:
         return reply, []
     decoder = json.JSONDecoder()
-    calls: list[dict[str, Any]] = []
+    calls: list[tuple[str, dict[str, Any]]] = []
     content_end = None
     pos = 0
     while True:
@@ -89,11 +95,13 @@ def parse_tool_calls(fmt: ToolCallFormat | None, reply: str, seed: str) -> tuple
             j += 1
         try:
             value, end = decoder.raw_decode(reply, j)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             break
         found = [_call(v, fmt) for v in (value if isinstance(value, list) else [value])]
-        if not found or None in found:
+        if not found or None in found or (names is not None and any(c[0] not in names for c in found)):
             break
+        if not fmt.marker and (start != len(reply) - len(reply.lstrip()) or reply[end:].strip()):
+            break  # bare JSON counts only as the whole reply
         content_end = start if content_end is None else content_end
         calls.extend(c for c in found if c is not None)
         pos = end
@@ -112,9 +120,11 @@ def _first_json(text: str, pos: int) -> int:
 
 
 def _call(value: Any, fmt: ToolCallFormat) -> tuple[str, dict[str, Any]] | None:
-    if not isinstance(value, dict) or not isinstance(value.get(fmt.name_key), str):
+    if not isinstance(value, dict) or fmt.args_key not in value:
         return None
-    args = value.get(fmt.args_key, {})
+    if not isinstance(value.get(fmt.name_key), str):
+        return None
+    args = value[fmt.args_key]
     if isinstance(args, str):
         try:
             args = json.loads(args)

@@ -148,6 +148,10 @@ def create_app(state: ServerState) -> FastAPI:
             return _error(400, message, "invalid_request_error", "invalid_request", param)
         except ValueError as exc:
             return _error(400, str(exc), "invalid_request_error", "invalid_request", "messages")
+        if req.stream and req.tools:
+            return _error(400, "streaming with `tools` is not supported (a tool call is known only once the "
+                          "reply is complete); send stream=false", "invalid_request_error",
+                          "unsupported_parameter", "stream")
         budget = req.budget(params.default_max_tokens)
         if budget > params.max_tokens_limit:
             return _error(400, f"max_tokens {budget} is above this server's limit {params.max_tokens_limit} "
@@ -224,7 +228,8 @@ def create_app(state: ServerState) -> FastAPI:
         variant, version = reply["variant"], reply["version"]
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if req.tools:  # a reply in the template's tool-call format is returned as OpenAI tool_calls
-            content, calls = state.models.tool_calls(reply.get("raw", reply["text"]), request_id)
+            names = {(t.get("function") or t).get("name") for t in req.tools if isinstance(t, dict)}
+            content, calls = state.models.tool_calls(reply.get("raw", reply["text"]), request_id, names)
             if calls:
                 message = {"role": "assistant", "content": content or None, "tool_calls": calls}
                 finish = "tool_calls"

@@ -98,11 +98,12 @@ def prompt_length(chat: Any, conversation: Conversation) -> int:
     return len(chat.prompt(*conversation)[1])
 
 
-def reply_tool_calls(chat: Any, raw: str, seed: str) -> tuple[str, list[dict[str, Any]]]:
-    """(content, OpenAI tool_calls) of a reply, read in the template's own tool-call format."""
+def reply_tool_calls(chat: Any, raw: str, seed: str, names: set[str]) -> tuple[str, list[dict[str, Any]]]:
+    """(content, OpenAI tool_calls) of a reply, read in the template's own tool-call format; only calls
+    of the request's tools (`names`) count."""
     from tuneline.lm.toolcalls import parse_tool_calls
 
-    return parse_tool_calls(chat.tool_format, raw, seed)
+    return parse_tool_calls(chat.tool_format, raw, seed, names)
 
 
 def chat_conversation(chat: Any, record: dict[str, Any]) -> Conversation:
@@ -112,7 +113,7 @@ def chat_conversation(chat: Any, record: dict[str, Any]) -> Conversation:
         RenderError: the template cannot render it (the server answers 400 with the reason).
     """
     messages, tools = chat.conversation(record)
-    chat.check(messages, tools)
+    chat.prompt(messages, tools)  # renders it: a template that raises (roles, tools) is refused here
     return messages, tools
 
 
@@ -131,8 +132,8 @@ class Rendering:
     def conversation(self, record: dict[str, Any]) -> Conversation:
         return chat_conversation(self.chat, record)
 
-    def tool_calls(self, raw: str, seed: str) -> tuple[str, list[dict[str, Any]]]:
-        return reply_tool_calls(self.chat, raw, seed)
+    def tool_calls(self, raw: str, seed: str, names: set[str]) -> tuple[str, list[dict[str, Any]]]:
+        return reply_tool_calls(self.chat, raw, seed, names)
 
 
 class ServedModels(Rendering):

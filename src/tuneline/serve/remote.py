@@ -92,7 +92,9 @@ class RemoteModels(Rendering):
              sampling: dict[str, float] | None) -> dict[str, Any]:
         messages, tools = conversation
         body: dict[str, Any] = {"model": variant, "messages": messages, "max_tokens": max_new_tokens,
-                                "temperature": 0.0, "stop_token_ids": self.chat.stop_ids}
+                                "temperature": 0.0, "stop_token_ids": self.chat.stop_ids,
+                                # special tokens kept: some families mark a tool call with one ([TOOL_CALLS])
+                                "skip_special_tokens": False}
         if tools:
             body["tools"] = tools
         if sampling:
@@ -103,9 +105,16 @@ class RemoteModels(Rendering):
             raise ServeError(f"backend {redact(self.backend_url)} answered {status}: {redact(text)}")
         data = response.json()
         choice = data["choices"][0]
-        return {"prompt": None, "text": choice["message"]["content"] or "",
+        raw = choice["message"]["content"] or ""
+        return {"prompt": None, "text": self._plain(raw), "raw": raw,
                 "stopped": choice.get("finish_reason") == "stop",
                 "new_tokens": int(data.get("usage", {}).get("completion_tokens", 0))}
+
+    def _plain(self, raw: str) -> str:
+        """The reply without special tokens' text (what `skip_special_tokens` would have returned)."""
+        for token in self.chat.special_texts:
+            raw = raw.replace(token, "")
+        return raw
 
     def generate(self, variant: str, conversations: list[Conversation], max_new_tokens: int,
                  sampling: dict[str, float] | None = None,
