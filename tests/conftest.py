@@ -3,11 +3,15 @@ check that a test run leaves the repository as it found it (`repo_hygiene`)."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from postgres_harness import postgres_url  # noqa: F401  (one PostgreSQL server per session)
 from prefect_harness import prefect_harness  # noqa: F401  (one Prefect test server per session)
@@ -18,6 +22,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Every MLflow call names its store; a call that falls back on the process-wide default must not find
 # the developer's ./mlflow.db by luck (MLflow 3 defaults to sqlite:///mlflow.db in the cwd).
 os.environ["MLFLOW_TRACKING_URI"] = "sqlite:////nonexistent-tuneline-test-default/mlflow.db"
+# Hypothesis keeps its example database and caches in ./.hypothesis by default: a temporary folder instead,
+# so a test run writes nothing into the checkout.
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="tuneline-hypothesis-")
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, True)
 
 
 @pytest.fixture
