@@ -110,6 +110,21 @@ def test_tokenization_cache_tokenizes_once(
         token_cache.tokenize_split(ChatFormat(tokenizer), records[:6], path, tmp_path)
 
 
+def test_a_change_to_the_rendering_code_is_a_new_cache_key(
+    tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fix to masking (lm/chat.py, ...) must re-tokenize: a cache from the old code would train (and
+    record in dvc.lock) the old masks."""
+    from transformers import AutoTokenizer
+
+    chat = ChatFormat(AutoTokenizer.from_pretrained(tiny_base))
+    path = tmp_path / "train.jsonl"
+    write_jsonl(path, repeat_records(3))
+    before = token_cache.cache_key(path, chat)
+    monkeypatch.setattr(token_cache, "rendering_code_hash", lambda: "another version of lm/chat.py")
+    assert token_cache.cache_key(path, chat) != before
+
+
 def test_damaged_cache_is_rebuilt(tiny_base: Path, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 

@@ -4,7 +4,7 @@ The cache holds each record's full rendered token ids and assistant mask, untrun
 the chat template cannot render (with their reason), in one `.npz` file under
 `<root>/.tuneline/cache/tokens/`, named by a key over the split file's bytes, the tokenizer
 (vocabulary, merges, special tokens), the chat template, the rendering options, the stop set and this
-format's version.
+format's version and the rendering code's source.
 `max_length`, truncation, labels and packing are applied on load (cheap), so a rerun with a new
 `max_length` re-tokenizes nothing either. The trainer's parent process fills the cache before any
 worker starts; workers only read it (slow tokenization inside workers stalls collectives).
@@ -28,6 +28,17 @@ from tuneline.progress import track
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = "2"
+# The code that turns a record into ids and masks: a change to it must not be served from an old cache.
+RENDERING_CODE = ("chat.py", "conversation.py", "template.py", "stops.py", "labels.py")
+
+
+def rendering_code_hash() -> str:
+    """sha256 over the source of the rendering code (`tuneline.lm`'s modules that decide ids and masks)."""
+    h = hashlib.sha256()
+    lm = Path(__file__).resolve().parent.parent / "lm"
+    for name in RENDERING_CODE:
+        h.update((lm / name).read_bytes())
+    return h.hexdigest()
 CACHE_DIR = Path(".tuneline") / "cache" / "tokens"
 
 
@@ -67,6 +78,7 @@ def cache_key(data_path: Path, chat: ChatFormat) -> str:
             h.update(chunk)
     h.update(tokenizer_fingerprint(chat.tokenizer).encode())
     h.update(json.dumps({"merge_system": chat.merge_system, "stops": chat.stop_ids}).encode())
+    h.update(rendering_code_hash().encode())
     return h.hexdigest()[:32]
 
 
