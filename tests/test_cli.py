@@ -78,3 +78,15 @@ def test_plan_that_cannot_fit_is_refused(workspace: Path) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 4
     assert "Traceback" not in result.output
+
+
+def test_build_base_says_it_was_not_built_when_another_model_is_named(workspace: Path) -> None:
+    """`dvc exp run -S model.name_or_path=<your model>` runs `tuneline build_base` first: it must succeed
+    (and say why it built nothing), not fail on the missing pre-training numbers."""
+    from tuneline.jsonio import write_jsonl
+
+    write_jsonl(workspace / "data" / "processed" / "train.jsonl", [
+        {"id": "a", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}])
+    result = runner.invoke(app, ["build_base", "--set", "model.name_or_path=/models/Qwen2.5-0.5B-Instruct"])
+    assert result.exit_code == 0, result.output
+    assert "not built" in result.output and "Qwen2.5-0.5B-Instruct" in result.output

@@ -92,6 +92,9 @@ def build_base_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
         info = build_base(_load(params, set_), Path("."))
     except TunelineError as exc:
         raise _fail(exc) from None
+    if info.get("built") is False:
+        typer.echo(f"demo base: not built ({info['reason']})")
+        return
     typer.echo(f"demo base: {info.get('parameters')} parameters, loss {info.get('loss_before'):.3f} -> "
                f"{info.get('loss_after'):.3f}")
 
