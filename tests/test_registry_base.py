@@ -214,3 +214,17 @@ def test_hub_base_can_be_copied_for_air_gapped_serving(
     assert set(flavor["artifacts"]) == {"adapter", "base"}
     assert base_sha256(local / flavor["artifacts"]["base"]["path"]) == base_sha256(files["base"])
     assert flavor["config"]["base_revision"] == COMMIT
+
+
+def test_a_base_inside_the_workspace_is_copied_into_the_version(tmp_path: Path) -> None:
+    """`models/base` is a pipeline output: `dvc exp run -S model.name_or_path=<other>` replaces it, and a
+    champion that only referred to it could no longer be loaded to compare against."""
+    from tuneline.promote.stage import must_copy_base
+
+    workspace, outside = tmp_path / "ws", tmp_path / "models" / "qwen"
+    (workspace / "models" / "base").mkdir(parents=True)
+    outside.mkdir(parents=True)
+    assert must_copy_base(False, workspace / "models" / "base", workspace)
+    assert not must_copy_base(False, outside, workspace)  # a user's model: referenced, not copied
+    assert not must_copy_base(False, "Qwen/Qwen2.5-0.5B-Instruct", workspace)  # a hub id
+    assert must_copy_base(True, outside, workspace)

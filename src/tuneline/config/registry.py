@@ -16,5 +16,6 @@ class RegistryParams(Section):
         False,
         description="Copy the base model's files into every registered version, for air-gapped serving. "
         "Off: a version records a reference to its base (local path + content hash, or hub id + "
-        "revision), checked when the version is loaded, instead of storing GBs per version.",
+        "revision), checked when the version is loaded, instead of storing GBs per version. A base inside "
+        "the workspace (the demo base, a pipeline output the next experiment replaces) is always copied.",
     )

@@ -62,6 +62,16 @@ def gate_metrics(scores: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
+def must_copy_base(copy_base: bool, base: str | Path, root: Path) -> bool:
+    """Copy the base into the version when configured, or when the base lives inside the workspace: there
+    it is a pipeline output (the demo base, `models/base`) that the next experiment replaces, and a
+    version that only referred to it would lose its base."""
+    local = Path(base)
+    if copy_base or not local.is_dir():
+        return copy_base
+    return local.resolve().is_relative_to(root.resolve())
+
+
 def probe_conversations(layout: Layout, n: int, adapter: Path) -> list[list[dict[str, str]]]:
     """The first `n` test prompts (the conversation before its last assistant turn) without tools that
     the adapter's chat template can render: the pyfunc's input is plain role / content messages."""
@@ -228,7 +238,8 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
         tags.update({"data_hash": train.get("data_hash"), "params_hash": train.get("params_hash"),
                      "adapter_sha256": sha})
         version = register_candidate(uri, reg.model_name, _training_run(cfg, layout, train), base, adapter,
-                                     tags, challenger_alias=reg.challenger_alias, copy_base=reg.copy_base,
+                                     tags, challenger_alias=reg.challenger_alias,
+                                     copy_base=must_copy_base(reg.copy_base, base, layout.root),
                                      max_new_tokens=cfg.evaluate.max_new_tokens)
     else:
         # Registered by a run that stopped before the gate's verdict: judge it now (and finish the
