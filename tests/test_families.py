@@ -362,3 +362,21 @@ def test_tool_call_format_is_learnt_from_the_template(chats: dict[str, ChatForma
     assert chats["gemma2"].tool_format is None and chats["phi3"].tool_format is None
     text = 'The answer is {"a": 1}'  # JSON that is not a call stays text
     assert parse_tool_calls(chats["llama3_1"].tool_format, text, "r") == (text, [])
+
+
+def test_versions_rendered_with_other_options_are_not_served_side_by_side(tmp_path: Path) -> None:
+    """One ChatFormat renders for champion and challenger: a challenger trained with another
+    `model.merge_system` would get prompts it was not trained on."""
+    from tuneline.lm.load import save_chat_format
+    from tuneline.serve.models import VersionFiles, _cannot_share
+
+    tok = train_tokenizer(FAMILIES["gemma2"])
+    kept, merged = ChatFormat(tok, None, merge_system=False), ChatFormat(tok, None, merge_system=True)
+    for name, chat in (("a", kept), ("b", merged)):
+        (tmp_path / name).mkdir()
+        save_chat_format(tmp_path / name, chat, "tokenizer")
+    champion = VersionFiles("champion", "1", tmp_path, tmp_path / "a")
+    same = VersionFiles("challenger", "2", tmp_path, tmp_path / "a")
+    other = VersionFiles("challenger", "3", tmp_path, tmp_path / "b")
+    assert _cannot_share(champion, "base", same, kept) is None
+    assert "merge_system" in _cannot_share(champion, "base", other, kept)

@@ -168,7 +168,7 @@ class ServedModels(Rendering):
         for f in files:
             if f"v{f.version}" in loaded:
                 continue
-            problem = _cannot_share(self._base, self._base_id, f, self.tokenizer)
+            problem = _cannot_share(self._base, self._base_id, f, self.chat)
             if problem:
                 raise ServeError(
                     f"{self.model_name}: {f.variant} version {f.version} cannot be served beside version "
@@ -306,10 +306,16 @@ def _adapter_tokenizer(adapter_dir: Path, fallback: Any) -> Any:
     return tokenizer
 
 
-def _cannot_share(base: VersionFiles, base_id: str, other: VersionFiles, tokenizer: Any) -> str | None:
+def _cannot_share(base: VersionFiles, base_id: str, other: VersionFiles, chat: Any) -> str | None:
+    """Why `other` cannot be served on the loaded base with the loaded chat format, or None."""
+    from tuneline.lm.load import saved_chat_options
+
     if other.base_dir != base.base_dir and base_identity(other.base_dir) != base_id:
         return "it was trained on a different base model"
-    theirs = _adapter_tokenizer(other.adapter_dir, tokenizer)
-    if _template_of(theirs) != _template_of(tokenizer):
+    theirs = _adapter_tokenizer(other.adapter_dir, chat.tokenizer)
+    if _template_of(theirs) != _template_of(chat.tokenizer):
         return "its tokenizer has a different chat template or EOS"
+    # One ChatFormat renders for every served version: the same request must render as each was trained.
+    if bool(saved_chat_options(other.adapter_dir).get("merge_system", False)) != chat.merge_system:
+        return "it was trained with another model.merge_system (a request would not render as it was trained)"
     return None
