@@ -24,7 +24,7 @@ from typing import Any
 
 from tuneline.lm.conversation import Message, template_messages
 from tuneline.lm.errors import RenderError
-from tuneline.lm.stops import encode_text, special_ids, stop_ids
+from tuneline.lm.stops import PROBE_ANSWER, PROBE_EXCHANGE, encode_text, special_ids, stop_ids
 from tuneline.lm.template import profile, render
 
 
@@ -60,19 +60,16 @@ class ChatFormat:
         Raises:
             RenderError: `template_unusable`, naming what was supervised.
         """
-        probe = {"id": "probe", "meta": {}, "messages": [{"role": "user", "content": "ping"},
-                                                         {"role": "assistant", "content": "pong"}]}
-        ids, mask = self.encode(probe)
+        ids, mask = self.encode({"id": "probe", "meta": {}, "messages": PROBE_EXCHANGE})
         span = [t for t, m in zip(ids, mask, strict=True) if m]
         text = self.tokenizer.decode(span[:-1]).strip() if span else ""
-        if not span or span[-1] not in self.stop_ids or text != "pong":
-            shown = self.tokenizer.decode(span)
+        if not span or span[-1] not in self.stop_ids or text != PROBE_ANSWER:
+            shown, stops = self.tokenizer.decode(span), self.tokenizer.convert_ids_to_tokens(self.stop_ids)
             raise RenderError(
                 "template_unusable",
-                f"an answer 'pong' is supervised as {shown!r}: it must be the answer followed by one stop "
-                f"token ({self.tokenizer.convert_ids_to_tokens(self.stop_ids)}); the template's generation "
-                "prompt must end where the answer starts, and its end of turn must be a special token of "
-                "this tokenizer",
+                f"an answer {PROBE_ANSWER!r} is supervised as {shown!r}: it must be the answer followed by "
+                f"one stop token ({stops}); the template's generation prompt must end where the answer "
+                "starts, and its end of turn must be a special token of this tokenizer",
             )
 
     # ---- a record as the template wants it ----
@@ -85,18 +82,16 @@ class ChatFormat:
 
     def check(self, messages: list[Message], tools: list[dict[str, Any]] | None) -> None:
         """Refuse what this template would render wrongly (see the module docstring's reasons)."""
-        for i, m in enumerate(messages):
-            # content, and the tool calls' names and arguments: all of it reaches the template as text
-            text = f"{m.get('content') or ''}{json.dumps(m.get('tool_calls') or [], ensure_ascii=False)}"
+        # Content, the tool calls' names and arguments, the tools: all of it reaches the template as text.
+        parts = [(f"message {i} ({m['role']})",
+                  f"{m.get('content') or ''}{json.dumps(m.get('tool_calls') or [], ensure_ascii=False)}")
+                 for i, m in enumerate(messages)]
+        parts.append(("the tools", json.dumps(tools or [], ensure_ascii=False)))
+        for where, text in parts:
             hit = next((s for s in self.special_texts if s in text), None)
             if hit:
-                raise RenderError("special_token_in_content",
-                                  f"message {i} ({m['role']}) contains the special token {hit!r} as text")
-        described = json.dumps(tools or [], ensure_ascii=False)
-        hit = next((s for s in self.special_texts if s in described), None)
-        if hit:
-            raise RenderError("special_token_in_content",
-                              f"the tools contain the special token {hit!r} as text")
+                raise RenderError("special_token_in_content", f"{where} contains the special token {hit!r} "
+                                  "as text")
         p = self.profile
         if any(m["role"] == "system" for m in messages) and p.system != "ok":
             hint = "; set model.merge_system=true to put it at the head of the first user turn"

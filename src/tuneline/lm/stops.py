@@ -14,6 +14,9 @@ from typing import Any
 from tuneline.lm.errors import RenderError
 from tuneline.lm.template import render
 
+PROBE_ANSWER = "pong"
+PROBE_EXCHANGE = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": PROBE_ANSWER}]
+
 
 def special_ids(tokenizer: Any) -> set[int]:
     """Ids of the special tokens: the named ones and every added token marked special."""
@@ -31,7 +34,7 @@ def encode_text(tokenizer: Any, text: str) -> list[int]:
 
 def end_of_turn_id(tokenizer: Any) -> int | None:
     """The first special token the template writes after an assistant answer, or None."""
-    conv = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"}]
+    conv = PROBE_EXCHANGE
     try:
         prompt = encode_text(tokenizer, render(tokenizer, conv[:1], add_generation_prompt=True))
         full = encode_text(tokenizer, render(tokenizer, conv))
@@ -44,7 +47,7 @@ def end_of_turn_id(tokenizer: Any) -> int | None:
     at = next((k for k, t in enumerate(answer) if t in specials), None)
     # The answer comes first: a special token before it belongs to the template's turn header (a template
     # that ignores add_generation_prompt), not to the end of the turn.
-    if at is None or "pong" not in tokenizer.decode(answer[:at]):
+    if at is None or PROBE_ANSWER not in tokenizer.decode(answer[:at]):
         return None
     return answer[at]
 
