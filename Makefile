@@ -7,6 +7,8 @@ export OMP_NUM_THREADS ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= tuneline
+# tuneline's log lines reach the Prefect UI inside a flow run; outside one (a stage run alone) they stay local.
+export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW ?= ignore
 
 .PHONY: setup run test lint bench serve demo-ab deploy clean-outputs
 

@@ -34,6 +34,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class RetryBusy(httpx.HTTPTransport):
+    """Retries a 503: the server answers it when its SQLite database is busy (a retryable error its own
+    clients retry), which happens under a loaded CI machine."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(10):
+            response = super().handle_request(request)
+            if response.status_code != 503:
+                return response
+            response.read()
+            response.close()
+            time.sleep(0.5 * (attempt + 1))
+        return response
+
+
+def api_client(api: str) -> httpx.Client:
+    return httpx.Client(base_url=api, timeout=10, transport=RetryBusy())
+
+
 def poll(
     what: str, probe: Callable[[], Any], timeout_s: float, proc: subprocess.Popen[bytes], log: Path
 ) -> Any:
@@ -138,7 +157,7 @@ def test_served_deployments_schedule_nightly_and_run_on_demand(
         [sys.executable, str(REPO / "deploy" / "deployments.py"), "--workspace", str(ws)], log, env, tmp_path
     )
     try:
-        with httpx.Client(base_url=api, timeout=10) as http:
+        with api_client(api) as http:
 
             def deployment(name: str) -> dict[str, Any] | None:
                 resp = http.get(f"/deployments/name/retrain/{name}")
@@ -192,7 +211,7 @@ def test_process_work_pool_worker_runs_the_on_demand_deployment(
     log = tmp_path / "worker.log"
     worker = start([*prefect, "worker", "start", "--pool", "tuneline-test"], log, env, tmp_path)
     try:
-        with httpx.Client(base_url=api, timeout=10) as http:
+        with api_client(api) as http:
             assert http.get("/deployments/name/retrain/on-demand").json()["work_pool_name"] == "tuneline-test"
             run_on_demand(http, ["ingest"], worker, log)
             assert (ws / "reports" / "ingest.json").is_file()

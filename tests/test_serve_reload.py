@@ -34,14 +34,19 @@ def served(server: RunningServer) -> dict[str, Any]:
     return httpx.get(server.base_url.removesuffix("/v1") + "/health").json()
 
 
-def wait_for(server: RunningServer, versions: dict[str, str], timeout_s: float = 60) -> dict[str, Any]:
+def wait_for(server: RunningServer, versions: dict[str, str], timeout_s: float = 60,
+             reloads: int | None = None) -> dict[str, Any]:
+    """/health once it shows `versions` (and, if given, that many reloads: the count is read separately
+    from the versions, so a poll may land between the two)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         health = served(server)
-        if health["versions"] == versions:
+        if health["versions"] == versions and reloads in (None, health["reloads"]):
             return health
         time.sleep(0.1)
-    raise AssertionError(f"server still serves {served(server)['versions']}, expected {versions}")
+    health = served(server)
+    raise AssertionError(f"server still serves {health['versions']} after {health['reloads']} reloads, "
+                         f"expected {versions} (reloads {reloads})")
 
 
 def answer(server: RunningServer, model: str) -> Any:
@@ -52,8 +57,8 @@ def answer(server: RunningServer, model: str) -> Any:
 def test_promotion_retirement_and_rollback_are_followed(world: World, server: RunningServer) -> None:
     assert served(server)["versions"] == {"champion": "1", "challenger": "2"}
     promote(world.uri, MODEL, "2", "1")  # as `tuneline ab decide` does for a winning challenger
-    health = wait_for(server, {"champion": "2"})
-    assert health["reloads"] == 1 and health["registry_error"] is None
+    health = wait_for(server, {"champion": "2"}, reloads=1)
+    assert health["registry_error"] is None
     raw = answer(server, MODEL)
     assert raw.headers["x-tuneline-model-version"] == "2" and raw.headers["x-tuneline-variant"] == "champion"
     with pytest.raises(openai.NotFoundError):  # no challenger any more: pinning it is refused

@@ -69,8 +69,12 @@ class AliasWatcher:
         files = [download_version(self.uri, self.model_name, version, variant, self._dir())
                  for variant, version in wanted.items()]
         before = dict(self.models.versions)
-        self.batcher.call(lambda: self.models.apply(files)).result(timeout=600)
-        self.reloads += 1
+
+        def apply() -> None:  # the count moves with the versions, so /health never shows one without the other
+            self.models.apply(files)
+            self.reloads += 1
+
+        self.batcher.call(apply).result(timeout=600)
         logger.warning("serve: aliases moved: now %s (was %s)", _describe(wanted), _describe(before))
         return True
 
