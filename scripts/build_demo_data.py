@@ -526,6 +526,51 @@ def unit_rows(rng: random.Random, n: int = 300) -> list[dict[str, Any]]:
     return rows
 
 
+# Structured output: the unit-conversion request as JSON (`task.output_schema` maps this category to
+# data/schemas/unit_request.json). English and Chinese questions, English unit names in the answer.
+EXTRACT_ASK = {
+    "en": "Extract the conversion request as JSON with keys value, from and to: ",
+    "zh": "把下面的换算请求提取为JSON（键：value、from、to）：",
+}
+
+
+def extraction_rows(rng: random.Random, n: int = 260) -> list[dict[str, Any]]:
+    seen: set[str] = set()
+    rows = []
+    while len(rows) < n:
+        f_en, t_en, f_zh, t_zh, _ = rng.choice(UNITS)
+        x = rng.randint(2, 999)
+        lang = rng.choice(["en", "zh"])
+        question = f"How many {t_en} are in {x} {f_en}?" if lang == "en" else f"{x}{f_zh}等于多少{t_zh}？"
+        if question in seen:
+            continue
+        seen.add(question)
+        answer = dumps({"value": x, "from": f_en, "to": t_en})
+        rows.append({
+            "messages": [{"role": "user", "content": EXTRACT_ASK[lang] + question},
+                         {"role": "assistant", "content": answer}],
+            "category": "extraction",
+            "lang": lang,
+        })
+    return rows
+
+
+def unit_request_schema() -> dict[str, Any]:
+    units = sorted({u for row in UNITS for u in row[:2]})
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "unit conversion request",
+        "type": "object",
+        "properties": {
+            "value": {"type": "number"},
+            "from": {"enum": units},
+            "to": {"enum": units},
+        },
+        "required": ["value", "from", "to"],
+        "additionalProperties": False,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
@@ -559,6 +604,13 @@ def main() -> None:
     (out / "zh_qa.csv").write_bytes(build_zh_qa_csv().encode("utf-8"))  # BOM + CRLF
     counts["zh_qa.csv"] = len(capital_rows("zh")) + 3
     counts["units.parquet"] = write_parquet(out / "units.parquet", rng)
+    # Its own generator, so the files above stay byte-identical when this one changes.
+    rows = extraction_rows(random.Random(args.seed + 1))
+    (out / "extraction.jsonl").write_text("".join(dumps(r) + "\n" for r in rows), encoding="utf-8")
+    counts["extraction.jsonl"] = len(rows)
+    schema = REPO / "data" / "schemas" / "unit_request.json"
+    schema.parent.mkdir(parents=True, exist_ok=True)
+    schema.write_text(json.dumps(unit_request_schema(), indent=2) + "\n", encoding="utf-8")
     for name, n in counts.items():
         print(f"{name:24s} {n:5d} rows")
     print(f"{'total':24s} {sum(counts.values()):5d} rows")

@@ -70,7 +70,7 @@ class AliasWatcher:
                  for variant, version in wanted.items()]
         before = dict(self.models.versions)
 
-        def apply() -> None:  # the count moves with the versions, so /health never shows one without the other
+        def apply() -> None:  # on the generation thread: the count moves right after the versions
             self.models.apply(files)
             self.reloads += 1
 
