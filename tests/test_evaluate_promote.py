@@ -81,6 +81,10 @@ def test_better_candidate_is_promoted_worse_one_refused(tiny_base: Path, workspa
     assert again["result"]["status"] == "already_champion" and again["version"] == "1"
     review = (root / "reports" / "review.html").read_text()
     assert review.count("Repeat the word") >= 4 and "candidate" in review
+    # The page opens with the before / after headline, whose data the run report reads back.
+    headline = json.loads((root / "reports" / "evaluate_headline.json").read_text())
+    assert headline["table"][0]["rows"] == cand["rows"] and "rouge_l" in headline["table"][0]["metrics"]
+    assert review.index("Before / after fine-tuning") < review.index('<section class="sample">')
 
     # A crippled candidate (a learning rate too small to move anything) is refused, with its reasons.
     crippled = settings(root, tiny_base, train__lr=1e-7)
@@ -129,3 +133,4 @@ def test_better_candidate_is_promoted_worse_one_refused(tiny_base: Path, workspa
     page = run_report(workspace, gated).read_text()
     for section in ("Training", "Evaluation", "Promotion gate", "Lineage", "beats_base", "<svg"):
         assert section in page, section
+    assert page.index("Before / after fine-tuning") < page.index("<h2>Data</h2>")

@@ -1,6 +1,8 @@
 """reports/run.html: one page that tells the story of a pipeline run without reading logs.
 
-Data funnel and splits (from the data report), training numbers, health alerts and loss / LR
+It opens with the before / after headline of the evaluation (`evaluate.headline`, from
+reports/evaluate_headline.json: base vs candidate per category, the answers that differ most). Then the
+data funnel and splits (from the data report), training numbers, health alerts and loss / LR
 curves, the eval comparison (base / champion / candidate), the gate's table with reasons, and the
 lineage of the champion. Every section reads the reports the stages wrote; a stage that has not run
 shows as such.
@@ -85,6 +87,19 @@ def train_section(layout: Layout, cfg: Config) -> str:
     return out
 
 
+def headline_section(layout: Layout) -> str:
+    """The evaluation's before / after headline; just its table when the evaluation kept no answers."""
+    from tuneline.evaluate.headline import build_headline, headline_html
+
+    headline = _read(layout.report("evaluate_headline"))
+    if headline is None:
+        evaluation = _read(layout.report("evaluate"))
+        if evaluation is None:
+            return _missing("evaluate")
+        headline = build_headline(evaluation["variants"], evaluation.get("per_category") or {})
+    return headline_html(headline)
+
+
 def eval_section(layout: Layout) -> str:
     evaluation = _read(layout.report("evaluate"))
     if evaluation is None:
@@ -123,6 +138,7 @@ def lineage_section(layout: Layout, cfg: Config) -> str:
 
 def run_report(layout: Layout, cfg: Config) -> Path:
     """Write reports/run.html for the workspace; returns its path."""
+    from tuneline.evaluate.headline import CSS as HEADLINE_CSS
     from tuneline.train.curves import CURVES_CSS
 
     sections = [
@@ -134,7 +150,8 @@ def run_report(layout: Layout, cfg: Config) -> Path:
     ]
     body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>tuneline run report</title>"
-            f"<style>{CSS}{CURVES_CSS}</style></head><body><h1>tuneline run report</h1>{body}"
+            f"<style>{CSS}{CURVES_CSS}{HEADLINE_CSS}</style></head><body><h1>tuneline run report</h1>"
+            f"{headline_section(layout)}{body}"
             "</body></html>\n")
     path = layout.report("run", "html")
     write_text(path, page)

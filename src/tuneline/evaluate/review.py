@@ -1,9 +1,10 @@
 """review.html: prompts with the base / champion / candidate replies side by side, for a person to read.
 
 One self-contained page: inline CSS, no JavaScript, no external assets, every text escaped, and no
-timestamp, so the same samples always give the same bytes (DVC caches it like any output). At the top,
-a table of the variants' metrics; below, per prompt: the prompt, the reference, and the three replies
-with exact-match and ROUGE-L badges.
+timestamp, so the same samples always give the same bytes (DVC caches it like any output). It opens
+with the before / after headline (`evaluate.headline`: base vs candidate per category, the answers that
+differ most); then a table of the variants' metrics; below, per sampled prompt: the prompt, the
+reference, and the three replies with exact-match and ROUGE-L badges.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import html
 from pathlib import Path
 from typing import Any
 
+from tuneline.evaluate.headline import CSS as HEADLINE_CSS
+from tuneline.evaluate.headline import headline_html
 from tuneline.jsonio import write_text
 
 VARIANTS = ("base", "champion", "candidate")
@@ -106,7 +109,10 @@ def _sample(index: int, sample: dict[str, Any]) -> str:
 
 
 def review_html(
-    samples: list[dict[str, Any]], title: str, summary: dict[str, dict[str, Any]] | None = None
+    samples: list[dict[str, Any]],
+    title: str,
+    summary: dict[str, dict[str, Any]] | None = None,
+    headline: dict[str, Any] | None = None,
 ) -> str:
     """The review page as a string.
 
@@ -114,7 +120,8 @@ def review_html(
         samples: {"id", "category", "prompt", "reference", "outputs": {"base": str, "champion": str |
             None, "candidate": str}, "scores": {variant: {metric: value}}}, shown in the given order.
         title: the page heading.
-        summary: {variant: {metric: value}}, shown as a table at the top (a None variant is left out).
+        summary: {variant: {metric: value}}, shown as a table (a None variant is left out).
+        headline: `evaluate.headline.build_headline`'s result, shown first; None leaves it out.
 
     Returns:
         A complete HTML document; the same arguments always give the same string.
@@ -122,8 +129,10 @@ def review_html(
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{_e(title)}</title><style>{_CSS}{HEADLINE_CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
+        headline_html(headline) if headline else "",
+        "<h2>All metrics</h2>" if headline and summary else "",
         _summary_table(summary or {}),
         f'<p class="meta">{len(samples)} prompts; greedy replies of each variant to the same prompt.</p>',
         *(_sample(i, s) for i, s in enumerate(samples, start=1)),
@@ -137,8 +146,9 @@ def write_review(
     path: Path | str,
     title: str = "tuneline review",
     summary: dict[str, dict[str, Any]] | None = None,
+    headline: dict[str, Any] | None = None,
 ) -> Path:
     """Write `review_html` atomically to `path` and return the path."""
     path = Path(path)
-    write_text(path, review_html(samples, title, summary))
+    write_text(path, review_html(samples, title, summary, headline))
     return path

@@ -13,7 +13,9 @@ Variants: `base` (no adapter), `candidate` (models/adapter) and `champion` (the 
 version and adapter sha256 (`champion_version`, `champion_adapter_sha256`; None without a champion)
 and the candidate's (`candidate_adapter_sha256`), so promote judges only against the champion the
 evaluation saw. Writes `reports/evaluate.json` (DVC metrics, no
-timings) and `reports/review.html` (sampled prompts side by side, for human review), and logs an
+timings), `reports/evaluate_headline.json` (the before / after headline: per-category table and the
+answers where base and candidate differ most, which the run report shows too) and
+`reports/review.html` (the headline, then sampled prompts side by side, for human review), and logs an
 MLflow run (tag `train_run_id` links it to the training run) with every metric, the per-row table
 and the review page.
 """
@@ -120,6 +122,7 @@ def run(cfg: Config, layout: Layout, champion: tuple[str, str | None] | None = N
     Raises:
         InputFileError: the test split or the trained model is missing.
     """
+    from tuneline.evaluate.headline import build_headline
     from tuneline.evaluate.metrics import compare
     from tuneline.evaluate.review import write_review
     from tuneline.lm.generate import split_prompts
@@ -160,8 +163,12 @@ def run(cfg: Config, layout: Layout, champion: tuple[str, str | None] | None = N
                       for s in sets if s != "test"},
     }
     samples = _review_samples(results, cfg.evaluate.review_samples, cfg.seed)
+    headline = build_headline(overall, report["per_category"],
+                              {name: r["rows"]["test"] for name, r in results.items()},
+                              {name: r["sets"]["test"]["per_row"] for name, r in results.items()})
+    write_json(layout.report("evaluate_headline"), headline)
     write_review(samples, layout.report("review", "html"), "tuneline review: base / champion / candidate",
-                 summary=overall)
+                 summary=overall, headline=headline)
     write_json(layout.report("evaluate"), report)
     _log_mlflow(cfg, layout, report, results)
     logger.info("evaluate: rouge_l base %.3f -> candidate %.3f; loss %.3f -> %.3f",
@@ -241,6 +248,7 @@ def _log_mlflow(cfg: Config, layout: Layout, report: dict[str, Any], results: di
     table = [{"variant": name, **row} for name, r in results.items() for row in r["rows"]["test"]]
     client.log_dict(run_id, table, "eval_table.json")
     client.log_artifact(run_id, str(layout.report("review", "html")))
+    client.log_artifact(run_id, str(layout.report("evaluate_headline")))
     client.log_artifact(run_id, str(layout.report("evaluate")))
     end_run(cfg.tracking.uri, run_id, "FINISHED")
     report_ids = layout.report("evaluate_run")
