@@ -30,8 +30,8 @@ class PromoteParams(Section):
     )
     max_never_stop_rate: float = Field(
         0.01, ge=0, le=1,
-        description="Ceiling on replies that hit evaluate.max_new_tokens without stopping, among the rows whose "
-        "reference (end of turn included) fits that budget.",
+        description="Ceiling on replies that hit evaluate.max_new_tokens without stopping, among the rows "
+        "whose reference (end of turn included) fits that budget.",
     )
     parity_probe_rows: int = Field(
         8, ge=0, description="Prompts whose greedy outputs must match between in-process and registry model."
