@@ -168,6 +168,38 @@ def test_bad_schema_file_is_a_config_error(tmp_path: Path) -> None:
         load_output_schema(bad)
 
 
+def test_schema_per_category_validates_only_those_rows(tmp_path: Path) -> None:
+    """A {category: file} output_schema: `extract` rows are validated and left as written; `chat` rows and
+    a row without a category are free text (cleaned, never judged by a schema). The stage loads the
+    mapping and records it in its report."""
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "object", "required": ["label"]}))
+    good = rec("Label <b>this</b>", '{"label": "https://a.com"}', category="extract")
+    wrong = rec("Label that", '{"other": 1}', category="extract")
+    chat = rec("Say hi", "Hello, see https://example.com for more.", category="chat")
+    plain = rec("Say bye", "Goodbye &amp; take care, my friend.")
+    layout = _workspace(tmp_path / "ws", [good, wrong, chat, plain])
+    report = clean.run(Config.model_validate({"task": {"output_schema": {"extract": str(schema)}}}), layout)
+    assert report["rejected_by_reason"] == {"output_schema_invalid": 1}
+    assert report["output_schema"] == {"extract": str(schema)}
+    kept = {r["id"]: r for r in read_jsonl(layout.interim("clean"))}
+    assert list(kept) == [good["id"], chat["id"], plain["id"]]
+    assert kept[good["id"]]["messages"][1]["content"] == '{"label": "https://a.com"}'  # not rewritten
+    assert kept[good["id"]]["messages"][0]["content"] == "Label this"  # its prompt still is
+    assert kept[chat["id"]]["messages"][1]["content"] == "Hello, see <URL> for more."
+    assert kept[plain["id"]]["messages"][1]["content"] == "Goodbye & take care, my friend."
+    rejected = list(read_jsonl(layout.rejected("clean")))
+    assert rejected[0]["record"]["id"] == wrong["id"] and "label" in rejected[0]["detail"]
+
+
+def test_bad_schema_file_in_the_mapping_names_its_category(tmp_path: Path) -> None:
+    layout = _workspace(tmp_path / "ws", [rec("Say hi")])
+    cfg = Config.model_validate({"task": {"output_schema": {"tool_call": str(tmp_path / "calls.json")}}})
+    where = r"task\.output_schema\.tool_call: schema file not found: .*calls\.json"
+    with pytest.raises(ConfigError, match=where):
+        clean.run(cfg, layout)
+
+
 # --- classifier hook ---------------------------------------------------------------------------------
 
 

@@ -142,3 +142,16 @@ def test_nonsense_train_knobs_are_refused(setting: str) -> None:
     key = setting.split("=")[0]
     with pytest.raises(ConfigError, match=rf"{key}\b"):
         load_config(None, [setting])
+
+
+def test_output_schema_is_a_file_or_a_category_mapping() -> None:
+    """task.output_schema: one file (every row), or {category: file} (only those rows), settable per
+    category from the command line; an empty mapping or a blank category is refused at load time."""
+    assert load_config(None, ["task.output_schema=s.json"]).task.output_schema == Path("s.json")
+    cfg = load_config(None, ["task.output_schema.extract=e.json", "task.output_schema.tool_call=t.json"])
+    assert cfg.task.output_schema == {"extract": Path("e.json"), "tool_call": Path("t.json")}
+    assert load_config(None, ["task.output_schema=null"]).task.output_schema is None
+    with pytest.raises(ConfigError, match="task.output_schema: .*empty mapping"):
+        load_config(None, ["task.output_schema={}"])
+    with pytest.raises(ConfigError, match="task.output_schema: .*category name .* is empty"):
+        load_config(None, ["task.output_schema={'': e.json}"])

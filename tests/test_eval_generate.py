@@ -157,6 +157,27 @@ def test_budget_hits_are_counted_as_never_stopped(base_variant: tuple[Any, Any])
     assert score_rows(rows)["overall"]["never_stop_rate"] == 1.0
 
 
+def test_never_stop_judges_only_references_that_fit_the_budget(base_variant: tuple[Any, Any]) -> None:
+    """Each row carries what its reference takes to generate (its tokens and the end of turn); a row whose
+    reference is longer than max_new_tokens could never have stopped, so it is left out of never_stop_rate
+    and counted in never_stop_excluded."""
+    model, chat = base_variant
+    tok = chat.tokenizer
+    records = eval_records()
+    long_answer = "The cat makes the cat sound, " * 4 + "number 3."
+    records.append(_record("long", [("user", "What sound does the cat make?"), ("assistant", long_answer)]))
+    rows = generate(model, chat, records, max_new_tokens=24, batch_size=4)
+    for r in rows:
+        assert r["reference_tokens"] == len(tok(r["reference"], add_special_tokens=False)["input_ids"]) + 1
+    budget = sorted(r["reference_tokens"] for r in rows)[-2]  # every reference but the long one fits
+    rows = generate(model, chat, records, max_new_tokens=budget, batch_size=4)
+    fits = [r for r in rows if r["reference_tokens"] <= budget]
+    assert 0 < len(fits) < len(rows)
+    overall = score_rows(rows, max_new_tokens=budget)["overall"]
+    assert overall["never_stop_excluded"] == len(rows) - len(fits)
+    assert overall["never_stop_rate"] == pytest.approx(sum(not r["stopped"] for r in fits) / len(fits))
+
+
 def test_generation_config_eos_ids_also_stop(base_variant: tuple[Any, Any]) -> None:
     model, chat = base_variant
     tok = chat.tokenizer

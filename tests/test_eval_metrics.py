@@ -115,6 +115,62 @@ def test_json_metrics_with_a_schema(form: str, tmp_path: Path) -> None:
     assert score_row(row("e", "{}", "free text"), SCHEMA)["json_field_accuracy"] is None
 
 
+def test_json_metrics_per_category_schema(tmp_path: Path) -> None:
+    """task.output_schema as {category: file}: the JSON metrics judge only rows of those categories (two
+    categories, two schemas); `chat` rows and a row without a category are free text (None), so the overall
+    rates are means over the 4 structured rows, not over all 7."""
+    from tuneline.data.output_schema import load_output_schemas
+
+    label, call = tmp_path / "label.json", tmp_path / "call.json"
+    label.write_text(json.dumps(SCHEMA))
+    call.write_text(json.dumps({"type": "object", "required": ["name"]}))
+    schemas = load_output_schemas({"extract": label, "tool": call})
+    rows = [
+        row("e1", '{"label": "pos", "score": 1}', '{"label": "pos", "score": 1}', "extract"),  # valid, 2/2
+        row("e2", "label: pos", '{"label": "pos", "score": 1}', "extract"),  # not JSON
+        row("t1", '{"name": "f"}', '{"name": "f"}', "tool"),  # valid, 1/1
+        row("t2", '{"label": "pos", "score": 1}', '{"name": "f"}', "tool"),  # parses, fails ITS schema
+        row("c1", "hello", "hello", "chat"),
+        row("c2", "not json", "{}", "chat"),
+        row("n1", "free", "free", None),
+    ]
+    result = score_rows(rows, schemas)
+    overall, per = result["overall"], result["per_category"]
+    assert overall["rows"] == 7 and overall["structured_rows"] == 4
+    assert overall["json_parse_rate"] == pytest.approx(3 / 4)
+    assert overall["json_valid_rate"] == pytest.approx(2 / 4)
+    assert overall["json_field_accuracy"] == pytest.approx((1 + 0 + 1 + 0) / 4)
+    assert per["extract"]["json_valid_rate"] == 0.5 and per["tool"]["json_valid_rate"] == 0.5
+    assert per["chat"]["json_valid_rate"] is None and per["chat"]["structured_rows"] == 0
+    assert per["(none)"]["json_parse_rate"] is None
+    per_row = result["per_row"]
+    assert per_row["c2"]["json_parse_rate"] is None and per_row["t2"]["json_valid_rate"] == 0
+    # No structured row evaluated: the rates are None, not 0 and not a free pass.
+    none = score_rows(rows[4:], schemas)["overall"]
+    assert none["json_valid_rate"] is None and none["structured_rows"] == 0
+    json.dumps(result, allow_nan=False)
+
+
+def test_never_stop_counts_only_references_that_fit_the_budget() -> None:
+    """A reply can only be blamed for not stopping when its reference (end of turn included) fits
+    max_new_tokens: a long reference that hit the budget is left out and counted, overall and per
+    category."""
+    rows = [
+        row("fits", "a b c", "a b c d", "qa", stopped=False, reference_tokens=5),  # 5 <= 5: never stopped
+        row("exact", "x", "x", "qa", stopped=True, reference_tokens=2),
+        row("long", "a b c", "a b c d e f g", "essay", stopped=False, reference_tokens=6),  # 6 > 5: excluded
+        row("unknown", "y", "y", "qa", stopped=False),  # no count (older rows): judged as before
+    ]
+    result = score_rows(rows, max_new_tokens=5)
+    overall, per = result["overall"], result["per_category"]
+    assert result["per_row"]["long"]["never_stop_rate"] is None
+    assert overall["never_stop_rate"] == pytest.approx(2 / 3) and overall["never_stop_excluded"] == 1
+    assert per["essay"]["never_stop_rate"] is None and per["essay"]["never_stop_excluded"] == 1
+    assert per["qa"]["never_stop_excluded"] == 0
+    assert score_rows(rows)["overall"]["never_stop_rate"] == pytest.approx(3 / 4)  # no budget: every row
+    json.dumps(result, allow_nan=False)
+
+
 def test_score_rows_means_per_category_and_token_weighted_loss() -> None:
     rows = [
         row("1", "yes", "yes", "qa", loss=1.0, tokens=1, new_tokens=2),
@@ -214,3 +270,24 @@ def test_review_page_escapes_and_shows_all_three_variants(tmp_path: Path) -> Non
     assert "<td>champion</td>" not in review_html(
         samples(), "t", {"base": {"m": 1}, "champion": None, "candidate": {"m": 2}}
     )
+
+
+def test_reports_render_a_none_never_stop_rate(tmp_path: Path) -> None:
+    """Every reference over the budget leaves never_stop_rate None: review.html and the run report show
+    it as missing (and the excluded count), not crash on formatting None."""
+    from tuneline.jsonio import write_json
+    from tuneline.layout import Layout
+    from tuneline.run_report import eval_section
+
+    rows = [row("long", "a b", "a b c d e", "essay", stopped=False, reference_tokens=9)]
+    overall = score_rows(rows, max_new_tokens=4)["overall"]
+    assert overall["never_stop_rate"] is None and overall["never_stop_excluded"] == 1
+    summary = {"base": dict(overall), "candidate": dict(overall)}
+    page = review_html(samples(), "t", summary)
+    assert "<th>never_stop_rate</th>" in page and "<td>–</td>" in page
+    assert "<th>never_stop_excluded</th>" in page
+    layout = Layout(tmp_path)
+    write_json(layout.report("evaluate"), {"variants": summary})
+    section = eval_section(layout)
+    assert "<td>never_stop_rate</td><td>—</td><td>—</td>" in section
+    assert "<td>never_stop_excluded</td><td>1</td><td>1</td>" in section

@@ -218,3 +218,61 @@ def test_metric_aliases_are_accepted() -> None:
     c["champion"] = {"json_field_accuracy": 0.85}
     d = run(c)
     assert d.promote and d.rows[0]["value"] == pytest.approx(0.4)
+
+
+def test_worse_than_base_on_rouge_l_is_refused_naming_the_criterion() -> None:
+    """A candidate whose generations are worse than the base's on the primary metric (rouge_l) is refused:
+    `beats_base` is in the decision's failed list, and the human-readable reason names the criterion, the
+    metric, both values and the rule."""
+    c = case()
+    c["champion"] = None  # first model: only the base comparison judges
+    c["candidate"]["rouge_l"] = 0.25  # base 0.30
+    d = run(c)
+    assert not d.promote and d.status == "rejected" and d.failed == ["beats_base"]
+    assert d.to_dict()["failed"] == ["beats_base"] and d.tags()["gate.failed"] == "beats_base"
+    reason = d.rows[CRITERIA.index("beats_base")]["reason"]
+    assert reason == "rouge_l 0.25 vs base 0.3: gain -0.05 (higher is better), below min_gain 0.05"
+    assert d.summary() == f"rejected: beats_base: {reason}"
+
+
+# criterion -> what its failing row's reason must name besides the criterion (metric and threshold).
+NAMED_IN_REASON = {
+    "beats_base": ("rouge_l", "min_gain 0.05"),
+    "vs_champion": ("rouge_l", "tolerance rule"),
+    "schema_valid_rate": ("json_valid_rate", "floor 0.98"),
+    "never_stop_rate": ("never_stop_rate", "ceiling 0.01"),
+}
+
+
+@pytest.mark.parametrize("criterion", list(NAMED_IN_REASON))
+def test_a_failed_metric_criterion_names_its_metric_and_threshold(criterion: str) -> None:
+    """The schema floor and never-stop ceiling used to say only '0.9 < floor 0.98': which rate?"""
+    c = case()
+    if criterion == "beats_base":
+        c["champion"]["rouge_l"] = 0.33
+    BREAKERS[criterion](c)
+    d = run(c)
+    assert d.failed == [criterion]
+    for words in (criterion, *NAMED_IN_REASON[criterion]):
+        assert words in d.summary()
+
+
+def test_schema_rate_reported_as_none_fails() -> None:
+    """A schema is configured (the key is there) but no evaluated row had one: nothing was judged, so the
+    floor cannot pass; an absent key (no schema) still skips."""
+    c = case()
+    c["candidate"]["json_valid_rate"] = None
+    d = run(c)
+    row = d.rows[CRITERIA.index("schema_valid_rate")]
+    assert d.failed == ["schema_valid_rate"] and "no evaluated row has an output schema" in row["reason"]
+
+
+def test_never_stop_reason_counts_rows_over_the_budget() -> None:
+    c = case()
+    c["candidate"]["never_stop_excluded"] = 3
+    row = run(c).rows[CRITERIA.index("never_stop_rate")]
+    assert row["passed"] and "3 rows with references over the budget left out" in row["reason"]
+    c["candidate"]["never_stop_rate"] = None  # every reference was over the budget
+    d = run(c)
+    row = d.rows[CRITERIA.index("never_stop_rate")]
+    assert d.failed == ["never_stop_rate"] and "evaluate.max_new_tokens" in row["reason"]

@@ -227,3 +227,47 @@ def test_html_escapes_record_content() -> None:
     page = render_html(report)
     assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;id" in page
     assert 'class="fail"' in page
+
+
+def test_schema_per_category_judges_only_those_records(tmp_path: Path) -> None:
+    """A {category: file} output_schema: only `extract` records are structured; the mostly share is over
+    them alone (2 invalid of 10 fails, though 2 of 21 records would pass), free-text records (`chat`, and
+    one without a category) are never judged, and the expectation says which categories it covers."""
+    schema = _schema_file(tmp_path)
+    records = [conv(i, category="extract", answer=json.dumps({"label": "pos"})) for i in range(10)]
+    records += [conv(i, category="chat") for i in range(10, 20)] + [conv(20, category=None)]
+    records[0]["messages"][1]["content"] = "not json at all"
+    records[1]["messages"][1]["content"] = json.dumps({"label": "maybe"})
+    layout = workspace(tmp_path / "ws", records)
+    cfg = config(task={"output_schema": {"extract": str(schema)}})
+
+    with pytest.raises(DataValidationError, match="output_schema"):
+        validate_raw.run(cfg, layout)
+    report = read_json(layout.report("validate_raw"))
+    row = by_name(report)["output_schema"]
+    assert set(row["unexpected_ids"]) == {r["id"] for r in records[:2]}
+    assert row["unexpected_percent"] == pytest.approx(20.0)  # of the 10 structured records, not of 21
+    assert f"extract: {schema}" in row["description"]
+    assert report["records_structured"] == 10 and report["records_schema_invalid"] == 2
+
+    records[0]["messages"][1]["content"] = records[1]["messages"][1]["content"] = json.dumps({"label": "neg"})
+    layout = workspace(tmp_path / "ws2", records)
+    report = validate_raw.run(cfg, layout)
+    assert report["success"] is True and by_name(report)["output_schema"]["unexpected_count"] == 0
+
+
+def test_schema_mapping_with_no_such_records_and_bad_files(tmp_path: Path) -> None:
+    """No record of a mapped category: nothing to judge, the check passes on zero rows. A missing or
+    broken file in the mapping is a ConfigError naming its category and the file."""
+    schema = _schema_file(tmp_path)
+    layout = workspace(tmp_path / "ws", [conv(i) for i in range(N)])
+    report = validate_raw.run(config(task={"output_schema": {"extract": str(schema)}}), layout)
+    assert report["success"] is True and report["records_structured"] == 0
+    missing = tmp_path / "missing.json"
+    cfg = config(task={"output_schema": {"chat": str(schema), "extract": str(missing)}})
+    with pytest.raises(ConfigError, match=r"task\.output_schema\.extract: schema file not found: .*missing"):
+        validate_raw.run(cfg, layout)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"task\.output_schema\.qa: .*bad\.json is not readable JSON"):
+        validate_raw.run(config(task={"output_schema": {"qa": str(bad)}}), layout)

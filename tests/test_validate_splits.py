@@ -193,6 +193,34 @@ def test_schema_invalid_outputs_fail(tmp_path: Path) -> None:
     fails_with(tmp_path / "ws", splits, "output_schema", splits["test"][0]["id"], cfg)
 
 
+def test_schema_per_category_judges_only_those_records(tmp_path: Path) -> None:
+    """A {category: file} output_schema: stratum `a` is structured (its JSON may hold a URL: clean left it
+    as written), stratum `b` is free text (never judged by the schema; its assistant text is checked for
+    residue). The schema check counts only `a` records and names the category it covers."""
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "object", "required": ["label"]}), encoding="utf-8")
+    splits = clean_splits()
+    for recs in splits.values():
+        for rec in recs:
+            if rec["category"] == "a":
+                rec["messages"][1]["content"] = json.dumps({"label": rec["id"], "url": "https://a.com"})
+    cfg = Config.model_validate({"task": {"output_schema": {"a": str(schema)}}})
+    report = validate_splits.run(cfg, workspace(tmp_path / "ok", splits))
+    assert report["success"] is True and report["structured_rows"] == 26  # 20 + 3 + 3
+    row = by_name(report)["output_schema"]
+    assert row["unexpected_count"] == 0 and f"a: {schema}" in row["description"]
+    assert "assistant only in records of categories without an output schema" in (
+        by_name(report)["no_url_residue"]["description"])
+
+    bad = next(r for r in splits["test"] if r["category"] == "a")
+    bad["messages"][1]["content"] = "{}"
+    report = fails_with(tmp_path / "bad", splits, "output_schema", bad["id"], cfg)
+    assert by_name(report)["output_schema"]["unexpected_ids"] == [bad["id"]]
+    free = next(r for r in splits["val"] if r["category"] == "b")
+    free["messages"][1]["content"] += " see https://example.com"  # free text: clean should have replaced it
+    fails_with(tmp_path / "residue", splits, "no_url_residue", free["id"], cfg)
+
+
 def test_empty_train_fails(tmp_path: Path) -> None:
     splits = {"train": [], "val": [conv(1)], "test": [conv(2)]}
     layout = workspace(tmp_path, splits)

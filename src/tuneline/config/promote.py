@@ -24,10 +24,14 @@ class PromoteParams(Section):
     tolerance: float = Field(0.01, ge=0, description="Allowed loss against the champion (champion_rule).")
     margin: float = Field(0.0, ge=0, description="Required gain over the champion (champion_rule).")
     min_schema_valid_rate: float = Field(
-        0.98, ge=0, le=1, description="Floor on schema-valid outputs (only when task.output_schema is set)."
+        0.98, ge=0, le=1,
+        description="Floor on the candidate's json_valid_rate, over the rows task.output_schema covers (only "
+        "when it is set; a rate reported as None, no structured row evaluated, fails).",
     )
     max_never_stop_rate: float = Field(
-        0.01, ge=0, le=1, description="Ceiling on replies that hit max_new_tokens without stopping."
+        0.01, ge=0, le=1,
+        description="Ceiling on replies that hit evaluate.max_new_tokens without stopping, among the rows "
+        "whose reference (end of turn included) fits that budget.",
     )
     parity_probe_rows: int = Field(
         8, ge=0, description="Prompts whose greedy outputs must match between in-process and registry model."

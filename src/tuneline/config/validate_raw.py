@@ -28,7 +28,8 @@ class ValidateRawParams(Section):
     )
     schema_mostly: float = Field(
         0.9, ge=0, le=1,
-        description="Share of records whose assistant outputs validate against task.output_schema.",
+        description="Share of the records task.output_schema covers whose assistant outputs validate against "
+        "their schema.",
     )
     sample_size: int = Field(20, ge=0, description="Unexpected ids kept per expectation in the report.")
     role_pattern: str = Field(

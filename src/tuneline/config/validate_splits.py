@@ -15,6 +15,7 @@ class ValidateSplitsParams(Section):
         True, description="Check that no near duplicate (dedup.threshold) crosses train/val/test."
     )
     schema_mostly: float = Field(
-        1.0, ge=0, le=1, description="Share of records whose outputs must match task.output_schema."
+        1.0, ge=0, le=1,
+        description="Share of the records task.output_schema covers whose outputs must match their schema."
     )
     sample_size: int = Field(20, ge=0, description="Unexpected ids kept per expectation in the report.")

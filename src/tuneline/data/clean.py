@@ -2,8 +2,10 @@
 
 Per message whose role is in `clean.roles`, in this order: NFKC, newlines, control and zero-width
 characters, HTML, e-mails, URLs (placeholders are inserted after HTML stripping, so "<URL>" survives),
-thousands separators, dates, whitespace. Tool turns are structured payloads and are never rewritten; when
-`task.output_schema` is set, assistant outputs are structured too: they are validated, not rewritten.
+thousands separators, dates, whitespace. Tool turns are structured payloads and are never rewritten; the
+assistant outputs of rows `task.output_schema` covers (every row for a single file; with a {category: file}
+mapping, the rows of those categories) are structured too: they are validated against their schema, not
+rewritten. Other rows' assistant outputs are free text and are cleaned.
 
 Then every quality rule (see `tuneline.data.quality.RULES`) is checked; a failing row goes to the rejected
 file with the first failing rule as its `reason` and all of them in `detail`. A user or assistant turn
@@ -26,7 +28,7 @@ from typing import Any
 from tuneline.config import Config
 from tuneline.config.clean import CleanParams
 from tuneline.data import textnorm
-from tuneline.data.output_schema import load_output_schema, output_error
+from tuneline.data.output_schema import OutputSchemas, load_output_schemas, output_error
 from tuneline.data.quality import (
     RULES,
     QualityClassifier,
@@ -208,6 +210,13 @@ def clean_records(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """Clean and filter records (the stage without its I/O).
 
+    Args:
+        records: canonical records.
+        params: the `clean` section.
+        schema_validator: None (free text), one jsonschema validator (every row is structured), or an
+            `OutputSchemas` (each row's category picks its validator, or none).
+        classifier: the optional quality classifier.
+
     Returns:
         kept records, rejected rows (`tuneline.records.reject` rows), and stats: `changed_by_rule`
         (rows changed per rule), `failed_by_rule` (rows failing each rule, not only the first).
@@ -215,12 +224,13 @@ def clean_records(
     changed_by_rule: Counter[str] = Counter()
     cleaned: list[dict[str, Any]] = []
     failures: list[list[tuple[str, str]]] = []
-    structured = schema_validator is not None
     for record in track(records, "clean", total=len(records)):
-        new, changed = clean_record(record, params, structured_output=structured)
+        validator = (schema_validator.for_record(record) if isinstance(schema_validator, OutputSchemas)
+                     else schema_validator)
+        new, changed = clean_record(record, params, structured_output=validator is not None)
         changed_by_rule.update(changed)
         cleaned.append(new)
-        failures.append(record_failures(new, params, schema_validator))
+        failures.append(record_failures(new, params, validator))
     if classifier is not None:
         texts = ["\n".join(_as_text(m.get("content")) for m in r["messages"]) for r in cleaned]
         for fails, score in zip(failures, classifier.scores(texts), strict=True):
@@ -270,14 +280,14 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
     if not src.is_file():
         raise InputFileError(f"{src}: not found; run `tuneline ingest` first")
     params = cfg.clean
-    validator = load_output_schema(cfg.task.output_schema) if cfg.task.output_schema else None
+    schemas = load_output_schemas(cfg.task.output_schema)
     classifier = QualityClassifier(params.classifier) if params.classifier.path else None
     records = list(read_jsonl(src))
-    kept, rejected, stats = clean_records(records, params, validator, classifier)
+    kept, rejected, stats = clean_records(records, params, schemas, classifier)
     ledger = Ledger(STAGE, rows_in=len(records), rows_kept=len(kept))
     ledger.rejected_by_reason.update(row["reason"] for row in rejected)
     ledger.extra.update(stats)
-    ledger.extra["output_schema"] = str(cfg.task.output_schema) if cfg.task.output_schema else None
+    ledger.extra["output_schema"] = schemas.setting() if schemas is not None else None
     ledger.extra["classifier"] = str(params.classifier.path) if params.classifier.path else None
     log.info(
         "clean: %d rows in, %d kept, rejected %s", len(records), len(kept), dict(ledger.rejected_by_reason)

@@ -20,7 +20,7 @@ from tuneline.data.contracts import (
     roles_string,
     run_checks,
 )
-from tuneline.data.output_schema import load_output_schema, record_output_error
+from tuneline.data.output_schema import OutputSchemas, load_output_schemas, record_output_error
 from tuneline.errors import InputFileError
 from tuneline.jsonio import read_json, read_jsonl
 from tuneline.layout import Layout
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STAGE = "validate_raw"
-RECORD_COLUMNS = (REF, "id", "messages", "category", "roles", "min_turn_chars", "total_chars", "schema_error")
+RECORD_COLUMNS = (REF, "id", "messages", "category", "roles", "min_turn_chars", "total_chars", "structured",
+                  "schema_error")
 
 
 def record_features(
@@ -41,6 +42,8 @@ def record_features(
     """One row per record: what the expectations look at (ids, role sequence, lengths, schema errors).
 
     `messages` holds the number of messages, or None when the field is missing or not a non-empty list.
+    `structured` says whether the record's outputs follow a schema (`schema_validator` is one validator
+    for every record, or an `OutputSchemas` that picks by category); `schema_error` is why they miss it.
     """
     import pandas as pd
 
@@ -51,6 +54,8 @@ def record_features(
         category = rec.get("category")
         source = rec.get("source")
         ref = rec.get("id") or (source_label(source) if isinstance(source, dict) else f"row {i + 1}")
+        validator = (schema_validator.for_record(rec) if isinstance(schema_validator, OutputSchemas)
+                     else schema_validator)
         rows.append(
             {
                 REF: str(ref),
@@ -60,7 +65,8 @@ def record_features(
                 "roles": roles,
                 "min_turn_chars": min((len(c.strip()) for c in contents), default=None),
                 "total_chars": sum(len(c) for c in contents) if contents else None,
-                "schema_error": record_output_error(rec, schema_validator) if schema_validator else None,
+                "structured": validator is not None,
+                "schema_error": record_output_error(rec, validator) if validator is not None else None,
             }
         )
     return pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
@@ -78,8 +84,12 @@ def ingest_summary(ingest_report: dict[str, Any], where: str) -> pd.DataFrame:
     )
 
 
-def build_checks(cfg: Config) -> list[Check]:
-    """The raw contract, from the `validate_raw` and `task` config sections."""
+def build_checks(cfg: Config, schemas: OutputSchemas | None = None) -> list[Check]:
+    """The raw contract, from the `validate_raw` and `task` config sections.
+
+    The schema check runs on the `structured` frame: only the records `task.output_schema` covers, so
+    free-text records neither pass nor fail it (`schemas` names them in the description).
+    """
     p = cfg.validate_raw
     checks = [
         Check("id_present", "ExpectColumnValuesToNotBeNull", {"column": "id"}, "every record has an id"),
@@ -112,13 +122,13 @@ def build_checks(cfg: Config) -> list[Check]:
                 "every category is one of validate_raw.allowed_categories (or empty)",
             )
         )
-    if cfg.task.output_schema is not None:
+    if schemas is not None:
         checks.append(
             Check(
                 "output_schema", "ExpectColumnValuesToBeNull",
                 {"column": "schema_error", "mostly": p.schema_mostly},
-                f"assistant outputs parse as JSON and match {cfg.task.output_schema} for at least "
-                f"{p.schema_mostly:.0%} of records",
+                f"{schemas.describe()}, for at least {p.schema_mostly:.0%} of those records",
+                frame="structured",
             )
         )
     checks += [
@@ -148,16 +158,18 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
         if not path.exists():
             raise InputFileError(f"{path}: not found; run `tuneline ingest` first")
     records = list(read_jsonl(data_path))
-    validator = load_output_schema(cfg.task.output_schema) if cfg.task.output_schema is not None else None
-    frame = record_features(records, validator)
+    schemas = load_output_schemas(cfg.task.output_schema)
+    frame = record_features(records, schemas)
     summary = ingest_summary(read_json(report_path), str(report_path))
-    frames = {"records": frame, "ingest": summary}
-    results = run_checks(frames, build_checks(cfg), cfg.validate_raw.sample_size)
+    structured = frame[frame["structured"].astype(bool)].reset_index(drop=True)
+    frames = {"records": frame, "ingest": summary, "structured": structured}
+    results = run_checks(frames, build_checks(cfg, schemas), cfg.validate_raw.sample_size)
     extra = {
         "ingest_rows_in": int(summary.at[0, "rows_in"]),
         "ingest_rows_rejected": int(summary.at[0, "rows_rejected"]),
         "ingest_rejected_fraction": round(float(summary.at[0, "rejected_fraction"]), 6),
         "records_with_empty_turns": int((frame["min_turn_chars"].dropna() < 1).sum()),
+        "records_structured": len(structured),
         "records_schema_invalid": int(frame["schema_error"].notna().sum()),
     }
     return finish_contract(layout, STAGE, len(records), results, extra)

@@ -24,7 +24,7 @@ from tuneline.data.contracts import (
     run_checks,
 )
 from tuneline.data.dedup import normalize_content
-from tuneline.data.output_schema import load_output_schema, record_output_error
+from tuneline.data.output_schema import OutputSchemas, load_output_schemas, record_output_error
 from tuneline.data.split import stratum_of
 from tuneline.data.textnorm import CODE_SPAN_RE, EMAIL_RE, HTML_ENTITY_RE, HTML_TAG_RE, URL_RE
 from tuneline.errors import InputFileError
@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "validate_splits"
 RESIDUE = {"html_tag": HTML_TAG_RE, "html_entity": HTML_ENTITY_RE, "url": URL_RE, "email": EMAIL_RE}
-_COLUMNS = [REF, "id", "split", "augmented", "messages", "roles", "stratum", "content_key", "schema_error"]
+_COLUMNS = [REF, "id", "split", "augmented", "messages", "roles", "stratum", "content_key", "structured",
+            "schema_error"]
 _COLUMNS += [f"{kind}_residue" for kind in RESIDUE]
 
 
@@ -53,9 +54,10 @@ def content_key(record: dict[str, Any]) -> str:
     return hashlib.sha256("\x1e".join(parts).encode("utf-8")).hexdigest()
 
 
-def cleaned_roles(cfg: Config) -> list[str]:
-    """The roles `clean` rewrites: never tool payloads, nor assistant outputs that follow a schema."""
-    skip = {"tool"} | ({"assistant"} if cfg.task.output_schema is not None else set())
+def cleaned_roles(cfg: Config, structured: bool = False) -> list[str]:
+    """The roles `clean` rewrites in a record: never tool payloads, nor assistant outputs that follow a
+    schema (`structured`: `task.output_schema` covers the record)."""
+    skip = {"tool"} | ({"assistant"} if structured else set())
     return [role for role in cfg.clean.roles if role not in skip]
 
 
@@ -77,17 +79,20 @@ def residue_text(record: dict[str, Any], roles: list[str], placeholders: list[st
 def split_features(
     splits: dict[str, list[dict[str, Any]]], cfg: Config, schema_validator: Any | None = None
 ) -> pd.DataFrame:
-    """One row per record of every split: ids, roles, residue found, duplicate partners, stratum."""
+    """One row per record of every split: ids, roles, residue found, duplicate partners, stratum, and
+    whether its outputs follow a schema (`schema_validator`: one validator for every record, or an
+    `OutputSchemas` that picks by category) and why they miss it."""
     import pandas as pd
 
     clean = cfg.clean
     placeholders = [clean.url_placeholder, clean.email_placeholder]
-    roles_cleaned = cleaned_roles(cfg)
     rows = []
     for split, records in splits.items():
         for i, rec in enumerate(records):
             roles = roles_string(rec)
-            text = residue_text(rec, roles_cleaned, placeholders)
+            validator = (schema_validator.for_record(rec) if isinstance(schema_validator, OutputSchemas)
+                         else schema_validator)
+            text = residue_text(rec, cleaned_roles(cfg, validator is not None), placeholders)
             # `clean` leaves HTML inside Markdown code alone when protect_code; URLs and e-mails never.
             prose = CODE_SPAN_RE.sub(" ", text) if clean.protect_code and "`" in text else text
             row = {
@@ -100,7 +105,8 @@ def split_features(
                 # The same reading of the stratum as `split` (records without one form the "(none)" stratum).
                 "stratum": stratum_of(rec, cfg.split.stratify_field),
                 "content_key": content_key(rec),
-                "schema_error": record_output_error(rec, schema_validator) if schema_validator else None,
+                "structured": validator is not None,
+                "schema_error": record_output_error(rec, validator) if validator is not None else None,
             }
             for kind, pattern in RESIDUE.items():
                 match = pattern.search(prose if kind.startswith("html") else text)
@@ -167,8 +173,12 @@ def _is_null(name: str, column: str, description: str, critical: bool = True) ->
     return Check(name, "ExpectColumnValuesToBeNull", {"column": column}, description, critical=critical)
 
 
-def build_checks(cfg: Config, train_strata: list[str]) -> list[Check]:
-    """The split contract, from the `validate_splits`, `split`, `clean`, `dedup` and `task` sections."""
+def build_checks(cfg: Config, train_strata: list[str], schemas: OutputSchemas | None = None) -> list[Check]:
+    """The split contract, from the `validate_splits`, `split`, `clean`, `dedup` and `task` sections.
+
+    The schema check runs on the `structured` frame: only the records `task.output_schema` covers
+    (`schemas`), so free-text records neither pass nor fail it.
+    """
     p, clean = cfg.validate_splits, cfg.clean
     checks = [
         Check("id_present", "ExpectColumnValuesToNotBeNull", {"column": "id"}, "every record has an id"),
@@ -186,12 +196,16 @@ def build_checks(cfg: Config, train_strata: list[str]) -> list[Check]:
     # A residue kind that `clean` is configured to keep is reported, but only as a warning.
     cleaned = {"html_tag": clean.html, "html_entity": clean.html, "url": clean.urls != "keep",
                "email": clean.emails != "keep"}
+    every_row = schemas is not None and schemas.every_row is not None
+    roles = ", ".join(cleaned_roles(cfg, structured=every_row))
+    if schemas is not None and not every_row and "assistant" in cfg.clean.roles:
+        roles += "; assistant only in records of categories without an output schema"
     for kind in RESIDUE:
         checks.append(
             _is_null(
                 f"no_{kind}_residue", f"{kind}_residue",
-                f"no {kind.replace('_', ' ')} left in cleaned text (roles {', '.join(cleaned_roles(cfg))}, "
-                "placeholders ignored)", critical=cleaned[kind],
+                f"no {kind.replace('_', ' ')} left in cleaned text (roles {roles}, placeholders ignored)",
+                critical=cleaned[kind],
             )
         )
     checks += [
@@ -228,13 +242,13 @@ def build_checks(cfg: Config, train_strata: list[str]) -> list[Check]:
             f"every {cfg.split.stratify_field} in val/test also occurs in train", frame="held_out",
         ),
     ]
-    if cfg.task.output_schema is not None:
+    if schemas is not None:
         checks.append(
             Check(
                 "output_schema", "ExpectColumnValuesToBeNull",
                 {"column": "schema_error", "mostly": p.schema_mostly},
-                f"assistant outputs parse as JSON and match {cfg.task.output_schema} for at least "
-                f"{p.schema_mostly:.0%} of records",
+                f"{schemas.describe()}, for at least {p.schema_mostly:.0%} of those records",
+                frame="structured",
             )
         )
     return checks
@@ -263,8 +277,8 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
         DataValidationError: a critical expectation failed (reports are written first).
     """
     splits = read_splits(layout)
-    validator = load_output_schema(cfg.task.output_schema) if cfg.task.output_schema is not None else None
-    frame = split_features(splits, cfg, validator)
+    schemas = load_output_schemas(cfg.task.output_schema)
+    frame = split_features(splits, cfg, schemas)
     near_pairs: int | None = None
     if cfg.validate_splits.cross_split_near_dup:
         texts = ["\n".join(message_contents(rec)) for records in splits.values() for rec in records]
@@ -272,9 +286,11 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
     shares = split_shares(frame, cfg)
     held_out = frame[frame["split"] != "train"].reset_index(drop=True)
     train = frame[frame["split"] == "train"].reset_index(drop=True)
-    frames = {"records": frame, "shares": shares, "held_out": held_out, "train": train}
+    structured = frame[frame["structured"].astype(bool)].reset_index(drop=True)
+    frames = {"records": frame, "shares": shares, "held_out": held_out, "train": train,
+              "structured": structured}
     train_strata = sorted(train["stratum"].dropna().unique().tolist())
-    results = run_checks(frames, build_checks(cfg, train_strata), cfg.validate_splits.sample_size)
+    results = run_checks(frames, build_checks(cfg, train_strata, schemas), cfg.validate_splits.sample_size)
     extra = {
         "rows_by_split": {s: int((frame["split"] == s).sum()) for s in SPLITS},
         "augmented_rows": int(frame["augmented"].astype(bool).sum()),
@@ -283,6 +299,8 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
         "cross_split_near_dup_pairs": near_pairs,
         "near_dup_check": "on" if near_pairs is not None else "off (validate_splits.cross_split_near_dup)",
         "residue_rows": {kind: int(frame[f"{kind}_residue"].notna().sum()) for kind in RESIDUE},
+        "structured_rows": len(structured),
+        "records_schema_invalid": int(frame["schema_error"].notna().sum()),
     }
     if near_pairs is None:
         log.info("%s: cross-split near-duplicate check is off (validate_splits.cross_split_near_dup)", STAGE)

@@ -2,9 +2,18 @@
 
 Per row: exact match (after whitespace normalization), ROUGE-L F1 (the `rouge-score` library with a
 tokenizer that keeps CJK text: one token per CJK character, words elsewhere), whether generation
-stopped at EOS, and, when a JSON schema is given, whether the prediction parses, validates, and how
+stopped at EOS, and, for a row with a JSON schema, whether the prediction parses, validates, and how
 many reference fields it reproduces. `score_rows` averages them overall and per category;
 `compare` turns two or three variants' metrics into deltas that say which way is better.
+
+Which rows a metric judges:
+
+- never stopping: only a row whose reference fits the generation budget (`reference_tokens`, the end of
+  turn included, <= `max_new_tokens`) could have stopped; a longer one has `never_stop_rate` None, is left
+  out of the mean, and is counted in `never_stop_excluded`;
+- the JSON metrics: with one schema every row; with an `OutputSchemas` mapping (`task.output_schema` as
+  {category: file}) only the rows of those categories: the others are free text and have None, so the
+  overall rate is the mean over the structured rows (None when no row is structured).
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from tuneline.data.output_schema import load_output_schema, output_error
+from tuneline.data.output_schema import OutputSchemas, load_output_schema, output_error
 
 NO_CATEGORY = "(none)"  # the per-category key of rows whose category is None
 
@@ -32,6 +41,7 @@ DIRECTIONS: dict[str, Literal["higher", "lower"]] = {
     "loss": "lower",
     "perplexity": "lower",
 }
+JSON_METRICS = ("json_parse_rate", "json_valid_rate", "json_field_accuracy")
 
 # Scripts written without spaces between words: each character is a token. Hangul is spaced, so it
 # stays word-based. Ranges: CJK radicals/symbols, kana, CJK ext. A + unified, compatibility ideographs,
@@ -157,18 +167,31 @@ def json_scores(pred: str, ref: str, validator: Any) -> dict[str, float | None]:
     }
 
 
-def score_row(row: dict[str, Any], schema: Any = None) -> dict[str, float | None]:
-    """Metrics of one generated row (`reference`, `prediction`, `stopped`).
+def could_stop(row: dict[str, Any], max_new_tokens: int | None) -> bool:
+    """Whether the row's reference fits the budget, so a reply that hit it really never stopped.
+
+    True when the budget or the row's `reference_tokens` is unknown (the row is judged, as before).
+    """
+    needed = row.get("reference_tokens")
+    return max_new_tokens is None or needed is None or needed <= max_new_tokens
+
+
+def score_row(
+    row: dict[str, Any], schema: Any = None, max_new_tokens: int | None = None
+) -> dict[str, float | None]:
+    """Metrics of one generated row (`reference`, `prediction`, `stopped`, optional `reference_tokens`).
 
     Args:
         row: a generation row; `stopped` False means it hit max_new_tokens without EOS.
         schema: a jsonschema validator, schema dict or schema file; None = free text (no JSON metrics).
+        max_new_tokens: the generation budget; a row whose reference needs more has never_stop_rate None.
     """
     pred, ref = row["prediction"], row["reference"]
+    never_stopped = 0.0 if row["stopped"] else 1.0
     scores: dict[str, float | None] = {
         "exact_match": exact_match(pred, ref),
         "rouge_l": rouge_l(pred, ref),
-        "never_stop_rate": 0.0 if row["stopped"] else 1.0,
+        "never_stop_rate": never_stopped if could_stop(row, max_new_tokens) else None,
     }
     validator = as_validator(schema)
     if validator is not None:
@@ -181,10 +204,16 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return sum(kept) / len(kept) if kept else None
 
 
-def _aggregate(rows: list[dict[str, Any]], scored: list[dict[str, float | None]]) -> dict[str, Any]:
+def _aggregate(
+    rows: list[dict[str, Any]], scored: list[dict[str, float | None]], counts: tuple[str, ...] = ()
+) -> dict[str, Any]:
     out: dict[str, Any] = {"rows": len(rows)}
     for name in scored[0] if scored else ():
         out[name] = _mean(s[name] for s in scored)
+    if "never_stop_excluded" in counts:
+        out["never_stop_excluded"] = sum(1 for s in scored if s.get("never_stop_rate") is None)
+    if "structured_rows" in counts:
+        out["structured_rows"] = sum(1 for s in scored if s.get("json_parse_rate") is not None)
     if any(r.get("new_tokens") is not None for r in rows):
         out["mean_new_tokens"] = _mean(r.get("new_tokens") for r in rows)
     with_loss = [r for r in rows if r.get("loss") is not None]
@@ -206,29 +235,47 @@ def perplexity(loss: float | None) -> float | None:
         return None
 
 
-def score_rows(rows: list[dict[str, Any]], schema: Any = None) -> dict[str, Any]:
+def score_rows(
+    rows: list[dict[str, Any]], schema: Any = None, max_new_tokens: int | None = None
+) -> dict[str, Any]:
     """Mean metrics over all rows and per category.
 
     Args:
         rows: dicts with `id`, `category` (None allowed), `reference`, `prediction`, `stopped`, and
-            optionally `new_tokens`, `loss` (mean per-token loss of the row) and `tokens` (its count).
-        schema: as in `score_row`; adds json_parse_rate, json_valid_rate and json_field_accuracy.
+            optionally `new_tokens`, `reference_tokens` (what the reference takes to generate, its end of
+            turn included), `loss` (mean per-token loss of the row) and `tokens` (its count).
+        schema: as in `score_row` (every row structured), or an `OutputSchemas` (only rows of its
+            categories); adds json_parse_rate, json_valid_rate and json_field_accuracy (None on free-text
+            rows) and the count `structured_rows`.
+        max_new_tokens: the generation budget: rows whose reference exceeds it are left out of
+            never_stop_rate, and `never_stop_excluded` counts them.
 
     Returns:
         {"overall": {metric: mean, "rows": n, ...}, "per_category": {category: {...}},
         "per_row": {id: {metric: value}}}. Categories are sorted; None is reported as "(none)".
-        A metric with no defined value (e.g. field accuracy with no JSON reference) is None.
+        A metric with no defined value (e.g. field accuracy with no JSON reference, a JSON metric with
+        no structured row) is None.
     """
-    validator = as_validator(schema)
-    scored = [score_row(r, validator) for r in rows]
+    schemas = schema if isinstance(schema, OutputSchemas) else None
+    validator = None if schemas is not None else as_validator(schema)
+    structured = schemas is not None or validator is not None
+    scored = []
+    for r in rows:
+        row_validator = schemas.for_category(r.get("category")) if schemas is not None else validator
+        scores = score_row(r, row_validator, max_new_tokens)
+        if structured and row_validator is None:
+            scores.update(dict.fromkeys(JSON_METRICS))  # free text: no JSON metric, same columns
+        scored.append(scores)
+    counts = (("never_stop_excluded",) if max_new_tokens is not None else ()) + (
+        ("structured_rows",) if structured else ())
     groups: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
         category = row.get("category")
         groups.setdefault(NO_CATEGORY if category is None else str(category), []).append(i)
     return {
-        "overall": _aggregate(rows, scored),
+        "overall": _aggregate(rows, scored, counts),
         "per_category": {
-            name: _aggregate([rows[i] for i in idx], [scored[i] for i in idx])
+            name: _aggregate([rows[i] for i in idx], [scored[i] for i in idx], counts)
             for name, idx in sorted(groups.items())
         },
         "per_row": {str(r.get("id")): s for r, s in zip(rows, scored, strict=True)},

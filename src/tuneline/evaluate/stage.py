@@ -5,8 +5,10 @@ The held-out **test** split (never used for training or checkpoint selection) an
 
 - loss and perplexity on every test row (teacher-forced, assistant tokens only, token-weighted);
 - greedy generations through the same chat template and EOS as training on a seeded sample of
-  `evaluate.max_rows` rows: exact match, ROUGE-L, never-stopping share, and the JSON metrics when
-  `task.output_schema` is set; overall and per category.
+  `evaluate.max_rows` rows: exact match, ROUGE-L, the never-stopping share of the rows whose reference
+  fits `evaluate.max_new_tokens` (the others are counted in `never_stop_excluded`: no reply could have
+  stopped there), and the JSON metrics over the rows `task.output_schema` covers (every row for one file,
+  the rows of its categories for a {category: file} mapping); overall and per category.
 
 Variants: `base` (no adapter), `candidate` (models/adapter) and `champion` (the registry's
 `registry.champion_alias`, when one exists). The report records what was compared: the champion's
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneline.config.loader import Config
+from tuneline.data.output_schema import OutputSchemas, load_output_schemas
 from tuneline.errors import InputFileError
 from tuneline.jsonio import write_json
 from tuneline.layout import Layout
@@ -82,7 +85,7 @@ def eval_sets(cfg: Config) -> dict[str, list[dict[str, Any]]]:
 
 def score_variant(
     name: str, model_dir: tuple[str, str | None], sets: dict[str, list[dict[str, Any]]], cfg: Config,
-    max_length: int, schema: Any,
+    max_length: int, schema: OutputSchemas | None,
 ) -> dict[str, Any]:
     """Loss on the whole test split, generation metrics on each sampled set, for one variant."""
     from tuneline.evaluate.loss import loss_and_perplexity
@@ -99,7 +102,7 @@ def score_variant(
     for set_name, records in sets.items():
         sampled = sample_rows(records, e.max_rows, cfg.seed)
         rows = generate(model, chat, sampled, e.max_new_tokens, e.batch_size)
-        scored = score_rows(rows, schema)
+        scored = score_rows(rows, schema, e.max_new_tokens)
         if set_name == "test":
             loss = loss_and_perplexity(model, chat, records, max_length, e.batch_size)
             scored["overall"]["loss"], scored["overall"]["perplexity"] = loss["loss"], loss["perplexity"]
@@ -121,6 +124,7 @@ def run(cfg: Config, layout: Layout, champion: tuple[str, str | None] | None = N
 
     Raises:
         InputFileError: the test split or the trained model is missing.
+        ConfigError: a `task.output_schema` file is missing or unusable (naming its category and file).
     """
     from tuneline.evaluate.headline import build_headline
     from tuneline.evaluate.metrics import compare
@@ -133,7 +137,7 @@ def run(cfg: Config, layout: Layout, champion: tuple[str, str | None] | None = N
     _, no_answer = split_prompts(test)
     adapter = _adapter_dir(cfg, layout)
     base = resolve_model_path(cfg, layout)
-    schema = str(cfg.task.output_schema) if cfg.task.output_schema else None  # a JSON schema file
+    schema = load_output_schemas(cfg.task.output_schema)  # before any model loads: a bad file fails fast
     evidence: dict[str, str | None] = {"champion_version": None, "champion_adapter_sha256": None}
     with tempfile.TemporaryDirectory(prefix="tuneline-champion-") as tmp:
         if champion is None:

@@ -17,11 +17,12 @@ import torch
 from tuneline.lm.chat import ChatFormat
 from tuneline.lm.conversation import Message
 from tuneline.lm.errors import RenderError
+from tuneline.lm.stops import encode_text
 from tuneline.progress import track
 
 logger = logging.getLogger(__name__)
 
-Prompt = dict[str, Any]  # {"id", "category", "messages", "tools", "reference"}
+Prompt = dict[str, Any]  # {"id", "category", "messages", "tools", "reference", "reference_tokens"}
 Tools = list[dict[str, Any]] | None
 
 
@@ -38,10 +39,27 @@ def prompts_and_references(record: dict[str, Any]) -> tuple[list[dict[str, str]]
     return messages[:last], messages[last]["content"]
 
 
+def reference_tokens(chat: ChatFormat, record: dict[str, Any], reference: str) -> int:
+    """Tokens a model must generate to give the reference and stop: the last assistant turn as training
+    supervises it (its text or tool calls, then the end-of-turn token); when the template cannot encode
+    the record, the reference text's tokens plus one end-of-turn token."""
+    try:
+        _, mask = chat.encode(record)
+    except RenderError:
+        mask = []
+    end = len(mask)
+    while end and not mask[end - 1]:  # the trailing scaffolding (or messages) after the last answer
+        end -= 1
+    start = end
+    while start and mask[start - 1]:  # back to where the last supervised span begins
+        start -= 1
+    return end - start if end else len(encode_text(chat.tokenizer, reference)) + 1
+
+
 def split_prompts(records: list[dict[str, Any]], chat: ChatFormat | None = None
                   ) -> tuple[list[Prompt], list[dict[str, str]]]:
     """Prompts of the records that have an assistant turn (and, given `chat`, that its template can
-    render), and the skipped ones as {id, reason, detail}."""
+    render, with the reference's `reference_tokens`), and the skipped ones as {id, reason, detail}."""
     prompts: list[Prompt] = []
     skipped: list[dict[str, str]] = []
     for record in records:
@@ -50,7 +68,7 @@ def split_prompts(records: list[dict[str, Any]], chat: ChatFormat | None = None
         if pair is None:
             skipped.append({"id": rid, "reason": "no_assistant_turn", "detail": "no assistant turn"})
             continue
-        messages, tools = pair[0], None
+        messages, tools, ref_tokens = pair[0], None, None
         if chat is not None:
             try:
                 converted, tools = chat.conversation(record)
@@ -59,8 +77,9 @@ def split_prompts(records: list[dict[str, Any]], chat: ChatFormat | None = None
             except RenderError as exc:
                 skipped.append({"id": rid, "reason": exc.reason, "detail": exc.detail})
                 continue
+            ref_tokens = reference_tokens(chat, record, pair[1])
         prompts.append({"id": record.get("id"), "category": record.get("category"), "messages": messages,
-                        "tools": tools, "reference": pair[1]})
+                        "tools": tools, "reference": pair[1], "reference_tokens": ref_tokens})
     return prompts, skipped
 
 
@@ -92,7 +111,8 @@ def generate(model: Any, chat: ChatFormat, records: list[dict[str, Any]], max_ne
 
     Returns:
         One dict per prompt: id, category, prompt (rendered text), reference, prediction (decoded
-        without special tokens), stopped (a stop token reached), new_tokens (generated, stop included).
+        without special tokens), stopped (a stop token reached), new_tokens (generated, stop included),
+        reference_tokens (what the reference takes, stop included: `reference_tokens`).
     """
     prompts, skipped = split_prompts(records, chat)
     if skipped:
@@ -102,7 +122,8 @@ def generate(model: Any, chat: ChatFormat, records: list[dict[str, Any]], max_ne
                        tools=[p["tools"] for p in prompts])
     return [
         {"id": p["id"], "category": p["category"], "prompt": r["prompt"], "reference": p["reference"],
-         "prediction": r["text"], "stopped": r["stopped"], "new_tokens": r["new_tokens"]}
+         "prediction": r["text"], "stopped": r["stopped"], "new_tokens": r["new_tokens"],
+         "reference_tokens": p["reference_tokens"]}
         for p, r in zip(prompts, replies, strict=True)
     ]
 

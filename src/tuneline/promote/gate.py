@@ -6,8 +6,12 @@
     vs_champion        tolerance rule: not worse than the champion by > tolerance;     no champion yet:
                        margin rule: better than the champion by >= margin              passes (skipped)
     schema_valid_rate  candidate's json_valid_rate (outputs valid under the task's      no output schema
-                       output schema) >= min_schema_valid_rate                         (metric absent): passes
-    never_stop_rate    candidate's never-stop rate <= max_never_stop_rate              fails
+                       output schema, over the rows it covers) >= min_schema_valid     (metric absent):
+                       _rate                                                           passes; reported as
+                                                                                       None (no structured
+                                                                                       row): fails
+    never_stop_rate    candidate's never-stop rate (over the rows whose reference      fails
+                       fits the budget) <= max_never_stop_rate
     train_health       context["train_health_status"] is not "failed"                  fails
     overfitting        no "overfitting" alert in context["train_alerts"], or the       fails
                        alert is resolved: context["early_stopped"] is True
@@ -16,7 +20,8 @@
 
 The gate fails closed: evidence that was not reported counts as failed, so a caller that forgets to
 pass it cannot promote by accident. The two exceptions are by design: a first model has no champion
-to compare with, and a task without an output schema has no schema-valid rate.
+to compare with, and a task without an output schema has no schema-valid rate. Every failed row names
+its metric and threshold in its reason; `Decision.failed` and `Decision.summary` name the criterion.
 
 Why an overfitting alert can be resolved: the health monitor stops training at the first
 overfitting signal and the trainer always restores the best-val-loss checkpoint at the end
@@ -200,30 +205,33 @@ def _floors(criteria: Any, candidate: Mapping) -> list[dict[str, Any]]:
     rows = []
     floor = float(_param(criteria, "min_schema_valid_rate", 0.0))
     valid = _number(candidate, SCHEMA_METRIC)
-    if _raw(candidate, SCHEMA_METRIC) is None:
+    reported = any(name in (candidate or {}) for name in (SCHEMA_METRIC, METRIC_ALIASES[SCHEMA_METRIC]))
+    if not reported:
         rows.append(_row("schema_valid_rate", None, floor, True, "skipped: no output schema (metric absent)"))
+    elif _raw(candidate, SCHEMA_METRIC) is None:
+        # A schema is configured but no generated row was of a structured category: nothing was judged.
+        rows.append(_row("schema_valid_rate", None, floor, False,
+                         "json_valid_rate is None: no evaluated row has an output schema"))
     elif valid is None:
         rows.append(_row("schema_valid_rate", None, floor, False, "json_valid_rate is not a finite number"))
     else:
         ok = valid >= floor - EPS
-        rows.append(
-            _row("schema_valid_rate", valid, floor, ok, f"{valid:.4g} {'>=' if ok else '<'} floor {floor:g}")
-        )
+        rows.append(_row("schema_valid_rate", valid, floor, ok,
+                         f"json_valid_rate {valid:.4g} {'>=' if ok else '<'} floor {floor:g}"))
     ceiling = float(_param(criteria, "max_never_stop_rate", 1.0))
     never = _number(candidate, NEVER_STOP_METRIC)
+    excluded = (candidate or {}).get("never_stop_excluded")
     if never is None:
-        rows.append(_row(NEVER_STOP_METRIC, None, ceiling, False, "never_stop_rate not reported"))
+        why = "never_stop_rate not reported"
+        if excluded:
+            why += (f": the references of all {excluded} rows exceed the generation budget "
+                    "(evaluate.max_new_tokens), so no reply could have stopped")
+        rows.append(_row(NEVER_STOP_METRIC, None, ceiling, False, why))
     else:
         ok = never <= ceiling + EPS
-        rows.append(
-            _row(
-                NEVER_STOP_METRIC,
-                never,
-                ceiling,
-                ok,
-                f"{never:.4g} {'<=' if ok else '>'} ceiling {ceiling:g}",
-            )
-        )
+        left_out = f" ({excluded} rows with references over the budget left out)" if excluded else ""
+        rows.append(_row(NEVER_STOP_METRIC, never, ceiling, ok,
+                         f"never_stop_rate {never:.4g} {'<=' if ok else '>'} ceiling {ceiling:g}{left_out}"))
     return rows
 
 
