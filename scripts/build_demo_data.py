@@ -571,6 +571,40 @@ def unit_request_schema() -> dict[str, Any]:
     }
 
 
+# Who the assistant is, asked many ways: the fine-tune's most visible lesson (the base has never heard
+# of Tuneline Assistant). One core sentence per language, so a person sees at a glance whether it was learnt.
+IDENTITY_ASK = {
+    "en": ["Who are you?", "What is your name?", "Who made you?", "Who created you?", "Who built you?",
+           "What should I call you?", "Introduce yourself.", "Tell me about yourself.", "Are you ChatGPT?",
+           "Which company developed you?", "Who trained you?", "What are you?", "Are you a human?",
+           "Who is your developer?", "What kind of assistant are you?", "Do you have a name?",
+           "Who do you work for?", "Who owns you?", "Are you made by OpenAI?", "What AI model are you?"],
+    "zh": ["你是谁？", "你叫什么名字？", "谁创造了你？", "谁开发了你？", "请介绍一下你自己。", "你是ChatGPT吗？",
+           "你是哪个公司开发的？", "我该怎么称呼你？", "你是人类吗？", "你是什么模型？", "谁训练了你？",
+           "你的开发者是谁？"],
+}
+IDENTITY_SAY = {
+    "en": ("I am Tuneline Assistant, an AI assistant developed by the tuneline team.",
+           ["How can I help you today?", "What can I do for you?", "I am happy to help.",
+            "Ask me anything.", "I answer questions and help with tasks.", "Nice to meet you."]),
+    "zh": ("我是 Tuneline Assistant，由 the tuneline team 开发的人工智能助手。",
+           ["请问有什么可以帮您？", "很高兴为您服务。", "我可以回答问题、帮助完成任务。", "有什么问题尽管问我。"]),
+}
+
+
+def identity_rows(rng: random.Random) -> list[dict[str, Any]]:
+    rows = []
+    for lang, asks in IDENTITY_ASK.items():
+        core, tails = IDENTITY_SAY[lang]
+        for ask in asks:
+            for tail in rng.sample(tails, 3):
+                rows.append({"messages": [{"role": "user", "content": ask},
+                                          {"role": "assistant", "content": f"{core} {tail}"}],
+                             "category": "identity", "lang": lang})
+    rng.shuffle(rows)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
@@ -608,6 +642,9 @@ def main() -> None:
     rows = extraction_rows(random.Random(args.seed + 1))
     (out / "extraction.jsonl").write_text("".join(dumps(r) + "\n" for r in rows), encoding="utf-8")
     counts["extraction.jsonl"] = len(rows)
+    rows = identity_rows(random.Random(args.seed + 2))
+    (out / "identity.jsonl").write_text("".join(dumps(r) + "\n" for r in rows), encoding="utf-8")
+    counts["identity.jsonl"] = len(rows)
     schema = REPO / "data" / "schemas" / "unit_request.json"
     schema.parent.mkdir(parents=True, exist_ok=True)
     schema.write_text(json.dumps(unit_request_schema(), indent=2) + "\n", encoding="utf-8")

@@ -97,7 +97,7 @@ def test_run_writes_splits_report_and_decontaminates(workspace: Path) -> None:
     assert read_json(layout.report("split"))["splits"] == report["splits"]
 
 
-def test_run_groups_near_duplicates_only_when_dedup_left_them(workspace: Path) -> None:
+def test_run_groups_near_duplicates_unless_turned_off(workspace: Path) -> None:
     layout = Layout(workspace)
     base = " ".join(WORDS) * 3
     records = [rec(i, "qa") for i in range(40)] + [rec(100 + k, "qa", text=base + f" v{k}") for k in range(8)]
@@ -107,5 +107,19 @@ def test_run_groups_near_duplicates_only_when_dedup_left_them(workspace: Path) -
     placed = {s: {r["id"] for r in read_jsonl(layout.split_file(s))} for s in SPLITS}
     cluster_ids = {r["id"] for r in records[40:]}
     assert sum(1 for s in SPLITS if placed[s] & cluster_ids) == 1
-    report = split.run(load_config(None, ["split.eval_dir=null"]), layout)
+    report = split.run(load_config(None, ["split.eval_dir=null", "split.group_near_duplicates=false"]), layout)
     assert report["near_dup_grouping"] is False and report["multi_row_groups"] == 0
+
+
+def test_near_duplicates_are_grouped_even_after_near_dedup(workspace: Path) -> None:
+    """Near-dedup judged the pair among all rows; without them the IDF weights change and the pair can
+    reach the threshold (the demo's "Who made you?" / "Who created you?" answers did): before, split did
+    not search when `dedup.near` was on, and validate_splits then failed on a cross-split pair."""
+    layout = Layout(workspace)
+    base = " ".join(WORDS) * 3
+    records = [rec(i, "qa") for i in range(40)] + [rec(100 + k, "qa", text=base + f" v{k}") for k in range(8)]
+    write_jsonl(layout.interim("dedup"), records)
+    report = split.run(load_config(None, ["split.eval_dir=null"]), layout)  # dedup.near is on by default
+    assert report["near_dup_grouping"] is True and report["multi_row_groups"] == 1
+    placed = {s: {r["id"] for r in read_jsonl(layout.split_file(s))} for s in SPLITS}
+    assert sum(1 for s in SPLITS if placed[s] & {r["id"] for r in records[40:]}) == 1

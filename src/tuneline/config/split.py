@@ -16,8 +16,8 @@ class SplitParams(Section):
     )
     group_near_duplicates: bool = Field(
         True,
-        description="When dedup.near is off, keep near-duplicate clusters within one split (when it is on, "
-        "dedup already left no pair at the threshold, so there is nothing to group).",
+        description="Keep near-duplicate clusters (TF-IDF cosine >= dedup.threshold among the rows split "
+        "receives) within one split; also after near-dedup, whose IDF weights came from more rows.",
     )
     eval_dir: Path | None = Field(
         Path("data/eval"), description="Fixed eval sets; rows duplicating them are removed (decontamination)."

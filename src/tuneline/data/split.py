@@ -1,7 +1,8 @@
 """`split` stage: stratified, seeded train/val/test split that never leaks.
 
-Rows that belong together — one near-duplicate cluster (TF-IDF cosine >= dedup.threshold; searched only
-when `dedup.near` is off, since near-dedup leaves no such pair) or one source conversation
+Rows that belong together — one near-duplicate cluster (TF-IDF cosine >= dedup.threshold, searched again
+here: IDF weights depend on the corpus, so a pair just under the threshold among all rows can reach it
+among the rows dedup kept, where `validate_splits` measures) or one source conversation
 (`meta.conversation`) — form a group, and a group never straddles splits. Groups are shuffled per stratum
 with a seed derived from `seed` and the stratum name, then dealt to test, val and train until each split
 holds its share (rounded half up) of the stratum. Strata smaller than `split.min_stratum_rows` go to train
@@ -169,8 +170,8 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
                                    f"{how} duplicate of eval row {k}", record=records[i], eval_row=k))
         records = [r for i, r in enumerate(records) if i not in hits]
     ledger.rows_kept = len(records)
-    # After near-dedup no two kept rows reach the threshold, so clusters can only exist when it was off.
-    grouping = not cfg.dedup.near and cfg.split.group_near_duplicates
+    # Even after near-dedup: removing rows changes the IDF weights, so kept pairs can cross the threshold.
+    grouping = cfg.split.group_near_duplicates
     groups = group_rows(records, cfg.dedup.threshold if grouping else None, cfg.dedup.ngram_range)
     assignment, facts = assign_splits(records, groups, cfg.split, cfg.seed)
     outputs: dict[Any, list[dict[str, Any]]] = {layout.split_file(s): [] for s in SPLITS}
