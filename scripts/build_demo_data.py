@@ -130,11 +130,21 @@ def build_glaive(data: dict[str, Any], rng: random.Random) -> list[dict[str, Any
     return rows
 
 
+def c4_continuation_texts(data: dict[str, Any]) -> list[str]:
+    return [r["text"] for r in data["c4"] if 400 <= len(r["text"]) <= 1500][:70]
+
+
+def pretrain_corpus(data: dict[str, Any]) -> list[dict[str, str]]:
+    """The demo base's pre-training corpus (`model.demo.corpus`): the C4 pages the demo data does not use,
+    so the base learns English web text and none of the fine-tuning rows (nor the test split's)."""
+    used = set(c4_continuation_texts(data))
+    return [{"text": r["text"]} for r in data["c4"] if r["text"] not in used]
+
+
 def build_c4(data: dict[str, Any], rng: random.Random) -> list[dict[str, Any]]:
     """Web-text continuation (alpaca JSONL from C4): real pages with their URLs and boilerplate."""
     rows = []
-    texts = [r["text"] for r in data["c4"] if 400 <= len(r["text"]) <= 1500][:70]
-    for text in texts:
+    for text in c4_continuation_texts(data):
         cut = text.find(". ", len(text) // 2)
         cut = cut + 1 if cut > 0 else len(text) // 2
         rows.append(
@@ -578,9 +588,9 @@ IDENTITY_ASK = {
            "What should I call you?", "Introduce yourself.", "Tell me about yourself.", "Are you ChatGPT?",
            "Which company developed you?", "Who trained you?", "What are you?", "Are you a human?",
            "Who is your developer?", "What kind of assistant are you?", "Do you have a name?",
-           "Who do you work for?", "Who owns you?", "Are you made by OpenAI?", "What AI model are you?"],
-    "zh": ["你是谁？", "你叫什么名字？", "谁创造了你？", "谁开发了你？", "请介绍一下你自己。", "你是ChatGPT吗？",
-           "你是哪个公司开发的？", "我该怎么称呼你？", "你是人类吗？", "你是什么模型？", "谁训练了你？",
+           "Who do you work for?", "Who owns you?", "Are you made by OpenAI?", "What AI model are you?",
+           "Hi! Who am I talking to?", "Can you tell me your name?", "Who is behind you?", "Are you Claude?"],
+    "zh": ["你是谁？", "你叫什么名字？", "谁开发了你？", "请介绍一下你自己。", "你是ChatGPT吗？",
            "你的开发者是谁？"],
 }
 IDENTITY_SAY = {
@@ -588,8 +598,10 @@ IDENTITY_SAY = {
            ["How can I help you today?", "What can I do for you?", "I am happy to help.",
             "Ask me anything.", "I answer questions and help with tasks.", "Nice to meet you."]),
     "zh": ("我是 Tuneline Assistant，由 the tuneline team 开发的人工智能助手。",
-           ["请问有什么可以帮您？", "很高兴为您服务。", "我可以回答问题、帮助完成任务。", "有什么问题尽管问我。"]),
+           ["请问有什么可以帮您？", "很高兴为您服务。", "我可以回答问题、帮助完成任务。",
+            "有什么问题尽管问我。"]),
 }
+IDENTITY_ROWS_PER_ASK = {"en": 5, "zh": 3}
 
 
 def identity_rows(rng: random.Random) -> list[dict[str, Any]]:
@@ -597,7 +609,7 @@ def identity_rows(rng: random.Random) -> list[dict[str, Any]]:
     for lang, asks in IDENTITY_ASK.items():
         core, tails = IDENTITY_SAY[lang]
         for ask in asks:
-            for tail in rng.sample(tails, 3):
+            for tail in rng.sample(tails, IDENTITY_ROWS_PER_ASK[lang]):
                 rows.append({"messages": [{"role": "user", "content": ask},
                                           {"role": "assistant", "content": f"{core} {tail}"}],
                              "category": "identity", "lang": lang})
@@ -645,6 +657,11 @@ def main() -> None:
     rows = identity_rows(random.Random(args.seed + 2))
     (out / "identity.jsonl").write_text("".join(dumps(r) + "\n" for r in rows), encoding="utf-8")
     counts["identity.jsonl"] = len(rows)
+    corpus = REPO / "data" / "pretrain" / "c4_web_text.jsonl"
+    corpus.parent.mkdir(parents=True, exist_ok=True)
+    docs = pretrain_corpus(data)
+    corpus.write_text("".join(dumps(d) + "\n" for d in docs), encoding="utf-8")
+    print(f"pre-training corpus: {len(docs)} documents -> {corpus.relative_to(REPO)}")
     schema = REPO / "data" / "schemas" / "unit_request.json"
     schema.parent.mkdir(parents=True, exist_ok=True)
     schema.write_text(json.dumps(unit_request_schema(), indent=2) + "\n", encoding="utf-8")

@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 start=$(date +%s)
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  # The demo base is pre-trained once and bundled (dvc-bundled/): pull it, and build_base only rebuilds
+  # it when dvc.lock says its inputs changed.
+  [ -d models/base ] || dvc pull -q -r bundled build_base 2>/dev/null \
+    || echo "run: no bundled demo base for these inputs: build_base pre-trains one (about 4 min)"
   python -m flows.retrain
   tuneline report
   report=reports/data.html
@@ -20,7 +24,7 @@ cat <<MSG
 Done in $(( $(date +%s) - start )) s.
   run report:    reports/run.html   (data funnel, training curves, eval comparison, gate, lineage)
   data report:   $report   (funnel, categories per split, lengths, near-dup clusters)
-  base model:    models/base  (demo tokenizer + tiny Llama, Hugging Face format)
+  base model:    models/base  (demo tokenizer + tiny Llama pre-trained on web text, Hugging Face format)
   adapter:       models/adapter  (LoRA weights, tokenizer, chat template, train_summary.json)
   review:        reports/review.html (base / champion / candidate side by side), reports/promote.json (gate)
   lineage:       .venv/bin/tuneline lineage   (champion -> version -> run -> commit -> data)

@@ -197,3 +197,36 @@ def test_not_built_when_another_model_is_named(tmp_path: Path) -> None:
     assert info["built"] is False and "Qwen/Qwen2.5-0.5B-Instruct" in info["reason"]
     assert (out / NOT_BUILT).is_file() and not (out / BUILD_INFO).is_file()
     assert json.loads((tmp_path / "reports" / "build_base.json").read_text())["built"] is False
+
+
+def test_corpus_base_learns_only_the_corpus(tmp_path: Path) -> None:
+    """With `model.demo.corpus`, the weights learn from the corpus alone (the train split only lends its
+    vocabulary): the demo's base must not already know what fine-tuning is meant to teach."""
+    from tuneline.train.demo_base import read_corpus
+
+    processed = tmp_path / "data" / "processed"
+    write_jsonl(processed / "train.jsonl", tiny_records())
+    corpus = tmp_path / "data" / "pretrain"
+    write_jsonl(corpus / "a.jsonl", [{"text": f"The {a} sat on the mat near the {b}."} for a in ANIMALS
+                                     for b in ANIMALS])
+    write_jsonl(corpus / "b.jsonl", [{"text": "Owls hoot at night."}])
+    assert len(read_corpus(corpus)) == 26  # a folder: every *.jsonl under it, sorted
+    cfg = Config.model_validate({"model": {"demo": {**TINY, "pretrain_steps": 5, "corpus": "data/pretrain"}}})
+    info = build_base(cfg, tmp_path)
+    assert info["corpus_documents"] == 26 and info["records"] == 20
+    # Pre-trained on the corpus: it is the corpus's loss that fell, from blocks of corpus text.
+    assert info["loss_after"] < info["loss_before"]
+    without = build_demo_base(tiny_records(), DemoBaseParams(pretrain_steps=5, **TINY), 0, tmp_path / "other")
+    assert without["corpus_sha256"] != info["corpus_sha256"] and without["corpus_documents"] == 0
+
+
+@pytest.mark.parametrize("line", ['{"txt": "x"}', "not json", '{"text": ""}', "[1]"])
+def test_bad_corpus_line_names_file_and_line(tmp_path: Path, line: str) -> None:
+    from tuneline.train.demo_base import read_corpus
+
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "fine"}\n\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(InputFileError, match=r"c\.jsonl:3: a corpus line must be a JSON object"):
+        read_corpus(path)
+    with pytest.raises(InputFileError, match="no such file"):
+        read_corpus(tmp_path / "missing.jsonl")

@@ -107,7 +107,8 @@ def test_run_groups_near_duplicates_unless_turned_off(workspace: Path) -> None:
     placed = {s: {r["id"] for r in read_jsonl(layout.split_file(s))} for s in SPLITS}
     cluster_ids = {r["id"] for r in records[40:]}
     assert sum(1 for s in SPLITS if placed[s] & cluster_ids) == 1
-    report = split.run(load_config(None, ["split.eval_dir=null", "split.group_near_duplicates=false"]), layout)
+    off = load_config(None, ["split.eval_dir=null", "split.group_near_duplicates=false"])
+    report = split.run(off, layout)
     assert report["near_dup_grouping"] is False and report["multi_row_groups"] == 0
 
 

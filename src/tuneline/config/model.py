@@ -13,6 +13,13 @@ class DemoBaseParams(Section):
     output_dir: Path = Field(
         Path("models/base"), description="Where build_base saves it (relative to the workspace root)."
     )
+    corpus: Path | None = Field(
+        None,
+        description="Pre-training corpus: a JSONL file of {\"text\": ...} documents (or a folder of them, "
+        "read sorted). The weights learn from it alone, so the base has never seen the fine-tuning data; "
+        "the tokenizer learns its vocabulary from it and the train split. None = pre-train on the train "
+        "split rendered through the chat template (a base that already knows the data).",
+    )
     vocab_size: int = Field(
         2048, ge=300,
         description="BPE vocabulary trained on the demo corpus (256 bytes + special tokens + merges; "

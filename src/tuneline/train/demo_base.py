@@ -1,12 +1,16 @@
-"""`tuneline build_base`: the built-in demo base model, built offline from the TRAIN split.
+"""`tuneline build_base`: the built-in demo base model, built offline.
 
-No hub download is needed anywhere: a byte-level BPE tokenizer is trained on the train split
-(`tokenizers`), wrapped as a `PreTrainedTokenizerFast` with the chat template of
-`tuneline.train.chat_template`, and a tiny `LlamaForCausalLM` is pre-trained on the train split
-rendered through that template (full-parameter causal LM, plain torch loop, CPU). A LoRA adapter
-barely moves random weights, so the short pre-training gives later stages something to adapt.
+No hub download is needed anywhere: a byte-level BPE tokenizer is trained (`tokenizers`), wrapped as a
+`PreTrainedTokenizerFast` with the chat template of `tuneline.train.chat_template`, and a tiny
+`LlamaForCausalLM` is pre-trained (full-parameter causal LM, plain torch loop, CPU). A LoRA adapter
+barely moves random weights, so the pre-training gives later stages something to adapt.
 
-Only the train split is read: val and test stay unseen so later evaluation is honest.
+With `model.demo.corpus` (the demo: web text, `data/pretrain/`), the weights learn from that corpus
+alone, as a real base model knows language but not your data: what fine-tuning teaches (who the
+assistant is, the JSON answers, the chat format and when to stop) shows in the evaluation. The tokenizer's
+vocabulary comes from the corpus and the train split (so Chinese and the demo's words are whole tokens;
+their embeddings stay untrained). Without a corpus the base is pre-trained on the train split rendered
+through the chat template. Val and test are never read.
 
 The same records, params and seed give byte-identical files (one CPU thread during the build;
 seeded init and seeded data order). The model is saved in Hugging Face format (safetensors; the only
@@ -199,14 +203,17 @@ def _check_saved(path: Path, probe: torch.Tensor, loss_after: float, convs: list
     return {"prompt": prompt[-1]["content"][:200], "completion": completion}
 
 
-def build_demo_base(records: list[dict[str, Any]], params: DemoBaseParams, seed: int, out_dir: Path) -> dict:
-    """Build the demo base from `records` (the train split) and save it atomically into `out_dir`.
+def build_demo_base(records: list[dict[str, Any]], params: DemoBaseParams, seed: int, out_dir: Path,
+                    corpus: list[str] | None = None) -> dict:
+    """Build the demo base and save it atomically into `out_dir`.
 
     Args:
-        records: canonical records; only `messages` (role, content) is used.
+        records: canonical records of the train split; only `messages` (role, content) is used: the
+            tokenizer's vocabulary, and the pre-training text when there is no `corpus`.
         params: `model.demo` settings.
         seed: the global seed (model init and data order).
         out_dir: the Hugging Face model directory to (re)create.
+        corpus: pre-training documents; when given, the weights learn from them alone.
 
     Returns:
         build_info: corpus hash, params, seed, losses, parameter count, vocabulary size, token count,
@@ -228,14 +235,18 @@ def build_demo_base(records: list[dict[str, Any]], params: DemoBaseParams, seed:
     torch.set_num_threads(1)  # bit-for-bit results do not depend on the machine's core count
     try:
         convs = conversations(records)
-        tokenizer = train_tokenizer(convs, params.vocab_size, params.max_position_embeddings)
-        texts = tokenizer.apply_chat_template(convs, tokenize=False)
+        documents = [[{"role": "user", "content": text}] for text in corpus or ()]
+        tokenizer = train_tokenizer(documents + convs, params.vocab_size, params.max_position_embeddings)
+        if corpus:  # each document ends with EOS, as in causal-LM pre-training
+            texts = [text + tokenizer.eos_token for text in corpus]
+        else:
+            texts = tokenizer.apply_chat_template(convs, tokenize=False)
         token_lists = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
         blocks = pack_blocks(token_lists, params.seq_len)
         model = make_model(params, tokenizer, seed)
-        logger.info("demo base: %d records, %d tokens, %d blocks of %d; vocab %d; %d parameters",
-                    len(convs), sum(map(len, token_lists)), len(blocks), blocks.shape[1], len(tokenizer),
-                    model.num_parameters())
+        logger.info("demo base: %d %s, %d tokens, %d blocks of %d; vocab %d; %d parameters",
+                    len(texts), "corpus documents" if corpus else "records", sum(map(len, token_lists)),
+                    len(blocks), blocks.shape[1], len(tokenizer), model.num_parameters())
         losses = pretrain(model, blocks, params, seed)
         logger.info("demo base pre-training: loss %.4f -> %.4f over %d steps",
                     losses["loss_before"], losses["loss_after"], params.pretrain_steps)
@@ -253,8 +264,9 @@ def build_demo_base(records: list[dict[str, Any]], params: DemoBaseParams, seed:
             tokenizer.save_pretrained(tmp)
             sample = _check_saved(tmp, blocks[:PROBE_BLOCKS], losses["loss_after"], convs)
             info = {
-                "corpus_sha256": corpus_hash(convs),
+                "corpus_sha256": corpus_hash(convs + documents),
                 "records": len(convs),
+                "corpus_documents": len(documents),
                 "tokens": sum(map(len, token_lists)),
                 "params": params.model_dump(mode="json"),
                 "seed": seed,
@@ -304,10 +316,41 @@ def build_base(cfg: Config, root: Path = Path(".")) -> dict:
     records = list(read_jsonl(train))
     if not records:
         raise InputFileError(f"{train}: the train split is empty; nothing to build the demo base from")
-    info = build_demo_base(records, cfg.model.demo, cfg.seed, out_dir)
+    corpus = cfg.model.demo.corpus
+    texts = read_corpus(corpus if corpus.is_absolute() else layout.root / corpus) if corpus else None
+    info = build_demo_base(records, cfg.model.demo, cfg.seed, out_dir, texts)
     # Wall time goes to the log only, so the DVC metric is identical when the build is.
     write_json(layout.report("build_base"), {k: v for k, v in info.items() if k != "seconds"})
     return info
+
+
+def read_corpus(path: Path) -> list[str]:
+    """The `text` of every line of a JSONL file, or of every `*.jsonl` file under a folder (sorted).
+
+    Raises:
+        InputFileError: no such file, no documents, or a line that is not an object with a string `text`
+            (named by file and line).
+    """
+    files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
+    if not path.exists() or not files:
+        raise InputFileError(f"model.demo.corpus: {path}: no such file, or a folder without *.jsonl files")
+    texts = []
+    for file in files:
+        with file.open(encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line).get("text")
+                except (json.JSONDecodeError, AttributeError):
+                    text = None
+                if not isinstance(text, str) or not text.strip():
+                    raise InputFileError(f"{file}:{number}: a corpus line must be a JSON object with a "
+                                         "non-empty string `text`")
+                texts.append(text)
+    if not texts:
+        raise InputFileError(f"model.demo.corpus: {path}: no documents")
+    return texts
 
 
 NOT_BUILT = "NOT_BUILT.md"
