@@ -35,6 +35,10 @@ TINY_PARAMS: dict[str, Any] = {
         {"path": "data/raw/demo/messages.jsonl", "format": "auto", "category": None, "columns": {}}
     ],
     "model.demo.pretrain_steps": 20,
+    "model.demo.hidden_size": 64,
+    "model.demo.num_layers": 2,
+    "model.demo.vocab_size": 2048,
+    "task.output_schema": None,  # messages.jsonl has no extraction rows: nothing for the schema floor to judge
     "train.epochs": 1,
     "evaluate.max_rows": 8,
     "evaluate.max_new_tokens": 16,
@@ -116,7 +120,8 @@ def make_workspace(dest: Path, params: dict[str, Any] | None = None) -> Path:
         shutil.copy2(REPO / ".dvc" / name, dest / ".dvc" / name)
     shutil.copytree(REPO / "src", dest / "src", ignore=ignore, dirs_exist_ok=True)
     shutil.copytree(REPO / "data" / "raw" / "demo", dest / "data" / "raw" / "demo", dirs_exist_ok=True)
-    shutil.copytree(REPO / "data" / "eval", dest / "data" / "eval", dirs_exist_ok=True)
+    for folder in ("eval", "schemas", "pretrain"):  # dependencies of stages in dvc.yaml
+        shutil.copytree(REPO / "data" / folder, dest / "data" / folder, dirs_exist_ok=True)
     raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     for key, value in {**TINY_PARAMS, **(params or {})}.items():
         _set(raw, key, value)
