@@ -38,7 +38,7 @@ TINY_PARAMS: dict[str, Any] = {
     "model.demo.hidden_size": 64,
     "model.demo.num_layers": 2,
     "model.demo.vocab_size": 2048,
-    "task.output_schema": None,  # messages.jsonl has no extraction rows: nothing for the schema floor to judge
+    "task.output_schema": None,  # messages.jsonl has no extraction rows: nothing for the schema floor
     "train.epochs": 1,
     "evaluate.max_rows": 8,
     "evaluate.max_new_tokens": 16,
