@@ -520,17 +520,25 @@ UNITS = [
 ]
 
 
-def unit_rows(rng: random.Random, n: int = 300) -> list[dict[str, Any]]:
+def unit_questions(rng: random.Random, n: int, top: int) -> list[tuple[tuple[Any, ...], int, str, str]]:
+    """n distinct "how many X in x Y" questions (EN or ZH): (unit row, x, lang, question)."""
     seen: set[str] = set()
-    rows = []
-    while len(rows) < n:
-        f_en, t_en, f_zh, t_zh, k = rng.choice(UNITS)
-        x = rng.randint(2, 99)
+    out = []
+    while len(out) < n:
+        unit = rng.choice(UNITS)
+        f_en, t_en, f_zh, t_zh, _ = unit
+        x = rng.randint(2, top)
         lang = rng.choice(["en", "zh"])
-        prompt = f"How many {t_en} are in {x} {f_en}?" if lang == "en" else f"{x}{f_zh}等于多少{t_zh}？"
-        if prompt in seen:
-            continue
-        seen.add(prompt)
+        question = f"How many {t_en} are in {x} {f_en}?" if lang == "en" else f"{x}{f_zh}等于多少{t_zh}？"
+        if question not in seen:
+            seen.add(question)
+            out.append((unit, x, lang, question))
+    return out
+
+
+def unit_rows(rng: random.Random, n: int = 300) -> list[dict[str, Any]]:
+    rows = []
+    for (f_en, t_en, f_zh, t_zh, k), x, lang, prompt in unit_questions(rng, n, 99):
         resp = f"{x} {f_en} = {x * k} {t_en}." if lang == "en" else f"{x}{f_zh}等于{x * k}{t_zh}。"
         rows.append({"prompt": prompt, "response": resp, "category": "unit_conversion", "lang": lang})
     return rows
@@ -545,16 +553,8 @@ EXTRACT_ASK = {
 
 
 def extraction_rows(rng: random.Random, n: int = 260) -> list[dict[str, Any]]:
-    seen: set[str] = set()
     rows = []
-    while len(rows) < n:
-        f_en, t_en, f_zh, t_zh, _ = rng.choice(UNITS)
-        x = rng.randint(2, 999)
-        lang = rng.choice(["en", "zh"])
-        question = f"How many {t_en} are in {x} {f_en}?" if lang == "en" else f"{x}{f_zh}等于多少{t_zh}？"
-        if question in seen:
-            continue
-        seen.add(question)
+    for (f_en, t_en, _, _, _), x, lang, question in unit_questions(rng, n, 999):
         answer = dumps({"value": x, "from": f_en, "to": t_en})
         rows.append({
             "messages": [{"role": "user", "content": EXTRACT_ASK[lang] + question},
