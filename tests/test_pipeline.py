@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -105,13 +106,19 @@ def test_bundled_demo_passes_every_contract(tmp_path: Path) -> None:
 def test_dvc_repro_runs_then_is_a_no_op(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
-    for item in ("params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", "src", "data/raw/demo", "data/eval"):
+    for item in ("params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", "src", "data/raw/demo", "data/eval",
+                 "data/schemas", "data/pretrain"):
         src = REPO / item
         if src.is_dir():
             shutil.copytree(src, ws / item, ignore=shutil.ignore_patterns("__pycache__"))
         elif src.exists():
             (ws / item).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, ws / item)
+    params = ws / "params.yaml"
+    text = params.read_text()
+    for key, small in (("pretrain_steps", "5"), ("hidden_size", "32"), ("vocab_size", "512")):
+        text = re.sub(rf"(\n    {key}: )\d+", rf"\g<1>{small}", text, count=1)  # the demo base, tiny
+    params.write_text(text)
     bindir = Path(sys.executable).parent
     env_path = f"{bindir}:{Path('/usr/bin')}:{Path('/bin')}"
     run = lambda *cmd: subprocess.run(  # noqa: E731
