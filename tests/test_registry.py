@@ -19,13 +19,13 @@ from tuneline.config.registry import RegistryParams
 from tuneline.promote.aliases import (
     apply_decision,
     approval_of,
-    lock_path_for,
     promote,
     record_approval,
     registry_lock,
     rollback,
 )
 from tuneline.promote.gate import decide
+from tuneline.promote.locks import lock_path_for
 from tuneline.registry.base_ref import base_sha256
 from tuneline.registry.model import generate_replies, load_adapter_model, parse_conversations
 from tuneline.registry.registry import (
@@ -354,7 +354,7 @@ def test_recheck_happens_inside_the_lock(store: str) -> None:
     make_model(store, "cas", 3)
     promote(store, "cas", "1", None)
     results: list[Any] = []
-    with registry_lock(store):
+    with registry_lock(store, "cas"):
         worker = threading.Thread(target=lambda: results.append(promote(store, "cas", "2", "1")))
         worker.start()
         time.sleep(0.5)

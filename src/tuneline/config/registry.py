@@ -1,6 +1,6 @@
 """`registry` section: the MLflow registered model that holds every candidate and the aliases."""
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tuneline.config.base import Section
 
@@ -19,3 +19,33 @@ class RegistryParams(Section):
         "revision), checked when the version is loaded, instead of storing GBs per version. A base inside "
         "the workspace (the demo base, a pipeline output the next experiment replaces) is always copied.",
     )
+    lock_url: str | None = Field(
+        None,
+        description="PostgreSQL database the alias lock is taken on (an advisory lock), for an http(s) "
+        "tracking.uri: the MLflow server's backend database, e.g. postgresql://tuneline@db:5432/mlflow. "
+        "No password here (params.yaml is committed): libpq reads PGPASSWORD or ~/.pgpass, or set the "
+        "whole URL in TUNELINE_LOCK_DATABASE_URL (which wins). null: a postgresql:// tracking.uri locks "
+        "on itself, a sqlite/file store uses a lock file beside it, an http(s) server a lock file that "
+        "covers this host only (see require_cross_host_lock).",
+    )
+    require_cross_host_lock: bool = Field(
+        False,
+        description="Refuse to move aliases when the lock would cover this host only (an http(s) "
+        "tracking.uri with no lock_url). Off: a warning says so once and promoters must run on one host. "
+        "Turn it on wherever promoters run on several hosts.",
+    )
+
+    @field_validator("lock_url")
+    @classmethod
+    def _lock_url_is_postgres_without_password(cls, value: str | None) -> str | None:
+        from tuneline.promote.locks import has_password, is_postgres
+
+        if value is None:
+            return value
+        if not is_postgres(value):
+            raise ValueError("must be a PostgreSQL URL (postgresql://user@host:port/database)")
+        if has_password(value):
+            # The message must not repeat the value: it holds the secret.
+            raise ValueError("must not contain a password (params.yaml is committed): use PGPASSWORD, "
+                             "~/.pgpass, or the whole URL in TUNELINE_LOCK_DATABASE_URL")
+        return value

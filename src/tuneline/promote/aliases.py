@@ -11,18 +11,17 @@ else it refuses with status "conflict". Aliases are written previous-first, then
 between the two leaves the champion untouched and a retry is safe; after the writes the aliases are
 read back, so a writer that bypassed the lock is detected (RegistryError) instead of going unnoticed.
 
-What the lock covers (an `fcntl.flock` on a lock file):
-- sqlite tracking store (`sqlite:///path/mlflow.db`): the lock file sits next to the database, so it
-  serializes every process on every host that can use that database file (a local disk, or a
-  network filesystem with working flock).
-- file store (`file:///dir` or a path): the lock file sits in the store directory, same reach.
-- remote tracking server (`http(s)://...`) or a direct database URI (`postgresql://`, `mysql://`):
-  the default lock file is in this host's temp directory, which is sound only while every promoter
-  runs on the same host (e.g. one Prefect worker). For promoters on several hosts pass `lock_path` on
-  a filesystem they all share, or serialize promotions elsewhere (a Prefect concurrency limit of 1
-  on the promote task, or a PostgreSQL advisory lock taken on the tracking database). Not covered:
-  writers that move aliases without this module (the MLflow UI, other scripts); the read-back
-  detects them after the fact, it cannot prevent them.
+What the lock covers (`promote/locks.py` chooses it; the `registry` params configure it):
+- a PostgreSQL tracking store (`postgresql+psycopg://...`), or any store with `registry.lock_url` /
+  TUNELINE_LOCK_DATABASE_URL naming a PostgreSQL database (an `http(s)://` MLflow server: its
+  backend database): an advisory lock in that database, keyed by the model name, so every promoter
+  on every host that reaches the database is serialized, and a killed one releases it.
+- a sqlite or file store: a lock file next to the database / in the store directory, covering every
+  host that uses that file.
+- an `http(s)://` server with no lock database: a lock file in this host's temp directory (this host
+  only), with a warning naming `registry.lock_url`; `registry.require_cross_host_lock` refuses instead.
+Not covered: writers that move aliases without this module (the MLflow UI, other scripts); the
+read-back detects them after the fact, it cannot prevent them.
 
 Evidence. A judgment is only good against the champion it was made on. The gate's decision is recorded
 on the version as `gate.*` tags, with the champion it compared against (`gate.champion`, "none" for a
@@ -36,24 +35,19 @@ approval was of another verdict: `refusal` is that rule, for callers that check 
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
-from tuneline import filelock
 from tuneline.promote.gate import passed
+from tuneline.promote.locks import registry_lock
 from tuneline.registry.registry import RegistryError, aliases_of, client
 
 logger = logging.getLogger(__name__)
 
-LOCK_NAME = ".tuneline-aliases.lock"
 APPROVAL_DECISIONS = ("approved", "rejected")
 GATE_STATUS = "gate.status"  # the verdict; written last, so its presence means "judged"
 JUDGED_AGAINST = "gate.champion"  # the champion version the gate compared against ("none": there was none)
@@ -104,45 +98,6 @@ class RollbackResult:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def lock_path_for(uri: str) -> Path:
-    """The lock file that serializes alias moves for the tracking store at `uri` (see the module doc)."""
-    if uri.startswith("sqlite:"):
-        from sqlalchemy.engine import make_url
-
-        database = make_url(uri).database
-        if database and database != ":memory:":
-            db = Path(database).resolve()
-            return db.with_name(f".{db.name}{LOCK_NAME}")
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return Path(parsed.path if parsed.scheme else uri).resolve() / LOCK_NAME
-    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"tuneline-aliases-{digest}.lock"
-
-
-@contextmanager
-def registry_lock(uri: str, lock_path: str | Path | None = None, timeout_s: float = 60.0) -> Iterator[Path]:
-    """Hold the exclusive alias lock of the tracking store at `uri` (or at `lock_path`).
-
-    Raises:
-        RegistryError: the lock was not acquired within `timeout_s`.
-    """
-    path = Path(lock_path) if lock_path is not None else lock_path_for(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # flock locks belong to the open file description, so two threads of one process exclude each
-    # other too (each opens the file itself), not only two processes.
-    with path.open("a+") as handle:
-        if not filelock.acquire(handle, timeout_s):
-            raise RegistryError(
-                f"registry lock {path} still held after {timeout_s:g}s; another promotion or "
-                "rollback is running (or hung): retry later"
-            )
-        try:
-            yield path
-        finally:
-            filelock.release(handle)
 
 
 def _names(aliases: Any) -> AliasNames:
@@ -253,20 +208,21 @@ def promote(
         model_name: registered model name.
         version: the version to promote.
         expected_champion: the champion the caller's gate compared against (None: there was none).
-        aliases: alias names (`RegistryParams` or `AliasNames`; None: the defaults).
+        aliases: the `registry` params (alias names, and the lock: `lock_url`,
+            `require_cross_host_lock`) or `AliasNames`; None: the defaults.
         require_approval: refuse unless the version carries an "approved" approval tag, given to the
             gate status it has now.
         require_evidence: refuse a version with no record of the champion it was judged against
             (gate.champion); callers acting on a recorded verdict (approval, A/B) set it.
-        lock_path: lock file override (see the module doc for when it is needed).
+        lock_path: lock file override, when no lock database is configured (`locks.choose_lock`).
         timeout_s: how long to wait for the lock.
 
     Returns:
         A `PromotionResult`; every refusal is a result with `promoted` False.
 
     Raises:
-        RegistryError: unknown version, lock timeout, or the aliases changed under the lock (a writer
-            that bypasses it).
+        RegistryError: unknown version, lock timeout (or no cross-host lock while one is required), or
+            the aliases changed under the lock (a writer that bypasses it).
     """
     from mlflow.exceptions import MlflowException
 
@@ -274,7 +230,7 @@ def promote(
     version = str(version)
     expected = None if expected_champion is None else str(expected_champion)
     mc = client(uri)
-    with registry_lock(uri, lock_path, timeout_s):
+    with registry_lock(uri, model_name, aliases, lock_path=lock_path, timeout_s=timeout_s) as lock:
         current = aliases_of(uri, model_name)
         champion, previous = current.get(names.champion_alias), current.get(names.previous_alias)
         try:
@@ -318,7 +274,7 @@ def promote(
         if after.get(names.champion_alias) != version or after.get(names.previous_alias) != want_previous:
             raise RegistryError(
                 f"{model_name}: aliases changed during the promotion of version {version} (now {after}); "
-                f"something moved them without the registry lock ({lock_path or lock_path_for(uri)})"
+                f"something moved them without the registry lock ({lock})"
             )
         mc.set_model_version_tag(model_name, version, "promotion.at", _now())
         mc.set_model_version_tag(model_name, version, "promotion.replaced", champion or "none")
@@ -351,9 +307,10 @@ def rollback(
     Args:
         uri: tracking / registry URI.
         model_name: registered model name.
-        aliases: alias names (`RegistryParams` or `AliasNames`; None: the defaults).
+        aliases: the `registry` params (alias names, and the lock: `lock_url`,
+            `require_cross_host_lock`) or `AliasNames`; None: the defaults.
         expected_champion: when given, roll back only if this is still the champion.
-        lock_path: lock file override.
+        lock_path: lock file override, when no lock database is configured.
         timeout_s: how long to wait for the lock.
 
     Returns:
@@ -364,7 +321,7 @@ def rollback(
     """
     names = _names(aliases)
     mc = client(uri)
-    with registry_lock(uri, lock_path, timeout_s):
+    with registry_lock(uri, model_name, aliases, lock_path=lock_path, timeout_s=timeout_s):
         current = aliases_of(uri, model_name)
         champion, previous = current.get(names.champion_alias), current.get(names.previous_alias)
         if previous is None or previous == champion:
@@ -514,7 +471,7 @@ def retire_challenger(
     names = _names(aliases)
     version = str(version)
     mc = client(uri)
-    with registry_lock(uri, lock_path, timeout_s):
+    with registry_lock(uri, model_name, aliases, lock_path=lock_path, timeout_s=timeout_s):
         current = aliases_of(uri, model_name)
         champion, previous = current.get(names.champion_alias), current.get(names.previous_alias)
         if current.get(names.challenger_alias) != version:
