@@ -107,6 +107,20 @@ def test_lock_errors_never_show_the_password(tmp_path: Path, monkeypatch: pytest
     assert secret not in str(err.value) and "***" in str(err.value)
 
 
+def test_lock_url_in_params_holds_no_password() -> None:
+    """params.yaml is committed: a password in registry.lock_url is refused, and not repeated."""
+    from tuneline.config.loader import load_config
+    from tuneline.errors import ConfigError
+
+    for url in ("postgresql://app:s3cretpw@db/mlflow", "postgresql://app@db/mlflow?password=s3cretpw"):
+        with pytest.raises(ConfigError, match="must not contain a password") as err:
+            load_config(None, [f"registry.lock_url={url}"])
+        assert "s3cretpw" not in str(err.value)
+    with pytest.raises(ConfigError, match="must be a PostgreSQL URL"):
+        load_config(None, ["registry.lock_url=mysql://app@db/mlflow"])
+    assert load_config(None, ["registry.lock_url=postgresql://app@db/mlflow"]).registry.lock_url
+
+
 # --- on a real PostgreSQL --------------------------------------------------------------------------------
 
 
