@@ -250,3 +250,19 @@ def test_liger_without_the_package_is_refused_naming_the_setting(tiny_base: Path
         _stage(tmp_path, tiny_base, "liger")
     assert "pip install liger-kernel" in str(err.value)
     assert not (tmp_path / "models" / "adapter").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_adapter_on_the_output_layer_is_refused_or_left_plain() -> None:
+    """LoRA on lm_head adds a delta the layer's weight does not hold: a named kernel is refused (naming the
+    setting), `auto` keeps the plain loss instead of computing a wrong one."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    family = FAMILIES["llama3_1"]
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(model_config(family, train_tokenizer(family)))
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "lm_head"], task_type="CAUSAL_LM"))
+    with pytest.raises(ConfigError, match=r"train\.loss_kernel: chunked needs a plain linear output layer"):
+        install_loss_kernel(model, "chunked")
+    assert install_loss_kernel(model, "chunked", required=False) is None

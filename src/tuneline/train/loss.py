@@ -302,14 +302,25 @@ class LossKernel:
         return out.float(), keep.new_tensor(keep.numel())
 
 
-def install_loss_kernel(model: Any, kind: str) -> LossKernel | None:
+def install_loss_kernel(model: Any, kind: str, *, required: bool = True) -> LossKernel | None:
     """Install `kind` (`plain`, `chunked` or `liger`, as resolved) on `model`; None for plain.
 
+    Args:
+        required: the setting named the kernel; False (`auto`): a model it cannot serve keeps the plain
+            loss, with a log line saying why.
+
     Raises:
-        ConfigError: the output layer is not a plain linear layer, or liger-kernel cannot be imported.
+        ConfigError: (required) the output layer is not a plain linear layer, or liger-kernel cannot be
+            imported.
     """
     if kind == "plain":
         return None
-    kernel = LossKernel(model, kind)
+    try:
+        kernel = LossKernel(model, kind)
+    except ConfigError as exc:
+        if required:
+            raise
+        logger.info("train: the plain loss (%s)", exc)
+        return None
     logger.info("train: loss computed by the %s linear cross-entropy (no full logits)", kind)
     return kernel

@@ -276,7 +276,7 @@ def fit(
     )
     trainer.monitor = monitor
     trainer.token_counts = counts
-    trainer.loss_kernel = install_loss_kernel(model, loss_kernel)
+    trainer.loss_kernel = install_loss_kernel(model, loss_kernel, required=cfg.train.loss_kernel != "auto")
     trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout: MLflow and the log have them
     start = latest_checkpoint(checkpoints) if resume else None
     if start is not None:
