@@ -65,6 +65,33 @@ def test_chunked_equals_plain_loss_and_gradients(softcap: float | None, scale: f
     assert got[0][::3].abs().max() == 0  # ignored tokens get no gradient
 
 
+def test_bf16_inputs_match_plain_within_bf16_rounding() -> None:
+    """The GPU dtype path (bf16 hidden states and weight, fp32 softmax, bf16 gradients): the loss of
+    transformers' own (bf16 logits upcast to fp32), and gradients no further from the exact (float64) ones
+    than the plain loss's bf16 gradients are."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(40, 16, generator=gen).bfloat16().requires_grad_(True)
+    weight = (torch.randn(50, 16, generator=gen) / 4).bfloat16().requires_grad_(True)
+    labels = torch.randint(0, 50, (40,), generator=gen)
+    labels[:10] = IGNORE_INDEX
+    total, count = linear_cross_entropy(hidden, weight, labels, chunk=6)
+    assert total.dtype == torch.float32
+    got = torch.autograd.grad(total / count, (hidden, weight))
+    plain = torch.nn.functional.cross_entropy(torch.nn.functional.linear(hidden, weight).float(), labels)
+    want = torch.autograd.grad(plain, (hidden, weight))
+    exact_in = (hidden.detach().double().requires_grad_(True), weight.detach().double().requires_grad_(True))
+    exact = torch.autograd.grad(torch.nn.functional.cross_entropy(
+        torch.nn.functional.linear(*exact_in), labels), exact_in)
+    torch.testing.assert_close(total / count, plain, rtol=1e-5, atol=1e-5)
+    # The weight's gradient is a sum over chunks, each chunk's part rounded to bf16 by its matmul (plain
+    # rounds one matmul): up to ~1.5x plain's error here, bf16 rounding all the same.
+    for g, w, e, slack in zip(got, want, exact, (1.5, 2.5), strict=True):
+        assert g.dtype == torch.bfloat16
+        assert (g.double() - e).abs().max() <= slack * (w.double() - e).abs().max()
+
+
 def test_frozen_weight_gets_no_gradient_and_no_grad_mode_makes_none() -> None:
     """LoRA freezes the output layer: only the hidden states get a gradient; evaluation builds none."""
     import torch

@@ -293,6 +293,8 @@ class LossKernel:
         hidden = hidden.reshape(-1, hidden.shape[-1])
         keep = (labels != ignore_index).nonzero().squeeze(1)
         selected = hidden.index_select(0, keep)
+        if not keep.numel():  # nothing supervised: a zero sum (the plain mean would be 0/0 as well)
+            return selected.sum().float() * 0.0, keep.new_tensor(0)
         if self.scale != 1.0:  # scale * (h W^T + b) = (scale h) W^T + scale b
             selected = selected * self.scale
             bias = bias * self.scale if bias is not None else None
