@@ -17,6 +17,10 @@ rows) / step time / peak (989 TFLOPS dense BF16 for H100/H200).
     OMP_NUM_THREADS=1 .venv/bin/python bench/train_throughput.py --cpu
     # GPU: a ~1.1B Llama built from a config with random weights, bf16, sequences of 2048
     python bench/train_throughput.py --gpu --steps 30
+    # GPU: also transformers' padding-free baseline; tuneline with the fused / chunked loss and flex
+    # attention's document mask (block-sparse, instead of sdpa's dense block-diagonal mask)
+    python bench/train_throughput.py --gpu --steps 30 --flatten-baseline --loss-kernel auto \
+        --attn flex_attention
 """
 
 from __future__ import annotations
@@ -133,6 +137,8 @@ def run_variant(name: str, model_fn: Any, rows: list[dict], args: argparse.Names
             }
 
         trainer_cls, dataset = Trainer, data
+    elif name == "flatten":
+        trainer_cls, dataset, collate, targs_batch = flatten_variant(rows, args, counter, segments)
     else:
         packed = pack_rows(rows, args.max_length)
 
@@ -142,7 +148,8 @@ def run_variant(name: str, model_fn: Any, rows: list[dict], args: argparse.Names
 
         trainer_cls, dataset = _trainer_class(), Rows(packed)
     targs = TrainingArguments(
-        output_dir=str(args.out / name), per_device_train_batch_size=args.batch,
+        output_dir=str(args.out / name),
+        per_device_train_batch_size=targs_batch if name == "flatten" else args.batch,
         gradient_accumulation_steps=1,
         learning_rate=2e-4, max_steps=args.steps, logging_steps=args.steps, save_strategy="no",
         eval_strategy="no", bf16=gpu, use_cpu=not gpu, report_to="none", dataloader_num_workers=0,
@@ -152,6 +159,8 @@ def run_variant(name: str, model_fn: Any, rows: list[dict], args: argparse.Names
     timer = StepTimer(skip=3)
     trainer = trainer_cls(model=model, args=targs, train_dataset=dataset, data_collator=collate,
                           callbacks=[timer.callback()])
+    if name == "tuneline":
+        trainer.loss_kernel = tuneline_loss_kernel(model, args.loss_kernel)
     if gpu:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -175,6 +184,37 @@ def run_variant(name: str, model_fn: Any, rows: list[dict], args: argparse.Names
     return out
 
 
+def flatten_variant(rows: list[dict], args: argparse.Namespace, counter: TokenCounter,
+                    segments: list) -> tuple[Any, list[dict], Any, int]:
+    """The transformers padding-free recipe: `DataCollatorWithFlattening` joins a batch's rows into one
+    sequence (position ids restart per row, no padding) for the plain `Trainer`. Rows per step are chosen
+    so a step holds about as many tokens as tuneline's packed batch (batch x max_length)."""
+    from transformers import DataCollatorWithFlattening, Trainer
+
+    flatten = DataCollatorWithFlattening()
+    mean = sum(len(r["input_ids"]) for r in rows) / len(rows)
+    per_step = max(1, round(args.batch * args.max_length / mean))
+
+    def collate(batch: list[dict]) -> dict:
+        lengths = [len(b["input_ids"]) for b in batch]
+        counter.real += sum(lengths)
+        counter.total += sum(lengths)
+        segments.append([lengths])
+        return flatten(batch)
+
+    data = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
+    return Trainer, data, collate, per_step
+
+
+def tuneline_loss_kernel(model: Any, setting: str) -> Any:
+    """`train.loss_kernel` for the tuneline variant (`plain`: the model's own loss, as before)."""
+    from tuneline.train.loss import install_loss_kernel, loss_kernel_for
+
+    kind = loss_kernel_for(setting, zero_stage=0)
+    print(json.dumps({"tuneline_loss_kernel": kind}), flush=True)
+    return install_loss_kernel(model, kind)
+
+
 def _seg_lengths(positions: list[int]) -> list[int]:
     """Row lengths inside a packed sequence (positions restart at 0 for every row)."""
     starts = [i for i, p in enumerate(positions) if p == 0] + [len(positions)]
@@ -192,6 +232,10 @@ def main() -> None:
     ap.add_argument("--attn", default="sdpa", help="attention implementation (sdpa, eager, flex_attention)")
     ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (TrainingArguments)")
+    ap.add_argument("--loss-kernel", default="plain", choices=["plain", "auto", "chunked", "liger"],
+                    help="train.loss_kernel of the tuneline variant")
+    ap.add_argument("--flatten-baseline", action="store_true",
+                    help="also run transformers' padding-free DataCollatorWithFlattening baseline")
     ap.add_argument("--rows", type=int, default=4000, help="synthetic rows (GPU mode)")
     ap.add_argument("--out", type=Path, default=Path("bench/.cache/train_throughput"))
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -231,12 +275,17 @@ def main() -> None:
 
     results = {"device": torch.cuda.get_device_name(0) if args.gpu else platform.processor() or "cpu",
                "torch": torch.__version__, "attn": args.attn, "steps": args.steps, "batch": args.batch,
-               "max_length": args.max_length, "rows": len(rows), "compile": args.compile, "variants": []}
-    for name in ("baseline", "tuneline"):
+               "max_length": args.max_length, "rows": len(rows), "compile": args.compile,
+               "loss_kernel": args.loss_kernel, "variants": []}
+    names = ("baseline", "flatten", "tuneline") if args.flatten_baseline else ("baseline", "tuneline")
+    for name in names:
         results["variants"].append(run_variant(name, model_fn, rows, args, pad_id))
         print(json.dumps(results["variants"][-1]), flush=True)
-    b, t = results["variants"]
-    results["speedup_useful_tokens_per_s"] = t["useful_tokens_per_s"] / b["useful_tokens_per_s"]
+    by = {v["variant"]: v for v in results["variants"]}
+    t = by["tuneline"]
+    results["speedup_useful_tokens_per_s"] = t["useful_tokens_per_s"] / by["baseline"]["useful_tokens_per_s"]
+    if "flatten" in by:
+        results["speedup_vs_flatten"] = t["useful_tokens_per_s"] / by["flatten"]["useful_tokens_per_s"]
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

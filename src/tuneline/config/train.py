@@ -114,6 +114,14 @@ class TrainParams(Section):
     device_memory_gib: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
         "auto", description="Memory per device the plan must fit; `auto` reads it from the device."
     )
+    loss_kernel: Literal["auto", "plain", "chunked", "liger"] = Field(
+        "auto",
+        description="auto | plain | chunked | liger: how the loss is computed from the last hidden states. "
+        "`plain`: the model's loss over full fp32 logits; `chunked`: linear + cross-entropy in chunks of "
+        "supervised tokens, logits never whole (pure torch); `liger`: liger-kernel's fused kernel (CUDA, "
+        "package installed); `auto`: liger on CUDA if installed, else chunked on CUDA, plain on CPU and "
+        "under ZeRO-3.",
+    )
     on_plan_too_big: Literal["refuse", "adjust"] = Field(
         "refuse",
         description="A plan that does not fit: refuse before any GPU time, or adjust (more accumulation, "

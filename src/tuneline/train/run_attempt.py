@@ -119,6 +119,7 @@ def train_here(attempt: Attempt, plan: Plan) -> Outcome:
 
     from tuneline.train.distributed import init_worker
     from tuneline.train.lora import count_parameters
+    from tuneline.train.loss import loss_kernel_for
     from tuneline.train.tracking import metrics_callback
     from tuneline.train.trainer import training_args
 
@@ -134,7 +135,8 @@ def train_here(attempt: Attempt, plan: Plan) -> Outcome:
     callbacks = [metrics_callback(attempt.tracking_uri, attempt.run_id, history), monitor]
     try:
         result = fit(cfg, args, model, tokenizer, attempt.train_rows, attempt.val_rows,
-                     resume=resume, callbacks=callbacks, monitor=monitor, save_to=attempt.save_to)
+                     resume=resume, callbacks=callbacks, monitor=monitor, save_to=attempt.save_to,
+                     loss_kernel=loss_kernel_for(cfg.train.loss_kernel, plan.zero_stage))
     except torch.OutOfMemoryError as exc:
         raise OutOfMemory(str(exc).splitlines()[0]) from None
     return Outcome(result, history, monitor.report(), monitor.tags(), count_parameters(model),

@@ -43,6 +43,7 @@ from tuneline.redact import redact
 from tuneline.train.chat_rows import chat_format_for, write_rejected
 from tuneline.train.curves import write_curves
 from tuneline.train.inputs import read_split, resolve_model_path
+from tuneline.train.loss import loss_kernel_for
 from tuneline.train.outputs import sort_target_modules, train_report
 from tuneline.train.packing import pack_rows
 from tuneline.train.plan import Plan, backoff, make_plan
@@ -130,6 +131,7 @@ def _run(cfg: Config, layout: Layout, claim: OutputClaim) -> dict:
                                        "val": (val_records, tok_val.rejected)})
 
     plan = make_plan(cfg, model_config=model_path, token_lengths=tok_train.lengths)
+    loss_kernel = loss_kernel_for(cfg.train.loss_kernel, plan.zero_stage)  # refuse before any GPU time
     drop = cfg.train.long_rows == "drop"
     train_enc = build_rows(tok_train.record_ids, tok_train.ids, tok_train.masks, plan.max_length, drop)
     val_enc = build_rows(tok_val.record_ids, tok_val.ids, tok_val.masks, plan.max_length, drop)
@@ -153,6 +155,7 @@ def _run(cfg: Config, layout: Layout, claim: OutputClaim) -> dict:
     commit = git_commit(layout.root.resolve())
     if commit:
         tags["git_commit"] = commit
+    tags["loss_kernel"] = loss_kernel
     uri = cfg.tracking.uri
     killed = stale_run(claim.previous)  # the run of an attempt that died (kill -9) while holding the lock
     if killed:

@@ -23,6 +23,7 @@ from typing import Any
 
 from tuneline.config.loader import Config
 from tuneline.progress import enabled as progress_enabled
+from tuneline.train.loss import install_loss_kernel
 from tuneline.train.packing import collate_packed, collate_padded
 from tuneline.train.plan import Plan
 
@@ -195,22 +196,27 @@ def _resume_callback(replay_to: list[Any], restore: list[Any]) -> Any:
 
 
 def _trainer_class() -> Any:
+    from contextlib import nullcontext
+
     import torch
     from transformers import Trainer
 
     class TunelineTrainer(Trainer):
-        """Trainer that counts the real tokens of its training batches and maps a non-finite training
-        loss back to the rows of its batch."""
+        """Trainer that counts the real tokens of its training batches, maps a non-finite training loss
+        back to the rows of its batch, and computes the loss with `loss_kernel` when one is installed."""
 
         monitor: Any = None
         token_counts: Any = None
+        loss_kernel: Any = None  # a `tuneline.train.loss.LossKernel`; None: the model's own loss
 
         def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False, **kw: Any) -> Any:
             index = inputs.pop("pack_index", None)
             if model.training and index is not None and self.token_counts is not None:
                 self.token_counts.real += sum(self.train_dataset.tokens(i) for i in index.tolist())
                 self.token_counts.total += int(inputs["input_ids"].numel())
-            out = super().compute_loss(model, inputs, return_outputs=return_outputs, **kw)
+            kernel = self.loss_kernel
+            with kernel.computing_loss() if kernel is not None and "labels" in inputs else nullcontext():
+                out = super().compute_loss(model, inputs, return_outputs=return_outputs, **kw)
             loss = out[0] if return_outputs else out
             if model.training and self.monitor is not None and not torch.isfinite(loss.detach()).all():
                 rows = [r for i in (index.tolist() if index is not None else [])
@@ -237,6 +243,7 @@ def fit(
     callbacks: list[Any],
     monitor: Any = None,
     save_to: Path | None = None,
+    loss_kernel: str = "plain",
 ) -> FitResult:
     """Train `model` (already wrapped by `prepare_model`) on the rows; see the module docstring.
 
@@ -247,6 +254,7 @@ def fit(
         callbacks: extra TrainerCallbacks (metrics logging, health monitor).
         monitor: receives `record_nonfinite` with the rows of a batch whose loss is NaN/inf.
         save_to: where the main process saves the best model and the tokenizer (None: do not save).
+        loss_kernel: `plain`, `chunked` or `liger` (`train.loss_kernel` resolved: `loss.loss_kernel_for`).
     """
     import time
 
@@ -268,6 +276,7 @@ def fit(
     )
     trainer.monitor = monitor
     trainer.token_counts = counts
+    trainer.loss_kernel = install_loss_kernel(model, loss_kernel, required=cfg.train.loss_kernel != "auto")
     trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout: MLflow and the log have them
     start = latest_checkpoint(checkpoints) if resume else None
     if start is not None:
