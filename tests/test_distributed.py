@@ -29,6 +29,7 @@ from tuneline.train.distributed import (
     WORKER_MODULE,
     deepspeed_config,
     free_port,
+    fsdp_config,
     is_main_process,
     launch_command,
     launcher_for,
@@ -36,7 +37,7 @@ from tuneline.train.distributed import (
     training_kwargs,
     worker_env,
 )
-from tuneline.train.plan import Plan, make_plan
+from tuneline.train.plan import SHARDING_STRATEGIES, Plan, make_plan
 
 TESTS = Path(__file__).resolve().parent
 PY = "/venv/bin/python"
@@ -332,6 +333,71 @@ def test_training_kwargs() -> None:
     assert training_kwargs(cfg1.train, plan1, use_cpu=True)["ddp_backend"] is None  # one plain process
 
 
+# ---- FSDP (train.backend: fsdp) -------------------------------------------------------------------------
+
+
+def test_backend_defaults_to_deepspeed_and_fsdp_needs_processes() -> None:
+    from pydantic import ValidationError
+
+    cfg, plan = plan_for(zero_stage=2, num_processes=2, effective_batch=16)
+    assert cfg.train.backend == plan.backend == "deepspeed"
+    assert training_kwargs(cfg.train, plan, True)["fsdp"] is False
+    with pytest.raises(ValidationError, match="needs world_size > 1"):
+        Config.model_validate({"train": {"backend": "fsdp", "zero_stage": 3}})
+    Config.model_validate({"train": {"backend": "fsdp"}})  # auto picks ZeRO-0 (no sharding) for one process
+
+
+@pytest.mark.parametrize(("zero", "reshard"), [(3, True), (2, False)])
+def test_fsdp_kwargs_give_the_trainer_fsdp2(zero: int, reshard: bool) -> None:
+    from transformers import TrainingArguments
+
+    cfg, plan = plan_for(zero_stage=zero, num_processes=2, effective_batch=16, backend="fsdp",
+                         gradient_checkpointing="on")
+    kw = training_kwargs(cfg.train, plan, use_cpu=True)
+    assert kw["deepspeed"] is None and kw["fsdp"] is True and kw["save_only_model"] is False
+    assert kw["fsdp_config"] == fsdp_config(plan) and kw["ddp_backend"] == "gloo"
+    # FSDP checkpoints activations itself; the Trainer refuses its own flag on top
+    assert kw["fsdp_config"]["activation_checkpointing"] is True and kw["activation_checkpointing"] is False
+    assert launcher_for(cfg.train, plan) == "torchrun"  # the deepspeed launcher is for the DeepSpeed engine
+    alone = {**kw, "ddp_backend": None}  # this test process has no process group
+    plugin = TrainingArguments(output_dir="unused", report_to="none", **alone).fsdp_plugin_args
+    assert (plugin["fsdp_version"], plugin["reshard_after_forward"]) == (2, reshard)
+    assert plugin["state_dict_type"] == "FULL_STATE_DICT"
+    assert plugin["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    deepspeed_plan = dataclasses.replace(plan, backend="deepspeed")
+    with pytest.raises(ConfigError, match="FSDP shards only"):
+        fsdp_config(deepspeed_plan)
+
+
+def test_plan_estimates_memory_per_sharding_strategy() -> None:
+    cfg, plan = plan_for(zero_stage=3, num_processes=4, effective_batch=16, backend="fsdp", method="full")
+    assert list(plan.sharding) == ["full_shard", "shard_grad_op", "no_shard"]
+    full, grad_op, none = (plan.sharding[k] for k in plan.sharding)
+    assert full.total < grad_op.total < none.total  # each shards more than the next
+    assert grad_op.weights == none.weights and grad_op.optimizer == none.optimizer / 4  # ZeRO-2's split
+    assert full.total == pytest.approx(plan.memory.total)  # the chosen stage is full shard
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan  # workers get it back whole
+    _, ds = plan_for(zero_stage=2, num_processes=4, effective_batch=16, method="full")
+    assert list(ds.sharding) == list(SHARDING_STRATEGIES["deepspeed"]) == ["zero-3", "zero-2", "zero-0"]
+    assert ds.sharding["zero-2"].total == pytest.approx(ds.memory.total)
+    assert [m.total for m in ds.sharding.values()] == pytest.approx([full.total, grad_op.total, none.total])
+
+
+# ---- many nodes -------------------------------------------------------------------------------------------
+
+
+def test_a_node_rank_outside_the_run_is_refused(tmp_path: Path) -> None:
+    from tuneline.layout import Layout
+    from tuneline.train.train import run
+
+    one = Config.model_validate({"train": {"num_processes": 2, "effective_batch": 16}})
+    with pytest.raises(ConfigError, match="node rank 1 is outside 0..0"):
+        run(one, Layout(tmp_path), node_rank=1)
+    two = Config.model_validate({"train": {"num_nodes": 2, "master_addr": "10.0.0.1", "effective_batch": 16}})
+    with pytest.raises(ConfigError, match="node rank 2 is outside 0..1"):
+        run(two, Layout(tmp_path), node_rank=2)
+
+
 def test_free_port_is_bindable() -> None:
     port = free_port()
     with socket.socket() as s:
@@ -350,8 +416,9 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_base(tmp_path_factory.mktemp("dist"))
 
 
-def launch(base: Path, out: Path, **train: Any) -> dict[int, dict[str, Any]]:
-    """Train the tiny base through launch_command + worker_env; the rank reports by rank."""
+def launch(base: Path, out: Path, resume: Path | None = None, **train: Any) -> dict[int, dict[str, Any]]:
+    """Train the tiny base through launch_command + worker_env; the rank reports by rank. `resume`: a
+    checkpoint folder to continue from."""
     train = {
         "per_device_batch": PER_DEVICE,
         "effective_batch": 8,
@@ -362,10 +429,11 @@ def launch(base: Path, out: Path, **train: Any) -> dict[int, dict[str, Any]]:
     }
     cfg = Config.model_validate({"seed": 0, "train": train})
     plan = make_plan(cfg, model_config=str(base))
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     job = out / "job.json"
     job.write_text(
-        json.dumps({"train": train, "base": str(base), "out": str(out), "steps": STEPS, "rows": ROWS})
+        json.dumps({"train": train, "base": str(base), "out": str(out), "steps": STEPS, "rows": ROWS,
+                    "resume": str(resume) if resume else None})
     )
     cmd = launch_command(cfg.train, plan, ["--job", str(job)], sys.executable, module="dist_runner")
     path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
@@ -390,13 +458,16 @@ def max_diff(a: dict[str, list[float]], b: dict[str, list[float]]) -> float:
     return max(abs(x - y) for k in a for x, y in zip(a[k], b[k], strict=True))
 
 
-def check_run(ranks: dict[int, dict[str, Any]], out: Path, world: int, deepspeed: bool) -> None:
+def check_run(
+    ranks: dict[int, dict[str, Any]], out: Path, world: int, deepspeed: bool, fsdp: int = 0
+) -> None:
     """Every rank trained the same steps; gradients were averaged; rank 0 saved the trained adapter."""
     assert sorted(ranks) == list(range(world))
     main = ranks[0]
     assert main["is_main"] and not any(r["is_main"] for r in list(ranks.values())[1:])
     for r in ranks.values():
         assert r["world_size"] == r["trainer_world_size"] == world and r["deepspeed"] is deepspeed
+        assert r["fsdp_version"] == fsdp
         assert r["steps"] == STEPS and len(r["losses"]) == STEPS
         assert all(math.isfinite(x) for x in r["losses"] + r["eval_losses"])
         assert r["val_best"] < r["val_before"]  # the adapter learned something on val
@@ -470,6 +541,56 @@ def test_deepspeed_zero3_full_fine_tuning_saves_the_whole_model(base: Path, tmp_
     ranks = launch(base, tmp_path / "run", num_processes=2, zero_stage=3, method="full", lr=1e-3)
     check_run(ranks, tmp_path / "run", world=2, deepspeed=True)
     assert len(ranks[0]["after"]) > 4 and "model.embed_tokens.weight" in ranks[0]["after"]
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, dict[str, Any]]]:
+    out = tmp_path_factory.mktemp("fsdp") / "run"
+    ranks = launch(base, out, num_processes=2, zero_stage=3, backend="fsdp")  # full shard, torchrun
+    return out, ranks
+
+
+@pytest.mark.integration
+def test_fsdp_full_shard_two_ranks_matches_ddp(
+    fsdp_run: tuple[Path, dict[int, dict[str, Any]]], ddp_run: Path
+) -> None:
+    """accelerate drops the FSDP plugin on CPU without a word (the run trains as DDP and matches DDP
+    trivially): the ranks must report FSDP2 on, with their weights as sharded DTensors."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out, ranks = fsdp_run
+    check_run(ranks, out, world=2, deepspeed=False, fsdp=2)
+    assert all(r["dtensors"] > 0 for r in ranks.values())  # fully_shard really sharded the parameters
+    assert (out / "checkpoints" / "checkpoint-6" / "pytorch_model_fsdp.bin").is_file()  # FSDP's checkpoint
+    # The same data, seed and effective batch: sharded training computes what DDP computes.
+    assert max_diff(saved_weights(out), saved_weights(ddp_run)) < 1e-5
+    ddp_losses = json.loads((ddp_run / "rank0.json").read_text())["losses"]
+    assert max(abs(a - b) for a, b in zip(ranks[0]["losses"], ddp_losses, strict=True)) < 1e-5
+    # The adapter on disk is a plain peft adapter: it loads onto the base without FSDP.
+    base = Path(json.loads((out / "job.json").read_text())["base"])
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out / "adapter")
+    loaded = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    assert len(loaded) == len(saved_weights(out)) and all(v.abs().sum() > 0 for k, v in loaded.items()
+                                                          if "lora_B" in k)
+
+
+@pytest.mark.integration
+def test_fsdp_resumes_from_its_checkpoint(
+    base: Path, fsdp_run: tuple[Path, dict[int, dict[str, Any]]], tmp_path: Path
+) -> None:
+    """A run resumed from an FSDP checkpoint (sharded weights and optimizer gathered into
+    pytorch_model_fsdp.bin / optimizer.bin) ends with the weights of the uninterrupted run."""
+    import shutil
+
+    done, ranks = fsdp_run
+    out = tmp_path / "run"
+    checkpoint = out / "checkpoints" / "checkpoint-4"
+    shutil.copytree(done / "checkpoints" / "checkpoint-4", checkpoint)
+    resumed = launch(base, out, resume=checkpoint, num_processes=2, zero_stage=3, backend="fsdp")
+    assert resumed[0]["fsdp_version"] == 2 and resumed[0]["steps"] == STEPS
+    assert resumed[0]["losses"][4:] == pytest.approx(ranks[0]["losses"][4:], abs=1e-6)  # steps 5 and 6
+    assert max_diff(saved_weights(out), saved_weights(done)) < 1e-6
 
 
 def _cuda() -> bool:
