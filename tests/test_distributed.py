@@ -27,6 +27,7 @@ from tuneline.errors import ConfigError
 from tuneline.train.distributed import (
     MAX_GRAD_NORM,
     WORKER_MODULE,
+    check_same_job,
     deepspeed_config,
     free_port,
     fsdp_config,
@@ -396,6 +397,43 @@ def test_a_node_rank_outside_the_run_is_refused(tmp_path: Path) -> None:
     two = Config.model_validate({"train": {"num_nodes": 2, "master_addr": "10.0.0.1", "effective_batch": 16}})
     with pytest.raises(ConfigError, match="node rank 2 is outside 0..1"):
         run(two, Layout(tmp_path), node_rank=2)
+
+
+CHECK_CASES = {  # case -> (fingerprint, owns_outputs) of rank 0 and rank 1
+    "same": (("a", True), ("a", False)),
+    "other data": (("a", True), ("b", False)),
+    "rank 0 elsewhere": (("a", False), ("a", True)),
+}
+
+
+def _check_two_ranks(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    said = {}
+    for case, ranks in CHECK_CASES.items():
+        try:
+            check_same_job(*ranks[rank])
+            said[case] = "ok"
+        except ConfigError as exc:
+            said[case] = str(exc)
+    Path(out, f"{rank}.json").write_text(json.dumps(said))
+    dist.destroy_process_group()
+
+
+def test_ranks_refuse_another_job_or_rank_0_outside_node_0(tmp_path: Path) -> None:
+    """Every node prepares its own job: a node with other data trained other rows in lockstep, and a
+    rendezvous that puts rank 0 on another node writes the outputs where node 0's stage never looks.
+    Both stop on every rank before training."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_check_two_ranks, args=(free_port(), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        said = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert said["same"] == "ok"
+        assert said["other data"].startswith(f"rank 1 on {socket.gethostname()} prepared another job")
+        assert said["rank 0 elsewhere"].startswith("global rank 0 runs on")
+    check_same_job("a", owns_outputs=False)  # no process group: one process, nothing to compare
 
 
 def test_free_port_is_bindable() -> None:

@@ -19,6 +19,8 @@ cores) on first use and caches it under ~/.cache/torch_extensions.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 from collections.abc import Iterator, Mapping
@@ -432,6 +434,48 @@ def init_worker(plan: Plan, use_cpu: bool) -> ProcessInfo:
 
         deepspeed.init_distributed(dist_backend="gloo" if use_cpu else "nccl", auto_mpi_discovery=False)
     return info
+
+
+def job_fingerprint(plan: Plan, train_rows: list[Any], val_rows: list[Any], checkpoints: Path) -> str:
+    """A hash of what a worker trains: the plan, the rows and the checkpoint folder (`check_same_job`)."""
+    text = json.dumps([plan.to_dict(), train_rows, val_rows, str(checkpoints)], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_same_job(fingerprint: str, owns_outputs: bool) -> None:
+    """Every rank trains the same job, and global rank 0 runs under the stage that owns the outputs.
+
+    On many nodes each node's stage prepares its own job; a node with other splits, another config or
+    another base model would train other rows in lockstep with the rest and nobody would notice. And rank
+    0 writes the adapter and the result file its stage waits for: it must be one of node 0's processes
+    (torchrun's c10d rendezvous orders hosts by name, so it may not be). Call it on every rank once the
+    process group exists (a collective); without one (a single process) it does nothing.
+
+    Args:
+        fingerprint: `job_fingerprint` of this rank's job.
+        owns_outputs: whether this rank was started by the stage that writes the outputs (node 0).
+
+    Raises:
+        ConfigError: on every rank, naming the ranks and hosts that differ.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    seen: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(seen, (fingerprint, owns_outputs, socket.gethostname()))
+    if not seen[0][1]:
+        raise ConfigError(
+            f"global rank 0 runs on {seen[0][2]} under a stage that does not write the outputs (node rank "
+            "> 0): the rendezvous ordered the nodes otherwise; start each node with `tuneline train "
+            "--node-rank K` (static rendezvous: node 0 holds ranks 0..num_processes-1)"
+        )
+    odd = [f"rank {r} on {host}" for r, (other, _, host) in enumerate(seen) if other != seen[0][0]]
+    if odd:
+        raise ConfigError(
+            f"{', '.join(odd)} prepared another job than rank 0 on {seen[0][2]} (rows, plan or checkpoint "
+            "folder differ): every node needs the same config, splits and base model at the same paths"
+        )
 
 
 def training_kwargs(params: TrainParams, plan: Plan, use_cpu: bool) -> dict[str, Any]:
