@@ -454,9 +454,23 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_base(tmp_path_factory.mktemp("dist"))
 
 
-def launch(base: Path, out: Path, resume: Path | None = None, **train: Any) -> dict[int, dict[str, Any]]:
+def this_machines_address() -> str | None:
+    """A non-loopback address of this machine (a many-node run refuses a loopback master_addr)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # a UDP connect only picks the route: nothing is sent
+        except OSError:
+            return None
+        addr = s.getsockname()[0]
+    return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
+
+
+def launch(
+    base: Path, out: Path, resume: Path | None = None, nodes: int = 1, **train: Any
+) -> dict[int, dict[str, Any]]:
     """Train the tiny base through launch_command + worker_env; the rank reports by rank. `resume`: a
-    checkpoint folder to continue from."""
+    checkpoint folder to continue from. `nodes` > 1: one command per node rank on this machine, all at once
+    (node rank 0 first), as each node of a cluster runs its own."""
     train = {
         "per_device_batch": PER_DEVICE,
         "effective_batch": 8,
@@ -473,11 +487,18 @@ def launch(base: Path, out: Path, resume: Path | None = None, **train: Any) -> d
         json.dumps({"train": train, "base": str(base), "out": str(out), "steps": STEPS, "rows": ROWS,
                     "resume": str(resume) if resume else None})
     )
-    cmd = launch_command(cfg.train, plan, ["--job", str(job)], sys.executable, module="dist_runner")
     path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, **worker_env(cfg.train, plan), "PYTHONPATH": path}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, f"{' '.join(cmd)}\n{(done.stdout + done.stderr)[-6000:]}"
+    procs = []
+    for node in [None] if nodes == 1 else list(range(nodes)):
+        cmd = launch_command(cfg.train, plan, ["--job", str(job)], sys.executable, node_rank=node,
+                             module="dist_runner")
+        log = out / f"node{node or 0}.log"  # a file, not a pipe: a full pipe would stall that node
+        with log.open("w") as sink:
+            procs.append((cmd, log, subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)))
+    for cmd, log, proc in procs:
+        proc.wait(timeout=600)
+        assert proc.returncode == 0, f"{' '.join(cmd)}\n{log.read_text()[-6000:]}"
     return {r: json.loads((out / f"rank{r}.json").read_text()) for r in range(plan.world_size)}
 
 
@@ -581,6 +602,23 @@ def test_deepspeed_zero3_full_fine_tuning_saves_the_whole_model(base: Path, tmp_
     assert len(ranks[0]["after"]) > 4 and "model.embed_tokens.weight" in ranks[0]["after"]
 
 
+@pytest.mark.integration
+def test_deepspeed_hostfile_two_nodes_without_ssh_match_one_node(
+    base: Path, ddp_run: Path, tmp_path: Path
+) -> None:
+    """The hostfile form started by hand on every node (`--no_ssh --node_rank K`): two "nodes" on this
+    machine, one process each, train what one node with two processes trains."""
+    addr = this_machines_address()
+    if addr is None:
+        pytest.skip("no non-loopback address on this machine")
+    hosts = tmp_path / "hostfile"
+    hosts.write_text(f"{addr} slots=1\nlocalhost slots=1\n")
+    ranks = launch(base, tmp_path / "run", nodes=2, num_nodes=2, num_processes=1, zero_stage=2,
+                   hostfile=str(hosts), master_addr=addr)
+    check_run(ranks, tmp_path / "run", world=2, deepspeed=True)
+    assert max_diff(saved_weights(tmp_path / "run"), saved_weights(ddp_run)) < 1e-5
+
+
 @pytest.fixture(scope="module")
 def fsdp_run(base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, dict[str, Any]]]:
     out = tmp_path_factory.mktemp("fsdp") / "run"
@@ -637,6 +675,12 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize(("zero", "method"), [(2, "lora"), (3, "lora"), (3, "full")])
@@ -645,3 +689,13 @@ def test_single_process_deepspeed_bf16_on_gpu(base: Path, tmp_path: Path, zero: 
     ranks = launch(base, tmp_path / "run", num_processes=1, zero_stage=zero, method=method, lr=1e-3)
     check_run(ranks, tmp_path / "run", world=1, deepspeed=True)
     assert ranks[0]["ds_config"]["bf16"]["enabled"] is True
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda() or _gpu_count() < 2, reason="needs 2 CUDA GPUs (nccl: one rank per GPU)")
+@pytest.mark.parametrize("zero", [2, 3])
+def test_fsdp_bf16_on_two_gpus(base: Path, tmp_path: Path, zero: int) -> None:
+    # FSDP2 over nccl with bf16 from the plan: shard grad op / full shard, gathered adapter on save.
+    ranks = launch(base, tmp_path / "run", num_processes=2, zero_stage=zero, backend="fsdp", lr=1e-3)
+    check_run(ranks, tmp_path / "run", world=2, deepspeed=False, fsdp=2)
+    assert all(r["dtensors"] > 0 for r in ranks.values())

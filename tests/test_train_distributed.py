@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from tests.test_demo_base import build_tiny_base
+from tests.test_distributed import this_machines_address
 from tests.test_train_recovery import _write_params, config, workspace_with_data
 
 from tuneline.config.loader import Config
@@ -116,17 +116,6 @@ def test_fsdp_shard_grad_op_two_processes_matches_torchrun(
     assert sorted(p.name for p in out.iterdir()) == files
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), out)
     assert sum("lora_B" in k for k in model.state_dict()) == sum("lora_B" in k for k in sharded)
-
-
-def this_machines_address() -> str | None:
-    """A non-loopback address of this machine (a many-node run refuses a loopback master_addr)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))  # a UDP connect only picks the route: nothing is sent
-        except OSError:
-            return None
-        addr = s.getsockname()[0]
-    return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
 
 
 def test_two_nodes_train_what_one_node_with_two_processes_trains(
