@@ -543,8 +543,10 @@ def check_run(
     if world > 1:
         assert not set.intersection(*shards) and max_diff(main["after"], ranks[1]["after"]) < 1e-6
     # The file rank 0 wrote holds the trained weights (ZeRO-3: gathered, not the empty local shard);
-    # a tied LM head is saved once, as the embedding.
+    # a tied LM head is saved once, as the embedding (FSDP's full state dict names it twice, same values).
     on_disk = saved_weights(out)
+    if fsdp and "lm_head.weight" in on_disk:
+        assert on_disk.pop("lm_head.weight") == on_disk["model.embed_tokens.weight"]
     assert max_diff(on_disk, {k.replace(".default", ""): v for k, v in main["after"].items()}) < 1e-6
 
 
@@ -667,6 +669,15 @@ def test_fsdp_resumes_from_its_checkpoint(
     assert resumed[0]["fsdp_version"] == 2 and resumed[0]["steps"] == STEPS
     assert resumed[0]["losses"][4:] == pytest.approx(ranks[0]["losses"][4:], abs=1e-6)  # steps 5 and 6
     assert max_diff(saved_weights(out), saved_weights(done)) < 1e-6
+
+
+@pytest.mark.integration
+def test_fsdp_full_fine_tuning_saves_the_whole_model(base: Path, tmp_path: Path) -> None:
+    # Every weight sharded over the ranks; save_model gathers the full state dict, rank 0 writes it.
+    ranks = launch(base, tmp_path / "run", num_processes=2, zero_stage=3, backend="fsdp", method="full",
+                   lr=1e-3)
+    check_run(ranks, tmp_path / "run", world=2, deepspeed=False, fsdp=2)
+    assert len(ranks[0]["after"]) > 4 and "model.embed_tokens.weight" in ranks[0]["after"]
 
 
 def _cuda() -> bool:
