@@ -7,7 +7,7 @@ train section (`Config.train`), the step count and the output directory. Like th
 evaluates, trains with evaluation and checkpoints every 2 steps, restores the best checkpoint, and
 calls `save_model` (rank 0 writes `<out>/adapter`). Every rank then writes `<out>/rank<R>.json`:
 losses, the trainable weights before and after (gathered under ZeRO-3), and the row ids of every
-training batch it saw.
+training batch it saw. With `resume` (a `checkpoint-N` folder) the job continues from that checkpoint.
 """
 
 from __future__ import annotations
@@ -46,10 +46,12 @@ def _collate(pad_id: int, seen: list[list[str]]) -> Any:
 
 
 def _trainable(model: Any, zero3: bool) -> dict[str, list[float]]:
-    """Trainable weights as lists; ZeRO-3 holds only a shard per rank, so gather them first."""
+    """Trainable weights as lists; ZeRO-3 and FSDP hold only a shard per rank, so gather them first."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not zero3:
-        return {n: p.detach().float().flatten().tolist() for n, p in params.items()}
+        # FSDP2: each parameter is a DTensor sharded over the ranks; full_tensor() is a collective
+        full = {n: p.full_tensor() if hasattr(p, "full_tensor") else p for n, p in params.items()}
+        return {n: p.detach().float().flatten().tolist() for n, p in full.items()}
     import deepspeed
 
     with deepspeed.zero.GatheredParameters(list(params.values())):
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from tuneline.config.loader import Config
     from tuneline.lm.chat import ChatFormat
     from tuneline.lm.labels import encode_records
-    from tuneline.train.distributed import init_worker, training_kwargs, uses_deepspeed
+    from tuneline.train.distributed import fsdp_on_cpu, init_worker, training_kwargs, uses_deepspeed
     from tuneline.train.lora import prepare_model
     from tuneline.train.plan import make_plan
 
@@ -116,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
         logging_steps=1,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        activation_checkpointing=plan.gradient_checkpointing,
         report_to="none",
         disable_tqdm=True,
         remove_unused_columns=False,
@@ -126,15 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     zero3 = uses_deepspeed(plan) and plan.zero_stage == 3
     before = _trainable(model, zero3)
     seen: list[list[str]] = []
-    trainer = Trainer(
-        model=model,
-        args=targs,
-        train_dataset=train_rows,
-        eval_dataset=val_rows,
-        data_collator=_collate(tokenizer.pad_token_id, seen),
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=3)],
-    )
-    result = trainer.train()
+    with fsdp_on_cpu(targs):
+        trainer = Trainer(
+            model=model,
+            args=targs,
+            train_dataset=train_rows,
+            eval_dataset=val_rows,
+            data_collator=_collate(tokenizer.pad_token_id, seen),
+            callbacks=[EarlyStoppingCallback(early_stopping_patience=3)],
+        )
+    result = trainer.train(resume_from_checkpoint=job.get("resume"))  # a checkpoint-N folder, or None
     val_before = next(h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h)
     val_best = float(trainer.evaluate()["eval_loss"])
     trainer.save_model(str(out / "adapter"))  # a collective under ZeRO-3: every rank calls it
@@ -148,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         "trainer_world_size": targs.world_size,
         "deepspeed": trainer.is_deepspeed_enabled,
         "ds_config": ds_plugin.deepspeed_config if ds_plugin is not None else None,
+        "fsdp_version": trainer.accelerator.state.fsdp_plugin.fsdp_version if trainer.is_fsdp_enabled else 0,
+        # FSDP2 turns every shard unit's parameters into DTensors sharded over the ranks
+        "dtensors": sum(type(p).__name__ == "DTensor" for p in trainer.model_wrapped.parameters()),
         "checkpointing": bool(getattr(trainer.model, "is_activation_checkpointing", False)),
         "steps": int(result.global_step),
         "losses": [h["loss"] for h in history if "loss" in h],

@@ -27,8 +27,10 @@ from tuneline.errors import ConfigError
 from tuneline.train.distributed import (
     MAX_GRAD_NORM,
     WORKER_MODULE,
+    check_same_job,
     deepspeed_config,
     free_port,
+    fsdp_config,
     is_main_process,
     launch_command,
     launcher_for,
@@ -36,7 +38,7 @@ from tuneline.train.distributed import (
     training_kwargs,
     worker_env,
 )
-from tuneline.train.plan import Plan, make_plan
+from tuneline.train.plan import SHARDING_STRATEGIES, Plan, make_plan
 
 TESTS = Path(__file__).resolve().parent
 PY = "/venv/bin/python"
@@ -332,6 +334,108 @@ def test_training_kwargs() -> None:
     assert training_kwargs(cfg1.train, plan1, use_cpu=True)["ddp_backend"] is None  # one plain process
 
 
+# ---- FSDP (train.backend: fsdp) -------------------------------------------------------------------------
+
+
+def test_backend_defaults_to_deepspeed_and_fsdp_needs_processes() -> None:
+    from pydantic import ValidationError
+
+    cfg, plan = plan_for(zero_stage=2, num_processes=2, effective_batch=16)
+    assert cfg.train.backend == plan.backend == "deepspeed"
+    assert training_kwargs(cfg.train, plan, True)["fsdp"] is False
+    with pytest.raises(ValidationError, match="needs world_size > 1"):
+        Config.model_validate({"train": {"backend": "fsdp", "zero_stage": 3}})
+    Config.model_validate({"train": {"backend": "fsdp"}})  # auto picks ZeRO-0 (no sharding) for one process
+
+
+@pytest.mark.parametrize(("zero", "reshard"), [(3, True), (2, False)])
+def test_fsdp_kwargs_give_the_trainer_fsdp2(zero: int, reshard: bool) -> None:
+    from transformers import TrainingArguments
+
+    cfg, plan = plan_for(zero_stage=zero, num_processes=2, effective_batch=16, backend="fsdp",
+                         gradient_checkpointing="on")
+    kw = training_kwargs(cfg.train, plan, use_cpu=True)
+    assert kw["deepspeed"] is None and kw["fsdp"] is True and kw["save_only_model"] is False
+    assert kw["fsdp_config"] == fsdp_config(plan) and kw["ddp_backend"] == "gloo"
+    # FSDP checkpoints activations itself; the Trainer refuses its own flag on top
+    assert kw["fsdp_config"]["activation_checkpointing"] is True and kw["activation_checkpointing"] is False
+    assert launcher_for(cfg.train, plan) == "torchrun"  # the deepspeed launcher is for the DeepSpeed engine
+    alone = {**kw, "ddp_backend": None}  # this test process has no process group
+    plugin = TrainingArguments(output_dir="unused", report_to="none", **alone).fsdp_plugin_args
+    assert (plugin["fsdp_version"], plugin["reshard_after_forward"]) == (2, reshard)
+    assert plugin["state_dict_type"] == "FULL_STATE_DICT"
+    assert plugin["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    deepspeed_plan = dataclasses.replace(plan, backend="deepspeed")
+    with pytest.raises(ConfigError, match="FSDP shards only"):
+        fsdp_config(deepspeed_plan)
+
+
+def test_plan_estimates_memory_per_sharding_strategy() -> None:
+    cfg, plan = plan_for(zero_stage=3, num_processes=4, effective_batch=16, backend="fsdp", method="full")
+    assert list(plan.sharding) == ["full_shard", "shard_grad_op", "no_shard"]
+    full, grad_op, none = (plan.sharding[k] for k in plan.sharding)
+    assert full.total < grad_op.total < none.total  # each shards more than the next
+    assert grad_op.weights == none.weights and grad_op.optimizer == none.optimizer / 4  # ZeRO-2's split
+    assert full.total == pytest.approx(plan.memory.total)  # the chosen stage is full shard
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan  # workers get it back whole
+    _, ds = plan_for(zero_stage=2, num_processes=4, effective_batch=16, method="full")
+    assert list(ds.sharding) == list(SHARDING_STRATEGIES["deepspeed"]) == ["zero-3", "zero-2", "zero-0"]
+    assert ds.sharding["zero-2"].total == pytest.approx(ds.memory.total)
+    assert [m.total for m in ds.sharding.values()] == pytest.approx([full.total, grad_op.total, none.total])
+
+
+# ---- many nodes -------------------------------------------------------------------------------------------
+
+
+def test_a_node_rank_outside_the_run_is_refused(tmp_path: Path) -> None:
+    from tuneline.layout import Layout
+    from tuneline.train.train import run
+
+    one = Config.model_validate({"train": {"num_processes": 2, "effective_batch": 16}})
+    with pytest.raises(ConfigError, match="node rank 1 is outside 0..0"):
+        run(one, Layout(tmp_path), node_rank=1)
+    two = Config.model_validate({"train": {"num_nodes": 2, "master_addr": "10.0.0.1", "effective_batch": 16}})
+    with pytest.raises(ConfigError, match="node rank 2 is outside 0..1"):
+        run(two, Layout(tmp_path), node_rank=2)
+
+
+CHECK_CASES = {  # case -> (fingerprint, owns_outputs) of rank 0 and rank 1
+    "same": (("a", True), ("a", False)),
+    "other data": (("a", True), ("b", False)),
+    "rank 0 elsewhere": (("a", False), ("a", True)),
+}
+
+
+def _check_two_ranks(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    said = {}
+    for case, ranks in CHECK_CASES.items():
+        try:
+            check_same_job(*ranks[rank])
+            said[case] = "ok"
+        except ConfigError as exc:
+            said[case] = str(exc)
+    Path(out, f"{rank}.json").write_text(json.dumps(said))
+    dist.destroy_process_group()
+
+
+def test_ranks_refuse_another_job_or_rank_0_outside_node_0(tmp_path: Path) -> None:
+    """Every node prepares its own job: a node with other data trained other rows in lockstep, and a
+    rendezvous that puts rank 0 on another node writes the outputs where node 0's stage never looks.
+    Both stop on every rank before training."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_check_two_ranks, args=(free_port(), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        said = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert said["same"] == "ok"
+        assert said["other data"].startswith(f"rank 1 on {socket.gethostname()} prepared another job")
+        assert said["rank 0 elsewhere"].startswith("global rank 0 runs on")
+    check_same_job("a", owns_outputs=False)  # no process group: one process, nothing to compare
+
+
 def test_free_port_is_bindable() -> None:
     port = free_port()
     with socket.socket() as s:
@@ -350,8 +454,23 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_base(tmp_path_factory.mktemp("dist"))
 
 
-def launch(base: Path, out: Path, **train: Any) -> dict[int, dict[str, Any]]:
-    """Train the tiny base through launch_command + worker_env; the rank reports by rank."""
+def this_machines_address() -> str | None:
+    """A non-loopback address of this machine (a many-node run refuses a loopback master_addr)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # a UDP connect only picks the route: nothing is sent
+        except OSError:
+            return None
+        addr = s.getsockname()[0]
+    return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
+
+
+def launch(
+    base: Path, out: Path, resume: Path | None = None, nodes: int = 1, **train: Any
+) -> dict[int, dict[str, Any]]:
+    """Train the tiny base through launch_command + worker_env; the rank reports by rank. `resume`: a
+    checkpoint folder to continue from. `nodes` > 1: one command per node rank on this machine, all at once
+    (node rank 0 first), as each node of a cluster runs its own."""
     train = {
         "per_device_batch": PER_DEVICE,
         "effective_batch": 8,
@@ -362,16 +481,24 @@ def launch(base: Path, out: Path, **train: Any) -> dict[int, dict[str, Any]]:
     }
     cfg = Config.model_validate({"seed": 0, "train": train})
     plan = make_plan(cfg, model_config=str(base))
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     job = out / "job.json"
     job.write_text(
-        json.dumps({"train": train, "base": str(base), "out": str(out), "steps": STEPS, "rows": ROWS})
+        json.dumps({"train": train, "base": str(base), "out": str(out), "steps": STEPS, "rows": ROWS,
+                    "resume": str(resume) if resume else None})
     )
-    cmd = launch_command(cfg.train, plan, ["--job", str(job)], sys.executable, module="dist_runner")
     path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, **worker_env(cfg.train, plan), "PYTHONPATH": path}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, f"{' '.join(cmd)}\n{(done.stdout + done.stderr)[-6000:]}"
+    procs = []
+    for node in [None] if nodes == 1 else list(range(nodes)):
+        cmd = launch_command(cfg.train, plan, ["--job", str(job)], sys.executable, node_rank=node,
+                             module="dist_runner")
+        log = out / f"node{node or 0}.log"  # a file, not a pipe: a full pipe would stall that node
+        with log.open("w") as sink:
+            procs.append((cmd, log, subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)))
+    for cmd, log, proc in procs:
+        proc.wait(timeout=600)
+        assert proc.returncode == 0, f"{' '.join(cmd)}\n{log.read_text()[-6000:]}"
     return {r: json.loads((out / f"rank{r}.json").read_text()) for r in range(plan.world_size)}
 
 
@@ -390,13 +517,16 @@ def max_diff(a: dict[str, list[float]], b: dict[str, list[float]]) -> float:
     return max(abs(x - y) for k in a for x, y in zip(a[k], b[k], strict=True))
 
 
-def check_run(ranks: dict[int, dict[str, Any]], out: Path, world: int, deepspeed: bool) -> None:
+def check_run(
+    ranks: dict[int, dict[str, Any]], out: Path, world: int, deepspeed: bool, fsdp: int = 0
+) -> None:
     """Every rank trained the same steps; gradients were averaged; rank 0 saved the trained adapter."""
     assert sorted(ranks) == list(range(world))
     main = ranks[0]
     assert main["is_main"] and not any(r["is_main"] for r in list(ranks.values())[1:])
     for r in ranks.values():
         assert r["world_size"] == r["trainer_world_size"] == world and r["deepspeed"] is deepspeed
+        assert r["fsdp_version"] == fsdp
         assert r["steps"] == STEPS and len(r["losses"]) == STEPS
         assert all(math.isfinite(x) for x in r["losses"] + r["eval_losses"])
         assert r["val_best"] < r["val_before"]  # the adapter learned something on val
@@ -413,8 +543,10 @@ def check_run(ranks: dict[int, dict[str, Any]], out: Path, world: int, deepspeed
     if world > 1:
         assert not set.intersection(*shards) and max_diff(main["after"], ranks[1]["after"]) < 1e-6
     # The file rank 0 wrote holds the trained weights (ZeRO-3: gathered, not the empty local shard);
-    # a tied LM head is saved once, as the embedding.
+    # a tied LM head is saved once, as the embedding (FSDP's full state dict names it twice, same values).
     on_disk = saved_weights(out)
+    if fsdp and "lm_head.weight" in on_disk:
+        assert on_disk.pop("lm_head.weight") == on_disk["model.embed_tokens.weight"]
     assert max_diff(on_disk, {k.replace(".default", ""): v for k, v in main["after"].items()}) < 1e-6
 
 
@@ -472,10 +604,92 @@ def test_deepspeed_zero3_full_fine_tuning_saves_the_whole_model(base: Path, tmp_
     assert len(ranks[0]["after"]) > 4 and "model.embed_tokens.weight" in ranks[0]["after"]
 
 
+@pytest.mark.integration
+def test_deepspeed_hostfile_two_nodes_without_ssh_match_one_node(
+    base: Path, ddp_run: Path, tmp_path: Path
+) -> None:
+    """The hostfile form started by hand on every node (`--no_ssh --node_rank K`): two "nodes" on this
+    machine, one process each, train what one node with two processes trains."""
+    addr = this_machines_address()
+    if addr is None:
+        pytest.skip("no non-loopback address on this machine")
+    hosts = tmp_path / "hostfile"
+    hosts.write_text(f"{addr} slots=1\nlocalhost slots=1\n")
+    ranks = launch(base, tmp_path / "run", nodes=2, num_nodes=2, num_processes=1, zero_stage=2,
+                   hostfile=str(hosts), master_addr=addr)
+    check_run(ranks, tmp_path / "run", world=2, deepspeed=True)
+    assert max_diff(saved_weights(tmp_path / "run"), saved_weights(ddp_run)) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, dict[str, Any]]]:
+    out = tmp_path_factory.mktemp("fsdp") / "run"
+    ranks = launch(base, out, num_processes=2, zero_stage=3, backend="fsdp")  # full shard, torchrun
+    return out, ranks
+
+
+@pytest.mark.integration
+def test_fsdp_full_shard_two_ranks_matches_ddp(
+    fsdp_run: tuple[Path, dict[int, dict[str, Any]]], ddp_run: Path
+) -> None:
+    """accelerate drops the FSDP plugin on CPU without a word (the run trains as DDP and matches DDP
+    trivially): the ranks must report FSDP2 on, with their weights as sharded DTensors."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out, ranks = fsdp_run
+    check_run(ranks, out, world=2, deepspeed=False, fsdp=2)
+    assert all(r["dtensors"] > 0 for r in ranks.values())  # fully_shard really sharded the parameters
+    assert (out / "checkpoints" / "checkpoint-6" / "pytorch_model_fsdp.bin").is_file()  # FSDP's checkpoint
+    # The same data, seed and effective batch: sharded training computes what DDP computes.
+    assert max_diff(saved_weights(out), saved_weights(ddp_run)) < 1e-5
+    ddp_losses = json.loads((ddp_run / "rank0.json").read_text())["losses"]
+    assert max(abs(a - b) for a, b in zip(ranks[0]["losses"], ddp_losses, strict=True)) < 1e-5
+    # The adapter on disk is a plain peft adapter: it loads onto the base without FSDP.
+    base = Path(json.loads((out / "job.json").read_text())["base"])
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out / "adapter")
+    loaded = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    assert len(loaded) == len(saved_weights(out)) and all(v.abs().sum() > 0 for k, v in loaded.items()
+                                                          if "lora_B" in k)
+
+
+@pytest.mark.integration
+def test_fsdp_resumes_from_its_checkpoint(
+    base: Path, fsdp_run: tuple[Path, dict[int, dict[str, Any]]], tmp_path: Path
+) -> None:
+    """A run resumed from an FSDP checkpoint (sharded weights and optimizer gathered into
+    pytorch_model_fsdp.bin / optimizer.bin) ends with the weights of the uninterrupted run."""
+    import shutil
+
+    done, ranks = fsdp_run
+    out = tmp_path / "run"
+    checkpoint = out / "checkpoints" / "checkpoint-4"
+    shutil.copytree(done / "checkpoints" / "checkpoint-4", checkpoint)
+    resumed = launch(base, out, resume=checkpoint, num_processes=2, zero_stage=3, backend="fsdp")
+    assert resumed[0]["fsdp_version"] == 2 and resumed[0]["steps"] == STEPS
+    assert resumed[0]["losses"][4:] == pytest.approx(ranks[0]["losses"][4:], abs=1e-6)  # steps 5 and 6
+    assert max_diff(saved_weights(out), saved_weights(done)) < 1e-6
+
+
+@pytest.mark.integration
+def test_fsdp_full_fine_tuning_saves_the_whole_model(base: Path, tmp_path: Path) -> None:
+    # Every weight sharded over the ranks; save_model gathers the full state dict, rank 0 writes it.
+    ranks = launch(base, tmp_path / "run", num_processes=2, zero_stage=3, backend="fsdp", method="full",
+                   lr=1e-3)
+    check_run(ranks, tmp_path / "run", world=2, deepspeed=False, fsdp=2)
+    assert len(ranks[0]["after"]) > 4 and "model.embed_tokens.weight" in ranks[0]["after"]
+
+
 def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 @pytest.mark.gpu
@@ -486,3 +700,13 @@ def test_single_process_deepspeed_bf16_on_gpu(base: Path, tmp_path: Path, zero: 
     ranks = launch(base, tmp_path / "run", num_processes=1, zero_stage=zero, method=method, lr=1e-3)
     check_run(ranks, tmp_path / "run", world=1, deepspeed=True)
     assert ranks[0]["ds_config"]["bf16"]["enabled"] is True
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda() or _gpu_count() < 2, reason="needs 2 CUDA GPUs (nccl: one rank per GPU)")
+@pytest.mark.parametrize("zero", [2, 3])
+def test_fsdp_bf16_on_two_gpus(base: Path, tmp_path: Path, zero: int) -> None:
+    # FSDP2 over nccl with bf16 from the plan: shard grad op / full shard, gathered adapter on save.
+    ranks = launch(base, tmp_path / "run", num_processes=2, zero_stage=zero, backend="fsdp", lr=1e-3)
+    check_run(ranks, tmp_path / "run", world=2, deepspeed=False, fsdp=2)
+    assert all(r["dtensors"] > 0 for r in ranks.values())

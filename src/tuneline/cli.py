@@ -99,13 +99,27 @@ def build_base_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
                f"{info.get('loss_after'):.3f}")
 
 
+NodeRankOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--node-rank",
+        envvar="TUNELINE_NODE_RANK",
+        min=0,
+        help="This node's rank when train.num_nodes > 1: 0 on the node at train.master_addr (it writes the "
+        "adapter, reports and MLflow run), 1..num_nodes-1 on the others (they only train). Under SLURM: "
+        "--node-rank $SLURM_NODEID.",
+    ),
+]
+
+
 @app.command("train")
-def train_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
+def train_command(params: ParamsOpt = None, set_: SetOpt = None, node_rank: NodeRankOpt = None) -> None:
     """Fine-tune the base model (LoRA by default) on data/processed/train.jsonl, validating on val.jsonl.
 
     The pre-flight plan decides LR, warm-up, schedule, batch split, max length and precision; the loss is
     on assistant tokens only; rows are packed (train.packing). With train.num_processes > 1 (or a ZeRO
-    stage) it launches torchrun / deepspeed workers. A rerun after a crash resumes from the last
+    stage) it launches torchrun / deepspeed workers; with train.num_nodes > 1 run it on every node, each
+    with its --node-rank. A rerun after a crash resumes from the last
     checkpoint; CUDA out-of-memory backs off (smaller per-device batch, same effective batch).
 
     Writes train.output_dir (models/adapter/), reports/train.json, reports/train_health.json (danger
@@ -118,9 +132,13 @@ def train_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     _setup_logging()
     try:
         cfg = _load(params, set_)
-        report = run(cfg, Layout(Path(".")))
+        report = run(cfg, Layout(Path(".")), node_rank=node_rank)
     except TunelineError as exc:
         raise _fail(exc) from None
+    if node_rank:
+        typer.echo(f"train: node {node_rank} done (world size {report['world_size']}); node 0 wrote the "
+                   f"adapter in {cfg.train.output_dir} and the reports")
+        return
     typer.echo(f"train: val loss {report.get('val_loss_before')} -> best {report.get('val_loss_best')}; "
                f"adapter in {cfg.train.output_dir}; health {report.get('health_status')} "
                "(reports/train_health.json, reports/train_curves.html)")

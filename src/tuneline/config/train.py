@@ -111,6 +111,12 @@ class TrainParams(Section):
     zero_stage: Literal["auto", 0, 2, 3] = Field(
         "auto", description="DeepSpeed ZeRO stage; `auto` picks the smallest that fits the device memory."
     )
+    backend: Literal["deepspeed", "fsdp"] = Field(
+        "deepspeed",
+        description="Engine that shards a zero_stage 2/3 run: DeepSpeed ZeRO, or PyTorch FSDP2 (fully_shard "
+        "through accelerate: stage 3 = full shard, stage 2 = shard grad op, the same memory per device). "
+        "zero_stage 0 is plain DDP with either.",
+    )
     device_memory_gib: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
         "auto", description="Memory per device the plan must fit; `auto` reads it from the device."
     )
@@ -156,5 +162,16 @@ class TrainParams(Section):
             raise ValueError(
                 f"train.effective_batch ({self.effective_batch}) must be a multiple of per_device_batch x "
                 f"world_size ({self.per_device_batch} x {self.world_size} = {per_step})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _fsdp_needs_processes(self) -> "TrainParams":
+        # FSDP shards across processes: in one there is nothing to shard, and FSDP has no single-process
+        # group of its own (DeepSpeed does); refuse it at load time rather than in a worker.
+        if self.backend == "fsdp" and self.zero_stage in (2, 3) and self.world_size == 1:
+            raise ValueError(
+                f"train.backend fsdp with zero_stage {self.zero_stage} needs world_size > 1 (num_processes x "
+                "num_nodes); one process shards nothing: use zero_stage 0 or auto"
             )
         return self

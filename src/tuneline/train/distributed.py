@@ -19,9 +19,12 @@ cores) on first use and caches it under ~/.cache/torch_extensions.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -49,7 +52,18 @@ FP16_SCALING = {
 
 
 def uses_deepspeed(plan: Plan) -> bool:
-    """Whether the DeepSpeed engine trains (ZeRO 2/3); ZeRO-0 is plain DDP, no DeepSpeed needed."""
+    """Whether the DeepSpeed engine trains (ZeRO 2/3, `train.backend: deepspeed`); ZeRO-0 is plain DDP."""
+    return plan.zero_stage > 0 and plan.backend == "deepspeed"
+
+
+def uses_fsdp(plan: Plan) -> bool:
+    """Whether PyTorch FSDP shards the training (ZeRO 2/3 under `train.backend: fsdp`)."""
+    return plan.zero_stage > 0 and plan.backend == "fsdp"
+
+
+def is_sharded(plan: Plan) -> bool:
+    """Whether an engine shards the training (DeepSpeed or FSDP); it then needs a process group even for
+    one process."""
     return plan.zero_stage > 0
 
 
@@ -126,6 +140,69 @@ def deepspeed_config(plan: Plan, params: TrainParams) -> dict[str, Any]:
         "steps_per_print": 1_000_000,  # the Trainer logs every step; DeepSpeed's own print is noise
         "wall_clock_breakdown": False,
     }
+
+
+def fsdp_config(plan: Plan) -> dict[str, Any]:
+    """The FSDP settings for `plan`, to pass as `TrainingArguments(fsdp=True, fsdp_config=...)`.
+
+    FSDP2 (`fully_shard`, accelerate's fsdp_version 2; transformers deprecates FSDP1): every decoder layer
+    (the model's `_no_split_modules`) is one shard unit, the root takes the rest. ZeRO-3 is full shard
+    (`reshard_after_forward`: each layer frees its gathered weights after forward and gathers them again
+    for backward), ZeRO-2 is shard grad op (weights stay gathered from forward to backward; gradients and
+    optimizer states stay sharded).
+
+    Checkpoints and the saved adapter use the full state dict: `save_model` gathers it (a collective: call
+    it on every rank) and rank 0 writes the same files as DeepSpeed or one process, so the adapter loads
+    with peft and a checkpoint resumes on any world size. Activation checkpointing is FSDP's own (the
+    Trainer refuses both it and its `activation_checkpointing` argument).
+
+    Raises:
+        ConfigError: the plan is not an FSDP plan (zero_stage 2 or 3 with `train.backend: fsdp`).
+    """
+    if not uses_fsdp(plan) or plan.zero_stage not in (2, 3):
+        raise ConfigError(
+            f"train.zero_stage {plan.zero_stage} with train.backend {plan.backend}: FSDP shards only at "
+            "zero_stage 2 (shard grad op) or 3 (full shard)"
+        )
+    return {
+        "version": 2,
+        "reshard_after_forward": plan.zero_stage == 3,
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "state_dict_type": "FULL_STATE_DICT",
+        "activation_checkpointing": plan.gradient_checkpointing,
+        "cpu_ram_efficient_loading": False,
+    }
+
+
+@contextmanager
+def fsdp_on_cpu(args: Any) -> Iterator[None]:
+    """Create the Trainer inside this block so that FSDP also shards on CPU (tests, CI).
+
+    accelerate enables FSDP only on accelerator devices: on CPU its state stays MULTI_CPU, the FSDP plugin
+    the Trainer passes is dropped without a word and the run trains as plain DDP. FSDP2 itself runs on CPU
+    with gloo, so for an FSDP plan on CPU the process state reads as multi-device while the Trainer's
+    `Accelerator` is created: it then keeps the plugin, records FSDP as the distributed type of the
+    process (as it does on GPU) and shards with `fully_shard` on the CPU device. On GPU, and for any other
+    plan, this does nothing.
+
+    Args:
+        args: the `TrainingArguments` the Trainer gets (`fsdp`, `use_cpu`).
+    """
+    if not (args.fsdp and args.use_cpu):
+        yield
+        return
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    state = PartialState()
+    kept = state.distributed_type
+    if kept == DistributedType.MULTI_CPU:
+        state.distributed_type = DistributedType.MULTI_GPU
+    try:
+        yield
+    finally:
+        if state.distributed_type == DistributedType.MULTI_GPU:  # no Accelerator took FSDP: as it was
+            state.distributed_type = kept
 
 
 def launcher_for(params: TrainParams, plan: Plan) -> Launcher:
@@ -359,6 +436,48 @@ def init_worker(plan: Plan, use_cpu: bool) -> ProcessInfo:
     return info
 
 
+def job_fingerprint(plan: Plan, train_rows: list[Any], val_rows: list[Any], checkpoints: Path) -> str:
+    """A hash of what a worker trains: the plan, the rows and the checkpoint folder (`check_same_job`)."""
+    text = json.dumps([plan.to_dict(), train_rows, val_rows, str(checkpoints)], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_same_job(fingerprint: str, owns_outputs: bool) -> None:
+    """Every rank trains the same job, and global rank 0 runs under the stage that owns the outputs.
+
+    On many nodes each node's stage prepares its own job; a node with other splits, another config or
+    another base model would train other rows in lockstep with the rest and nobody would notice. And rank
+    0 writes the adapter and the result file its stage waits for: it must be one of node 0's processes
+    (torchrun's c10d rendezvous orders hosts by name, so it may not be). Call it on every rank once the
+    process group exists (a collective); without one (a single process) it does nothing.
+
+    Args:
+        fingerprint: `job_fingerprint` of this rank's job.
+        owns_outputs: whether this rank was started by the stage that writes the outputs (node 0).
+
+    Raises:
+        ConfigError: on every rank, naming the ranks and hosts that differ.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    seen: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(seen, (fingerprint, owns_outputs, socket.gethostname()))
+    if not seen[0][1]:
+        raise ConfigError(
+            f"global rank 0 runs on {seen[0][2]} under a stage that does not write the outputs (node rank "
+            "> 0): the rendezvous ordered the nodes otherwise; start each node with `tuneline train "
+            "--node-rank K` (static rendezvous: node 0 holds ranks 0..num_processes-1)"
+        )
+    odd = [f"rank {r} on {host}" for r, (other, _, host) in enumerate(seen) if other != seen[0][0]]
+    if odd:
+        raise ConfigError(
+            f"{', '.join(odd)} prepared another job than rank 0 on {seen[0][2]} (rows, plan or checkpoint "
+            "folder differ): every node needs the same config, splits and base model at the same paths"
+        )
+
+
 def training_kwargs(params: TrainParams, plan: Plan, use_cpu: bool) -> dict[str, Any]:
     """The `TrainingArguments` keywords that depend on how the run is distributed.
 
@@ -370,21 +489,27 @@ def training_kwargs(params: TrainParams, plan: Plan, use_cpu: bool) -> dict[str,
       and together with gradient checkpointing DDP fails on parameters marked ready twice.
     - `max_grad_norm`, `bf16`, `fp16`: must equal the DeepSpeed config's `gradient_clipping` and
       precision sections (the Trainer refuses a mismatch), so they come from here too.
-    - `save_only_model=False` under DeepSpeed: the Trainer refuses `save_only_model` together with
-      `load_best_model_at_end`, because it restores the best model from the DeepSpeed checkpoint.
+    - `fsdp`, `fsdp_config`: FSDP2 under `train.backend: fsdp` (`fsdp_config`), else off.
+    - `activation_checkpointing`: the plan's gradient checkpointing, by the Trainer; under FSDP by FSDP
+      itself (`fsdp_config`), and the Trainer's must then be off.
+    - `save_only_model=False` under DeepSpeed / FSDP: the Trainer refuses `save_only_model` together with
+      `load_best_model_at_end`, because it restores the best model from the engine's checkpoint.
     """
-    use_ds = uses_deepspeed(plan)
+    use_ds, use_fsdp = uses_deepspeed(plan), uses_fsdp(plan)
     out: dict[str, Any] = {
         "use_cpu": use_cpu,
         "deepspeed": deepspeed_config(plan, params) if use_ds else None,
+        "fsdp": use_fsdp,
+        "fsdp_config": fsdp_config(plan) if use_fsdp else None,
         # one plain process needs no backend (naming one makes accelerate look for a process group)
         "ddp_backend": ("gloo" if use_cpu else "nccl") if plan.world_size > 1 or use_ds else None,
         "ddp_find_unused_parameters": False,
+        "activation_checkpointing": plan.gradient_checkpointing and not use_fsdp,
         "max_grad_norm": MAX_GRAD_NORM,
         "bf16": plan.precision == "bf16",
         "fp16": plan.precision == "fp16",
     }
-    if use_ds:
+    if use_ds or use_fsdp:
         out["save_only_model"] = False
     return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,9 @@ class Plan:
     # the modules that get adapters (train.lora.target_modules resolved against this model's layers)
     lora_targets: list[str] | str = field(default_factory=list)
     lora_target_notes: list[str] = field(default_factory=list)  # requested names mapped to other layers
+    backend: str = "deepspeed"  # the engine that shards a zero_stage 2/3 run: deepspeed | fsdp
+    # memory per device of each sharding strategy of the backend, at the chosen batch and checkpointing
+    sharding: dict[str, MemoryEstimate] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (reports/plan.json)."""
@@ -84,7 +88,39 @@ class Plan:
         fields["lr_range"] = tuple(fields["lr_range"])
         fields["memory"] = MemoryEstimate(**fields["memory"])
         fields["options"] = [MemoryEstimate(**o) for o in fields.get("options", [])]
+        fields["sharding"] = {k: MemoryEstimate(**v) for k, v in fields.get("sharding", {}).items()}
         return cls(**fields)
+
+
+# What each sharding strategy divides by the world size equals a ZeRO stage: FSDP's full shard splits
+# weights, gradients and optimizer states (ZeRO-3), shard grad op gradients and optimizer states and keeps
+# the weights gathered from forward to backward (ZeRO-2), no shard replicates everything (ZeRO-0 = DDP).
+SHARDING_STRATEGIES = {
+    "deepspeed": {"zero-3": 3, "zero-2": 2, "zero-0": 0},
+    "fsdp": {"full_shard": 3, "shard_grad_op": 2, "no_shard": 0},
+}
+
+
+def sharding_estimates(
+    backend: str, fit: Callable[[int, bool, int], MemoryEstimate], checkpointing: bool, per_device_batch: int
+) -> dict[str, MemoryEstimate]:
+    """Memory per device of each sharding strategy of `backend`, at the chosen batch and checkpointing.
+
+    FSDP full shard / shard grad op / no shard hold per device what ZeRO-3 / 2 / 0 hold (same estimate,
+    `memory.estimate` at that stage). Under FSDP2 the plan's zero_stage picks the strategy: 3 full shard,
+    2 shard grad op, 0 plain DDP (which is what no shard is).
+
+    Args:
+        backend: `train.backend` (deepspeed or fsdp).
+        fit: the estimate for (zero stage, checkpointing, per-device batch) of this model and world size.
+        checkpointing: gradient checkpointing as chosen.
+        per_device_batch: the per-device batch as chosen.
+
+    Returns:
+        Strategy name -> per-device memory, largest sharding first.
+    """
+    strategies = SHARDING_STRATEGIES[backend]
+    return {name: fit(zero, checkpointing, per_device_batch) for name, zero in strategies.items()}
 
 
 def backoff(plan: Plan) -> Plan | None:
@@ -335,4 +371,6 @@ def make_plan(
         warnings=warnings,
         lora_targets=targets.modules,
         lora_target_notes=targets.notes,
+        backend=t.backend,
+        sharding=sharding_estimates(t.backend, fit, chosen.gradient_checkpointing, chosen.per_device_batch),
     )

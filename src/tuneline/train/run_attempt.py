@@ -47,6 +47,7 @@ class Attempt:
     work: Path
     tracking_uri: str | None
     run_id: str | None
+    node_rank: int | None = None  # this node's rank in a many-node run (None: node 0, see launch_command)
 
 
 @dataclass
@@ -117,7 +118,7 @@ def train_here(attempt: Attempt, plan: Plan) -> Outcome:
     import torch
     from transformers import set_seed
 
-    from tuneline.train.distributed import init_worker
+    from tuneline.train.distributed import check_same_job, init_worker, job_fingerprint
     from tuneline.train.lora import count_parameters
     from tuneline.train.loss import loss_kernel_for
     from tuneline.train.tracking import metrics_callback
@@ -127,6 +128,9 @@ def train_here(attempt: Attempt, plan: Plan) -> Outcome:
     set_seed(cfg.seed)
     init_worker(plan, use_cpu=not torch.cuda.is_available())  # DeepSpeed's process group, if any
     args = training_args(cfg, plan, attempt.checkpoints)  # before the model: ZeRO-3 partitions as it loads
+    # every rank (of every node) the same job, rank 0 under node 0's stage; args made the process group
+    check_same_job(job_fingerprint(plan, attempt.train_rows, attempt.val_rows, attempt.checkpoints),
+                   owns_outputs=not attempt.node_rank)
     tokenizer, model = load_model(cfg, plan, attempt.model_path)
     history: list[dict[str, float]] = []
     monitor = make_monitor(cfg, plan)
@@ -143,7 +147,8 @@ def train_here(attempt: Attempt, plan: Plan) -> Outcome:
                    str(start) if start else None)
 
 
-def _launched(attempt: Attempt, plan: Plan) -> Outcome:
+def _launch(attempt: Attempt, plan: Plan) -> tuple[subprocess.CompletedProcess, list[str], Path]:
+    """Write the job file, start this node's workers and wait for them; the result file rank 0 writes."""
     from tuneline.train.distributed import launch_command, worker_env
 
     job = attempt.work / "job.json"
@@ -155,10 +160,33 @@ def _launched(attempt: Attempt, plan: Plan) -> Outcome:
         "train_rows": attempt.train_rows, "val_rows": attempt.val_rows,
         "checkpoints": str(attempt.checkpoints), "save_to": str(attempt.save_to), "work": str(attempt.work),
         "tracking_uri": attempt.tracking_uri, "run_id": attempt.run_id, "result": str(result_path),
+        "node_rank": attempt.node_rank,
     }), encoding="utf-8")
-    cmd = launch_command(attempt.cfg.train, plan, ["--job", str(job)], python=sys.executable)
+    cmd = launch_command(attempt.cfg.train, plan, ["--job", str(job)], python=sys.executable,
+                         node_rank=attempt.node_rank)
     logger.info("train: launching %s", " ".join(cmd))
     done = subprocess.run(cmd, env={**os.environ, **worker_env(attempt.cfg.train, plan)}, check=False)
+    return done, cmd, result_path
+
+
+def run_node(attempt: Attempt, plan: Plan) -> None:
+    """This node's workers of a many-node run whose rank 0 is on another node (which reports the result).
+
+    Raises:
+        OutOfMemory: a worker here ran out of CUDA memory.
+        TunelineError: the workers failed for another reason.
+    """
+    done, cmd, _ = _launch(attempt, plan)
+    if done.returncode == OOM_EXIT or list(attempt.work.glob("oom.rank*.json")):
+        raise OutOfMemory("CUDA out of memory in a worker")
+    if done.returncode != 0:
+        raise TunelineError(
+            f"training workers failed (exit code {done.returncode}): {' '.join(cmd)}; see the log above"
+        )
+
+
+def _launched(attempt: Attempt, plan: Plan) -> Outcome:
+    done, cmd, result_path = _launch(attempt, plan)
     if result_path.is_file():
         data = json.loads(result_path.read_text(encoding="utf-8"))
         if data.get("status") == "oom":

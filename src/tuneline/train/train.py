@@ -29,11 +29,12 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tuneline.config.loader import Config
-from tuneline.errors import InputFileError, TunelineError
+from tuneline.errors import ConfigError, InputFileError, TunelineError
 from tuneline.jsonio import write_json
 from tuneline.layout import Layout
 from tuneline.lm.labels import build_rows
@@ -56,7 +57,7 @@ from tuneline.train.recovery import (
     remove_dead_work_dirs,
     stale_run,
 )
-from tuneline.train.run_attempt import Attempt, OutOfMemory, run_attempt
+from tuneline.train.run_attempt import Attempt, OutOfMemory, run_attempt, run_node
 from tuneline.train.token_cache import tokenize_split
 from tuneline.train.tracking import (
     end_run,
@@ -96,11 +97,23 @@ def _model_fingerprint(model_path: str) -> str:
     return h.hexdigest()
 
 
-def run(cfg: Config, layout: Layout) -> dict:
+def run(cfg: Config, layout: Layout, node_rank: int | None = None) -> dict:
     """The `train` stage; see the module docstring.
 
+    Many nodes (`train.num_nodes` > 1): run the stage on every node with the same config, splits and base
+    model (the same workspace paths: a shared filesystem, or a clone with `dvc pull`), each with its
+    `node_rank`. Node 0 (`node_rank` 0 or None, at `train.master_addr`) owns the run: the output lock,
+    MLflow, checkpoints' cleanup, the adapter and the reports. Every other node prepares the same rows
+    and plan, starts its workers into the rendezvous and writes nothing (`follow`). With a DeepSpeed
+    hostfile and no `node_rank`, node 0 alone starts every node over ssh.
+
+    Args:
+        cfg: the whole config.
+        layout: the workspace.
+        node_rank: this node's rank in a many-node run; None: node 0 (and, for a hostfile, ssh launch).
+
     Returns:
-        The report (also written to reports/train.json).
+        The report (also written to reports/train.json); on a node other than 0, `follow`'s summary.
 
     Raises:
         InputFileError: a split is missing or empty, or no row has an answer token.
@@ -112,23 +125,87 @@ def run(cfg: Config, layout: Layout) -> dict:
             (checked before any training).
         OutputBusy: another `tuneline train` writing the same output is running.
     """
+    nodes = cfg.train.num_nodes
+    if node_rank is not None and not 0 <= node_rank < nodes:
+        raise ConfigError(f"node rank {node_rank} is outside 0..{nodes - 1} (train.num_nodes {nodes})")
+    if node_rank:
+        return follow(cfg, layout, node_rank)
     out = inside_workspace(layout.root, cfg.train.output_dir, OUTPUT_SETTING, cfg.allow_outside_workspace)
     check_replaceable(out, OUTPUT_SETTING)
     with claim_output(layout.root, out) as claim:
-        return _run(cfg, layout, claim)
+        return _run(cfg, layout, claim, node_rank)
 
 
-def _run(cfg: Config, layout: Layout, claim: OutputClaim) -> dict:
-    """`run`, holding the output's lock."""
-    started = time.monotonic()
+def follow(cfg: Config, layout: Layout, node_rank: int) -> dict:
+    """Node `node_rank` (> 0) of a many-node run: prepare what node 0 prepares and start this node's workers.
+
+    The rows, the plan and the checkpoint folder come out the same as node 0's (`prepare` is deterministic),
+    so the workers here join node 0's rendezvous with the same job; node 0's rank-0 worker writes every
+    output. This node writes only its job file, in a temporary folder it removes afterwards. Resuming
+    needs the checkpoint folder on a filesystem every node sees (each rank reads its own optimizer and
+    RNG state from it).
+
+    Returns:
+        {"node_rank", "world_size", "steps": None} (the numbers are in node 0's report).
+
+    Raises:
+        TunelineError: the workers of this node failed (out of memory included: node 0 stops too, rerun
+            every node with a smaller train.per_device_batch).
+    """
+    import tempfile
+
+    prep = prepare(cfg, layout, write_rejected_rows=False)
+    with tempfile.TemporaryDirectory(prefix=f"tuneline-train-node{node_rank}-") as tmp:
+        work = Path(tmp)
+        attempt = Attempt(cfg=cfg, plan=prep.plan, model_path=prep.model_path, train_rows=prep.train_rows,
+                          val_rows=prep.val_rows, checkpoints=prep.checkpoints, save_to=work / "final",
+                          work=work, tracking_uri=None, run_id=None, node_rank=node_rank)
+        logger.info("train: node %d of %d joins the rendezvous at %s:%d", node_rank, cfg.train.num_nodes,
+                    cfg.train.master_addr, cfg.train.master_port)
+        try:
+            run_node(attempt, prep.plan)
+        except OutOfMemory as exc:
+            raise TrainingError(
+                f"node {node_rank}: out of GPU memory: {exc}; rerun every node with a smaller "
+                "train.per_device_batch (it resumes from the last checkpoint)"
+            ) from None
+    return {"node_rank": node_rank, "world_size": prep.plan.world_size, "steps": None}
+
+
+@dataclass
+class Prepared:
+    """What every node derives alike from the config and the splits, before any process starts."""
+
+    plan: Plan
+    model_path: str
+    chat: Any
+    template_source: str
+    train_enc: Any
+    val_enc: Any
+    train_rows: list[dict[str, Any]]
+    val_rows: list[dict[str, Any]]
+    params_flat: dict[str, Any]
+    p_hash: str
+    data_hash: str
+    checkpoints: Path
+    rejected: dict[str, Any]
+    tokens_cached: bool
+
+
+def prepare(cfg: Config, layout: Layout, write_rejected_rows: bool = True) -> Prepared:
+    """Read and tokenize the splits (token cache), make the plan, build labels and pack rows; the run key.
+
+    Deterministic: every node of a many-node run prepares the same rows, plan and checkpoint folder from
+    the same config, splits and base model. Only node 0 writes the rejected rows (`write_rejected_rows`).
+    """
     train_path, val_path = layout.processed("train"), layout.processed("val")
     train_records, val_records = read_split(layout, "train"), read_split(layout, "val")
     model_path = resolve_model_path(cfg, layout)
     chat, template_source = chat_format_for(cfg, layout, model_path)
     tok_train = tokenize_split(chat, train_records, train_path, layout.root)
     tok_val = tokenize_split(chat, val_records, val_path, layout.root)
-    rejected = write_rejected(layout, {"train": (train_records, tok_train.rejected),
-                                       "val": (val_records, tok_val.rejected)})
+    splits = {"train": (train_records, tok_train.rejected), "val": (val_records, tok_val.rejected)}
+    rejected = write_rejected(layout, splits) if write_rejected_rows else {"rows": 0}
 
     plan = make_plan(cfg, model_config=model_path, token_lengths=tok_train.lengths)
     loss_kernel = loss_kernel_for(cfg.train.loss_kernel, plan.zero_stage)  # refuse before any GPU time
@@ -146,10 +223,28 @@ def _run(cfg: Config, layout: Layout, claim: OutputClaim) -> dict:
 
     dumped = {"train": cfg.train.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json")}
     params_flat = flatten({**dumped, "seed": cfg.seed})
-    plan_flat = {f"plan.{k}": v for k, v in flatten({k: v for k, v in plan.to_dict().items()
-                                                     if k not in ("memory", "options", "warnings")}).items()}
     p_hash = params_hash(params_flat)
     data_hash = sha256_files([train_path, val_path])
+    run_key = hashlib.sha256(f"{p_hash}\0{data_hash}\0{_model_fingerprint(model_path)}".encode()).hexdigest()
+    # Absolute: the trainer state records the best checkpoint's path, which a rerun from another working
+    # directory (the CLI killed, the rerun in a flow) must still find.
+    checkpoints = (layout.root / CHECKPOINTS / run_key[:16]).resolve()
+    return Prepared(plan, model_path, chat, template_source, train_enc, val_enc, train_rows, val_rows,
+                    params_flat, p_hash, data_hash, checkpoints, rejected,
+                    tok_train.from_cache and tok_val.from_cache)
+
+
+def _run(cfg: Config, layout: Layout, claim: OutputClaim, node_rank: int | None) -> dict:
+    """`run`, holding the output's lock."""
+    started = time.monotonic()
+    train_path, val_path = layout.processed("train"), layout.processed("val")
+    prep = prepare(cfg, layout)
+    plan, model_path, chat, template_source = prep.plan, prep.model_path, prep.chat, prep.template_source
+    train_enc, val_enc, train_rows, val_rows = prep.train_enc, prep.val_enc, prep.train_rows, prep.val_rows
+    p_hash, data_hash, params_flat, rejected = prep.p_hash, prep.data_hash, prep.params_flat, prep.rejected
+    skip = ("memory", "options", "warnings", "sharding")
+    plan_flat = {f"plan.{k}": v for k, v in flatten({k: v for k, v in plan.to_dict().items()
+                                                     if k not in skip}).items()}
     tags = {"params_hash": p_hash, "data_hash": data_hash, "stage": "train", "method": cfg.train.method,
             "data_train_sha256": sha256_files([train_path]), "data_val_sha256": sha256_files([val_path])}
     commit = git_commit(layout.root.resolve())
@@ -166,10 +261,7 @@ def _run(cfg: Config, layout: Layout, claim: OutputClaim) -> dict:
     if killed:
         mark_killed(claim.previous, killed, replaced_by=run_id)
 
-    run_key = hashlib.sha256(f"{p_hash}\0{data_hash}\0{_model_fingerprint(model_path)}".encode()).hexdigest()
-    # Absolute: the trainer state records the best checkpoint's path, which a rerun from another working
-    # directory (the CLI killed, the rerun in a flow) must still find.
-    checkpoints = (layout.root / CHECKPOINTS / run_key[:16]).resolve()
+    checkpoints = prep.checkpoints
     if cfg.train.resume == "never":
         shutil.rmtree(checkpoints, ignore_errors=True)
     out = claim.out
@@ -177,7 +269,8 @@ def _run(cfg: Config, layout: Layout, claim: OutputClaim) -> dict:
     work = new_work_dir(out)
     final = work / "final"
     attempt = Attempt(cfg=cfg, plan=plan, model_path=model_path, train_rows=train_rows, val_rows=val_rows,
-                      checkpoints=checkpoints, save_to=final, work=work, tracking_uri=uri, run_id=run_id)
+                      checkpoints=checkpoints, save_to=final, work=work, tracking_uri=uri, run_id=run_id,
+                      node_rank=node_rank)
     try:
         outcome, plan = _train_with_backoff(attempt)
     except BaseException:
@@ -214,9 +307,10 @@ def _run(cfg: Config, layout: Layout, claim: OutputClaim) -> dict:
                                               "dropped_too_long_ids": train_enc.dropped_too_long})
     tokens_per_second = report["tokens_seen"] / result.train_seconds if result.train_seconds else None
     run_facts = {"seconds": time.monotonic() - started, "train_seconds": result.train_seconds,
+                 "engine": result.engine,
                  "tokens_per_second": tokens_per_second, "oom_retries": outcome.oom_events,
                  "resumed_from": outcome.resumed_from,
-                 "tokens_cached": tok_train.from_cache and tok_val.from_cache,
+                 "tokens_cached": prep.tokens_cached,
                  "mlflow_run_id": run_id, "tracking_uri": redact(uri), "git_commit": commit}
     replace_dir(final, out, OUTPUT_SETTING)
     shutil.rmtree(work, ignore_errors=True)
@@ -248,12 +342,14 @@ def _train_with_backoff(attempt: Attempt) -> tuple[Any, Plan]:
     """Run the attempt; after a CUDA out-of-memory, back the plan off and resume (bounded)."""
     events: list[str] = []
     plan = attempt.plan
-    for _ in range(attempt.cfg.train.oom_retries + 1):
+    # The other nodes of a many-node run started with this plan and cannot learn a backed-off one.
+    retries = attempt.cfg.train.oom_retries if attempt.cfg.train.num_nodes == 1 else 0
+    for _ in range(retries + 1):
         try:
             outcome = run_attempt(attempt, plan)
         except OutOfMemory as exc:
             smaller = backoff(plan)
-            if smaller is None or len(events) >= attempt.cfg.train.oom_retries:
+            if smaller is None or len(events) >= retries:
                 raise TrainingError(
                     f"out of GPU memory at per_device_batch {plan.per_device_batch} with gradient "
                     f"checkpointing {'on' if plan.gradient_checkpointing else 'off'} after {len(events)} "

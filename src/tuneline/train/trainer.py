@@ -44,6 +44,9 @@ class FitResult:
     val_best: float | None
     useful_token_fraction: float | None
     train_seconds: float
+    # what actually trained: "fsdp2", "deepspeed", "ddp" or "single" (accelerate can drop a requested
+    # engine without a word, e.g. FSDP on CPU, so the report says what ran, not what was asked for)
+    engine: str = "single"
 
 
 class Rows:
@@ -133,10 +136,10 @@ def training_args(cfg: Config, plan: Plan, out: Path) -> Any:
         logging_nan_inf_filter=False,  # a NaN loss must reach the log and the health monitor
         seed=cfg.seed,
         data_seed=cfg.seed,
-        activation_checkpointing=plan.gradient_checkpointing,
-        # precision, clipping, DDP backend and the DeepSpeed config must agree with each other
+        # precision, clipping, checkpointing, DDP backend and the DeepSpeed / FSDP config must agree
         **training_kwargs(cfg.train, plan, use_cpu=not torch.cuda.is_available()),
-        eval_on_start=plan.zero_stage > 0,  # DeepSpeed cannot evaluate before train() has set it up
+        # DeepSpeed cannot evaluate before train() has set it up; FSDP would evaluate the unsharded model
+        eval_on_start=plan.zero_stage > 0,
         report_to="none",
         dataloader_num_workers=0,
         remove_unused_columns=False,
@@ -261,19 +264,22 @@ def fit(
     from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
 
+    from tuneline.train.distributed import fsdp_on_cpu
+
     checkpoints = Path(args.output_dir)
     counts = _token_counts()
     stopping = EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience)
-    trainer = _trainer_class()(
-        model=model,
-        args=args,
-        train_dataset=Rows(train_rows),
-        eval_dataset=Rows(val_rows),
-        data_collator=make_collator(cfg.train.packing, tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        callbacks=[_resume_callback(replay_to=callbacks, restore=[counts, stopping]), *callbacks, stopping,
-                   counts],
-    )
+    with fsdp_on_cpu(args):  # FSDP on CPU (tests, CI) too, not silently DDP
+        trainer = _trainer_class()(
+            model=model,
+            args=args,
+            train_dataset=Rows(train_rows),
+            eval_dataset=Rows(val_rows),
+            data_collator=make_collator(cfg.train.packing, tokenizer.pad_token_id),
+            processing_class=tokenizer,
+            callbacks=[_resume_callback(replay_to=callbacks, restore=[counts, stopping]), *callbacks,
+                       stopping, counts],
+        )
     trainer.monitor = monitor
     trainer.token_counts = counts
     trainer.loss_kernel = install_loss_kernel(model, loss_kernel, required=cfg.train.loss_kernel != "auto")
@@ -304,4 +310,14 @@ def fit(
         val_best=val_best,
         useful_token_fraction=counts.useful_fraction,
         train_seconds=seconds,
+        engine=_engine(trainer),
     )
+
+
+def _engine(trainer: Any) -> str:
+    """The engine the Trainer's accelerator ran (see `FitResult.engine`)."""
+    if trainer.is_fsdp_enabled:
+        return f"fsdp{trainer.accelerator.state.fsdp_plugin.fsdp_version}"
+    if trainer.is_deepspeed_enabled:
+        return "deepspeed"
+    return "ddp" if trainer.args.world_size > 1 else "single"

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     attempt = Attempt(cfg=cfg, plan=plan, model_path=job["model_path"], train_rows=job["train_rows"],
                       val_rows=job["val_rows"], checkpoints=Path(job["checkpoints"]),
                       save_to=Path(job["save_to"]), work=Path(job["work"]),
-                      tracking_uri=job["tracking_uri"], run_id=job["run_id"])
+                      tracking_uri=job["tracking_uri"], run_id=job["run_id"], node_rank=job.get("node_rank"))
     result = Path(job["result"])
     try:
         outcome = train_here(attempt, plan)
