@@ -214,6 +214,19 @@ def test_resolve_loss_kernel() -> None:
         resolve_loss_kernel("chunked", cuda=True, sharded=True)
 
 
+def test_fsdp_sharding_counts_as_a_sharded_output_layer() -> None:
+    """FSDP's shard grad op (zero_stage 2) and full shard (3) shard the output layer too: a named kernel is
+    refused there, `auto` stays plain; DeepSpeed ZeRO-2 keeps whole weights. (Before: only ZeRO-3 counted.)"""
+    from tuneline.train.loss import loss_kernel_for
+
+    for stage in (2, 3):
+        with pytest.raises(ConfigError, match="train.backend fsdp"):
+            loss_kernel_for("chunked", stage, "fsdp")
+        assert loss_kernel_for("auto", stage, "fsdp") == "plain"
+    assert loss_kernel_for("chunked", 2, "deepspeed") == "chunked"
+    assert loss_kernel_for("chunked", 0, "fsdp") == "chunked"
+
+
 def _liger_installed() -> bool:
     import importlib.util
 

@@ -72,7 +72,7 @@ def resolve_loss_kernel(setting: str, *, cuda: bool, sharded: bool = False) -> s
     Args:
         setting: `auto`, `plain`, `chunked` or `liger`.
         cuda: a CUDA GPU trains.
-        sharded: the output layer's weight is sharded across processes (DeepSpeed ZeRO-3).
+        sharded: the output layer's weight is sharded across processes (ZeRO-3, FSDP).
 
     Raises:
         ConfigError: liger requested without liger-kernel or without a CUDA GPU; chunked or liger
@@ -89,7 +89,7 @@ def resolve_loss_kernel(setting: str, *, cuda: bool, sharded: bool = False) -> s
     if sharded:
         raise ConfigError(
             f"{SETTING}: {setting} needs the output layer's whole weight on every device, and ZeRO-3 "
-            "shards it; use auto or plain with train.zero_stage 3"
+            "(or FSDP) shards it; use auto or plain with train.zero_stage 3 or train.backend fsdp"
         )
     if setting == "liger":
         liger_loss()
@@ -99,11 +99,17 @@ def resolve_loss_kernel(setting: str, *, cuda: bool, sharded: bool = False) -> s
     return setting
 
 
-def loss_kernel_for(setting: str, zero_stage: int) -> str:
-    """`resolve_loss_kernel` for this process's device and a plan's ZeRO stage."""
+def loss_kernel_for(setting: str, zero_stage: int, backend: str = "deepspeed") -> str:
+    """`resolve_loss_kernel` for this process's device and a plan's ZeRO stage and backend.
+
+    The output layer counts as sharded under ZeRO-3 and under any FSDP sharding (2: shard grad op, 3: full
+    shard): FSDP2 hands the layer's weight around as a DTensor, which the chunked and fused kernels do not
+    read (their gradients would bypass FSDP's reduce-scatter).
+    """
     import torch
 
-    return resolve_loss_kernel(setting, cuda=torch.cuda.is_available(), sharded=zero_stage == 3)
+    sharded = zero_stage == 3 or (backend == "fsdp" and zero_stage > 0)
+    return resolve_loss_kernel(setting, cuda=torch.cuda.is_available(), sharded=sharded)
 
 
 def chunk_tokens(tokens: int, vocab: int, hidden: int) -> int:

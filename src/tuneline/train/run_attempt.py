@@ -140,7 +140,7 @@ def train_here(attempt: Attempt, plan: Plan) -> Outcome:
     try:
         result = fit(cfg, args, model, tokenizer, attempt.train_rows, attempt.val_rows,
                      resume=resume, callbacks=callbacks, monitor=monitor, save_to=attempt.save_to,
-                     loss_kernel=loss_kernel_for(cfg.train.loss_kernel, plan.zero_stage))
+                     loss_kernel=loss_kernel_for(cfg.train.loss_kernel, plan.zero_stage, plan.backend))
     except torch.OutOfMemoryError as exc:
         raise OutOfMemory(str(exc).splitlines()[0]) from None
     return Outcome(result, history, monitor.report(), monitor.tags(), count_parameters(model),

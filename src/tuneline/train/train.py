@@ -190,6 +190,7 @@ class Prepared:
     checkpoints: Path
     rejected: dict[str, Any]
     tokens_cached: bool
+    loss_kernel: str  # `train.loss_kernel` resolved for this device and plan
 
 
 def prepare(cfg: Config, layout: Layout, write_rejected_rows: bool = True) -> Prepared:
@@ -208,7 +209,8 @@ def prepare(cfg: Config, layout: Layout, write_rejected_rows: bool = True) -> Pr
     rejected = write_rejected(layout, splits) if write_rejected_rows else {"rows": 0}
 
     plan = make_plan(cfg, model_config=model_path, token_lengths=tok_train.lengths)
-    loss_kernel = loss_kernel_for(cfg.train.loss_kernel, plan.zero_stage)  # refuse before any GPU time
+    # Resolved (or refused) here, before any GPU time.
+    loss_kernel = loss_kernel_for(cfg.train.loss_kernel, plan.zero_stage, plan.backend)
     drop = cfg.train.long_rows == "drop"
     train_enc = build_rows(tok_train.record_ids, tok_train.ids, tok_train.masks, plan.max_length, drop)
     val_enc = build_rows(tok_val.record_ids, tok_val.ids, tok_val.masks, plan.max_length, drop)
@@ -231,7 +233,7 @@ def prepare(cfg: Config, layout: Layout, write_rejected_rows: bool = True) -> Pr
     checkpoints = (layout.root / CHECKPOINTS / run_key[:16]).resolve()
     return Prepared(plan, model_path, chat, template_source, train_enc, val_enc, train_rows, val_rows,
                     params_flat, p_hash, data_hash, checkpoints, rejected,
-                    tok_train.from_cache and tok_val.from_cache)
+                    tok_train.from_cache and tok_val.from_cache, loss_kernel)
 
 
 def _run(cfg: Config, layout: Layout, claim: OutputClaim, node_rank: int | None) -> dict:
@@ -250,7 +252,7 @@ def _run(cfg: Config, layout: Layout, claim: OutputClaim, node_rank: int | None)
     commit = git_commit(layout.root.resolve())
     if commit:
         tags["git_commit"] = commit
-    tags["loss_kernel"] = loss_kernel
+    tags["loss_kernel"] = prep.loss_kernel
     uri = cfg.tracking.uri
     killed = stale_run(claim.previous)  # the run of an attempt that died (kill -9) while holding the lock
     if killed:
