@@ -10,6 +10,7 @@ from typing import Any
 from tuneline.config import Config
 from tuneline.errors import ConfigError, TunelineError
 from tuneline.train.lora_targets import LoraTargets, resolve_targets
+from tuneline.train.lora_vs_full import MethodComparison, compare_methods
 from tuneline.train.memory import (
     USABLE_FRACTION,
     MemoryEstimate,
@@ -70,11 +71,14 @@ class Plan:
     # the modules that get adapters (train.lora.target_modules resolved against this model's layers)
     lora_targets: list[str] | str = field(default_factory=list)
     lora_target_notes: list[str] = field(default_factory=list)  # requested names mapped to other layers
+    # the same configuration priced for LoRA and for full fine-tuning (None: LoRA cannot target this model)
+    lora_vs_full: MethodComparison | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (reports/plan.json)."""
         out = asdict(self)
         out["lr_range"] = list(self.lr_range)
+        out["lora_vs_full"] = self.lora_vs_full.to_dict() if self.lora_vs_full else None
         return out
 
     @classmethod
@@ -84,6 +88,8 @@ class Plan:
         fields["lr_range"] = tuple(fields["lr_range"])
         fields["memory"] = MemoryEstimate(**fields["memory"])
         fields["options"] = [MemoryEstimate(**o) for o in fields.get("options", [])]
+        if fields.get("lora_vs_full"):
+            fields["lora_vs_full"] = MethodComparison.from_dict(fields["lora_vs_full"])
         return cls(**fields)
 
 
@@ -222,6 +228,24 @@ def _changes(cfg: Config, est: MemoryEstimate) -> list[str]:
     return out
 
 
+def lora_vs_full(
+    cfg: Config, shape: ModelShape, precision: Precision, chosen: MemoryEstimate, seq: int,
+    device: float | str,
+) -> MethodComparison | None:
+    """The chosen configuration priced for LoRA and for full fine-tuning, whichever method is configured.
+
+    None when `train.lora.target_modules` matches nothing in this model and the method is `full` (the
+    comparison would need a LoRA that cannot be built; with `method: lora` that is a ConfigError earlier).
+    """
+    t = cfg.train
+    try:
+        return compare_methods(shape, t.lora, precision, chosen.zero_stage, t.world_size,
+                               chosen.per_device_batch, seq, chosen.gradient_checkpointing, device)
+    except ConfigError as exc:
+        logger.info("plan: no LoRA vs full comparison: %s", exc)
+        return None
+
+
 def make_plan(
     cfg: Config,
     model_config: Any = None,
@@ -335,4 +359,5 @@ def make_plan(
         warnings=warnings,
         lora_targets=targets.modules,
         lora_target_notes=targets.notes,
+        lora_vs_full=lora_vs_full(cfg, shape, precision, chosen, length.max_length, device),
     )
