@@ -204,7 +204,7 @@ def run_variant(name: str, model_fn: Any, rows: list[dict], args: argparse.Names
     step_s = sorted(steps)[len(steps) // 2] if steps else float("nan")
     timed = segments  # every collated batch (the loader may run a batch ahead of the timed steps)
     useful_per_step = sum(sum(s) for b in timed for s in b) / max(1, len(timed))
-    out = {"variant": name, "steps_timed": len(steps), "median_step_s": step_s,
+    out = {"variant": name, "steps_timed": len(steps), "median_step_s": step_s, "step_times": steps,
            "useful_tokens_per_s": useful_per_step / step_s, "useful_fraction": counter.useful_fraction,
            "sequences": len(dataset)}
     if gpu:
@@ -282,15 +282,19 @@ def plan_estimate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_methods(args: argparse.Namespace) -> dict[str, Any]:
-    """LoRA, then full fine-tuning, each in a fresh process of this script (`--only`)."""
-    out: dict[str, Any] = {}
-    for method in METHODS:
-        with tempfile.TemporaryDirectory() as tmp:
-            result = Path(tmp) / "result.json"
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--only", method, "--result", str(result)]
-            subprocess.run(cmd, check=True)
-            out[method] = json.loads(result.read_text())
-        print(json.dumps(out[method]), flush=True)
+    """LoRA and full fine-tuning, each run in a fresh process of this script (`--only`), `--repeat` times
+    in the order LoRA, full, full, LoRA, ... so that a drift of a shared machine's load over minutes falls
+    on both alike; step times of all runs are pooled, the peak is the highest of the runs."""
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
+    for r in range(args.repeat):
+        for method in METHODS if r % 2 == 0 else METHODS[::-1]:
+            with tempfile.TemporaryDirectory() as tmp:
+                result = Path(tmp) / "result.json"
+                cmd = [sys.executable, __file__, *sys.argv[1:], "--only", method, "--result", str(result)]
+                subprocess.run(cmd, check=True)
+                runs[method].append(json.loads(result.read_text()))
+            print(json.dumps(runs[method][-1]), flush=True)
+    out = {m: pooled(runs[m]) for m in METHODS}
     lo, full = out["lora"], out["full"]
     ratios = {"median_step_s": lo["median_step_s"] / full["median_step_s"],
               "useful_tokens_per_s": lo["useful_tokens_per_s"] / full["useful_tokens_per_s"]}
@@ -299,7 +303,22 @@ def run_methods(args: argparse.Namespace) -> dict[str, Any]:
             ratios[key] = lo[key] / full[key]
     for key in lo["tensor_bytes"]:
         ratios[f"{key}_bytes"] = lo["tensor_bytes"][key] / max(1, full["tensor_bytes"][key])
-    return {"variants": [lo, full], "ratios_lora_over_full": ratios, "plan_estimate": plan_estimate(args)}
+    return {"variants": [lo, full], "ratios_lora_over_full": ratios, "plan_estimate": plan_estimate(args),
+            "repeat": args.repeat}
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One method's runs as one: the median of every timed step, the highest peak, each run kept."""
+    first = runs[0]
+    tokens_per_step = first["useful_tokens_per_s"] * first["median_step_s"]  # same rows and steps each run
+    times = sorted(t for r in runs for t in r["step_times"])
+    step_s = times[len(times) // 2]
+    out = {**first, "steps_timed": len(times), "median_step_s": step_s, "step_times": times,
+           "useful_tokens_per_s": tokens_per_step / step_s, "runs": runs}
+    for key in ("peak_delta_bytes", "peak_mem_gib"):
+        if key in first:
+            out[key] = max(r[key] for r in runs)
+    return out
 
 
 def methods_table(results: dict[str, Any]) -> str:
@@ -343,6 +362,8 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=512, help="--cpu --methods: hidden size")
     ap.add_argument("--layers", type=int, default=8, help="--cpu --methods: decoder layers")
     ap.add_argument("--vocab", type=int, default=8192, help="--cpu --methods: vocabulary")
+    ap.add_argument("--repeat", type=int, default=2, help="--methods: runs of each method (LoRA, full, full, "
+                    "LoRA, ...); step times pooled")
     ap.add_argument("--only", choices=METHODS, help=argparse.SUPPRESS)  # one --methods variant, in-process
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=Path("bench/.cache/train_throughput"))
