@@ -449,3 +449,14 @@ def test_lora_vs_full_without_a_lora_target_is_left_out(tiny: Any) -> None:
     plan = make_plan(cfg, tiny)
     assert plan.lora_vs_full is None and plan.method == "full"
     assert "LoRA vs full" not in render_plan(plan)
+
+
+def test_backoff_drops_the_comparison_priced_at_the_old_batch(tiny: Any) -> None:
+    """After an out-of-memory back-off the comparison's batch and checkpointing no longer hold."""
+    from tuneline.train.plan import backoff
+
+    plan = make_plan(cfg_of(effective_batch=8, per_device_batch=4), tiny)
+    assert plan.lora_vs_full is not None and plan.lora_vs_full.lora.memory.per_device_batch == 4
+    smaller = backoff(plan)
+    assert smaller is not None and smaller.per_device_batch == 2 and smaller.lora_vs_full is None
+    assert "LoRA vs full" not in render_plan(smaller)

@@ -104,8 +104,9 @@ def backoff(plan: Plan) -> Plan | None:
     accum = plan.grad_accum * plan.per_device_batch // batch
     change = (f"out of memory: per_device_batch {size} -> {batch}, grad_accum {plan.grad_accum} -> "
               f"{accum}, gradient checkpointing on (effective batch {plan.effective_batch})")
+    # the LoRA vs full comparison was priced at the old batch: dropped rather than left stale
     return replace(plan, per_device_batch=batch, grad_accum=accum, gradient_checkpointing=True,
-                   adjustments=[*plan.adjustments, change])
+                   adjustments=[*plan.adjustments, change], lora_vs_full=None)
 
 
 def load_model_config(cfg: Config, model_config: Any = None) -> Any:
