@@ -144,8 +144,9 @@ def _run(cfg: Config, layout: Layout, claim: OutputClaim) -> dict:
 
     dumped = {"train": cfg.train.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json")}
     params_flat = flatten({**dumped, "seed": cfg.seed})
+    estimates = ("memory", "options", "warnings", "lora_vs_full")  # in reports/plan.json, not MLflow params
     plan_flat = {f"plan.{k}": v for k, v in flatten({k: v for k, v in plan.to_dict().items()
-                                                     if k not in ("memory", "options", "warnings")}).items()}
+                                                     if k not in estimates}).items()}
     p_hash = params_hash(params_flat)
     data_hash = sha256_files([train_path, val_path])
     tags = {"params_hash": p_hash, "data_hash": data_hash, "stage": "train", "method": cfg.train.method,
