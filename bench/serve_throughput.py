@@ -2,11 +2,12 @@
 
 Serves the workspace's registry champion (run `make run` first) twice on 127.0.0.1 — once with
 `serve.max_batch_size=1` (the baseline: every request its own forward passes) and once with the
-configured batch size — and sends the same burst of concurrent chat completions (the official `openai`
-async client) to each. Reports requests/s, completion tokens/s, client-side latency p50 / p95, and the
-ratio batched / baseline. Every exchange must reach the feedback store (checked).
+configured batch size — and sends, to each, the same bursts of chat completions (the official `openai`
+async client) at each concurrency level (1, 8 and 32 users at a time by default). Reports, per server
+mode and concurrency: requests/s, completion tokens/s, client-side latency p50 / p95, the batches the
+server ran, and the ratio batched / baseline. Every exchange must reach the feedback store (checked).
 
-    .venv/bin/python bench/serve_throughput.py --requests 200 --concurrency 32 --batch 8
+    .venv/bin/python bench/serve_throughput.py --requests 200 --concurrency 1 8 32 --batch 8
 
 Results: bench/RESULTS.md.
 """
@@ -68,34 +69,80 @@ async def burst(base_url: str, n: int, concurrency: int, max_tokens: int) -> lis
         return await asyncio.gather(*(one(i) for i in range(n)))
 
 
-def measure(params: Path, batch: int, args: argparse.Namespace, port: int) -> dict[str, Any]:
-    store = Path(tempfile.mkdtemp(prefix="tuneline-bench-")) / "feedback.db"
-    cfg = load_config(params, [f"serve.max_batch_size={batch}", f"serve.store_url=sqlite:///{store}",
-                               "serve.canary_share=0"])
-    server, thread, state = serve_in_thread(cfg, port)
-    try:
-        asyncio.run(burst(f"http://127.0.0.1:{port}/v1", 8, 8, args.max_tokens))  # warm-up
-        started = time.perf_counter()
-        results = asyncio.run(burst(f"http://127.0.0.1:{port}/v1", args.requests, args.concurrency,
-                                    args.max_tokens))
-        wall = time.perf_counter() - started
-    finally:
-        server.should_exit = True
-        thread.join(120)
-    stored = FeedbackStore(f"sqlite:///{store}").count()
+def summarize(results: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+    """Throughput and client-side latency percentiles (nearest rank) of one burst."""
     latencies = sorted(r["latency_ms"] for r in results)
     return {
-        "max_batch_size": batch,
         "requests": len(results),
         "wall_s": round(wall, 2),
         "requests_per_s": round(len(results) / wall, 2),
         "completion_tokens_per_s": round(sum(r["tokens"] for r in results) / wall, 1),
         "latency_ms_p50": round(statistics.median(latencies), 1),
         "latency_ms_p95": round(latencies[int(0.95 * (len(latencies) - 1))], 1),
-        "batches": state.batcher.batches,
-        "stored_exchanges": stored,
-        "all_stored": stored == len(results) + 8,
     }
+
+
+class Mode:
+    """One server under test (max_batch_size `batch`) on its own port and feedback store."""
+
+    def __init__(self, params: Path, batch: int, port: int) -> None:
+        self.batch, self.url = batch, f"http://127.0.0.1:{port}/v1"
+        self.store = Path(tempfile.mkdtemp(prefix="tuneline-bench-")) / "feedback.db"
+        cfg = load_config(params, [f"serve.max_batch_size={batch}", f"serve.store_url=sqlite:///{self.store}",
+                                   "serve.canary_share=0"])
+        self.server, self.thread, self.state = serve_in_thread(cfg, port)
+        self.levels: list[dict[str, Any]] = []
+        self.sent = 0
+
+    def run(self, requests: int, users: int, max_tokens: int, record: bool = True) -> None:
+        """One burst of `requests` chat completions, `users` at a time."""
+        batches = self.state.batcher.batches
+        started = time.perf_counter()
+        results = asyncio.run(burst(self.url, requests, users, max_tokens))
+        wall = time.perf_counter() - started
+        self.sent += len(results)
+        if record:
+            self.levels.append({"concurrency": users, **summarize(results, wall),
+                                "batches": self.state.batcher.batches - batches})
+
+    def close(self) -> dict[str, Any]:
+        self.server.should_exit = True
+        self.thread.join(120)
+        stored = FeedbackStore(f"sqlite:///{self.store}").count()
+        return {"max_batch_size": self.batch, "levels": self.levels, "stored_exchanges": stored,
+                "sent": self.sent, "all_stored": stored == self.sent}
+
+
+def measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both servers up at once; at each concurrency level the baseline's burst, then the batched one's,
+    so the two modes of a level run back to back (the load of a shared machine drifts over minutes)."""
+    modes = [Mode(args.params, 1, args.port), Mode(args.params, args.batch, args.port + 1)]
+    try:
+        for mode in modes:
+            mode.run(8, 8, args.max_tokens, record=False)  # warm-up
+        for users in args.concurrency:
+            for mode in modes:
+                mode.run(args.requests, users, args.max_tokens)
+    finally:
+        baseline, batched = (mode.close() for mode in modes)
+    return baseline, batched
+
+
+def table(baseline: dict[str, Any], batched: dict[str, Any]) -> str:
+    """The markdown table of bench/RESULTS.md: both modes and their ratio at each concurrency."""
+    lines = ["| users | run | requests/s | completion tokens/s | latency p50 | latency p95 | batches |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
+    for b, t in zip(baseline["levels"], batched["levels"], strict=True):
+        for name, r in (("baseline (batch 1)", b), (f"batched (batch ≤ {batched['max_batch_size']})", t)):
+            lines.append(f"| {r['concurrency']} | {name} | {r['requests_per_s']:.1f} | "
+                         f"{r['completion_tokens_per_s']:,.0f} | {r['latency_ms_p50']:,.0f} ms | "
+                         f"{r['latency_ms_p95']:,.0f} ms | {r['batches']} |")
+        rps = t["requests_per_s"] / b["requests_per_s"]
+        lines.append(f"| {b['concurrency']} | **ratio** | **{rps:.2f}×** | "
+                     f"{t['completion_tokens_per_s'] / b['completion_tokens_per_s']:.2f}× | "
+                     f"{t['latency_ms_p50'] / b['latency_ms_p50']:.2f}× | "
+                     f"{t['latency_ms_p95'] / b['latency_ms_p95']:.2f}× | |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -103,21 +150,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32],
+                        help="users at a time; one burst of --requests per level")
     parser.add_argument("--batch", type=int, default=8, help="max_batch_size of the batched run")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--port", type=int, default=8790)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
-    baseline = measure(args.params, 1, args, args.port)
-    batched = measure(args.params, args.batch, args, args.port + 1)
+    baseline, batched = measure(args)
     out = {
         "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
         "baseline": baseline,
         "batched": batched,
-        "ratio_requests_per_s": round(batched["requests_per_s"] / baseline["requests_per_s"], 2),
-        "ratio_latency_p50": round(batched["latency_ms_p50"] / baseline["latency_ms_p50"], 2),
+        "ratio_requests_per_s": {
+            b["concurrency"]: round(t["requests_per_s"] / b["requests_per_s"], 2)
+            for b, t in zip(baseline["levels"], batched["levels"], strict=True)
+        },
     }
     print(json.dumps(out, indent=2))
+    print(table(baseline, batched))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

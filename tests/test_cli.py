@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -66,6 +67,10 @@ def test_plan_for_a_locally_built_llama_2_7b_config(workspace: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "4,194,304" in result.output and "fits" in result.output
     assert (workspace / "reports" / "plan.json").exists()
+    # what LoRA buys over full fine-tuning, on screen and in the report
+    assert "LoRA vs full fine-tuning" in result.output and "LoRA / full: memory per GPU" in result.output
+    report = json.loads((workspace / "reports" / "plan.json").read_text())
+    assert report["lora_vs_full"]["full"]["trainable_params"] == 6_738_415_616
 
 
 def test_plan_that_cannot_fit_is_refused(workspace: Path) -> None:

@@ -370,3 +370,93 @@ def test_to_dict_and_render(tiny: Any) -> None:
 def test_missing_demo_base_names_the_path(workspace: Path) -> None:
     with pytest.raises(ConfigError, match=r"model.name_or_path 'models/base'.*build_base"):
         make_plan(Config())
+
+
+# ---- LoRA vs full fine-tuning: what LoRA buys, before GPU time ----
+# Regression: the plan priced only the configured method, so a user could not see what LoRA saves over
+# full fine-tuning (the guide's "70 %+ less memory") before spending GPU time.
+
+LLAMA2_7B_MATMUL = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008) + 32000 * 4096  # every linear, lm_head too
+
+
+def test_lora_vs_full_memory_follows_the_formula(llama7b: Any) -> None:
+    cfg = cfg_of(precision="bf16", effective_batch=16, per_device_batch=4, gradient_checkpointing="off")
+    plan = make_plan(cfg, llama7b, device_memory_gib=80)
+    c = plan.lora_vs_full
+    assert c is not None and (c.lora.method, c.full.method) == ("lora", "full")
+    p, t = LLAMA2_7B, 4_194_304
+    # full under mixed precision: bf16 weights 2P + bf16 grads 2P + (fp32 master + Adam m, v) 12P = 16P
+    assert (c.full.memory.weights, c.full.memory.gradients, c.full.memory.optimizer) == pytest.approx(
+        (2 * p / GIB, 2 * p / GIB, 12 * p / GIB)
+    )
+    assert c.full.states == pytest.approx(16 * p / GIB)
+    # LoRA: frozen base in bf16 (2P) + fp32 adapters (4T weights, 4T grads, 8T Adam)
+    assert (c.lora.memory.weights, c.lora.memory.gradients, c.lora.memory.optimizer) == pytest.approx(
+        ((2 * p + 4 * t) / GIB, 4 * t / GIB, 8 * t / GIB)
+    )
+    assert c.states_ratio == pytest.approx((2 * p + 16 * t) / (16 * p))  # 0.126: saves 87 %
+    assert c.memory_ratio == pytest.approx(c.lora.memory.total / c.full.memory.total) and c.memory_ratio < 0.5
+    # the configured method's entry is the plan's own estimate; the other is priced the same way
+    assert c.lora.memory == plan.memory
+    assert (c.lora.trainable_params, c.full.trainable_params) == (t, p)
+    assert c.lora.fits is True and c.full.fits is False  # 140 GiB > 72 usable
+
+
+def test_lora_vs_full_fp32_optimizer_is_8_bytes_per_param(tiny: Any) -> None:
+    plan = make_plan(cfg_of(method="full", precision="fp32"), tiny)
+    c = plan.lora_vs_full
+    assert c is not None and c.full.memory == plan.memory
+    p = plan.params
+    assert c.full.memory.optimizer == pytest.approx(8 * p / GIB)  # AdamW m and v in fp32
+    assert c.full.memory.gradients == pytest.approx(4 * p / GIB)
+    assert c.full.memory.weights == pytest.approx(4 * p / GIB)
+    assert c.lora.fits is None and c.full.fits is None  # planned on a CPU host: no fit check
+
+
+def test_lora_vs_full_compute_follows_the_formula(llama7b: Any) -> None:
+    plan = make_plan(cfg_of(precision="bf16", max_length=2048, gradient_checkpointing="off"), llama7b)
+    c = plan.lora_vs_full
+    assert c is not None
+    m, t = LLAMA2_7B_MATMUL, 4_194_304
+    attn = 4 * 4096 * 32 * 2048 / 2  # QK^T and AV forward, causal: s/2 tokens attended on average
+    assert c.full.flops_per_token == pytest.approx(6 * m + 3 * attn)
+    assert c.lora.flops_per_token == pytest.approx(4 * m + 6 * t + 3 * attn)
+    # no weight gradients for the frozen base: LoRA does about 2/3 of full's work per token, not 1/3
+    assert 0.66 < c.compute_ratio < 0.70
+    ckpt = make_plan(cfg_of(precision="bf16", max_length=2048, gradient_checkpointing="on"), llama7b)
+    assert ckpt.lora_vs_full is not None
+    assert ckpt.lora_vs_full.full.flops_per_token == pytest.approx(8 * m + 4 * attn)  # forward recomputed
+
+
+def test_plan_output_shows_the_comparison(llama7b: Any, tmp_path: Path) -> None:
+    plan = make_plan(cfg_of(precision="bf16", per_device_batch=4, effective_batch=16), llama7b,
+                     device_memory_gib=80)
+    text = render_plan(plan)
+    assert "LoRA vs full fine-tuning" in text
+    c = plan.lora_vs_full
+    assert c is not None
+    assert f"{c.full.memory.total:8.2f}" in text and f"{c.lora.memory.total:8.2f}" in text
+    assert f"memory per GPU {c.memory_ratio:.2f}" in text and "too big" in text
+    assert f"full does {1 / c.compute_ratio:.2f}x" in text
+    # reports/plan.json carries it, and a worker rebuilds the same plan from that JSON
+    data = json.loads(json.dumps(plan.to_dict()))
+    assert data["lora_vs_full"]["full"]["states"] == pytest.approx(c.full.states)
+    assert type(plan).from_dict(data) == plan
+
+
+def test_lora_vs_full_without_a_lora_target_is_left_out(tiny: Any) -> None:
+    cfg = Config.model_validate({"train": {"method": "full", "lora": {"target_modules": ["c_attn"]}}})
+    plan = make_plan(cfg, tiny)
+    assert plan.lora_vs_full is None and plan.method == "full"
+    assert "LoRA vs full" not in render_plan(plan)
+
+
+def test_backoff_drops_the_comparison_priced_at_the_old_batch(tiny: Any) -> None:
+    """After an out-of-memory back-off the comparison's batch and checkpointing no longer hold."""
+    from tuneline.train.plan import backoff
+
+    plan = make_plan(cfg_of(effective_batch=8, per_device_batch=4), tiny)
+    assert plan.lora_vs_full is not None and plan.lora_vs_full.lora.memory.per_device_batch == 4
+    smaller = backoff(plan)
+    assert smaller is not None and smaller.per_device_batch == 2 and smaller.lora_vs_full is None
+    assert "LoRA vs full" not in render_plan(smaller)

@@ -151,6 +151,8 @@ def test_mlflow_run_has_params_metrics_and_tags(trained: tuple[Path, dict, Confi
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.lora.r"] == "4" and run.data.params["plan.lr"] == "0.02"
+    # the plan's estimates (memory options, the LoRA vs full comparison) stay in reports, not ~40 params
+    assert not [k for k in run.data.params if k.startswith(("plan.lora_vs_full", "plan.memory"))]
     for metric in ("train_loss", "lr", "grad_norm", "val_loss", "val_perplexity"):
         assert metric in run.data.metrics, metric
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == report["steps"]

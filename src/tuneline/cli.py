@@ -246,7 +246,8 @@ def plan_command(
     set_: SetOpt = None,
 ) -> None:
     """Pre-flight plan before any GPU time: model size, trainable parameters, LR template, effective batch,
-    max length and memory per device for each ZeRO stage; refuses a plan that cannot fit.
+    max length and memory per device for each ZeRO stage, and what LoRA saves over full fine-tuning (memory
+    and compute per token); refuses a plan that cannot fit.
 
     Example: tuneline plan --model-config llama-2-7b/config.json --set train.num_processes=8
     --set train.device_memory_gib=80 --set train.precision=bf16. Also writes reports/plan.json.

@@ -11,6 +11,7 @@ from typing import Any
 from tuneline.config import Config
 from tuneline.errors import ConfigError, TunelineError
 from tuneline.train.lora_targets import LoraTargets, resolve_targets
+from tuneline.train.lora_vs_full import MethodComparison, compare_methods
 from tuneline.train.memory import (
     USABLE_FRACTION,
     MemoryEstimate,
@@ -74,11 +75,14 @@ class Plan:
     backend: str = "deepspeed"  # the engine that shards a zero_stage 2/3 run: deepspeed | fsdp
     # memory per device of each sharding strategy of the backend, at the chosen batch and checkpointing
     sharding: dict[str, MemoryEstimate] = field(default_factory=dict)
+    # the same configuration priced for LoRA and for full fine-tuning (None: LoRA cannot target this model)
+    lora_vs_full: MethodComparison | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (reports/plan.json)."""
         out = asdict(self)
         out["lr_range"] = list(self.lr_range)
+        out["lora_vs_full"] = self.lora_vs_full.to_dict() if self.lora_vs_full else None
         return out
 
     @classmethod
@@ -89,6 +93,8 @@ class Plan:
         fields["memory"] = MemoryEstimate(**fields["memory"])
         fields["options"] = [MemoryEstimate(**o) for o in fields.get("options", [])]
         fields["sharding"] = {k: MemoryEstimate(**v) for k, v in fields.get("sharding", {}).items()}
+        if fields.get("lora_vs_full"):
+            fields["lora_vs_full"] = MethodComparison.from_dict(fields["lora_vs_full"])
         return cls(**fields)
 
 
@@ -134,8 +140,9 @@ def backoff(plan: Plan) -> Plan | None:
     accum = plan.grad_accum * plan.per_device_batch // batch
     change = (f"out of memory: per_device_batch {size} -> {batch}, grad_accum {plan.grad_accum} -> "
               f"{accum}, gradient checkpointing on (effective batch {plan.effective_batch})")
+    # the LoRA vs full comparison was priced at the old batch: dropped rather than left stale
     return replace(plan, per_device_batch=batch, grad_accum=accum, gradient_checkpointing=True,
-                   adjustments=[*plan.adjustments, change])
+                   adjustments=[*plan.adjustments, change], lora_vs_full=None)
 
 
 def load_model_config(cfg: Config, model_config: Any = None) -> Any:
@@ -258,6 +265,24 @@ def _changes(cfg: Config, est: MemoryEstimate) -> list[str]:
     return out
 
 
+def lora_vs_full(
+    cfg: Config, shape: ModelShape, precision: Precision, chosen: MemoryEstimate, seq: int,
+    device: float | str,
+) -> MethodComparison | None:
+    """The chosen configuration priced for LoRA and for full fine-tuning, whichever method is configured.
+
+    None when `train.lora.target_modules` matches nothing in this model and the method is `full` (the
+    comparison would need a LoRA that cannot be built; with `method: lora` that is a ConfigError earlier).
+    """
+    t = cfg.train
+    try:
+        return compare_methods(shape, t.lora, precision, chosen.zero_stage, t.world_size,
+                               chosen.per_device_batch, seq, chosen.gradient_checkpointing, device)
+    except ConfigError as exc:
+        logger.info("plan: no LoRA vs full comparison: %s", exc)
+        return None
+
+
 def make_plan(
     cfg: Config,
     model_config: Any = None,
@@ -373,4 +398,5 @@ def make_plan(
         lora_target_notes=targets.notes,
         backend=t.backend,
         sharding=sharding_estimates(t.backend, fit, chosen.gradient_checkpointing, chosen.per_device_batch),
+        lora_vs_full=lora_vs_full(cfg, shape, precision, chosen, length.max_length, device),
     )

@@ -67,11 +67,42 @@ def render_plan(plan: Plan) -> str:
         rows.append(plan.memory)
     lines += [_mem_row(m, budget, _same(m, plan.memory)) for m in rows]
     lines += [f"  (+ {plan.memory.overhead:.1f} GiB fixed CUDA/NCCL overhead in every total)"]
+    lines += _lora_vs_full_lines(plan)
     if plan.adjustments:
         lines += ["", "adjusted to fit:"] + [f"  - {a}" for a in plan.adjustments]
     if plan.warnings:
         lines += ["", "warnings:"] + [f"  ! {w}" for w in plan.warnings]
     return "\n".join(lines)
+
+
+def _lora_vs_full_lines(plan: Plan) -> list[str]:
+    """LoRA and full fine-tuning at the chosen configuration: memory per GPU and compute per token."""
+    c = plan.lora_vs_full
+    if c is None:
+        return []
+    m = plan.memory
+    ckpt = "on" if m.gradient_checkpointing else "off"
+    lines = [
+        "",
+        f"LoRA vs full fine-tuning (estimate; both at {plan.precision}, ZeRO-{m.zero_stage}, "
+        f"{m.per_device_batch} x {plan.max_length} tokens, ckpt {ckpt})",
+        "  method   trainable         weights    grads    optim    activ    total  GFLOP/token",
+    ]
+    for cost in (c.lora, c.full):
+        e = cost.memory
+        fits = "" if cost.fits is None else ("  fits" if cost.fits else "  too big")
+        lines.append(
+            f"{'*' if cost.method == plan.method else ' '} {cost.method:<6} {cost.trainable_params:>15,} "
+            f"{e.weights:8.2f} {e.gradients:8.2f} {e.optimizer:8.2f} {e.activations:8.2f} {e.total:8.2f} "
+            f"{cost.flops_per_token / 1e9:12.3f}{fits}"
+        )
+    lines += [
+        f"  LoRA / full: memory per GPU {c.memory_ratio:.2f} (saves {100 * (1 - c.memory_ratio):.0f} %), "
+        f"weights + grads + optimizer {c.states_ratio:.2f} (saves {100 * (1 - c.states_ratio):.0f} %)",
+        f"               compute per token {c.compute_ratio:.2f} (full does {1 / c.compute_ratio:.2f}x "
+        "LoRA's work; see docs/training-plan.md for what this leaves out)",
+    ]
+    return lines
 
 
 def _targets(modules: list[str] | str) -> str:

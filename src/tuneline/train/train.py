@@ -244,7 +244,7 @@ def _run(cfg: Config, layout: Layout, claim: OutputClaim, node_rank: int | None)
     plan, model_path, chat, template_source = prep.plan, prep.model_path, prep.chat, prep.template_source
     train_enc, val_enc, train_rows, val_rows = prep.train_enc, prep.val_enc, prep.train_rows, prep.val_rows
     p_hash, data_hash, params_flat, rejected = prep.p_hash, prep.data_hash, prep.params_flat, prep.rejected
-    skip = ("memory", "options", "warnings", "sharding")
+    skip = ("memory", "options", "warnings", "sharding", "lora_vs_full")  # in reports/plan.json, not MLflow
     plan_flat = {f"plan.{k}": v for k, v in flatten({k: v for k, v in plan.to_dict().items()
                                                      if k not in skip}).items()}
     tags = {"params_hash": p_hash, "data_hash": data_hash, "stage": "train", "method": cfg.train.method,
