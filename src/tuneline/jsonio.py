@@ -1,10 +1,19 @@
 """Atomic file writes and JSON / JSONL helpers for tuneline's own (trusted) artifacts.
 
 Raw, untrusted input is read by `tuneline.data.ingest`; these helpers are for files tuneline wrote.
+
+JSONL rows go through orjson (several times faster than the stdlib, and every data stage reads and writes
+its whole dataset), but the bytes and values are exactly those of the stdlib codec used before: a row
+orjson would treat differently goes through `json` instead. orjson differs on floats (NaN/Infinity are
+written as null, 1e-05 as 0.00001), on integers beyond 64 bits (refused when writing, read as floats), on
+lone surrogates (refused), and on types JSON has no word for (UUID, Enum, dataclasses: written, where the
+stdlib refuses them). So the fast path takes only rows made of str, int, bool, None, dict and list, and
+orjson's own refusals fall back to the stdlib, which then writes (or refuses) the row as before.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -12,6 +21,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
+
+import orjson
 
 
 @contextmanager
@@ -38,20 +49,88 @@ def _umask() -> int:
     return mask
 
 
-def dumps(obj: Any) -> str:
-    """One canonical JSON line: UTF-8 kept readable, no NaN (which is not JSON)."""
+_PLAIN = frozenset((str, int, bool, type(None)))
+
+
+def _plain(obj: Any) -> bool:
+    """True when `obj` (a dict or list) holds only str, int, bool, None, dict and list: values on which
+    orjson and the stdlib agree byte for byte (ints beyond 64 bits orjson refuses or reads as floats; a
+    float sends the row to the stdlib)."""
+    stack = [obj]
+    while stack:
+        node = stack.pop()
+        for value in node.values() if type(node) is dict else node:
+            kind = type(value)
+            if kind in _PLAIN:
+                continue
+            if kind is dict or kind is list:
+                stack.append(value)
+            else:
+                return False
+    return True
+
+
+def _std_dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def dumps_bytes(obj: Any) -> bytes:
+    """`dumps(obj)` encoded as UTF-8 (raises UnicodeEncodeError on a lone surrogate, as writing it did)."""
+    if type(obj) is dict or type(obj) is list:
+        try:
+            out = orjson.dumps(obj)
+        except TypeError:  # orjson.JSONEncodeError: big int, non-str key, lone surrogate, deep nesting
+            pass
+        else:
+            if _plain(obj):
+                return out
+    return _std_dumps(obj).encode("utf-8")
+
+
+def dumps(obj: Any) -> str:
+    """One canonical JSON line: UTF-8 kept readable, no NaN (which is not JSON).
+
+    The text is the stdlib's `json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))`
+    (a lone surrogate stays in the text, and fails when it is encoded); see the module for the fast path.
+    """
+    if type(obj) is dict or type(obj) is list:
+        try:
+            out = orjson.dumps(obj)
+        except TypeError:
+            pass
+        else:
+            if _plain(obj):
+                return out.decode("utf-8")
+    return _std_dumps(obj)
 
 
 def write_jsonl(path: Path | str, rows: Iterable[dict[str, Any]]) -> int:
     """Atomically write rows as JSONL; returns the number of rows written."""
     n = 0
-    with atomic_write(path) as fh:
+    with atomic_write(path, "wb") as fh:
         for row in rows:
-            fh.write(dumps(row))
-            fh.write("\n")
+            fh.write(dumps_bytes(row))
+            fh.write(b"\n")
             n += 1
     return n
+
+
+def loads_line(line: bytes) -> Iterator[Any]:
+    """The values of one line of a JSONL file (read in binary), exactly as the stdlib reading it as text
+    did: blank lines yield nothing, a line the fast parser refuses (NaN, a lone surrogate escape, a bare
+    \\r splitting it in two) is decoded and parsed by `json`, with the stdlib's errors."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        # Text mode read "\r" as a line end too; json.loads raises what it raised before.
+        for text in io.StringIO(line.decode("utf-8"), newline=None):
+            if text.strip():
+                yield json.loads(text)
+        return
+    if (type(obj) is dict or type(obj) is list) and _plain(obj):
+        yield obj
+    else:  # floats (big ints come back as floats) and scalars: the stdlib's values
+        yield json.loads(line.decode("utf-8"))
 
 
 def read_jsonl(path: Path | str) -> Iterator[dict[str, Any]]:
@@ -59,10 +138,9 @@ def read_jsonl(path: Path | str) -> Iterator[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         return
-    with path.open(encoding="utf-8") as fh:
+    with path.open("rb") as fh:
         for line in fh:
-            if line.strip():
-                yield json.loads(line)
+            yield from loads_line(line)
 
 
 def write_json(path: Path | str, obj: Any) -> None:
