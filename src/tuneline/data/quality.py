@@ -64,7 +64,13 @@ def prose(text: str) -> str:
 
 def words(tokens: list[str]) -> list[str]:
     """The tokens that hold a letter (numbers, symbols and bullets are not words)."""
-    return [t for t in tokens if _LETTER_RE.search(t)]
+    # An all-letter token (isalpha) holds a letter: map() settles most tokens in C, the regex only sees
+    # tokens with a digit or a symbol ("question?", "(7)", "1,2").
+    alpha = list(map(str.isalpha, tokens))
+    if all(alpha):
+        return list(tokens)
+    search = _LETTER_RE.search
+    return [t for t, is_alpha in zip(tokens, alpha, strict=True) if is_alpha or search(t)]
 
 
 def tokenize(text: str) -> list[str]:
@@ -122,9 +128,11 @@ def top_ngram_fraction(tokens: list[str], n: int = 2) -> float:
     if len(tokens) <= n:
         return 0.0
     grams = Counter(zip(*(tokens[i:] for i in range(n)), strict=False))
-    gram, count = grams.most_common(1)[0]
+    count = max(grams.values())
     if count < 2:
         return 0.0
+    # The first n-gram with the top count, as most_common(1) picks it (without sorting every item).
+    gram = next(g for g, c in grams.items() if c == count)
     total = sum(map(len, tokens))
     return count * sum(map(len, gram)) / total
 

@@ -26,7 +26,14 @@ from tuneline.data.contracts import (
 from tuneline.data.dedup import normalize_content
 from tuneline.data.output_schema import OutputSchemas, load_output_schemas, record_output_error
 from tuneline.data.split import stratum_of
-from tuneline.data.textnorm import CODE_SPAN_RE, EMAIL_RE, HTML_ENTITY_RE, HTML_TAG_RE, URL_RE
+from tuneline.data.textnorm import (
+    CODE_SPAN_RE,
+    EMAIL_RE,
+    HTML_ENTITY_RE,
+    HTML_TAG_RE,
+    URL_RE,
+    may_hold_url,
+)
 from tuneline.errors import InputFileError
 from tuneline.jsonio import read_jsonl
 from tuneline.layout import SPLITS, Layout
@@ -39,6 +46,12 @@ log = logging.getLogger(__name__)
 
 STAGE = "validate_splits"
 RESIDUE = {"html_tag": HTML_TAG_RE, "html_entity": HTML_ENTITY_RE, "url": URL_RE, "email": EMAIL_RE}
+_RESIDUE_MARK = {
+    "html_tag": lambda text: "<" in text,
+    "html_entity": lambda text: "&" in text,
+    "url": may_hold_url,
+    "email": lambda text: "@" in text,
+}
 _COLUMNS = [REF, "id", "split", "augmented", "messages", "roles", "stratum", "content_key", "structured",
             "schema_error"]
 _COLUMNS += [f"{kind}_residue" for kind in RESIDUE]
@@ -109,7 +122,9 @@ def split_features(
                 "schema_error": record_output_error(rec, validator) if validator is not None else None,
             }
             for kind, pattern in RESIDUE.items():
-                match = pattern.search(prose if kind.startswith("html") else text)
+                where = prose if kind.startswith("html") else text
+                # Each pattern needs its marker character; most cleaned texts have none of them.
+                match = pattern.search(where) if _RESIDUE_MARK[kind](where) else None
                 row[f"{kind}_residue"] = match.group(0) if match else None
             rows.append(row)
     frame = pd.DataFrame(rows, columns=_COLUMNS)
