@@ -127,10 +127,14 @@ def loads_line(line: bytes) -> Iterator[Any]:
             if text.strip():
                 yield json.loads(text)
         return
-    if (type(obj) is dict or type(obj) is list) and _plain(obj):
-        yield obj
-    else:  # floats (big ints come back as floats) and scalars: the stdlib's values
-        yield json.loads(line.decode("utf-8"))
+    # Written back, the values give the line again (tuneline writes every row with this codec): so they
+    # are the stdlib's values too (an integer beyond 64 bits would come back as a float and print
+    # otherwise). Lines written another way (spaces, escapes) are parsed by the stdlib.
+    try:
+        same = orjson.dumps(obj) == (line[:-1] if line.endswith(b"\n") else line)
+    except TypeError:  # nested deeper than orjson writes
+        same = False
+    yield obj if same else json.loads(line.decode("utf-8"))
 
 
 def read_jsonl(path: Path | str) -> Iterator[dict[str, Any]]:

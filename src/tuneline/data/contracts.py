@@ -109,19 +109,24 @@ def run_checks(
         "unexpected_index_column_names": [REF],
         "partial_unexpected_count": sample_size,
     }
-    batches: dict[str, Any] = {}
     rows = []
     for check in checks:
-        if check.frame not in batches:
-            frame = frames[check.frame]
-            if REF not in frame.columns:
-                raise KeyError(f"frame {check.frame!r} has no {REF!r} column")
-            batches[check.frame] = batch_definition.get_batch(batch_parameters={"dataframe": frame})
+        frame = frames[check.frame]
+        if REF not in frame.columns:
+            raise KeyError(f"frame {check.frame!r} has no {REF!r} column")
+        # GX hashes the whole dataframe for every validation: hand it only what the check reads (the ids
+        # and its column), which gives the same result at a fraction of the cost on wide feature frames.
+        column = check.kwargs.get("column")
+        if column in frame.columns and column != REF:
+            frame = frame[[REF, column]]
+        elif column is None:
+            frame = frame[[REF]]
+        batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
         expectation = getattr(gx.expectations, check.expectation)(**check.kwargs)
         with warnings.catch_warnings():
             # pandas warns when a user's role regex has capturing groups; matching is still correct.
             warnings.filterwarnings("ignore", message="This pattern is interpreted as a regular expression")
-            result = batches[check.frame].validate(expectation, result_format=result_format).to_json_dict()
+            result = batch.validate(expectation, result_format=result_format).to_json_dict()
         rows.append(_report_row(check, result, sample_size))
     return rows
 

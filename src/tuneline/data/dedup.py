@@ -101,6 +101,16 @@ def _punctuation_table() -> dict[int, str]:
 
 
 @cache
+def _punctuation_list() -> list[int]:
+    """`_punctuation_table` as a list indexed by code point (str.translate looks a list up twice as fast as
+    a dict; code points past its end raise LookupError, which translate reads as "unchanged")."""
+    table = list(range(_PUNCTUATION_PLANES_END))
+    for c in _punctuation_table():
+        table[c] = ord(" ")
+    return table
+
+
+@cache
 def _ascii_punctuation_table() -> bytes:
     """The ASCII part of `_punctuation_table` as a bytes.translate table (ASCII punctuation -> space)."""
     return bytes(b" "[0] if c in _punctuation_table() else c for c in range(256))
@@ -112,7 +122,7 @@ def normalize_content(text: str) -> str:
         # NFKC leaves ASCII alone and casefold is lower() there: bytes do both at memory speed.
         text = text.encode("ascii").lower().translate(_ascii_punctuation_table()).decode("ascii")
     else:
-        text = unicodedata.normalize("NFKC", text).casefold().translate(_punctuation_table())
+        text = unicodedata.normalize("NFKC", text).casefold().translate(_punctuation_list())
     return " ".join(text.split())
 
 
