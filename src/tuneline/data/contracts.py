@@ -267,6 +267,25 @@ def message_contents(record: dict[str, Any]) -> list[str]:
     ]
 
 
+def message_features(record: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """`roles_string(record)` and `message_contents(record)` in one pass over the messages: what both
+    gates read of every record, computed once per record."""
+    messages = record.get("messages")
+    if not isinstance(messages, list):
+        return None, []
+    roles: list[str] = []
+    contents: list[str] = []
+    for m in messages:
+        if isinstance(m, dict):
+            roles.append(str(m.get("role")))
+            content = m.get("content")
+            contents.append(content if isinstance(content, str) else "")
+        else:
+            roles.append("?")
+            contents.append("")
+    return (",".join(roles) if roles else None), contents
+
+
 def render_html(report: dict[str, Any]) -> str:
     """A self-contained page (inline CSS, no scripts): summary numbers and one coloured row per check."""
     from html import escape
