@@ -118,3 +118,23 @@ def test_deep_nesting_falls_back_to_the_stdlib(tmp_path: Path) -> None:
     write_jsonl(path, [row])
     assert path.read_text(encoding="utf-8") == _old_dumps(row) + "\n"
     assert list(read_jsonl(path)) == [row]
+
+
+def test_content_ids_are_unchanged() -> None:
+    """Record ids hash the compact JSON of the conversation; the fast encoding must hash the same bytes
+    (or the ids of every existing dataset would change), and refuse a lone surrogate as before."""
+    import hashlib
+
+    from tuneline.records import content_id
+
+    def old_id(messages: list[dict[str, Any]], category: str | None) -> str:
+        canon = json.dumps({"messages": [[m["role"], m["content"]] for m in messages], "category": category},
+                           ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(canon.encode("utf-8")).hexdigest()[:16]
+
+    for content in ["plain", "nul \x00 é 中 😀 \u2028", 1.5e-07, float("nan"), 2**70, None]:
+        messages = [{"role": "user", "content": content}, {"role": "assistant", "content": "ok"}]
+        for category in (None, "qa"):
+            assert content_id(messages, category) == old_id(messages, category)
+    with pytest.raises(UnicodeEncodeError):
+        content_id([{"role": "user", "content": "lone \ud800"}])

@@ -7,8 +7,10 @@ its whole dataset), but the bytes and values are exactly those of the stdlib cod
 orjson would treat differently goes through `json` instead. orjson differs on floats (NaN/Infinity are
 written as null, 1e-05 as 0.00001), on integers beyond 64 bits (refused when writing, read as floats), on
 lone surrogates (refused), and on types JSON has no word for (UUID, Enum, dataclasses: written, where the
-stdlib refuses them). So the fast path takes only rows made of str, int, bool, None, dict and list, and
-orjson's own refusals fall back to the stdlib, which then writes (or refuses) the row as before.
+stdlib refuses them). So a row is written by orjson only when it is made of str, int, bool, None, dict and
+list (orjson's own refusals fall back to the stdlib, which then writes or refuses the row as before), and
+a line is taken from orjson only when writing its values back gives the line again (otherwise the stdlib
+parses it), so every file reads and writes exactly as before.
 """
 
 from __future__ import annotations
@@ -74,17 +76,24 @@ def _std_dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
-def dumps_bytes(obj: Any) -> bytes:
-    """`dumps(obj)` encoded as UTF-8 (raises UnicodeEncodeError on a lone surrogate, as writing it did)."""
+def compact_bytes(obj: Any) -> bytes | None:
+    """orjson's encoding of `obj` when it is byte for byte the stdlib's compact, non-ASCII-escaping one
+    (`json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()`), else None: the caller then
+    uses the stdlib (its own NaN and error rules)."""
     if type(obj) is dict or type(obj) is list:
         try:
             out = orjson.dumps(obj)
         except TypeError:  # orjson.JSONEncodeError: big int, non-str key, lone surrogate, deep nesting
-            pass
-        else:
-            if _plain(obj):
-                return out
-    return _std_dumps(obj).encode("utf-8")
+            return None
+        if _plain(obj):
+            return out
+    return None
+
+
+def dumps_bytes(obj: Any) -> bytes:
+    """`dumps(obj)` encoded as UTF-8 (raises UnicodeEncodeError on a lone surrogate, as writing it did)."""
+    out = compact_bytes(obj)
+    return out if out is not None else _std_dumps(obj).encode("utf-8")
 
 
 def dumps(obj: Any) -> str:
@@ -93,15 +102,8 @@ def dumps(obj: Any) -> str:
     The text is the stdlib's `json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))`
     (a lone surrogate stays in the text, and fails when it is encoded); see the module for the fast path.
     """
-    if type(obj) is dict or type(obj) is list:
-        try:
-            out = orjson.dumps(obj)
-        except TypeError:
-            pass
-        else:
-            if _plain(obj):
-                return out.decode("utf-8")
-    return _std_dumps(obj)
+    out = compact_bytes(obj)
+    return out.decode("utf-8") if out is not None else _std_dumps(obj)
 
 
 def write_jsonl(path: Path | str, rows: Iterable[dict[str, Any]]) -> int:
