@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from operator import itemgetter
 from pathlib import Path
 
 from tuneline.config.clean import ClassifierParams, QualityParams
@@ -128,11 +129,10 @@ def top_ngram_fraction(tokens: list[str], n: int = 2) -> float:
     if len(tokens) <= n:
         return 0.0
     grams = Counter(zip(*(tokens[i:] for i in range(n)), strict=False))
-    count = max(grams.values())
+    # The first n-gram with the top count, as most_common(1) picks it, without its heap machinery.
+    gram, count = max(grams.items(), key=itemgetter(1))
     if count < 2:
         return 0.0
-    # The first n-gram with the top count, as most_common(1) picks it (without sorting every item).
-    gram = next(g for g, c in grams.items() if c == count)
     total = sum(map(len, tokens))
     return count * sum(map(len, gram)) / total
 
