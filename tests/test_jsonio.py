@@ -2,8 +2,9 @@
 
 Covers the switch of `tuneline.jsonio` to orjson: orjson alone writes NaN as null and 1e-05 as 0.00001,
 refuses integers beyond 64 bits (and reads them as floats), refuses lone surrogates and writes UUIDs and
-Enums the stdlib refuses. Each case here failed (different bytes, different values or no error) with a
-plain orjson swap; the reference is the stdlib codec the JSONL files were written and read with before.
+Enums the stdlib refuses: those cases fail (different bytes, different values or no error) with a plain
+orjson swap, the others pin bytes that must not move (NUL, controls, non-ASCII, key order). The reference
+is the stdlib codec the JSONL files were written and read with before.
 """
 
 from __future__ import annotations
