@@ -354,3 +354,19 @@ def test_report_shows_examples_per_rule(tmp_path: Path) -> None:
                                         "detail": "assistant text 1 chars < 2", "text": "4"}
     assert examples["empty_after_clean"][0]["text"] == "<URL>"
     assert read_json(layout.report("clean"))["examples_by_rule"] == examples
+
+
+def test_word_filter_shortcut_keeps_the_regex_definition() -> None:
+    """`words` settles all-letter tokens with str.isalpha instead of the letter regex; every token must
+    still be judged as the regex judges it (digits, '_', '²', '½', CJK, mixed)."""
+    import re
+
+    from tuneline.data.quality import top_ngram_fraction, words
+
+    letter = re.compile(r"[^\W\d_]")
+    tokens = ["word", "question?", "(7)", "1,2", "_", "__init__", "²", "x²", "½", "Ⅷ", "中", "ß", "é", "#",
+              "…", "a1", "1a", "-", "ǅ", "٣", "x"]
+    assert words(tokens) == [t for t in tokens if letter.search(t)]
+    assert words([]) == []
+    # most_common(1)'s pick (the first n-gram with the top count) is kept.
+    assert top_ngram_fraction(["a", "b", "c", "d", "a", "b", "c", "d"]) == 2 * 2 / 8

@@ -295,3 +295,35 @@ def test_alpaca_sample_exact_duplicates() -> None:
     assert extra["duplicates"]["exact"] == 14  # the sample's documented 14 duplicate rows
     assert len(kept) + len(rejected) == len(records)
     assert {r["source"]["index"] for r in rejected}.isdisjoint({r["source"]["index"] for r in kept})
+
+
+def test_punctuation_table_misses_no_plane() -> None:
+    """The punctuation table is built over planes 0-1 only (0.02 s instead of 1 s per process): no code
+    point above holds punctuation, and text with every punctuation character normalizes as before."""
+    import sys
+    import unicodedata
+
+    from tuneline.data import dedup
+
+    assert not any(
+        unicodedata.category(chr(c)).startswith("P")
+        for c in range(dedup._PUNCTUATION_PLANES_END, sys.maxunicode + 1)
+    )
+    every = "".join(chr(c) for c in dedup._punctuation_table())
+    text = f"Hello,{every}World! ＡＢＣ。 \U00020000x\U0010fffd"
+    full = {c: " " for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)).startswith("P")}
+    expected = " ".join(unicodedata.normalize("NFKC", text).casefold().translate(full).split())
+    assert normalize_content(text) == expected
+    assert normalize_content("Hello,  World!") == "hello world"  # the ASCII fast path
+
+
+def test_exact_only_stages_do_not_import_the_near_dup_engine() -> None:
+    """dedup, split and validate_splits imported scikit-learn, SciPy and numba (seconds per DVC stage
+    process) even with near-dup off; the engine now loads on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tuneline.data.dedup, tuneline.data.split, tuneline.data.validate_splits; "
+            "print(sorted(m for m in ('sklearn', 'numba', 'great_expectations') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -158,3 +158,16 @@ def test_split_code_round_trips() -> None:
     pieces = tn.split_code(text)
     assert "".join(seg for _, seg in pieces) == text
     assert [seg for is_code, seg in pieces if is_code] == ["`x`", "```\ncode `y`\n```"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["see www.example.com now", "see WWW.EXAMPLE.COM", "Www.x.org", "wWw.x.org", "WwW.x.org", "http://a.b",
+     "FTP://files.x.org/a", "HTTPS://X.COM/Y", "访问http://x.cn获取"],
+)
+def test_url_precheck_lets_every_url_through(text: str) -> None:
+    """replace_urls skips texts without "://" or a "www." in any case; every URL form must still reach
+    the regex (a missed case would leave a URL in cleaned text)."""
+    assert tn.may_hold_url(text)
+    assert tn.URL_RE.search(text)
+    assert "<URL>" in tn.replace_urls(text)

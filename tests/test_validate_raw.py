@@ -13,7 +13,7 @@ import pytest
 from tuneline.config import Config
 from tuneline.config.validate_raw import DEFAULT_ROLE_PATTERN
 from tuneline.data import validate_raw
-from tuneline.data.contracts import render_html
+from tuneline.data.contracts import message_contents, message_features, render_html, roles_string
 from tuneline.data.output_schema import load_output_schema, record_output_error
 from tuneline.errors import ConfigError, DataValidationError, InputFileError
 from tuneline.jsonio import read_json, write_json, write_jsonl
@@ -271,3 +271,40 @@ def test_schema_mapping_with_no_such_records_and_bad_files(tmp_path: Path) -> No
     bad.write_text("{nope", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"task\.output_schema\.qa: .*bad\.json is not readable JSON"):
         validate_raw.run(config(task={"output_schema": {"qa": str(bad)}}), layout)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]},
+        {"messages": [{"role": None, "content": 3}, "not a dict", {"content": "x"}]},
+        {"messages": []},
+        {"messages": "not a list"},
+        {},
+    ],
+)
+def test_message_features_equal_the_two_features_it_replaces(record: dict[str, Any]) -> None:
+    """Both gates now read roles and contents in one pass; the values must be those of the two helpers."""
+    assert message_features(record) == (roles_string(record), message_contents(record))
+
+
+def test_checks_on_narrow_frames_report_as_on_the_whole_frame(tmp_path: Path) -> None:
+    """GX validates each check on the ids and its own column only (it hashes the frame per check); a
+    check naming a column the frame lacks still fails, and table checks still count rows."""
+    import pandas as pd
+
+    from tuneline.data.contracts import REF, Check, run_checks
+
+    frame = pd.DataFrame({REF: ["a", "b", "c"], "x": [1, 5, None], "y": ["p", "q", "q"]})
+    checks = [
+        Check("x_range", "ExpectColumnValuesToBeBetween", {"column": "x", "min_value": 0, "max_value": 2},
+              "x small"),
+        Check("y_unique", "ExpectColumnValuesToBeUnique", {"column": "y"}, "y unique"),
+        Check("rows", "ExpectTableRowCountToBeBetween", {"min_value": 3}, "three rows"),
+        Check("missing", "ExpectColumnValuesToNotBeNull", {"column": "nope"}, "absent column"),
+    ]
+    rows = {r["name"]: r for r in run_checks({"records": frame}, checks, sample_size=5)}
+    assert rows["x_range"]["unexpected_ids"] == ["b"] and not rows["x_range"]["success"]
+    assert rows["y_unique"]["unexpected_ids"] == ["b", "c"]
+    assert rows["rows"]["success"] and rows["rows"]["observed"] == 3
+    assert not rows["missing"]["success"]

@@ -15,17 +15,18 @@ import hashlib
 import json
 from typing import Any
 
+from tuneline.jsonio import compact_bytes
+
 ROLES = ("system", "user", "assistant", "tool")
 
 
 def content_id(messages: list[dict[str, Any]], category: str | None = None) -> str:
     """Stable content hash: the same conversation (and category) always gets the same id."""
-    canon = json.dumps(
-        {"messages": [[m["role"], m["content"]] for m in messages], "category": category},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(canon.encode("utf-8")).hexdigest()[:16]
+    canon = {"messages": [[m["role"], m["content"]] for m in messages], "category": category}
+    data = compact_bytes(canon)  # the same bytes as below, several times faster
+    if data is None:
+        data = json.dumps(canon, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def make_record(

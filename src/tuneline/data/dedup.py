@@ -18,20 +18,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 import time
 import unicodedata
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneline.config import Config
-from tuneline.data.neardup import SearchResult, brute_force_matrix, search, tfidf_matrix, tfidf_vectorizer
 from tuneline.jsonio import read_jsonl
 from tuneline.layout import Layout
 from tuneline.ledger import Ledger
 from tuneline.progress import track
 from tuneline.records import record_text, reject
 from tuneline.stages import finish_stage
+
+if TYPE_CHECKING:
+    from tuneline.data.neardup import SearchResult
 
 __all__ = [
     "brute_force_pairs",
@@ -40,8 +41,6 @@ __all__ = [
     "near_duplicate_pairs",
     "normalize_content",
     "run",
-    "search",
-    "tfidf_vectorizer",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,6 +49,16 @@ STAGE = "dedup"
 TOP_CLUSTERS = 10
 MAX_CLUSTER_MEMBERS = 20
 SAMPLE_CHARS = 160
+
+
+def __getattr__(name: str) -> Any:
+    # The near-dup engine pulls in scikit-learn, SciPy and numba (seconds per process): `dedup`, `split` and
+    # `validate_splits` import this module even when they only compare exact keys, so it loads on first use.
+    if name in ("search", "tfidf_vectorizer"):
+        from tuneline.data import neardup
+
+        return getattr(neardup, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def near_duplicate_pairs(
@@ -64,6 +73,8 @@ def near_duplicate_pairs(
         threshold: cosine at or above which two texts are near duplicates, in (0, 1].
         ngram_range: character n-gram sizes of the TF-IDF.
     """
+    from tuneline.data.neardup import search
+
     return search(texts, threshold, ngram_range).pairs()
 
 
@@ -73,18 +84,45 @@ def brute_force_pairs(
     """The same pairs as `near_duplicate_pairs`, by a blocked X @ X.T (O(N²): tests and benchmarks only)."""
     if len(texts) < 2:
         return set()
+    from tuneline.data.neardup import brute_force_matrix, tfidf_matrix
+
     return brute_force_matrix(tfidf_matrix(texts, ngram_range), threshold).pairs()
+
+
+# Unicode has punctuation (category P*) only in planes 0 and 1; the table covers every plane up to the last
+# one that has any (tests check the planes above hold none), built in a tenth of the time of a full scan.
+_PUNCTUATION_PLANES_END = 0x20000
 
 
 @cache
 def _punctuation_table() -> dict[int, str]:
     """Every Unicode punctuation code point (category P*) -> space, for str.translate (C speed)."""
-    return {c: " " for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)).startswith("P")}
+    return {c: " " for c in range(_PUNCTUATION_PLANES_END) if unicodedata.category(chr(c)).startswith("P")}
+
+
+@cache
+def _punctuation_list() -> list[int]:
+    """`_punctuation_table` as a list indexed by code point (str.translate looks a list up twice as fast as
+    a dict; code points past its end raise LookupError, which translate reads as "unchanged")."""
+    table = list(range(_PUNCTUATION_PLANES_END))
+    for c in _punctuation_table():
+        table[c] = ord(" ")
+    return table
+
+
+@cache
+def _ascii_punctuation_table() -> bytes:
+    """The ASCII part of `_punctuation_table` as a bytes.translate table (ASCII punctuation -> space)."""
+    return bytes(b" "[0] if c in _punctuation_table() else c for c in range(256))
 
 
 def normalize_content(text: str) -> str:
     """NFKC, casefold, punctuation -> space, whitespace collapsed, stripped (the exact-duplicate view)."""
-    text = unicodedata.normalize("NFKC", text).casefold().translate(_punctuation_table())
+    if text.isascii():
+        # NFKC leaves ASCII alone and casefold is lower() there: bytes do both at memory speed.
+        text = text.encode("ascii").lower().translate(_ascii_punctuation_table()).decode("ascii")
+    else:
+        text = unicodedata.normalize("NFKC", text).casefold().translate(_punctuation_list())
     return " ".join(text.split())
 
 
@@ -134,6 +172,8 @@ def dedup_records(
                 candidates.append(i)
     stats: dict[str, Any] = {}
     if near and len(candidates) > 1:
+        from tuneline.data.neardup import search
+
         started = time.perf_counter()
         found: SearchResult = search([record_text(records[i]) for i in candidates], threshold, ngram_range)
         stats = dict(found.stats)  # no wall time in the report: DVC metrics stay identical across reruns

@@ -49,7 +49,7 @@ from tuneline.data.readers import (
     printable,
 )
 from tuneline.errors import InputFileError
-from tuneline.jsonio import dumps
+from tuneline.jsonio import dumps_bytes
 from tuneline.layout import Layout
 from tuneline.ledger import Ledger
 from tuneline.progress import track
@@ -145,6 +145,8 @@ def convert_row(
     source: dict[str, Any],
     category_field: str = "category",
     default_category: str | None = None,
+    *,
+    depth_checked: bool = False,
 ) -> dict[str, Any]:
     """One parsed raw row -> canonical record, checked for role order, depth and encodable text.
 
@@ -155,11 +157,12 @@ def convert_row(
         source: {"file", "line"} or {"file", "index"}.
         category_field: the raw field holding a row's own category.
         default_category: the source's category for rows without one.
+        depth_checked: the reader already proved the row no deeper than `MAX_DEPTH` (JSON and CSV rows).
 
     Raises:
         RowError: the reason the row cannot be a record.
     """
-    if nesting_depth(row) > MAX_DEPTH:
+    if not depth_checked and nesting_depth(row) > MAX_DEPTH:
         raise RowError("too_deep", f"row nested deeper than {MAX_DEPTH} levels")
     formats.check_supported(row)
     cat_key = columns.get("category", category_field) if fmt == "table" else category_field
@@ -175,18 +178,31 @@ def convert_row(
     return make_record(messages, source, category=category, meta=meta)
 
 
-def _check_writable(content: dict[str, Any]) -> None:
-    """The id hash and every later stage encode the record as UTF-8 JSON; refuse now what they could not."""
+def _check_depth(content: dict[str, Any]) -> None:
     if nesting_depth(content) > MAX_DEPTH:
         raise RowError("too_deep", f"a JSON value in the row is nested deeper than {MAX_DEPTH} levels")
+
+
+def _check_writable(content: dict[str, Any]) -> None:
+    """The id hash and every later stage encode the record as UTF-8 JSON; refuse now what they could not.
+
+    Too deep is said first (as when the depth was measured before encoding); the encoding comes first
+    because its brackets bound the depth, so most rows are never walked.
+    """
     try:
-        dumps(content).encode("utf-8")
+        encoded = dumps_bytes(content)
     except UnicodeEncodeError as exc:
+        _check_depth(content)
         bad = exc.object[exc.start : exc.end].encode("utf-8", "backslashreplace").decode("ascii")
         raise RowError(
             "invalid_utf8",
             f"text holds a lone surrogate escape ({bad}), which is not a character: UTF-8 cannot encode it",
         ) from None
+    except Exception:
+        _check_depth(content)
+        raise
+    if encoded.count(b"[") + encoded.count(b"{") > MAX_DEPTH:
+        _check_depth(content)
 
 
 def _raw_text(raw: str | None, row: dict[str, Any] | None) -> str | None:
@@ -228,7 +244,7 @@ def read_source_file(path: Path, label: str, src: Source, params: IngestParams) 
         fmt: str | None = src.format if src.format in ROW_FORMATS else None
         if res.container in ("csv", "parquet") or src.format in ("csv", "parquet"):
             fmt = "table"
-        convert: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
+        convert: Callable[[dict[str, Any], dict[str, Any], bool], dict[str, Any]] | None = None
         for raw in READERS[res.container](path, label, stats):
             res.rows_in += 1
             try:
@@ -241,7 +257,8 @@ def read_source_file(path: Path, label: str, src: Source, params: IngestParams) 
                         keys = ", ".join(list(raw.row)[:8])
                         raise RowError("unknown_format", f"no known format fits this row's fields ({keys})")
                     convert = _make_converter(fmt, raw.row, src, params)
-                res.records.append(convert(raw.row, raw.source))
+                # JSON rows were measured by the reader (`raw` kept); CSV rows are flat; parquet rows are not.
+                res.records.append(convert(raw.row, raw.source, raw.raw is not None))
             except RowError as exc:
                 res.rejected.append(_reject(exc.reason, raw.source, exc.detail, _raw_text(raw.raw, raw.row)))
         res.format = fmt
@@ -257,13 +274,13 @@ def read_source_file(path: Path, label: str, src: Source, params: IngestParams) 
 
 def _make_converter(
     fmt: str, first_row: dict[str, Any], src: Source, params: IngestParams
-) -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
+) -> Callable[[dict[str, Any], dict[str, Any], bool], dict[str, Any]]:
     # Columns are resolved once per file (from the first row's keys = the header), not per row.
     columns = formats.resolve_columns(list(first_row), src.columns) if fmt == "table" else {}
     category_field = params.category_field
 
-    def convert(row: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
-        return convert_row(row, fmt, columns, source, category_field, src.category)
+    def convert(row: dict[str, Any], source: dict[str, Any], checked: bool = False) -> dict[str, Any]:
+        return convert_row(row, fmt, columns, source, category_field, src.category, depth_checked=checked)
 
     return convert
 

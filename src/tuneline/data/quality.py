@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from operator import itemgetter
 from pathlib import Path
 
 from tuneline.config.clean import ClassifierParams, QualityParams
@@ -64,7 +65,13 @@ def prose(text: str) -> str:
 
 def words(tokens: list[str]) -> list[str]:
     """The tokens that hold a letter (numbers, symbols and bullets are not words)."""
-    return [t for t in tokens if _LETTER_RE.search(t)]
+    # An all-letter token (isalpha) holds a letter: map() settles most tokens in C, the regex only sees
+    # tokens with a digit or a symbol ("question?", "(7)", "1,2").
+    alpha = list(map(str.isalpha, tokens))
+    if all(alpha):
+        return list(tokens)
+    search = _LETTER_RE.search
+    return [t for t, is_alpha in zip(tokens, alpha, strict=True) if is_alpha or search(t)]
 
 
 def tokenize(text: str) -> list[str]:
@@ -122,7 +129,8 @@ def top_ngram_fraction(tokens: list[str], n: int = 2) -> float:
     if len(tokens) <= n:
         return 0.0
     grams = Counter(zip(*(tokens[i:] for i in range(n)), strict=False))
-    gram, count = grams.most_common(1)[0]
+    # The first n-gram with the top count, as most_common(1) picks it, without its heap machinery.
+    gram, count = max(grams.items(), key=itemgetter(1))
     if count < 2:
         return 0.0
     total = sum(map(len, tokens))

@@ -163,7 +163,8 @@ def _loads(text: str) -> tuple[Any, str | None]:
 
 
 def _parsed(source: dict[str, Any], obj: Any, nan: str | None, raw: str) -> RawRow:
-    if nesting_depth(obj) > MAX_DEPTH:
+    # Every list/dict of `obj` opened with a bracket of `raw`: few brackets prove it shallow without a walk.
+    if raw.count("[") + raw.count("{") > MAX_DEPTH and nesting_depth(obj) > MAX_DEPTH:
         return _too_deep(source, raw)
     if nan is not None:
         return RawRow(source, reason="bad_json", detail=f"{nan} is not valid JSON", raw=raw)

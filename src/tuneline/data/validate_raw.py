@@ -16,8 +16,7 @@ from tuneline.data.contracts import (
     REF,
     Check,
     finish_contract,
-    message_contents,
-    roles_string,
+    message_features,
     run_checks,
 )
 from tuneline.data.output_schema import OutputSchemas, load_output_schemas, record_output_error
@@ -49,8 +48,7 @@ def record_features(
 
     rows = []
     for i, rec in enumerate(records):
-        contents = message_contents(rec)
-        roles = roles_string(rec)
+        roles, contents = message_features(rec)
         category = rec.get("category")
         source = rec.get("source")
         ref = rec.get("id") or (source_label(source) if isinstance(source, dict) else f"row {i + 1}")

@@ -20,13 +20,20 @@ from tuneline.data.contracts import (
     Check,
     finish_contract,
     message_contents,
-    roles_string,
+    message_features,
     run_checks,
 )
 from tuneline.data.dedup import normalize_content
 from tuneline.data.output_schema import OutputSchemas, load_output_schemas, record_output_error
 from tuneline.data.split import stratum_of
-from tuneline.data.textnorm import CODE_SPAN_RE, EMAIL_RE, HTML_ENTITY_RE, HTML_TAG_RE, URL_RE
+from tuneline.data.textnorm import (
+    CODE_SPAN_RE,
+    EMAIL_RE,
+    HTML_ENTITY_RE,
+    HTML_TAG_RE,
+    URL_RE,
+    may_hold_url,
+)
 from tuneline.errors import InputFileError
 from tuneline.jsonio import read_jsonl
 from tuneline.layout import SPLITS, Layout
@@ -39,16 +46,23 @@ log = logging.getLogger(__name__)
 
 STAGE = "validate_splits"
 RESIDUE = {"html_tag": HTML_TAG_RE, "html_entity": HTML_ENTITY_RE, "url": URL_RE, "email": EMAIL_RE}
+_RESIDUE_MARK = {
+    "html_tag": lambda text: "<" in text,
+    "html_entity": lambda text: "&" in text,
+    "url": may_hold_url,
+    "email": lambda text: "@" in text,
+}
 _COLUMNS = [REF, "id", "split", "augmented", "messages", "roles", "stratum", "content_key", "structured",
             "schema_error"]
 _COLUMNS += [f"{kind}_residue" for kind in RESIDUE]
 
 
-def content_key(record: dict[str, Any]) -> str:
-    """Hash of the normalized conversation: roles + contents normalized exactly as `dedup` compares them."""
+def content_key(record: dict[str, Any], contents: list[str] | None = None) -> str:
+    """Hash of the normalized conversation: roles + contents normalized exactly as `dedup` compares them
+    (`contents`: the record's `message_contents`, when already computed)."""
     messages = record.get("messages") if isinstance(record.get("messages"), list) else []
     parts = []
-    for m, text in zip(messages, message_contents(record), strict=True):
+    for m, text in zip(messages, message_contents(record) if contents is None else contents, strict=True):
         role = m.get("role") if isinstance(m, dict) else None
         parts.append(f"{role}\x1f{normalize_content(text)}")
     return hashlib.sha256("\x1e".join(parts).encode("utf-8")).hexdigest()
@@ -61,12 +75,15 @@ def cleaned_roles(cfg: Config, structured: bool = False) -> list[str]:
     return [role for role in cfg.clean.roles if role not in skip]
 
 
-def residue_text(record: dict[str, Any], roles: list[str], placeholders: list[str]) -> str:
-    """Text `clean` is responsible for (its roles), minus its own placeholders (they may look like tags)."""
+def residue_text(
+    record: dict[str, Any], roles: list[str], placeholders: list[str], contents: list[str] | None = None
+) -> str:
+    """Text `clean` is responsible for (its roles), minus its own placeholders (they may look like tags).
+    `contents`: the record's `message_contents`, when already computed."""
     messages = record.get("messages") if isinstance(record.get("messages"), list) else []
     texts = [
         text
-        for m, text in zip(messages, message_contents(record), strict=True)
+        for m, text in zip(messages, message_contents(record) if contents is None else contents, strict=True)
         if isinstance(m, dict) and m.get("role") in roles
     ]
     joined = "\n".join(texts)
@@ -86,13 +103,14 @@ def split_features(
 
     clean = cfg.clean
     placeholders = [clean.url_placeholder, clean.email_placeholder]
+    roles_cleaned = {structured: cleaned_roles(cfg, structured) for structured in (False, True)}
     rows = []
     for split, records in splits.items():
         for i, rec in enumerate(records):
-            roles = roles_string(rec)
+            roles, contents = message_features(rec)
             validator = (schema_validator.for_record(rec) if isinstance(schema_validator, OutputSchemas)
                          else schema_validator)
-            text = residue_text(rec, cleaned_roles(cfg, validator is not None), placeholders)
+            text = residue_text(rec, roles_cleaned[validator is not None], placeholders, contents)
             # `clean` leaves HTML inside Markdown code alone when protect_code; URLs and e-mails never.
             prose = CODE_SPAN_RE.sub(" ", text) if clean.protect_code and "`" in text else text
             row = {
@@ -104,12 +122,14 @@ def split_features(
                 "roles": roles,
                 # The same reading of the stratum as `split` (records without one form the "(none)" stratum).
                 "stratum": stratum_of(rec, cfg.split.stratify_field),
-                "content_key": content_key(rec),
+                "content_key": content_key(rec, contents),
                 "structured": validator is not None,
                 "schema_error": record_output_error(rec, validator) if validator is not None else None,
             }
             for kind, pattern in RESIDUE.items():
-                match = pattern.search(prose if kind.startswith("html") else text)
+                where = prose if kind.startswith("html") else text
+                # Each pattern needs its marker character; most cleaned texts have none of them.
+                match = pattern.search(where) if _RESIDUE_MARK[kind](where) else None
                 row[f"{kind}_residue"] = match.group(0) if match else None
             rows.append(row)
     frame = pd.DataFrame(rows, columns=_COLUMNS)
