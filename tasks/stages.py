@@ -174,6 +174,14 @@ def experiment_name(run_name: str, stage: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", f"{run_name}-{stage}").strip("-")
 
 
+def stage_skipped(stage: str, line: str) -> bool:
+    """Whether a line of `dvc repro` says it did not run `stage`: unchanged against dvc.lock, or found in
+    the run cache (a checkout that pulled another host's run: outputs checked out, command not run)."""
+    return f"Stage '{stage}' didn't change, skipping" in line or (
+        f"Stage '{stage}' is cached - skipping run" in line
+    )
+
+
 def _run_stage(
     workspace: str,
     stage: str,
@@ -182,7 +190,7 @@ def _run_stage(
     experiment: str | None = None,
 ) -> dict[str, Any]:
     result = run_command(stage_command(stage, force, set_params, experiment), Path(workspace))
-    skipped = any(f"Stage '{stage}' didn't change, skipping" in line for line in result["stdout"])
+    skipped = any(stage_skipped(stage, line) for line in result["stdout"])
     return {
         "stage": stage,
         "ran": not skipped,
@@ -200,17 +208,33 @@ def _stage_task(stage: str) -> Any:
 STAGE_TASKS: dict[str, Any] = {stage: _stage_task(stage) for stage in PIPELINE}
 
 
+def checkout_remote(workspace: str | Path) -> str | None:
+    """The default DVC remote this checkout names for itself (`.dvc/config.local`, e.g. a cluster worker's
+    `s3://` remote), or None. The committed `.dvc/config` is not consulted: its default is the single
+    machine's local folder, which `make run` does not sync with."""
+    path = Path(workspace) / ".dvc" / "config.local"
+    if not path.is_file():
+        return None
+    from configobj import ConfigObj  # DVC's own config parser (a DVC dependency)
+
+    remote = ConfigObj(str(path)).get("core", {}).get("remote")
+    return str(remote) if remote else None
+
+
 @task(name="dvc_pull", retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
 def dvc_pull(workspace: str) -> float:
-    """`dvc pull --allow-missing`: bring cached inputs and outputs from the remote (transient: retried).
-    Outputs the remote does not have yet are rebuilt by the stages."""
-    return float(run_command(["dvc", "pull", "--allow-missing"], Path(workspace))["seconds"])
+    """`dvc pull --allow-missing --run-cache`: bring cached inputs and outputs, and the run cache, from
+    the remote (transient: retried). With the run cache, `dvc repro` in a fresh checkout restores a
+    stage another host already ran (same command, deps and params) instead of running it; outputs the
+    remote does not have yet are rebuilt by the stages."""
+    return float(run_command(["dvc", "pull", "--allow-missing", "--run-cache"], Path(workspace))["seconds"])
 
 
 @task(name="dvc_push", retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
 def dvc_push(workspace: str) -> float:
-    """`dvc push`: store this run's outputs on the remote (transient: retried)."""
-    return float(run_command(["dvc", "push"], Path(workspace))["seconds"])
+    """`dvc push --run-cache`: store this run's outputs and its run-cache entries on the remote, so another
+    checkout can skip the stages this one ran (transient: retried)."""
+    return float(run_command(["dvc", "push", "--run-cache"], Path(workspace))["seconds"])
 
 
 # ---------------------------------------------------------------- registry (in process)
