@@ -334,14 +334,6 @@ def up(
     make_bucket(info, creds)
     log(f"cluster: s3 on {info['s3_endpoint']} (bucket {BUCKET})")
     procs.wait_healthy(
-        "mlflow",
-        lambda: procs.http_ok(f"{info['mlflow_uri']}/health"),
-        mlflow_pid,
-        paths["mlflow"] / "server.log",
-        STARTUP_S,
-    )
-    log(f"cluster: mlflow on {info['mlflow_uri']}")
-    procs.wait_healthy(
         "prefect",
         lambda: procs.http_ok(f"{info['prefect_api']}/health"),
         prefect_pid,
@@ -362,6 +354,15 @@ def up(
                 name, checkout, env, paths["workers"] / name / "worker.log", pids / f"worker-{name}.pid"
             )
         names.append({"name": name, "queue": name, "checkout": str(checkout)})
+    # MLflow migrates its database meanwhile: the workers need it only once a run starts.
+    procs.wait_healthy(
+        "mlflow",
+        lambda: procs.http_ok(f"{info['mlflow_uri']}/health"),
+        mlflow_pid,
+        paths["mlflow"] / "server.log",
+        STARTUP_S,
+    )
+    log(f"cluster: mlflow on {info['mlflow_uri']}")
     info["workers"] = names
     paths["info"].write_text(json.dumps(info, indent=2), encoding="utf-8")
     workers.wait_workers(info, [w["name"] for w in names], paths["workers"], pids, STARTUP_S)

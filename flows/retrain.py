@@ -276,7 +276,8 @@ def retrain(params: RetrainParams = DEFAULT_PARAMS) -> dict[str, Any]:
                 experiment = experiment_name(run_name, stage) if set_params is not None else None
                 started = time.time()
                 try:
-                    outcome = STAGE_TASKS[stage](ws, stage, stage in params.force, set_params, experiment)
+                    forced = stage in params.force
+                    outcome = STAGE_TASKS[stage](ws, stage, forced, set_params, experiment, pull)
                 except Exception:
                     # A failed contract writes its report before it stops: that report says why.
                     _publish(publish_stage, ws, stage, newer_than=started)

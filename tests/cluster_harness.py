@@ -109,13 +109,22 @@ class Cluster:
         return run
 
     def logs(self, flow_run_id: str) -> list[str]:
-        """The run's log messages, in order."""
-        found = self.call(
-            "POST",
-            "/logs/filter",
-            {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC", "limit": 200},
-        )
-        return [entry["message"] for entry in found]
+        """The run's log messages, in order (every page)."""
+        out: list[str] = []
+        while True:
+            page = self.call(
+                "POST",
+                "/logs/filter",
+                {
+                    "logs": {"flow_run_id": {"any_": [flow_run_id]}},
+                    "sort": "TIMESTAMP_ASC",
+                    "limit": 200,
+                    "offset": len(out),
+                },
+            )
+            if not page:
+                return out
+            out += [entry["message"] for entry in page]
 
 
 @pytest.fixture(scope="session")
