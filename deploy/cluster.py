@@ -380,11 +380,12 @@ def down(state: Path, log: Any = print) -> list[str]:
     pids = layout(state)["pids"]
     stopped = []
     if pids.is_dir():
-        for pidfile in sorted(pids.glob("worker-*.pid")) + [
-            pids / f"{n}.pid" for n in ("prefect", "mlflow", "s3")
-        ]:
-            if procs.stop(pidfile):
-                stopped.append(pidfile.stem)
+        # Workers first (a worker's last calls go to the API), then the servers, together.
+        for group in (
+            sorted(pids.glob("worker-*.pid")),
+            [pids / f"{n}.pid" for n in ("prefect", "mlflow", "s3")],
+        ):
+            stopped += [path.stem for path in procs.stop_all(group)]
     bindir = pg.postgres_bindir()
     data = layout(state)["postgres"] / "data"
     if bindir is not None and pg.stop(bindir, data, pg.server_user()):

@@ -105,23 +105,27 @@ def wait_healthy(name: str, probe: Callable[[], bool], pid: int | None, log: Pat
 def stop(pidfile: Path, sig: int = signal.SIGTERM, grace_s: float = 20.0) -> bool:
     """Stop the process group recorded in `pidfile` (`sig`, then SIGKILL after `grace_s`) and remove the
     pid file. False when nothing recorded there was running."""
-    pid = read_pid(pidfile)
-    if pid is None:
-        return False
-    running = alive(pid)
-    if running:
-        _signal_group(pid, sig)
-        deadline = time.monotonic() + grace_s
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if alive(pid):
+    return bool(stop_all([pidfile], sig, grace_s))
+
+
+def stop_all(pidfiles: list[Path], sig: int = signal.SIGTERM, grace_s: float = 20.0) -> list[Path]:
+    """Stop the process groups of `pidfiles` together: `sig` to all, one shared grace period, then
+    SIGKILL to what is left (and to children that outlived their leader). Removes the pid files; returns
+    those whose process was running."""
+    pids = {path: read_pid(path) for path in pidfiles}
+    running = [path for path, pid in pids.items() if pid is not None and alive(pid)]
+    for path in running:
+        _signal_group(pids[path], sig)  # type: ignore[arg-type]
+    deadline = time.monotonic() + grace_s
+    while any(alive(pids[path]) for path in running) and time.monotonic() < deadline:  # type: ignore[arg-type]
+        time.sleep(0.2)
+    for path, pid in pids.items():
+        if pid is not None:
             _signal_group(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
-    # Children that outlived their leader (same group): end them too.
-    _signal_group(pid, signal.SIGKILL)
-    pidfile.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+    deadline = time.monotonic() + 10
+    while any(alive(pids[path]) for path in running) and time.monotonic() < deadline:  # type: ignore[arg-type]
+        time.sleep(0.2)
     return running
 
 
