@@ -10,7 +10,7 @@ export PREFECT_LOGGING_EXTRA_LOGGERS ?= tuneline
 # tuneline's log lines reach the Prefect UI inside a flow run; outside one (a stage run alone) they stay local.
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW ?= ignore
 
-.PHONY: setup run test lint bench serve demo-ab deploy clean-outputs
+.PHONY: setup run test lint bench serve demo-ab deploy clean-outputs cluster cluster-down
 
 setup:
 	@bash scripts/setup.sh
@@ -41,6 +41,17 @@ demo-ab: setup
 # (needs a Prefect server: `prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api make deploy).
 deploy: setup
 	$(BIN)/python deploy/deployments.py
+
+# The team cluster on this host (docs/scale-out.md): PostgreSQL, SeaweedFS S3, MLflow and Prefect servers, the
+# `tuneline` work pool and two workers in their own clones, state in .cluster/. Credentials: TUNELINE_PG_PASSWORD,
+# TUNELINE_S3_ACCESS_KEY, TUNELINE_S3_SECRET_KEY, else generated into .cluster/credentials.env (0600).
+CLUSTER_STATE ?= .cluster
+CLUSTER_WORKERS ?= 2
+cluster: setup
+	$(BIN)/python deploy/cluster.py up --state $(CLUSTER_STATE) --workers $(CLUSTER_WORKERS)
+
+cluster-down:
+	$(BIN)/python deploy/cluster.py down --state $(CLUSTER_STATE)
 
 # Quick benchmarks (~5 min); bench/RESULTS.md lists the full commands (100k brute force takes ~25 min).
 bench: setup

@@ -46,7 +46,11 @@ def _parameters(workspace: str | None) -> dict[str, Any]:
 
 
 def build_deployments(
-    workspace: str | None = None, cron: str = NIGHTLY_CRON, timezone: str = TIMEZONE, flow: Any = retrain
+    workspace: str | None = None,
+    cron: str = NIGHTLY_CRON,
+    timezone: str = TIMEZONE,
+    flow: Any = retrain,
+    active: bool = True,
 ) -> list[RunnerDeployment]:
     """The two deployments of `retrain`: `nightly` on `cron` in `timezone`, and `on-demand` unscheduled.
 
@@ -55,11 +59,12 @@ def build_deployments(
         cron: the nightly schedule (cron syntax).
         timezone: IANA zone of the schedule (UTC: no daylight-saving jumps).
         flow: `retrain`, or `retrain` loaded with `from_source` for a work pool.
+        active: False registers the schedule paused (resume it in the UI).
     """
     parameters = _parameters(workspace)
     nightly = flow.to_deployment(
         name="nightly",
-        schedules=[Cron(cron, timezone=timezone)],
+        schedules=[Cron(cron, timezone=timezone, active=active)],
         parameters=parameters,
         tags=[*TAGS, "nightly"],
         description=f"Retrain on the latest data every day at `{cron}` ({timezone}): DVC reruns only what "
@@ -80,6 +85,7 @@ def build_feedback_deployment(
     cron: str = FEEDBACK_CRON,
     timezone: str = TIMEZONE,
     flow: Any = feedback_loop,
+    active: bool = True,
 ) -> RunnerDeployment:
     """`feedback-loop/hourly`: A/B report, feedback export (DVC-versioned), retrain trigger, on `cron`.
 
@@ -88,6 +94,7 @@ def build_feedback_deployment(
         cron: the schedule (cron syntax).
         timezone: IANA zone of the schedule.
         flow: `feedback_loop`, or loaded with `from_source` for a work pool.
+        active: False registers the schedule paused.
     """
     # As for retrain: only the workspace is pinned, so the UI form shows every other default.
     parameters = (
@@ -95,7 +102,7 @@ def build_feedback_deployment(
     )
     return flow.to_deployment(
         name="hourly",
-        schedules=[Cron(cron, timezone=timezone)],
+        schedules=[Cron(cron, timezone=timezone, active=active)],
         parameters=parameters,
         tags=[*TAGS, "feedback"],
         description=f"At `{cron}` ({timezone}): publish the A/B report, export rated exchanges as raw "
@@ -110,17 +117,20 @@ def register_on_work_pool(
     cron: str = NIGHTLY_CRON,
     timezone: str = TIMEZONE,
     feedback_cron: str = FEEDBACK_CRON,
+    active: bool = True,
 ) -> list[Any]:
     """Register the deployments on a work pool; a worker on that pool runs them. The code is loaded
     from this checkout (`from_source`), so a process worker needs the same path on its host; a
-    Kubernetes pool needs an image instead (deploy/README.md)."""
+    Kubernetes pool needs an image instead (deploy/README.md). Without `workspace`, each worker's
+    $TUNELINE_WORKSPACE is the checkout its runs work in (the team cluster: one clone per worker).
+    `active=False` registers the schedules paused."""
     from prefect import deploy
 
     source = retrain.from_source(source=str(REPO_ROOT), entrypoint="flows/retrain.py:retrain")
     loop = feedback_loop.from_source(source=str(REPO_ROOT), entrypoint="flows/feedback_loop.py:feedback_loop")
     deployments = [
-        *build_deployments(workspace, cron, timezone, flow=source),
-        build_feedback_deployment(workspace, feedback_cron, timezone, flow=loop),
+        *build_deployments(workspace, cron, timezone, flow=source, active=active),
+        build_feedback_deployment(workspace, feedback_cron, timezone, flow=loop, active=active),
     ]
     ids = deploy(
         *deployments,
@@ -146,10 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timezone", default=TIMEZONE, help=f"schedule time zone (default {TIMEZONE})")
     parser.add_argument("--limit", type=int, default=1, help="runs at once in this process (default 1)")
     parser.add_argument("--work-pool", help="register on this work pool instead of serving")
+    parser.add_argument("--paused", action="store_true", help="register the schedules paused")
     args = parser.parse_args(argv)
     if args.work_pool:
         ids = register_on_work_pool(
-            args.work_pool, args.workspace, args.cron, args.timezone, args.feedback_cron
+            args.work_pool, args.workspace, args.cron, args.timezone, args.feedback_cron, not args.paused
         )
         print(
             f"registered {len(ids)} deployments on work pool {args.work_pool!r}; start a worker: "
@@ -162,8 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.workspace:  # also the default of runs whose parameters leave the workspace out (CLI, API)
         os.environ[WORKSPACE_ENV] = str(Path(args.workspace).resolve())
     serve(
-        *build_deployments(args.workspace, args.cron, args.timezone),
-        build_feedback_deployment(args.workspace, args.feedback_cron, args.timezone),
+        *build_deployments(args.workspace, args.cron, args.timezone, active=not args.paused),
+        build_feedback_deployment(args.workspace, args.feedback_cron, args.timezone, active=not args.paused),
         limit=args.limit,
     )
 

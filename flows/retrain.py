@@ -39,6 +39,7 @@ from tasks.stages import (
     STAGE_TASKS,
     StageName,
     approve_release,
+    checkout_remote,
     dvc_pull,
     dvc_push,
     experiment_name,
@@ -89,8 +90,15 @@ class RetrainParams(BaseModel):
         "'no decision' on the version and the champion stays.",
     )
     approval_poll_s: int = Field(10, ge=1, description="How often the paused run checks for a decision.")
-    pull: bool = Field(False, description="`dvc pull` inputs and cached outputs from the remote first.")
-    push: bool = Field(False, description="`dvc push` the run's outputs to the remote at the end.")
+    pull: bool | None = Field(
+        None,
+        description="`dvc pull` inputs, cached outputs and the run cache from the remote first. Empty: "
+        "when the workspace names its own remote in .dvc/config.local (a cluster worker's checkout).",
+    )
+    push: bool | None = Field(
+        None,
+        description="`dvc push` the run's outputs and run cache to the remote at the end. Empty: as `pull`.",
+    )
     workspace: str | None = Field(
         None,
         description="The DVC workspace (a git checkout of this project). Empty: $TUNELINE_WORKSPACE of "
@@ -229,7 +237,7 @@ def retrain(params: RetrainParams = DEFAULT_PARAMS) -> dict[str, Any]:
     Returns:
         {"workspace", "experiment" (bool), "stages": [{"stage", "ran", "forced", "seconds",
         "experiment"}], "promotion": reports/promote.json's result or None, "approval": the decision
-        or None}.
+        or None, "sync": {"remote": the checkout's own DVC remote or None, "pull", "push"}}.
 
     Raises:
         WorkspaceBusy: another run holds the workspace.
@@ -252,18 +260,24 @@ def retrain(params: RetrainParams = DEFAULT_PARAMS) -> dict[str, Any]:
         "promotion": None,
         "approval": None,
     }
+    # A checkout with its own remote (a cluster worker) shares its work: pull before, push after.
+    remote = checkout_remote(workspace)
+    pull = params.pull if params.pull is not None else remote is not None
+    push = params.push if params.push is not None else remote is not None
+    summary["sync"] = {"remote": remote, "pull": pull, "push": push}
     with workspace_lock(workspace, run_holder(run_name), params.lock_wait_s):
         params_file = workspace / "params.yaml"
         original = params_file.read_bytes() if overrides else None
         try:
-            if params.pull:
+            if pull:
                 dvc_pull(ws)
             set_params = hydra_overrides(workspace, overrides) if overrides else None
             for stage in selected:
                 experiment = experiment_name(run_name, stage) if set_params is not None else None
                 started = time.time()
                 try:
-                    outcome = STAGE_TASKS[stage](ws, stage, stage in params.force, set_params, experiment)
+                    forced = stage in params.force
+                    outcome = STAGE_TASKS[stage](ws, stage, forced, set_params, experiment, pull)
                 except Exception:
                     # A failed contract writes its report before it stops: that report says why.
                     _publish(publish_stage, ws, stage, newer_than=started)
@@ -283,7 +297,7 @@ def retrain(params: RetrainParams = DEFAULT_PARAMS) -> dict[str, Any]:
                         )
                     else:
                         logger.info("version %s already has a recorded decision", promote["version"])
-            if params.push:
+            if push:
                 dvc_push(ws)
         finally:
             if original is not None:
@@ -318,8 +332,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--require-approval", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--approval-timeout-s", type=int)
-    parser.add_argument("--pull", action="store_true", help="dvc pull first")
-    parser.add_argument("--push", action="store_true", help="dvc push at the end")
+    parser.add_argument("--pull", action=argparse.BooleanOptionalAction, default=None,
+                        help="dvc pull first (default: when .dvc/config.local names a remote)")
+    parser.add_argument("--push", action=argparse.BooleanOptionalAction, default=None,
+                        help="dvc push at the end (default: as --pull)")
     args = parser.parse_args(argv)
     bad = [o for o in args.overrides if "=" not in o]
     if bad:

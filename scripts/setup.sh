@@ -26,6 +26,7 @@ else
 fi
 DS_VERSION=$(grep -E '^deepspeed==' constraints.txt | cut -d= -f3)
 DS_BUILD_OPS=0 pip install -q --no-build-isolation -c constraints.txt "deepspeed==$DS_VERSION"
-pip install -q -c constraints.txt -e ".[dev,postgres]"  # postgres: the feedback store tests on PostgreSQL
+pip install -q -c constraints.txt -e ".[dev,postgres,cluster]"  # postgres: the feedback store on
+# PostgreSQL; cluster: `make cluster` and its tests (SeaweedFS S3, the DVC S3 remote)
 echo "$want" > "$STAMP"
 echo "setup: ready ($VENV)"

@@ -156,22 +156,37 @@ def hydra_overrides(workspace: Path, overrides: dict[str, str]) -> list[str]:
 
 
 def stage_command(
-    stage: str, force: bool = False, set_params: list[str] | None = None, experiment: str | None = None
+    stage: str,
+    force: bool = False,
+    set_params: list[str] | None = None,
+    experiment: str | None = None,
+    pull: bool = False,
 ) -> list[str]:
-    """The DVC command for one stage: `dvc repro -s [-f] STAGE`, or as an experiment with params
-    (`dvc exp run -s [-f] [-n NAME] -S k=v ... STAGE`)."""
+    """The DVC command for one stage: `dvc repro -s [-f] [--pull] STAGE`, or as an experiment with params
+    (`dvc exp run -s [-f] [--pull] [-n NAME] -S k=v ... STAGE`). `pull`: a run-cache hit fetches the
+    cached outputs from the remote (without it DVC reruns a stage whose outputs are only remote)."""
     if stage not in PIPELINE:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(PIPELINE)}")
     forced = ["-f"] if force else []
+    pulled = ["--pull"] if pull else []
     if set_params is None:
-        return ["dvc", "repro", "-s", *forced, stage]
+        return ["dvc", "repro", "-s", *forced, *pulled, stage]
     named = ["-n", experiment] if experiment else []
-    return ["dvc", "exp", "run", "-s", *forced, *named, *[a for p in set_params for a in ("-S", p)], stage]
+    sets = [a for p in set_params for a in ("-S", p)]
+    return ["dvc", "exp", "run", "-s", *forced, *pulled, *named, *sets, stage]
 
 
 def experiment_name(run_name: str, stage: str) -> str:
     """A git-ref-safe DVC experiment name for one stage of one flow run."""
     return re.sub(r"[^A-Za-z0-9_-]+", "-", f"{run_name}-{stage}").strip("-")
+
+
+def stage_skipped(stage: str, line: str) -> bool:
+    """Whether a line of `dvc repro` says it did not run `stage`: unchanged against dvc.lock, or found in
+    the run cache (a checkout that pulled another host's run: outputs checked out, command not run)."""
+    return f"Stage '{stage}' didn't change, skipping" in line or (
+        f"Stage '{stage}' is cached - skipping run" in line
+    )
 
 
 def _run_stage(
@@ -180,9 +195,10 @@ def _run_stage(
     force: bool = False,
     set_params: list[str] | None = None,
     experiment: str | None = None,
+    pull: bool = False,
 ) -> dict[str, Any]:
-    result = run_command(stage_command(stage, force, set_params, experiment), Path(workspace))
-    skipped = any(f"Stage '{stage}' didn't change, skipping" in line for line in result["stdout"])
+    result = run_command(stage_command(stage, force, set_params, experiment, pull), Path(workspace))
+    skipped = any(stage_skipped(stage, line) for line in result["stdout"])
     return {
         "stage": stage,
         "ran": not skipped,
@@ -200,17 +216,61 @@ def _stage_task(stage: str) -> Any:
 STAGE_TASKS: dict[str, Any] = {stage: _stage_task(stage) for stage in PIPELINE}
 
 
+def checkout_remote(workspace: str | Path) -> str | None:
+    """The default DVC remote this checkout names for itself (`.dvc/config.local`, e.g. a cluster worker's
+    `s3://` remote), or None. The committed `.dvc/config` is not consulted: its default is the single
+    machine's local folder, which `make run` does not sync with."""
+    path = Path(workspace) / ".dvc" / "config.local"
+    if not path.is_file():
+        return None
+    from configobj import ConfigObj  # DVC's own config parser (a DVC dependency)
+
+    remote = ConfigObj(str(path)).get("core", {}).get("remote")
+    return str(remote) if remote else None
+
+
 @task(name="dvc_pull", retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
 def dvc_pull(workspace: str) -> float:
-    """`dvc pull --allow-missing`: bring cached inputs and outputs from the remote (transient: retried).
-    Outputs the remote does not have yet are rebuilt by the stages."""
-    return float(run_command(["dvc", "pull", "--allow-missing"], Path(workspace))["seconds"])
+    """`dvc pull --allow-missing --run-cache`: bring cached inputs and outputs, and the run cache, from
+    the remote (transient: retried). With the run cache, `dvc repro` in a fresh checkout restores a
+    stage another host already ran (same command, deps and params) instead of running it; outputs the
+    remote does not have yet are rebuilt by the stages."""
+    return float(run_command(["dvc", "pull", "--allow-missing", "--run-cache"], Path(workspace))["seconds"])
 
 
 @task(name="dvc_push", retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
 def dvc_push(workspace: str) -> float:
-    """`dvc push`: store this run's outputs on the remote (transient: retried)."""
-    return float(run_command(["dvc", "push"], Path(workspace))["seconds"])
+    """`dvc push --run-cache`: store this run's outputs and its run-cache entries on the remote, so another
+    checkout can skip the stages this one ran (transient: retried)."""
+    seconds = float(run_command(["dvc", "push", "--run-cache"], Path(workspace))["seconds"])
+    pushed = push_run_cache_reports(Path(workspace))
+    if pushed:
+        _logger().info("pushed %d uncached outputs the run cache refers to (reports)", pushed)
+    return seconds
+
+
+def push_run_cache_reports(workspace: Path) -> int:
+    """Push the objects of the run cache's `cache: false` outputs (the stages' reports/*.json metrics).
+
+    `dvc repro` commits them to the local cache with each run-cache entry, but `dvc push --run-cache`
+    pushes only the outputs of the workspace's cached outs; another checkout then finds the entry, misses
+    its report and reruns the stage. DVC's own transfer, on the objects the entries name. Returns how many
+    objects were sent."""
+    from dvc.repo import Repo
+    from dvc_data.hashfile.hash_info import HashInfo
+
+    runs = workspace / ".dvc" / "cache" / "runs"
+    oids: set[str] = set()
+    for entry in runs.glob("*/*/*") if runs.is_dir() else []:
+        for out in (yaml.safe_load(entry.read_text(encoding="utf-8")) or {}).get("outs", []):
+            md5 = out.get("md5")
+            if md5 and not md5.endswith(".dir"):
+                oids.add(md5)
+    with Repo(str(workspace)) as repo:
+        objs = {HashInfo("md5", oid) for oid in oids if repo.cache.local.exists(oid)}
+        if not objs:
+            return 0
+        return len(repo.cloud.push(objs).transferred)
 
 
 # ---------------------------------------------------------------- registry (in process)

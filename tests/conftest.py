@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis.configuration import set_hypothesis_home_dir
 
+from cluster_harness import cluster  # noqa: F401  (one team cluster per session, started on first use)
 from postgres_harness import postgres_url  # noqa: F401  (one PostgreSQL server per session)
 from prefect_harness import prefect_harness  # noqa: F401  (one Prefect test server per session)
 from repo_hygiene import new_entries, repo_root, snapshot
