@@ -347,7 +347,11 @@ def up(
     for i in range(1, n_workers + 1):
         name = f"w{i}"
         checkout = workers.prepare_checkout(
-            paths["workers"] / name, Path(info["repo"]), info, database_url(info, "feedback"), env
+            paths["workers"] / name,
+            Path(info["repo"]),
+            info,
+            {db: database_url(info, db) for db in ("feedback", "mlflow")},
+            env,
         )
         if not _running(pids / f"worker-{name}.pid"):
             workers.start_worker(

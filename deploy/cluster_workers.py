@@ -4,8 +4,9 @@ and per worker a `git clone` of the repo configured for the team servers and a `
 A worker's checkout differs from the repo in two git-ignored or committed-locally places only:
 `.dvc/config.local` names the object store as its default DVC remote (so the `retrain` flow pulls
 before and pushes after its stages, run cache included), and one local commit on branch `cluster-worker`
-points `tracking.uri` at the MLflow server and `serve.store_url` at the feedback database (URLs
-without passwords: the worker's environment carries them).
+points `tracking.uri` at the MLflow server, `serve.store_url` at the feedback database and
+`registry.lock_url` at the MLflow database, with `registry.require_cross_host_lock: true` (URLs without
+passwords: the worker's environment carries them).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def set_param(text: str, section: str, key: str, value: str) -> str:
         if found:
             lines[i] = f"{found.group(1)}{value}{found.group(3) or ''}{found.group(4)}"
             out = "".join(lines)
-            if yaml.safe_load(out)[section][key] != value:
+            if yaml.safe_load(out)[section][key] != yaml.safe_load(value):
                 raise ValueError(f"params.yaml: could not set {section}.{key}")
             return out
     raise ValueError(f"params.yaml has no {section}.{key} to set")
@@ -90,7 +91,7 @@ def _dvc(checkout: Path, env: dict[str, str], *args: str, check: bool = True) ->
 
 
 def prepare_checkout(
-    folder: Path, repo: Path, info: dict[str, Any], feedback_url: str, env: dict[str, str]
+    folder: Path, repo: Path, info: dict[str, Any], database_urls: dict[str, str], env: dict[str, str]
 ) -> Path:
     """The worker's own checkout under `folder` (cloned the first time), configured for the cluster."""
     checkout = folder / "checkout"
@@ -114,12 +115,21 @@ def prepare_checkout(
     _dvc(checkout, env, "remote", "modify", "--local", REMOTE, "endpointurl", info["s3_endpoint"])
     params = checkout / "params.yaml"
     text = params.read_text(encoding="utf-8")
-    new = set_param(
-        set_param(text, "tracking", "uri", info["mlflow_uri"]), "serve", "store_url", feedback_url
-    )
+    settings = [
+        ("tracking", "uri", info["mlflow_uri"]),
+        ("serve", "store_url", database_urls["feedback"]),
+        # Workers on several hosts promote through one registry: the alias lock is an advisory lock on
+        # the tracking server's PostgreSQL (password from PGPASSWORD), and a host-only lock is refused.
+        ("registry", "lock_url", database_urls["mlflow"]),
+        ("registry", "require_cross_host_lock", "true"),
+    ]
+    new = text
+    for section, key, value in settings:
+        new = set_param(new, section, key, value)
     if new != text:
         params.write_text(new, encoding="utf-8")
-        _git(checkout, "commit", "-q", "-m", "cluster: MLflow server and feedback database", "params.yaml")
+        _git(checkout, "commit", "-q", "-m", "cluster: MLflow server, feedback database, registry lock",
+             "params.yaml")
     if (checkout / "dvc-bundled").is_dir() and not (checkout / "models" / "base").exists():
         # The demo's pre-trained base ships with the repo: the first run need not pre-train it.
         _dvc(checkout, env, "pull", "-q", "-r", "bundled", "build_base", check=False)

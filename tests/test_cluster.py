@@ -68,6 +68,9 @@ def test_worker_run_promotes_in_the_server_registry_with_lineage(
     cfg = load_config(w1 / "params.yaml")
     assert cfg.tracking.uri == cluster.info["mlflow_uri"]
     assert not (w1 / "mlflow.db").exists()
+    # The alias lock is the advisory lock on the tracking server's database, and a host-only lock is
+    # refused: the promotion below could only succeed under the cross-host lock.
+    assert cfg.registry.lock_url == cluster.database_url("mlflow") and cfg.registry.require_cross_host_lock
     promote = yaml.safe_load((w1 / "reports" / "promote.json").read_text())
     assert promote["result"]["status"] == "promoted", promote["result"]
     tree = lineage(cfg, w1)
