@@ -108,8 +108,17 @@ class Cluster:
             )
         return run
 
-    def logs(self, flow_run_id: str) -> list[str]:
-        """The run's log messages, in order (every page)."""
+    def logs(self, flow_run_id: str, until: str | None = None, timeout_s: float = 60.0) -> list[str]:
+        """The run's log messages, in order (every page). With `until`: polls until a message starts with
+        it (the run's process ships its last log lines after it reported its final state)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            out = self._logs(flow_run_id)
+            if until is None or any(m.startswith(until) for m in out) or time.monotonic() > deadline:
+                return out
+            time.sleep(1)
+
+    def _logs(self, flow_run_id: str) -> list[str]:
         out: list[str] = []
         while True:
             page = self.call(

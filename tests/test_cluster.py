@@ -78,7 +78,7 @@ def test_worker_run_promotes_in_the_server_registry_with_lineage(
     assert cfg.registry.champion_alias in tree["aliases"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=w1, capture_output=True, text=True, check=True)
     assert tree["git_commit"] == head.stdout.strip() and tree["run_id"] and tree["data_hash"]
-    logs = "\n".join(cluster.logs(first_run["id"]))
+    logs = "\n".join(cluster.logs(first_run["id"], until="retrain done:"))
     assert "dvc pull --allow-missing --run-cache" in logs and "dvc push --run-cache" in logs
 
 
@@ -106,8 +106,9 @@ def test_second_worker_reuses_what_the_first_pushed(cluster: Cluster, first_run:
     assert not (w2 / "models" / "base").exists()
     second = cluster.run("w2", {"stages": UP_TO_BASE, "force": []})
     assert second["work_queue_name"] == "w2"
-    logs = cluster.logs(second["id"])
-    done = next(line for line in logs if line.startswith("retrain done:"))
+    logs = cluster.logs(second["id"], until="retrain done:")
+    done = next((line for line in logs if line.startswith("retrain done:")), None)
+    assert done is not None, "\n".join(logs[-30:])
     expected = ", ".join(s if s in RERUN_BY_DESIGN else f"{s} (cached)" for s in UP_TO_BASE)
     assert done == f"retrain done: {expected}", done
     assert any("Stage 'build_base' is cached - skipping run" in line for line in logs)
@@ -168,7 +169,7 @@ def test_credentials_stay_private(cluster: Cluster, first_run: dict[str, Any]) -
         for w in ("w1", "w2")
         for name in ("params.yaml", ".dvc/config", ".dvc/config.local")
     ]
-    texts += ["\n".join(cluster.logs(first_run["id"]))]
+    texts += ["\n".join(cluster.logs(first_run["id"], until="retrain done:"))]
     texts += [p.read_text(errors="replace") for p in cluster.state.rglob("*.log")]
     for pidfile in (cluster.state / "pids").glob("*.pid"):
         texts.append(
