@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from tuneline.data.tfidf import MAX_N, char_wb_tfidf
+from tuneline.data.tfidf import MAX_N, char_wb_tfidf, document_frequency
 from tuneline.progress import track
 
 try:  # numba is optional: without it the scipy-only engine gives the same pairs, more slowly
@@ -58,6 +58,10 @@ _PREFIX_SCALE = {"compiled": 0.95, "vectorized": 0.9}
 _BLOCK_WORK = 4_000_000
 # Row blocks of the compiled search, handed to its threads in turn (independent of the thread count).
 _SEARCH_BLOCKS = 512
+# Rows per float64 copy when the largest row norm is taken (bounds that temporary).
+_NORM_ROWS = 20_000
+# Smallest output buffer of a search thread, in pairs (it is at least the number of rows).
+_OUT_MIN = 1 << 16
 # Candidate pairs verified per vectorized chunk.
 _VERIFY_CHUNK = 50_000
 
@@ -141,14 +145,14 @@ def _ranks(x: sp.csr_matrix, threshold: float, prefix_scale: float) -> tuple[np.
     Ranks are int32 where the number of features fits (one value per feature: 128 MB at 32 M features).
     """
     n, m = x.shape
-    df = np.bincount(x.indices, minlength=m).astype(np.int32 if n < 2**31 else np.int64)
+    df = document_frequency(x).astype(np.int32 if n < 2**31 else np.int64)
     df *= -1
     order = np.argsort(df, kind="stable")  # most frequent first, ties by feature index: deterministic
     del df
     rank = np.empty(m, dtype=np.int32 if m < 2**31 else np.int64)
     rank[order] = np.arange(m, dtype=rank.dtype)
     del order
-    step = 20_000  # float64 copies of row slices: bounded temporaries
+    step = _NORM_ROWS
     max_norm = max((_max_row_norm(x[lo : lo + step]) for lo in range(0, n, step)), default=1.0)
     # ||U(x)||·||y|| < t must hold for every y: cut where the prefix norm would reach t / max||y||.
     # A shorter prefix (prefix_scale < 1) indexes more features: more candidates, but a much tighter bound.
@@ -333,7 +337,7 @@ class _Workspace:
         self.acc = np.zeros(n, dtype=np.float64)
         self.touched = np.empty(n, dtype=index)
         self.dense = np.zeros(m, dtype=np.float32)
-        cap = max(n, 1 << 16)  # >= n: a call always completes at least one row
+        cap = max(n, _OUT_MIN)  # >= n: a call always completes at least one row
         self.out_i = np.empty(cap, dtype=index)
         self.out_j = np.empty(cap, dtype=index)
         self.out_s = np.empty(cap, dtype=np.float64)
