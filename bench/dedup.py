@@ -222,25 +222,28 @@ def _minhash_pairs(texts: list[str], threshold: float, num_perm: int = 128, jacc
     return {(int(a), int(b)) for a, b in keep}, len(cand)
 
 
-def worker(method: str, corpus: Path, threshold: float, out: Path, sample: int = 0) -> None:
+def worker(method: str, corpus: Path, threshold: float, out: Path, sample: int = 0, threads: int = 1) -> None:
     from tuneline.data.neardup import brute_force_matrix, search, search_matrix, tfidf_matrix
 
     # Read, not regenerated: the peak RSS is then the method's (plus interpreter, imports and the texts).
     with corpus.open(encoding="utf-8") as fh:
         texts = [line[:-1] for line in fh]
     n = len(texts)
+    chars_mean = float(np.mean([len(t) for t in texts]))
     search(texts[:50], threshold)  # compile (or load the cached) numba kernels outside the timing
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     info: dict = {}
     if method == "search":
-        x = tfidf_matrix(texts)
+        # The texts are handed over, as the dedup stage does: each is freed once vectorized.
+        x = tfidf_matrix(texts, release_texts=True)
         info["tfidf_seconds"] = time.perf_counter() - t0
-        res = search_matrix(x, threshold)
+        res = search_matrix(x, threshold, threads=threads)
+        info["threads"] = threads
         pairs = res.pairs()
         info.update(res.stats)
     elif method == "brute":
-        x = tfidf_matrix(texts)
+        x = tfidf_matrix(texts, release_texts=True)
         info["tfidf_seconds"] = time.perf_counter() - t0
         pairs = brute_force_matrix(x, threshold, block=250).pairs()
     else:
@@ -253,7 +256,7 @@ def worker(method: str, corpus: Path, threshold: float, out: Path, sample: int =
     print(json.dumps({
         "method": method, "n": n, "seconds": seconds, "pairs": len(pairs), "peak_rss_mb": peak,
         "rss_before_mb": rss_before / 1024, "stats": info,
-        "chars_mean": float(np.mean([len(t) for t in texts])),
+        "chars_mean": chars_mean,
     }))
 
 
@@ -286,10 +289,10 @@ def _sample_check(x, pairs: set[tuple[int, int]], threshold: float, k: int, seed
             "seconds": time.perf_counter() - t0}
 
 
-def _run(method: str, n: int, lang: str, args: argparse.Namespace, corpus: Path, tmp: Path):
-    out = tmp / f"{method}-{lang}-{n}.npy"
+def _run(method: str, n: int, lang: str, args: argparse.Namespace, corpus: Path, tmp: Path, threads: int = 1):
+    out = tmp / f"{method}-{lang}-{n}-{threads}.npy"
     cmd = [sys.executable, __file__, "--worker", method, "--corpus", str(corpus),
-           "--threshold", str(args.threshold), "--pairs-out", str(out)]
+           "--threshold", str(args.threshold), "--pairs-out", str(out), "--threads", str(threads)]
     if method == "search" and n > args.brute_max:
         cmd += ["--sample", str(args.sample)]
     env = dict(os.environ, OMP_NUM_THREADS="1", TUNELINE_PROGRESS="0")
@@ -327,11 +330,13 @@ def main() -> None:
     ap.add_argument("--worker", choices=["search", "brute", "minhash"], help=argparse.SUPPRESS)
     ap.add_argument("--pairs-out", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1],
+                    help="search once per thread count (the first is the reference of the others)")
     ap.add_argument("--sample", type=int, default=2000,
                     help="above --brute-max: rows checked against brute force (their pairs with all rows)")
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.corpus, args.threshold, args.pairs_out, args.sample)
+        worker(args.worker, args.corpus, args.threshold, args.pairs_out, args.sample, args.threads[0])
         return
     lines = [
         "| lang | docs | method | seconds | of which TF-IDF | docs/s | peak RSS MB | pairs | recall "
@@ -346,8 +351,14 @@ def main() -> None:
                 sides = ""
                 if n <= args.brute_max:
                     sides = _planted_sides(corpus.read_text(encoding="utf-8").split("\n")[:-1], planted, args)
-                ours, ours_pairs = _run("search", n, lang, args, corpus, Path(tmp))
+                ours, ours_pairs = _run("search", n, lang, args, corpus, Path(tmp), args.threads[0])
                 results = [(ours, ours_pairs)]
+                for threads in args.threads[1:]:
+                    row, pairs = _run("search", n, lang, args, corpus, Path(tmp), threads)
+                    notes.append(f"{lang} {n:,}: search on {threads} threads: "
+                                 f"{'the same' if pairs == ours_pairs else 'DIFFERENT'} pairs as on "
+                                 f"{args.threads[0]}, {ours['seconds'] / row['seconds']:.2f}x faster")
+                    results.append((row, pairs))
                 truth = None
                 if n <= args.brute_max:
                     brute, truth = _run("brute", n, lang, args, corpus, Path(tmp))
@@ -356,7 +367,6 @@ def main() -> None:
                 if n <= args.minhash_max:
                     results.append(_run("minhash", n, lang, args, corpus, Path(tmp)))
                 ref = truth if truth is not None else ours_pairs
-                ref_name = "brute" if truth is not None else "search"
                 s = ours["stats"]
                 if "sample" in s:
                     c = s["sample"]
@@ -372,12 +382,15 @@ def main() -> None:
                     hit = len(pairs & ref)
                     rec = f"{hit / len(ref):.4f}" if ref else "n/a"
                     prec = f"{hit / len(pairs):.4f}" if pairs else "n/a"
-                    if row["method"] == ref_name:
+                    if (row is ours and truth is None) or (truth is not None and row["method"] == "brute"):
                         rec = prec = "(ref)"
-                    speed = f"{row['seconds'] / ours['seconds']:.1f}×" if row is not ours else "1×"
+                    speed = f"{row['seconds'] / ours['seconds']:.2f}×" if row is not ours else "1×"
+                    method = row["method"]
+                    if method == "search":
+                        method += f" ({row['stats']['threads']}t)"
                     tfidf = f"{row['stats']['tfidf_seconds']:.1f}" if "tfidf_seconds" in row["stats"] else "–"
                     lines.append(
-                        f"| {lang} | {n:,} | {row['method']} | {row['seconds']:.1f} | {tfidf} | "
+                        f"| {lang} | {n:,} | {method} | {row['seconds']:.1f} | {tfidf} | "
                         f"{n / row['seconds']:,.0f} | {row['peak_rss_mb']:,.0f} | {row['pairs']:,} | "
                         f"{rec} | {prec} | {speed} |"
                     )

@@ -13,6 +13,13 @@ class DedupParams(Section):
         (3, 3), description="Character n-gram sizes of the TF-IDF (works for Chinese: no word splitting)."
     )
 
+    threads: int = Field(
+        0,
+        ge=0,
+        description="Threads of the near-duplicate search (0: OMP_NUM_THREADS, else every core). The pairs, "
+        "their scores and order are the same for any value; only the time changes.",
+    )
+
     @field_validator("ngram_range")
     @classmethod
     def _ordered(cls, v: tuple[int, int]) -> tuple[int, int]:

@@ -62,7 +62,10 @@ def __getattr__(name: str) -> Any:
 
 
 def near_duplicate_pairs(
-    texts: list[str], threshold: float = 0.95, ngram_range: tuple[int, int] = (3, 3)
+    texts: list[str],
+    threshold: float = 0.95,
+    ngram_range: tuple[int, int] = (3, 3),
+    threads: int | None = None,
 ) -> set[tuple[int, int]]:
     """Every pair i < j of `texts` whose TF-IDF cosine (`tfidf_vectorizer`) is >= threshold.
 
@@ -72,10 +75,12 @@ def near_duplicate_pairs(
         texts: the documents.
         threshold: cosine at or above which two texts are near duplicates, in (0, 1].
         ngram_range: character n-gram sizes of the TF-IDF.
+        threads: threads of the search (`tuneline.data.neardup.search_threads`); the pairs do not
+            depend on it.
     """
     from tuneline.data.neardup import search
 
-    return search(texts, threshold, ngram_range).pairs()
+    return search(texts, threshold, ngram_range, threads=threads).pairs()
 
 
 def brute_force_pairs(
@@ -152,8 +157,11 @@ def dedup_records(
     near: bool = True,
     threshold: float = 0.95,
     ngram_range: tuple[int, int] = (3, 3),
+    threads: int | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """Split `records` into kept rows and rejected duplicates (first row of each group survives).
+
+    `threads` is the near-duplicate search's (`tuneline.data.neardup.search_threads`): same result for any.
 
     Returns:
         (kept, rejected, extra) where extra holds the counts by kind, search counters and largest clusters.
@@ -175,7 +183,10 @@ def dedup_records(
         from tuneline.data.neardup import search
 
         started = time.perf_counter()
-        found: SearchResult = search([record_text(records[i]) for i in candidates], threshold, ngram_range)
+        # The texts are built for the search alone: it may free each one once vectorized.
+        texts = [record_text(records[i]) for i in candidates]
+        found: SearchResult = search(texts, threshold, ngram_range, threads=threads, release_texts=True)
+        del texts
         stats = dict(found.stats)  # no wall time in the report: DVC metrics stay identical across reruns
         log.info("dedup: near-dup search over %d rows took %.2fs", len(candidates),
                  time.perf_counter() - started)
@@ -242,7 +253,7 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
     records = list(read_jsonl(layout.interim("clean")))
     kept, rejected, extra = dedup_records(
         records, exact=params.exact, near=params.near, threshold=params.threshold,
-        ngram_range=params.ngram_range,
+        ngram_range=params.ngram_range, threads=params.threads,
     )
     ledger = Ledger(stage=STAGE, rows_in=len(records), rows_kept=len(kept))
     for row in rejected:

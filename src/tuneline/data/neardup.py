@@ -25,13 +25,16 @@ Two engines compute it: "compiled" (numba; `tuneline.data.neardup_kernel`) walks
 from __future__ import annotations
 
 import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from tuneline.data.tfidf import MAX_N, char_wb_tfidf
+from tuneline.data.tfidf import MAX_N, char_wb_tfidf, document_frequency
 from tuneline.progress import track
 
 try:  # numba is optional: without it the scipy-only engine gives the same pairs, more slowly
@@ -53,6 +56,12 @@ COSINE_TOLERANCE = 1e-6
 _PREFIX_SCALE = {"compiled": 0.95, "vectorized": 0.9}
 # Candidate pairs produced per block of rows (bounds the memory of the sparse product).
 _BLOCK_WORK = 4_000_000
+# Row blocks of the compiled search, handed to its threads in turn (independent of the thread count).
+_SEARCH_BLOCKS = 512
+# Rows per float64 copy when the largest row norm is taken (bounds that temporary).
+_NORM_ROWS = 20_000
+# Smallest output buffer of a search thread, in pairs (it is at least the number of rows).
+_OUT_MIN = 1 << 16
 # Candidate pairs verified per vectorized chunk.
 _VERIFY_CHUNK = 50_000
 
@@ -79,19 +88,24 @@ def tfidf_vectorizer(ngram_range: tuple[int, int] = (3, 3)) -> TfidfVectorizer:
     )
 
 
-def tfidf_matrix(texts: list[str], ngram_range: tuple[int, int] = (3, 3)) -> sp.csr_matrix:
+def tfidf_matrix(
+    texts: list[str], ngram_range: tuple[int, int] = (3, 3), release_texts: bool = False
+) -> sp.csr_matrix:
     """The rows `tfidf_vectorizer(ngram_range).fit_transform(texts)` gives (CSR, sorted indices).
 
     For n-grams of up to 3 characters they are built by `tuneline.data.tfidf.char_wb_tfidf` (bit-identical,
-    tested). Texts without any n-gram get an all-zero row.
+    tested). Texts without any n-gram get an all-zero row. With `release_texts` the list is handed over:
+    each text is replaced by None once vectorized, so its memory goes while the matrix grows.
     """
     if not texts:
         return sp.csr_matrix((0, 0), dtype=np.float32)
     try:
         if ngram_range[1] <= MAX_N:  # same rows as the sklearn vectorizer, several times faster and leaner
-            x = char_wb_tfidf(texts, ngram_range)
+            x = char_wb_tfidf(texts, ngram_range, release_texts=release_texts)
         else:
             x = tfidf_vectorizer(ngram_range).fit_transform(texts)
+            if release_texts:
+                texts[:] = [None] * len(texts)
     except ValueError:  # "empty vocabulary": no text has a single n-gram, so nothing can be similar
         return sp.csr_matrix((len(texts), 0), dtype=np.float32)
     x = sp.csr_matrix(x)
@@ -125,8 +139,29 @@ def exact_dots(x: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarr
     return out
 
 
+def _ranks(x: sp.csr_matrix, threshold: float, prefix_scale: float) -> tuple[np.ndarray, float, float]:
+    """Global feature ranks (most frequent first), the prefix limit on a squared norm, and the largest norm.
+
+    Ranks are int32 where the number of features fits (one value per feature: 128 MB at 32 M features).
+    """
+    n, m = x.shape
+    df = document_frequency(x).astype(np.int32 if n < 2**31 else np.int64)
+    df *= -1
+    order = np.argsort(df, kind="stable")  # most frequent first, ties by feature index: deterministic
+    del df
+    rank = np.empty(m, dtype=np.int32 if m < 2**31 else np.int64)
+    rank[order] = np.arange(m, dtype=rank.dtype)
+    del order
+    step = _NORM_ROWS
+    max_norm = max((_max_row_norm(x[lo : lo + step]) for lo in range(0, n, step)), default=1.0)
+    # ||U(x)||·||y|| < t must hold for every y: cut where the prefix norm would reach t / max||y||.
+    # A shorter prefix (prefix_scale < 1) indexes more features: more candidates, but a much tighter bound.
+    limit = (prefix_scale * threshold * (1.0 - _MARGIN) / max(max_norm, 1e-30)) ** 2
+    return rank, limit, max_norm
+
+
 def _prefix_split(
-    x: sp.csr_matrix, threshold: float, prefix_scale: float, compiled: bool
+    x: sp.csr_matrix, threshold: float, prefix_scale: float
 ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, float]:
     """Split each row into its prefix U (frequent features) and indexed part I (rarest features).
 
@@ -134,23 +169,10 @@ def _prefix_split(
     (the global rank of its first indexed feature; n_features for an all-zero row) and the largest row norm.
     """
     n, m = x.shape
-    df = np.bincount(x.indices, minlength=m)
-    order = np.argsort(-df, kind="stable")  # most frequent first, ties by feature index: deterministic
-    rank = np.empty(m, dtype=np.int64)
-    rank[order] = np.arange(m, dtype=np.int64)
-    max_norm = max((_max_row_norm(x[lo : lo + 100_000]) for lo in range(0, n, 100_000)), default=1.0)
-    # ||U(x)||·||y|| < t must hold for every y: cut where the prefix norm would reach t / max||y||.
-    # A shorter prefix (prefix_scale < 1) indexes more features: more candidates, but a much tighter bound.
-    limit = (prefix_scale * threshold * (1.0 - _MARGIN) / max(max_norm, 1e-30)) ** 2
-
-    if compiled:
-        from tuneline.data.neardup_kernel import prefix_split
-
-        keep, prefix_sq, boundary, counts = prefix_split(x.indptr, x.indices, x.data, rank, limit)
-    else:
-        keep, prefix_sq, boundary = _prefix_split_numpy(x, rank, limit)
-        counts = np.add.reduceat(np.append(keep, False).astype(np.int64), x.indptr[:-1]) if n else np.zeros(0)
-        counts[np.diff(x.indptr) == 0] = 0
+    rank, limit, max_norm = _ranks(x, threshold, prefix_scale)
+    keep, prefix_sq, boundary = _prefix_split_numpy(x, rank, limit)
+    counts = np.add.reduceat(np.append(keep, False).astype(np.int64), x.indptr[:-1]) if n else np.zeros(0)
+    counts[np.diff(x.indptr) == 0] = 0
     indptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
     # float64: the partial dot products feed an upper bound that must not round below the truth.
     indexed = sp.csr_matrix((x.data[keep].astype(np.float64), x.indices[keep], indptr), shape=(n, m))
@@ -213,7 +235,12 @@ def _blocks(work: np.ndarray, budget: int) -> list[tuple[int, int]]:
 
 
 def search(
-    texts: list[str], threshold: float = 0.95, ngram_range: tuple[int, int] = (3, 3), engine: str = "auto"
+    texts: list[str],
+    threshold: float = 0.95,
+    ngram_range: tuple[int, int] = (3, 3),
+    engine: str = "auto",
+    threads: int | None = None,
+    release_texts: bool = False,
 ) -> SearchResult:
     """All pairs i < j with TF-IDF cosine >= threshold, exactly, without an O(N²) comparison.
 
@@ -222,6 +249,8 @@ def search(
         threshold: cosine at or above which a pair is reported (0 < threshold <= 1).
         ngram_range: character n-gram sizes of `tfidf_vectorizer`.
         engine: "auto", "compiled" or "vectorized" (see `search_matrix`); all give the same pairs.
+        threads: threads of the compiled search (see `search_threads`); the result does not depend on it.
+        release_texts: the caller hands `texts` over: each is replaced by None once vectorized (less memory).
 
     Returns:
         SearchResult with the pairs sorted by (i, j), their float64 cosine, and search counters.
@@ -231,12 +260,26 @@ def search(
     empty = np.zeros(0, dtype=np.int64)
     if len(texts) < 2:
         return SearchResult(empty, empty, np.zeros(0), {"documents": len(texts)})
-    x = tfidf_matrix(texts, ngram_range)
-    return search_matrix(x, threshold, engine=engine)
+    x = tfidf_matrix(texts, ngram_range, release_texts=release_texts)
+    return search_matrix(x, threshold, engine=engine, threads=threads)
+
+
+def search_threads(threads: int | None = None) -> int:
+    """How many threads the compiled search uses: `threads` when > 0, else OMP_NUM_THREADS, else all cores."""
+    if threads is not None and threads > 0:
+        return threads
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return os.cpu_count() or 1
 
 
 def search_matrix(
-    x: sp.csr_matrix, threshold: float, prefix_scale: float | None = None, engine: str = "auto"
+    x: sp.csr_matrix,
+    threshold: float,
+    prefix_scale: float | None = None,
+    engine: str = "auto",
+    threads: int | None = None,
 ) -> SearchResult:
     """`search` on precomputed TF-IDF rows (CSR with sorted indices, as `tfidf_matrix` returns).
 
@@ -245,6 +288,8 @@ def search_matrix(
         threshold: cosine at or above which a pair is reported.
         prefix_scale: cut the prefix at prefix_scale * threshold (None: the engine's tuned default).
         engine: "compiled" (numba), "vectorized" (scipy only) or "auto" (compiled when numba is installed).
+        threads: threads of the compiled engine (`search_threads`); pairs, scores and order do not
+            depend on it.
     """
     if engine == "auto":
         engine = "compiled" if HAVE_NUMBA else "vectorized"
@@ -258,18 +303,20 @@ def search_matrix(
     empty = np.zeros(0, dtype=np.int64)
     if n < 2 or x.nnz == 0:
         return SearchResult(empty, empty, np.zeros(0), stats)
-    indexed, prefix_norm, boundary, max_norm = _prefix_split(x, threshold, prefix_scale, engine == "compiled")
-    indexed_norm = np.sqrt(np.asarray(indexed.multiply(indexed).sum(axis=1)).ravel())
-    stats["indexed_entries"] = int(indexed.nnz)
-    inverted = sp.csr_matrix(indexed.T)  # feature -> rows holding it in their indexed part, ascending
-    inverted.sort_indices()
-    split = _Split(indexed, inverted, prefix_norm, indexed_norm, boundary, max_norm)
-    run = _search_compiled if engine == "compiled" else _search_vectorized
-    rows, cols, sims = run(x, split, threshold, stats)
+    if engine == "compiled":
+        rows, cols, sims = _search_compiled(x, threshold, prefix_scale, stats, search_threads(threads))
+    else:
+        indexed, prefix_norm, boundary, max_norm = _prefix_split(x, threshold, prefix_scale)
+        indexed_norm = np.sqrt(np.asarray(indexed.multiply(indexed).sum(axis=1)).ravel())
+        stats["indexed_entries"] = int(indexed.nnz)
+        inverted = sp.csr_matrix(indexed.T)  # feature -> rows holding it in their indexed part, ascending
+        inverted.sort_indices()
+        split = _Split(indexed, inverted, prefix_norm, indexed_norm, boundary, max_norm)
+        rows, cols, sims = _search_vectorized(x, split, threshold, stats)
     order = np.lexsort((cols, rows))
     stats["pairs"] = len(rows)
     log.info("near-dup search (%s): %s", engine, stats)
-    return SearchResult(rows[order], cols[order], sims[order], stats)
+    return SearchResult(rows[order].astype(np.int64), cols[order].astype(np.int64), sims[order], stats)
 
 
 @dataclass
@@ -282,38 +329,81 @@ class _Split:
     max_norm: float
 
 
-def _search_compiled(
-    x: sp.csr_matrix, sp_: _Split, threshold: float, stats: dict[str, int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from tuneline.data.neardup_kernel import search_rows
+class _Workspace:
+    """One thread's scratch arrays for `search_rows` (all zeros between rows) and its output buffers."""
 
-    n = x.shape[0]
-    inv = sp_.inverted
-    inv_ptr = inv.indptr[:-1].astype(np.int64).copy()
-    dense = np.zeros(x.shape[1], dtype=np.float64)
-    cap = max(n, 1 << 20)
-    out_i = np.empty(cap, dtype=np.int64)
-    out_j = np.empty(cap, dtype=np.int64)
-    out_s = np.empty(cap, dtype=np.float64)
-    counters = np.zeros(2, dtype=np.int64)
-    found_r, found_c, found_s = [], [], []
-    step = max(1, n // 100)
-    for lo in track(range(0, n, step), "dedup: near-duplicate search"):
-        i, hi = lo, min(lo + step, n)
+    def __init__(self, n: int, m: int) -> None:
+        index = np.int32 if n < 2**31 else np.int64
+        self.acc = np.zeros(n, dtype=np.float64)
+        self.touched = np.empty(n, dtype=index)
+        self.dense = np.zeros(m, dtype=np.float32)
+        cap = max(n, _OUT_MIN)  # >= n: a call always completes at least one row
+        self.out_i = np.empty(cap, dtype=index)
+        self.out_j = np.empty(cap, dtype=index)
+        self.out_s = np.empty(cap, dtype=np.float64)
+        self.counters = np.zeros(2, dtype=np.int64)
+
+
+def _search_compiled(
+    x: sp.csr_matrix, threshold: float, prefix_scale: float, stats: dict[str, int], threads: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The compiled engine: inverted lists of the indexed entries, then blocks of rows on `threads` threads.
+
+    Each block's pairs depend only on its rows, and blocks are gathered in row order, so the result is the
+    same for any number of threads (the kernel releases the GIL: threads run in parallel).
+    """
+    from tuneline.data.neardup_kernel import fill_inverted, prefix_bounds, search_rows
+
+    n, m = x.shape
+    rank, limit, max_norm = _ranks(x, threshold, prefix_scale)
+    prefix_sq, indexed_sq, boundary, feature_rows = prefix_bounds(x.indptr, x.indices, x.data, rank, limit)
+    inv_indptr = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum(feature_rows, out=inv_indptr[1:])
+    del feature_rows
+    inv_rows = np.empty(inv_indptr[-1], dtype=np.int32 if n < 2**31 else np.int64)
+    inv_data = np.empty(inv_indptr[-1], dtype=np.float32)  # the stored values; products are taken in float64
+    fill_inverted(x.indptr, x.indices, x.data, rank, boundary, inv_indptr, inv_rows, inv_data)
+    prefix_norm, indexed_norm = np.sqrt(prefix_sq), np.sqrt(indexed_sq)
+    del prefix_sq, indexed_sq
+    stats["indexed_entries"] = int(inv_indptr[-1])
+
+    local = threading.local()
+    spaces: list[_Workspace] = []
+
+    def run_block(lo: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        ws = getattr(local, "ws", None)
+        if ws is None:
+            ws = local.ws = _Workspace(n, m)
+            spaces.append(ws)
+        parts, i, hi = [], lo, min(lo + step, n)
         while i < hi:
             # The kernel stops early when its output buffers might fill; collect and go on from there.
             nxt, written = search_rows(
-                i, hi, x.indptr, x.indices, x.data, sp_.indexed.indptr, sp_.indexed.indices, sp_.indexed.data,
-                inv.indptr, inv.indices, inv.data, inv_ptr, sp_.prefix_norm, sp_.indexed_norm, sp_.boundary,
-                sp_.max_norm, threshold, _MARGIN, dense, out_i, out_j, out_s, counters,
+                i, hi, x.indptr, x.indices, x.data, rank, boundary, inv_indptr, inv_rows, inv_data,
+                prefix_norm, indexed_norm, max_norm, threshold, _MARGIN, ws.acc, ws.touched, ws.dense,
+                ws.out_i, ws.out_j, ws.out_s, ws.counters,
             )
-            found_r.append(out_i[:written].copy())
-            found_c.append(out_j[:written].copy())
-            found_s.append(out_s[:written].copy())
+            parts.append((ws.out_i[:written].copy(), ws.out_j[:written].copy(), ws.out_s[:written].copy()))
             i = nxt
-    stats["candidates"] = int(counters[0])
-    stats["verified"] = int(counters[1])
-    return np.concatenate(found_r), np.concatenate(found_c), np.concatenate(found_s)
+        return parts
+
+    # Many more blocks than threads: early rows scan longer posting lists, so blocks are handed out in turn.
+    step = max(1, -(-n // _SEARCH_BLOCKS))
+    starts = range(0, n, step)
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    if threads == 1:
+        for parts in track(map(run_block, starts), "dedup: near-duplicate search", total=len(starts)):
+            found.extend(parts)
+    else:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="neardup") as pool:
+            blocks = pool.map(run_block, starts)  # results come back in block order
+            for parts in track(blocks, "dedup: near-duplicate search", total=len(starts)):
+                found.extend(parts)
+    stats["candidates"] = int(sum(int(ws.counters[0]) for ws in spaces))
+    stats["verified"] = int(sum(int(ws.counters[1]) for ws in spaces))
+    if not found:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
+    return tuple(np.concatenate(part) for part in zip(*found, strict=True))
 
 
 def _search_vectorized(
