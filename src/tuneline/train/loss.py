@@ -237,8 +237,10 @@ class LossKernel:
         head = self.model.get_output_embeddings()
         # A LoRA- or otherwise-wrapped output layer computes more than its weight says.
         if type(head) is not torch.nn.Linear:
+            # the qualified name: peft's LoRA layer is also called `Linear`
             raise ConfigError(f"{SETTING}: {kind} needs a plain linear output layer; this model's is "
-                              f"{type(head).__name__} (an adapter on lm_head?): use plain")
+                              f"{type(head).__module__}.{type(head).__qualname__} (an adapter on the output "
+                              "layer? see train.lora.target_modules): use plain")
         self.head = head
         config = self.model.config
         self.softcap = getattr(config, "final_logit_softcapping", None)
