@@ -280,11 +280,7 @@ def launch_command(
     nodes, procs = params.num_nodes, params.num_processes
     if node_rank is not None and not 0 <= node_rank < nodes:
         raise ConfigError(f"node_rank {node_rank} is outside 0..{nodes - 1} (train.num_nodes {nodes})")
-    if nodes > 1 and params.master_addr in ("127.0.0.1", "localhost", "::1"):
-        raise ConfigError(
-            f"train.master_addr {params.master_addr!r} with train.num_nodes {nodes}: the other nodes cannot "
-            "reach a loopback address; set it to node 0's address"
-        )
+    check_rendezvous(params)
     if launcher == "torchrun":
         addr = params.master_addr if nodes > 1 else "127.0.0.1"
         cmd = [
@@ -322,6 +318,22 @@ def launch_command(
     else:
         cmd += ["--num_gpus", str(procs)]
     return [*cmd, "--no_local_rank", "--module", module, *module_args]
+
+
+def check_rendezvous(params: TrainParams) -> None:
+    """Many nodes need a `master_addr` the other nodes can reach (node 0's address, not a loopback one).
+
+    Not a config validator: `tuneline plan` for a many-node layout needs no address.
+
+    Raises:
+        ConfigError: `train.num_nodes` > 1 with a loopback `train.master_addr`.
+    """
+    nodes = params.num_nodes
+    if nodes > 1 and params.master_addr in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError(
+            f"train.master_addr {params.master_addr!r} with train.num_nodes {nodes}: the other nodes cannot "
+            "reach a loopback address; set it to node 0's address"
+        )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
