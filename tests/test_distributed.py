@@ -728,3 +728,21 @@ def test_many_nodes_with_a_loopback_master_addr_stop_before_anything_runs(
     with pytest.raises(ConfigError, match=r"train\.master_addr '127\.0\.0\.1' with train\.num_nodes 2"):
         run(cfg, Layout(tmp_path), node_rank=node_rank)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("train", [{"backend": "fsdp", "zero_stage": 3}, {"zero_stage": 0}])
+def test_hostfile_without_node_rank_under_torchrun_is_refused(tmp_path: Path, train: dict) -> None:
+    """A hostfile and no --node-rank means "node 0 starts the others over ssh" (docs/training.md), which only
+    the deepspeed launcher does. Under train.backend fsdp (or DDP) `auto` picks torchrun and the hostfile was
+    ignored without a word: node 0 then waited at the rendezvous for nodes nobody started."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.0.0.1 slots=2\n10.0.0.2 slots=2\n")
+    cfg, plan = plan_for(num_processes=2, num_nodes=2, effective_batch=16, hostfile=str(hosts),
+                         master_addr="10.0.0.1", **train)
+    assert launcher_for(cfg.train, plan) == "torchrun"
+    refused = r"train\.hostfile is read by the deepspeed launcher only.*--node-rank"
+    with pytest.raises(ConfigError, match=refused):
+        launch_command(cfg.train, plan, ["--job", "j.json"], PY)
+    # each node started by hand (its node rank given): torchrun's static rendezvous, as documented
+    cmd = launch_command(cfg.train, plan, ["--job", "j.json"], PY, node_rank=1)
+    assert cmd[2] == "torch.distributed.run" and cmd[cmd.index("--node_rank") + 1] == "1"
