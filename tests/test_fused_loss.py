@@ -323,3 +323,16 @@ def test_named_kernel_with_lora_on_lm_head_is_refused_at_load(kernel: str) -> No
     load_config(None, ["train.loss_kernel=auto", "train.lora.target_modules=[q_proj,lm_head]"])
     load_config(None, [f"train.loss_kernel={kernel}", "train.method=full",
                        "train.lora.target_modules=[q_proj,lm_head]"])
+
+
+def test_loss_kernel_help_names_every_case_auto_keeps_plain() -> None:
+    """The help of train.loss_kernel said `auto` keeps the plain loss "on CPU and under ZeRO-3"; the code
+    also keeps it under train.backend fsdp at zero_stage 2 (`loss_kernel_for`)."""
+    from tuneline.config.train import TrainParams
+    from tuneline.train.loss import loss_kernel_for
+
+    assert loss_kernel_for("auto", 2, "fsdp") == "plain"
+    with pytest.raises(ConfigError):
+        loss_kernel_for("chunked", 2, "fsdp")
+    help_text = TrainParams.model_fields["loss_kernel"].description
+    assert "ZeRO-3" in help_text and "fsdp" in help_text and "target_modules" in help_text

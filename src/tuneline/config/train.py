@@ -125,8 +125,9 @@ class TrainParams(Section):
         description="auto | plain | chunked | liger: how the loss is computed from the last hidden states. "
         "`plain`: the model's loss over full fp32 logits; `chunked`: linear + cross-entropy in chunks of "
         "supervised tokens, logits never whole (pure torch); `liger`: liger-kernel's fused kernel (CUDA, "
-        "package installed); `auto`: liger on CUDA if installed, else chunked on CUDA, plain on CPU and "
-        "under ZeRO-3.",
+        "package installed); `auto`: liger on CUDA if installed, else chunked on CUDA, plain on CPU, under "
+        "ZeRO-3 and under train.backend fsdp (zero_stage 2 or 3: the output layer is sharded). chunked / "
+        "liger are refused there, and with lm_head among train.lora.target_modules.",
     )
     on_plan_too_big: Literal["refuse", "adjust"] = Field(
         "refuse",

@@ -12,8 +12,8 @@ computed instead:
   layer's weight) is computed as the chunk's loss is, so the backward pass only scales them;
 - `liger`: liger-kernel's fused linear cross-entropy (Triton, CUDA only) on the same selected tokens;
 - `auto`: liger on a CUDA GPU when liger-kernel is installed, else chunked on CUDA, plain on CPU (so
-  CPU runs compute exactly what they always did) and plain under ZeRO-3 (its sharded output weight
-  exists whole only inside the layer's own forward).
+  CPU runs compute exactly what they always did) and plain under ZeRO-3 and FSDP sharding (the sharded
+  output weight exists whole only inside the layer's own forward).
 
 `LossKernel` installs a kernel on a transformers causal LM without patching its code: a forward
 pre-hook on the output layer takes its input (the final hidden states, after the last norm) and hands
