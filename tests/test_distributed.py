@@ -710,3 +710,39 @@ def test_fsdp_bf16_on_two_gpus(base: Path, tmp_path: Path, zero: int) -> None:
     ranks = launch(base, tmp_path / "run", num_processes=2, zero_stage=zero, backend="fsdp", lr=1e-3)
     check_run(ranks, tmp_path / "run", world=2, deepspeed=False, fsdp=2)
     assert all(r["dtensors"] > 0 for r in ranks.values())
+
+
+@pytest.mark.parametrize("node_rank", [None, 1])
+def test_many_nodes_with_a_loopback_master_addr_stop_before_anything_runs(
+    tmp_path: Path, node_rank: int | None
+) -> None:
+    """train.num_nodes 2 with the default master_addr 127.0.0.1 was refused only by `launch_command`: node
+    0 had tokenized the splits and begun an MLflow run (left FAILED) first. Now the stage refuses at once,
+    naming the key, on every node, before reading a split or the base model."""
+    from tuneline.layout import Layout
+    from tuneline.train.train import run
+
+    cfg = Config.model_validate({"model": {"name_or_path": str(tmp_path / "no-base")},
+                                 "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
+                                 "train": {"num_nodes": 2, "effective_batch": 16}})
+    with pytest.raises(ConfigError, match=r"train\.master_addr '127\.0\.0\.1' with train\.num_nodes 2"):
+        run(cfg, Layout(tmp_path), node_rank=node_rank)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("train", [{"backend": "fsdp", "zero_stage": 3}, {"zero_stage": 0}])
+def test_hostfile_without_node_rank_under_torchrun_is_refused(tmp_path: Path, train: dict) -> None:
+    """A hostfile and no --node-rank means "node 0 starts the others over ssh" (docs/training.md), which only
+    the deepspeed launcher does. Under train.backend fsdp (or DDP) `auto` picks torchrun and the hostfile was
+    ignored without a word: node 0 then waited at the rendezvous for nodes nobody started."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.0.0.1 slots=2\n10.0.0.2 slots=2\n")
+    cfg, plan = plan_for(num_processes=2, num_nodes=2, effective_batch=16, hostfile=str(hosts),
+                         master_addr="10.0.0.1", **train)
+    assert launcher_for(cfg.train, plan) == "torchrun"
+    refused = r"train\.hostfile is read by the deepspeed launcher only.*--node-rank"
+    with pytest.raises(ConfigError, match=refused):
+        launch_command(cfg.train, plan, ["--job", "j.json"], PY)
+    # each node started by hand (its node rank given): torchrun's static rendezvous, as documented
+    cmd = launch_command(cfg.train, plan, ["--job", "j.json"], PY, node_rank=1)
+    assert cmd[2] == "torch.distributed.run" and cmd[cmd.index("--node_rank") + 1] == "1"

@@ -303,6 +303,36 @@ def test_adapter_on_the_output_layer_is_refused_or_left_plain() -> None:
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(model_config(family, train_tokenizer(family)))
     model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "lm_head"], task_type="CAUSAL_LM"))
-    with pytest.raises(ConfigError, match=r"train\.loss_kernel: chunked needs a plain linear output layer"):
+    refused = r"train\.loss_kernel: chunked needs a plain linear output layer"
+    with pytest.raises(ConfigError, match=refused) as err:
         install_loss_kernel(model, "chunked")
+    # peft's LoRA layer is also named `Linear`: "this model's is Linear" told the reader nothing
+    assert "peft." in str(err.value) and "target_modules" in str(err.value)
     assert install_loss_kernel(model, "chunked", required=False) is None
+
+
+@pytest.mark.parametrize("kernel", ["chunked", "liger"])
+def test_named_kernel_with_lora_on_lm_head_is_refused_at_load(kernel: str) -> None:
+    """chunked / liger with lm_head among the LoRA targets was accepted at load and refused only inside the
+    trainer, after the model loaded and the MLflow run began; now the config says so, naming both keys."""
+    from tuneline.config.loader import load_config
+
+    with pytest.raises(ConfigError, match=r"train\.loss_kernel .*train\.lora\.target_modules"):
+        load_config(None, [f"train.loss_kernel={kernel}", "train.lora.target_modules=[q_proj,lm_head]"])
+    # auto keeps the plain loss for such a model (no refusal), and full fine-tuning has no adapter
+    load_config(None, ["train.loss_kernel=auto", "train.lora.target_modules=[q_proj,lm_head]"])
+    load_config(None, [f"train.loss_kernel={kernel}", "train.method=full",
+                       "train.lora.target_modules=[q_proj,lm_head]"])
+
+
+def test_loss_kernel_help_names_every_case_auto_keeps_plain() -> None:
+    """The help of train.loss_kernel said `auto` keeps the plain loss "on CPU and under ZeRO-3"; the code
+    also keeps it under train.backend fsdp at zero_stage 2 (`loss_kernel_for`)."""
+    from tuneline.config.train import TrainParams
+    from tuneline.train.loss import loss_kernel_for
+
+    assert loss_kernel_for("auto", 2, "fsdp") == "plain"
+    with pytest.raises(ConfigError):
+        loss_kernel_for("chunked", 2, "fsdp")
+    help_text = TrainParams.model_fields["loss_kernel"].description
+    assert "ZeRO-3" in help_text and "fsdp" in help_text and "target_modules" in help_text

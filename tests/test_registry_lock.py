@@ -371,3 +371,41 @@ def test_two_hosts_race_through_an_mlflow_server(pg_store: str, tmp_path: Path) 
     registry.lock_url: one winner and one conflict every round."""
     with mlflow_server(pg_store, tmp_path) as uri:
         race(uri, "over-http", tmp_path, rounds=5, lock_url=pg_store)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # libpq's client-key passphrase: `sslpassword=` was not a secret name, shown in every lock message
+        "postgresql://app@/mlflow?host={nowhere}&sslpassword={secret}&sslmode=require",
+        # an unencoded space: the userinfo pattern stopped at it and the lock's target showed the password
+        "postgresql://app:{secret} x@/mlflow?host={nowhere}",
+        # the host forgotten: the password reads as the port, which libpq and urlparse both quote
+        "postgresql://app:{secret}/mlflow",
+        # a malformed netloc made urlparse raise a bare ValueError instead of a RegistryError
+        "postgresql://app:{secret}@[::1/mlflow",
+    ],
+)
+def test_malformed_or_unusual_lock_urls_never_show_the_password(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "pw" + uuid.uuid4().hex
+    monkeypatch.setenv(locks.LOCK_URL_ENV, url.format(secret=secret, nowhere=f"{tmp_path}/nowhere"))
+    with pytest.raises(RegistryError) as err:
+        with registry_lock("http://127.0.0.1:9", "m", timeout_s=1):
+            pass
+    assert secret not in str(err.value)
+    lock_url = url.format(secret=secret, nowhere="/run/pg")
+    if "@" in url:  # a password where a password goes: recognised and masked
+        assert locks.has_password(lock_url) and secret not in locks.safe_url(lock_url)
+
+
+def test_lock_url_in_params_refuses_unusual_passwords_without_repeating_them() -> None:
+    """registry.lock_url accepted an `sslpassword=` item and a password read as the port (`app:pw/db`)."""
+    from tuneline.config.loader import load_config
+    from tuneline.errors import ConfigError
+
+    for url in ("postgresql://app@db/mlflow?sslpassword=s3cretpw", "postgresql://app:s3cretpw/mlflow"):
+        with pytest.raises(ConfigError, match="registry.lock_url") as err:
+            load_config(None, [f"registry.lock_url={url}"])
+        assert "s3cretpw" not in str(err.value)

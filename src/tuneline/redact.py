@@ -3,7 +3,8 @@
 `redact` masks, in any text or nested structure of texts:
 
 - the password of a URL's userinfo: `postgresql+psycopg://app:s3cret@db/x` -> `postgresql+psycopg://app:***@db/x`;
-- the value of a secret-looking `name=value` (query strings, libpq keyword strings): `password=`, `token=`,
+- the value of a secret-looking `name=value` (query strings, libpq keyword strings): `password=`,
+  `sslpassword=` (libpq's client-key passphrase), `token=`,
   `api_key=`, `access_token=`, `client_secret=`, `key=`, `sig=`, ... (`max_tokens=` is not one);
 - the value of every environment variable whose name contains KEY, SECRET, TOKEN or PASSWORD (and each
   comma-separated item of it: `TUNELINE_API_KEYS=a,b`), wherever it appears. Values shorter than
@@ -30,7 +31,7 @@ SECRET_ENV_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD")
 _USERINFO = re.compile(
     r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*:)(?P<secret>[^/?#\s]+)(?=@[^@/?#\s]*(?:[/?#\s]|$))")
 # name=value where the name (the part after the last separator) names a secret.
-_SECRET_NAME = (r"(?:[A-Za-z0-9]*[_\-.])*(?:password|passwd|pwd|secret|token|api[_\-]?key|apikey|"
+_SECRET_NAME = (r"(?:[A-Za-z0-9]*[_\-.])*(?:password|sslpassword|passwd|pwd|secret|token|api[_\-]?key|apikey|"
                 r"access[_\-]?key|private[_\-]?key|key|sig|signature|credentials?|auth)")
 _ASSIGNMENT = re.compile(rf"(?P<head>(?<![A-Za-z0-9_\-.]){_SECRET_NAME}=)(?P<secret>[^&#\s'\",;]+)",
                          re.IGNORECASE)

@@ -1,5 +1,7 @@
 """`registry` section: the MLflow registered model that holds every candidate and the aliases."""
 
+from urllib.parse import urlparse
+
 from pydantic import Field, field_validator
 
 from tuneline.config.base import Section
@@ -42,6 +44,12 @@ class RegistryParams(Section):
 
         if value is None:
             return value
+        try:
+            urlparse(value).port  # noqa: B018 -- reads host and port; `user:password/db` fails here
+        except ValueError:
+            # The parser's text quotes the bad port, which may be the password: not repeated.
+            raise ValueError("its host or port cannot be read: use postgresql://user@host:port/database"
+                             ) from None
         if not is_postgres(value):
             raise ValueError("must be a PostgreSQL URL (postgresql://user@host:port/database)")
         if has_password(value):

@@ -125,8 +125,9 @@ class TrainParams(Section):
         description="auto | plain | chunked | liger: how the loss is computed from the last hidden states. "
         "`plain`: the model's loss over full fp32 logits; `chunked`: linear + cross-entropy in chunks of "
         "supervised tokens, logits never whole (pure torch); `liger`: liger-kernel's fused kernel (CUDA, "
-        "package installed); `auto`: liger on CUDA if installed, else chunked on CUDA, plain on CPU and "
-        "under ZeRO-3.",
+        "package installed); `auto`: liger on CUDA if installed, else chunked on CUDA, plain on CPU, under "
+        "ZeRO-3 and under train.backend fsdp (zero_stage 2 or 3: the output layer is sharded). chunked / "
+        "liger are refused there, and with lm_head among train.lora.target_modules.",
     )
     on_plan_too_big: Literal["refuse", "adjust"] = Field(
         "refuse",
@@ -175,3 +176,19 @@ class TrainParams(Section):
                 "num_nodes); one process shards nothing: use zero_stage 0 or auto"
             )
         return self
+
+    @model_validator(mode="after")
+    def _kernel_reads_a_plain_output_layer(self) -> "TrainParams":
+        # The chunked / fused loss multiplies by lm_head's weight; an adapter on lm_head adds a delta that
+        # weight does not hold. The trainer refuses it too, but only after the model loaded (and the
+        # MLflow run began): the common spelling is refused here, before anything runs.
+        targets = self.lora.target_modules
+        if (self.method == "lora" and self.loss_kernel in ("chunked", "liger") and isinstance(targets, list)
+                and "lm_head" in targets):
+            raise ValueError(
+                f"train.loss_kernel {self.loss_kernel} reads the output layer's weight, and "
+                "train.lora.target_modules puts an adapter on lm_head: use loss_kernel plain or auto, or "
+                "leave lm_head out of the targets"
+            )
+        return self
+

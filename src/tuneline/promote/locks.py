@@ -78,13 +78,22 @@ def is_postgres(url: str) -> bool:
 
 
 def has_password(url: str) -> bool:
-    """Whether `url` carries a password (in its userinfo or as a `password=` query item)."""
-    return redact_text(url, environ={}) != url
+    """Whether `url` carries a password (in its userinfo or as a `password=` / `sslpassword=` item)."""
+    return safe_url(url) != url
 
 
 def safe_url(url: str) -> str:
-    """`url` with its password masked (what messages show)."""
-    return redact_text(url, environ={})
+    """`url` with its password masked (what messages show).
+
+    Besides the patterns `redact_text` knows, the userinfo password as `urlparse` reads it is masked: one
+    that libpq would reject (an unencoded space) still must not reach the message that says so.
+    """
+    text = redact_text(url, environ={})
+    try:
+        password = urlparse(url).password
+    except ValueError:  # a malformed netloc: the patterns above are all there is to go on
+        return text
+    return text.replace(f":{password}@", f":{MASK}@") if password else text
 
 
 def libpq_url(url: str) -> str:
@@ -122,13 +131,20 @@ def choose_lock(
     `lock_path`, the file next to a sqlite / file store, the temp-directory fallback.
 
     Raises:
-        RegistryError: the chosen lock database is not PostgreSQL.
+        RegistryError: the chosen lock database is not a valid URL, or not PostgreSQL.
     """
     env = os.environ if environ is None else environ
     candidates = ((env.get(LOCK_URL_ENV), LOCK_URL_ENV), (lock_url, "registry.lock_url"),
                   (uri if is_postgres(uri) else None, "tracking.uri"))
     for url, source in candidates:
         if url:
+            try:
+                urlparse(url).port  # noqa: B018 -- parses the netloc (host, port): a bad one raises here
+            except ValueError:
+                # Neither the URL nor the parser's text (it quotes the bad port, which in
+                # `user:password/db`, the host forgotten, is the password) can be shown.
+                raise RegistryError(f"{source}: not a valid database URL (its host or port cannot be read): "
+                                    "expected postgresql://user@host:port/database") from None
             if not is_postgres(url):
                 raise RegistryError(f"{source} {safe_url(url)}: the registry lock needs a PostgreSQL "
                                     "database (postgresql://...)")

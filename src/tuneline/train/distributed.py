@@ -271,7 +271,8 @@ def launch_command(
 
     Raises:
         ConfigError: see `launcher_for`; a node_rank outside 0..num_nodes-1; many nodes with a loopback
-            master_addr; a hostfile with fewer hosts than num_nodes or fewer slots than num_processes.
+            master_addr; a hostfile with fewer hosts than num_nodes or fewer slots than num_processes; a
+            hostfile without node_rank where torchrun launches (FSDP, DDP: nobody would start the others).
     """
     launcher = launcher_for(params, plan)
     worker = ["-m", module, *module_args]
@@ -280,12 +281,16 @@ def launch_command(
     nodes, procs = params.num_nodes, params.num_processes
     if node_rank is not None and not 0 <= node_rank < nodes:
         raise ConfigError(f"node_rank {node_rank} is outside 0..{nodes - 1} (train.num_nodes {nodes})")
-    if nodes > 1 and params.master_addr in ("127.0.0.1", "localhost", "::1"):
-        raise ConfigError(
-            f"train.master_addr {params.master_addr!r} with train.num_nodes {nodes}: the other nodes cannot "
-            "reach a loopback address; set it to node 0's address"
-        )
+    check_rendezvous(params)
     if launcher == "torchrun":
+        if nodes > 1 and params.hostfile is not None and node_rank is None:
+            # Without a node rank a hostfile means "node 0 starts the others over ssh", which only the
+            # deepspeed launcher does: torchrun would wait at the rendezvous for nodes nobody started.
+            raise ConfigError(
+                f"train.hostfile is read by the deepspeed launcher only, and this run starts with torchrun "
+                f"(train.backend {plan.backend}, zero_stage {plan.zero_stage}, train.launcher "
+                f"{params.launcher}): start every node with `tuneline train --node-rank K`"
+            )
         addr = params.master_addr if nodes > 1 else "127.0.0.1"
         cmd = [
             python,
@@ -322,6 +327,22 @@ def launch_command(
     else:
         cmd += ["--num_gpus", str(procs)]
     return [*cmd, "--no_local_rank", "--module", module, *module_args]
+
+
+def check_rendezvous(params: TrainParams) -> None:
+    """Many nodes need a `master_addr` the other nodes can reach (node 0's address, not a loopback one).
+
+    Not a config validator: `tuneline plan` for a many-node layout needs no address.
+
+    Raises:
+        ConfigError: `train.num_nodes` > 1 with a loopback `train.master_addr`.
+    """
+    nodes = params.num_nodes
+    if nodes > 1 and params.master_addr in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError(
+            f"train.master_addr {params.master_addr!r} with train.num_nodes {nodes}: the other nodes cannot "
+            "reach a loopback address; set it to node 0's address"
+        )
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -12,8 +12,8 @@ computed instead:
   layer's weight) is computed as the chunk's loss is, so the backward pass only scales them;
 - `liger`: liger-kernel's fused linear cross-entropy (Triton, CUDA only) on the same selected tokens;
 - `auto`: liger on a CUDA GPU when liger-kernel is installed, else chunked on CUDA, plain on CPU (so
-  CPU runs compute exactly what they always did) and plain under ZeRO-3 (its sharded output weight
-  exists whole only inside the layer's own forward).
+  CPU runs compute exactly what they always did) and plain under ZeRO-3 and FSDP sharding (the sharded
+  output weight exists whole only inside the layer's own forward).
 
 `LossKernel` installs a kernel on a transformers causal LM without patching its code: a forward
 pre-hook on the output layer takes its input (the final hidden states, after the last norm) and hands
@@ -237,8 +237,10 @@ class LossKernel:
         head = self.model.get_output_embeddings()
         # A LoRA- or otherwise-wrapped output layer computes more than its weight says.
         if type(head) is not torch.nn.Linear:
+            # the qualified name: peft's LoRA layer is also called `Linear`
             raise ConfigError(f"{SETTING}: {kind} needs a plain linear output layer; this model's is "
-                              f"{type(head).__name__} (an adapter on lm_head?): use plain")
+                              f"{type(head).__module__}.{type(head).__qualname__} (an adapter on the output "
+                              "layer? see train.lora.target_modules): use plain")
         self.head = head
         config = self.model.config
         self.softcap = getattr(config, "final_logit_softcapping", None)

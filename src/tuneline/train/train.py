@@ -43,6 +43,7 @@ from tuneline.outdirs import check_replaceable, inside_workspace, replace_dir
 from tuneline.redact import redact
 from tuneline.train.chat_rows import chat_format_for, write_rejected
 from tuneline.train.curves import write_curves
+from tuneline.train.distributed import check_rendezvous
 from tuneline.train.inputs import read_split, resolve_model_path
 from tuneline.train.loss import loss_kernel_for
 from tuneline.train.outputs import sort_target_modules, train_report
@@ -128,6 +129,7 @@ def run(cfg: Config, layout: Layout, node_rank: int | None = None) -> dict:
     nodes = cfg.train.num_nodes
     if node_rank is not None and not 0 <= node_rank < nodes:
         raise ConfigError(f"node rank {node_rank} is outside 0..{nodes - 1} (train.num_nodes {nodes})")
+    check_rendezvous(cfg.train)  # before tokenizing and the MLflow run, not at launch
     if node_rank:
         return follow(cfg, layout, node_rank)
     out = inside_workspace(layout.root, cfg.train.output_dir, OUTPUT_SETTING, cfg.allow_outside_workspace)
