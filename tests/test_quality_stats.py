@@ -137,3 +137,18 @@ def test_skipped_turns_do_not_change_the_worst_turn() -> None:
     loud = "buy now " * 10
     assert quality.heuristic_failures([calm, loud], p) == ref_repetition_failures([calm, loud], p)
     assert quality.heuristic_failures([calm, loud], p)[0][1].endswith("in turn 1")
+
+
+def test_record_length_rules_count_the_joining_newlines() -> None:
+    """record_failures sums lengths instead of joining the texts: the newlines between turns still count
+    (assistant "ab" + "c" is 4 characters as "ab\\nc"; the whole record adds one per message boundary)."""
+    from tuneline.config.clean import CleanParams
+    from tuneline.data.clean import record_failures
+
+    record = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ab"},
+                           {"role": "user", "content": "more"}, {"role": "assistant", "content": "c"}]}
+    rules = lambda **q: [r for r, _ in record_failures(record, CleanParams(quality=q))]  # noqa: E731
+    assert "too_short" not in rules(min_chars=4)
+    assert "too_short" in rules(min_chars=5)
+    assert "too_long" not in rules(max_chars=12)  # 2 + 2 + 4 + 1 + 3 newlines
+    assert "too_long" in rules(max_chars=11)
