@@ -148,29 +148,27 @@ def record_failures(
     q = params.quality
     failures: list[tuple[str, str]] = []
     msgs = record["messages"]
-    empty = [
-        i
-        for i, m in enumerate(msgs)
-        if m.get("role") in ("user", "assistant")
-        and not _as_text(m.get("content")).strip()
-        and not _is_call(m)
-    ]
+    texts = [_as_text(m.get("content")) for m in msgs]  # read once, used by every rule below
+    chat = [i for i, m in enumerate(msgs) if m.get("role") in ("user", "assistant")]
+    empty = [i for i in chat if not texts[i].strip() and not _is_call(msgs[i])]
     if empty:
         failures.append(("empty_turn", f"empty user/assistant turn(s) at message index {empty}"))
+    placeholders = _placeholders(params)
     hollow = [
         i
-        for i, m in enumerate(msgs)
-        if m.get("role") in ("user", "assistant") and i not in empty and not _is_call(m)
-        and _only_placeholders(_as_text(m.get("content")), params)
+        for i in chat
+        if placeholders and any(p in texts[i] for p in placeholders)  # most turns stop here, cheaply
+        and i not in empty and not _is_call(msgs[i]) and _only_placeholders(texts[i], params)
     ]
     if hollow:
         failures.append(
             ("empty_after_clean", f"turn(s) at message index {hollow} hold only placeholders after cleaning")
         )
-    answer = "\n".join(_as_text(m.get("content")) for m in msgs if m.get("role") == "assistant")
-    if len(answer) < q.min_chars:
-        failures.append(("too_short", f"assistant text {len(answer)} chars < {q.min_chars}"))
-    total = sum(len(_as_text(m.get("content"))) for m in msgs) + max(len(msgs) - 1, 0)
+    answer_len = sum(len(t) for t, m in zip(texts, msgs, strict=True) if m.get("role") == "assistant")
+    answer_len += max(sum(1 for m in msgs if m.get("role") == "assistant") - 1, 0)  # the joining newlines
+    if answer_len < q.min_chars:
+        failures.append(("too_short", f"assistant text {answer_len} chars < {q.min_chars}"))
+    total = sum(map(len, texts)) + max(len(msgs) - 1, 0)
     if total > q.max_chars:
         failures.append(("too_long", f"record {total} chars > {q.max_chars}"))
     if schema_validator is not None:
@@ -189,12 +187,17 @@ def record_failures(
     return failures
 
 
+def _placeholders(params: CleanParams) -> list[str]:
+    """The placeholders cleaning inserts (URL, e-mail), for the modes that insert one."""
+    modes = ((params.urls, params.url_placeholder), (params.emails, params.email_placeholder))
+    return [p for mode, p in modes if mode == "placeholder" and p]
+
+
 def _only_placeholders(text: str, params: CleanParams) -> bool:
     """True when `text` has content only in the URL / e-mail placeholders cleaning put there."""
     if not text.strip():
         return False
-    modes = ((params.urls, params.url_placeholder), (params.emails, params.email_placeholder))
-    placeholders = [p for mode, p in modes if mode == "placeholder" and p]
+    placeholders = _placeholders(params)
     if not placeholders or not any(p in text for p in placeholders):
         return False
     for p in placeholders:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from operator import itemgetter
+from itertools import filterfalse
+from operator import itemgetter, mul
 from pathlib import Path
 
 from tuneline.config.clean import ClassifierParams, QualityParams
@@ -45,6 +46,7 @@ _CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 # stand in for word bigrams) or a run of other word characters.
 _TOKEN_RE = re.compile(rf"[{_CJK_CHARS}]|[^\W{_CJK_CHARS}]+")
 _CJK_RE = re.compile(rf"[{_CJK_CHARS}]")
+_CJK_RUN_RE = re.compile(rf"[{_CJK_CHARS}]+")
 # A Markdown "###" heading marker is one symbol, not three; "C#" and "F#" are names, not symbols.
 _HASH_RE = re.compile(r"(?<!\w)#+")
 _ELLIPSIS_RE = re.compile(r"\.\.\.|…")
@@ -82,9 +84,12 @@ def tokenize(text: str) -> list[str]:
     if text.isascii() or not _CJK_RE.search(text):
         return words
     tokens: list[str] = []
+    cjk_only = _CJK_RUN_RE.fullmatch
     for word in words:
         if word.isascii():
             tokens.append(word)
+        elif cjk_only(word):  # every character is a token: iterating the string says so without a regex
+            tokens.extend(word)
         else:
             tokens.extend(_TOKEN_RE.findall(word))
     return tokens
@@ -116,11 +121,17 @@ def non_alnum_fraction(text: str) -> float:
 
 def duplicate_line_fraction(text: str) -> float:
     """Gopher: share of the content lines (`_CONTENT_LINE_WORDS` words or more) repeating an earlier one."""
-    lines = [line.strip() for line in text.split("\n")]
-    lines = [line for line in lines if line and len(words(tokenize(line))) >= _CONTENT_LINE_WORDS]
+    lines = [line for line in map(str.strip, text.split("\n")) if line]
+    distinct = set(lines)
+    if len(distinct) == len(lines):  # no line repeats, so no content line does: spare the tokenizer
+        return 0.0
+    # Each distinct line is tokenized once, however often it repeats.
+    content = {line for line in distinct if len(words(tokenize(line))) >= _CONTENT_LINE_WORDS}
+    if len(content) != len(distinct):
+        lines = [line for line in lines if line in content]
     if len(lines) < 2:
         return 0.0
-    return (len(lines) - len(set(lines))) / len(lines)
+    return (len(lines) - len(content)) / len(lines)
 
 
 def top_ngram_fraction(tokens: list[str], n: int = 2) -> float:
@@ -135,6 +146,35 @@ def top_ngram_fraction(tokens: list[str], n: int = 2) -> float:
         return 0.0
     total = sum(map(len, tokens))
     return count * sum(map(len, gram)) / total
+
+
+def word_counts(tokens: list[str]) -> Counter[str]:
+    """How often each word of `tokens` occurs (`Counter(words(tokens))`, in first-occurrence order).
+
+    Counting first and testing each distinct token for a letter afterwards is cheaper than filtering every
+    token: a turn of 100 tokens has perhaps 60 distinct ones.
+    """
+    counts = Counter(tokens)
+    # An all-letter token holds a letter: filterfalse settles those in C, the regex sees only the rest.
+    for key in list(filterfalse(str.isalpha, counts)):
+        if not _LETTER_RE.search(key):
+            del counts[key]
+    return counts
+
+
+def top_ngram_may_exceed(counts: Counter[str], limit: float) -> bool:
+    """False when the 2-gram `top_ngram_fraction` of the words counted in `counts` (see `word_counts`) is
+    certainly at most `limit`, from the word counts alone (far cheaper than counting the 2-grams, and
+    enough for nearly every turn).
+
+    A 2-gram (a, b) occurring c times has c <= count(a) and c <= count(b), so the characters it covers,
+    c * (len(a) + len(b)), are at most 2 * max over words of count(w) * len(w).
+    """
+    n_words = sum(counts.values())
+    if n_words <= 2 or len(counts) == n_words:  # too short, or no word repeats so no 2-gram does
+        return False
+    covers = list(map(mul, counts.values(), map(len, counts)))
+    return 2 * max(covers) / sum(covers) > limit
 
 
 def heuristic_failures(
@@ -164,17 +204,21 @@ def heuristic_failures(
     if frac > params.max_non_alnum_fraction:
         failures.append(("non_alnum", f"non_alnum {frac:.3f} > {params.max_non_alnum_fraction}"))
     long_turns = []
+    limit = params.max_top_ngram_fraction
     for (text, label), tokens in zip(turns, per_turn, strict=True):
         if len(tokens) >= params.repetition_min_words:  # words <= tokens: most turns stop here, cheaply
-            turn_words = words(tokens)
-            if len(turn_words) >= params.repetition_min_words:
-                long_turns.append((text, label, turn_words))
-    dup, where = max(((duplicate_line_fraction(t), label) for t, label, _ in long_turns if "\n" in t),
+            counts = word_counts(tokens)
+            if sum(counts.values()) >= params.repetition_min_words:
+                long_turns.append((text, label, tokens, top_ngram_may_exceed(counts, limit)))
+    dup, where = max(((duplicate_line_fraction(t), label) for t, label, _, _ in long_turns if "\n" in t),
                      default=(0.0, ""))
     if dup > params.max_duplicate_line_fraction:
         failures.append(("duplicate_lines",
                          f"duplicate_lines {dup:.3f} > {params.max_duplicate_line_fraction} in {where}"))
-    top, where = max(((top_ngram_fraction(w), label) for _, label, w in long_turns), default=(0.0, ""))
+    # A turn whose bound is within the limit cannot fail, nor can it be the worst turn of a failing record
+    # (that one is above the limit): its exact value is never needed.
+    top, where = max(((top_ngram_fraction(words(tokens)), label) for _, label, tokens, may in long_turns
+                      if may), default=(0.0, ""))
     if top > params.max_top_ngram_fraction:
         failures.append(("repeated_ngrams",
                          f"repeated_ngrams {top:.3f} > {params.max_top_ngram_fraction} in {where}"))
