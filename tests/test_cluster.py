@@ -218,3 +218,20 @@ def test_stage_command_pulls_run_cache_outputs_when_syncing() -> None:
 
     assert stage_command("train", pull=True) == ["dvc", "repro", "-s", "--pull", "train"]
     assert stage_command("train") == ["dvc", "repro", "-s", "train"]
+
+
+def test_registry_lock_session_drops_a_vanished_host_within_a_minute(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The advisory lock's session over TCP sets the server's keepalive to ~1 minute, so a promoter host
+    that vanishes without closing its connection releases the lock then, not after the OS default
+    (~2 hours). Fault covered: the lock's session kept the server default."""
+    from tuneline.promote.locks import KEEPALIVE, _advisory, advisory_key, choose_lock
+
+    monkeypatch.setenv("PGPASSWORD", cluster.env["PGPASSWORD"])
+    url = cluster.database_url("mlflow")
+    lock, conn_url = choose_lock("http://127.0.0.1:1", url, None, environ={})
+    assert conn_url is not None and lock.kind == "postgres"
+    with _advisory(conn_url, lock, advisory_key("keepalive"), 10.0) as conn:
+        for name, value in KEEPALIVE.items():
+            assert conn.execute(f"SHOW {name}").fetchone()[0] in (value, f"{value}s"), name

@@ -12,8 +12,8 @@ exclusive lock. That lock must be one every promoter of the store takes, on ever
   advisory locks are untouched (`SELECT * FROM pg_locks WHERE locktype = 'advisory' AND classid =
   <NAMESPACE>` lists tuneline's). The server releases a session lock when the connection ends, so a
   promoter killed mid-move (kill -9, OOM) cannot wedge the registry. A host that vanishes without
-  closing its TCP connection holds it until the server's TCP keepalive gives up
-  (`tcp_keepalives_idle` on the server). Connect directly or through a session-pooling proxy: a
+  closing its TCP connection holds it until the server's TCP keepalive gives up: the lock's session
+  sets it to about a minute (`KEEPALIVE`). Connect directly or through a session-pooling proxy: a
   transaction-pooling pgbouncer hands the session to another client and breaks the lock.
 - a file (`fcntl.flock`): next to a sqlite database, or in a file store's directory, so it covers
   every host that uses that file (a local disk, or a network filesystem with working flock); or at
@@ -222,8 +222,8 @@ def _flock(path: Path, timeout_s: float) -> Iterator[None]:
 
 
 @contextmanager
-def _advisory(url: str, lock: Lock, key: tuple[int, int], timeout_s: float) -> Iterator[None]:
-    """Hold the session-level advisory lock `key` on a connection of its own to `url`."""
+def _advisory(url: str, lock: Lock, key: tuple[int, int], timeout_s: float) -> Iterator[Any]:
+    """Hold the session-level advisory lock `key` on a connection of its own to `url` (yielded)."""
     try:
         import psycopg
     except ImportError as exc:
@@ -240,6 +240,7 @@ def _advisory(url: str, lock: Lock, key: tuple[int, int], timeout_s: float) -> I
             # granted), not polling: the lock passes to the next waiter as soon as it is released.
             conn.execute("SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', '0', "
                          "false)", (f"{max(1, int(timeout_s * 1000))}ms",))
+            _keepalive(conn)
             conn.execute("SELECT pg_advisory_lock(%s::int4, %s::int4)", key)
         except psycopg.errors.LockNotAvailable:
             raise RegistryError(f"registry lock ({lock}) still held after {timeout_s:g}s; another promotion "
@@ -247,13 +248,25 @@ def _advisory(url: str, lock: Lock, key: tuple[int, int], timeout_s: float) -> I
         except psycopg.Error as exc:
             raise RegistryError(f"registry lock ({lock}): {_clean(exc, url)}") from None
         try:
-            yield
+            yield conn
         finally:
             try:
                 conn.execute("SELECT pg_advisory_unlock(%s::int4, %s::int4)", key)
             except psycopg.Error as exc:  # the connection closes next, which releases it anyway
                 logger.warning("registry lock (%s): unlock failed (%s); closing the connection releases it",
                                lock, _clean(exc, url))
+
+
+# The server's TCP keepalive on the lock's session (seconds idle, seconds between probes, probes): a
+# promoter host that vanishes without closing its connection (power loss, network partition) loses the
+# lock after about a minute instead of the OS default (~2 h). Ignored on a unix socket (always local).
+KEEPALIVE = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
+
+
+def _keepalive(conn: Any) -> None:
+    """Set `KEEPALIVE` on the server side of `conn` (user-settable parameters, this session only)."""
+    for name, value in KEEPALIVE.items():
+        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
 
 
 def _clean(exc: BaseException, url: str) -> str:
