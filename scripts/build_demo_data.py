@@ -320,58 +320,43 @@ def capital_rows(lang: str) -> list[dict[str, Any]]:
     return rows
 
 
+# kind -> (English question, answer, Chinese question, answer); the names are filled in by `_math_pair`. The
+# order is the order `rng.choice` draws from.
+MATH_TEMPLATES = {
+    "add": ("What is {a} + {b}?", "{a} + {b} = {sum}.", "{a}加{b}等于多少？", "{a}加{b}等于{sum}。"),
+    "sub": ("What is {a} minus {b}?", "{a} - {b} = {diff}.", "{a}减去{b}是多少？", "{a}减去{b}等于{diff}。"),
+    "mul": ("Calculate {a} times {b}.", "{a} × {b} = {prod}.", "计算{a}乘以{b}。", "{a}乘以{b}等于{prod}。"),
+    "div": (
+        "What is {prod} divided by {b}?", "{prod} ÷ {b} = {a}.",
+        "{prod}除以{b}等于多少？", "{prod}除以{b}等于{a}。",
+    ),
+    "pct": ("What is {p}% of {n}?", "{p}% of {n} is {part}.", "{n}的{p}%是多少？", "{n}的{p}%是{part}。"),
+    "apples": (
+        "A box holds {b} apples. How many apples are in {a} boxes?",
+        "{a} boxes hold {a} × {b} = {prod} apples.",
+        "一个盒子装{b}个苹果，{a}个盒子一共装多少个苹果？", "{a}个盒子一共装{a}×{b}={prod}个苹果。",
+    ),
+    "avg": (
+        "What is the average of {x}, {y} and {z}?", "({x} + {y} + {z}) / 3 = {mean}.",
+        "{x}、{y}和{z}的平均数是多少？", "({x}+{y}+{z})÷3={mean}。",
+    ),
+}
+
+
 def _math_pair(rng: random.Random, lang: str) -> tuple[str, str]:
     a, b = rng.randint(2, 999), rng.randint(2, 99)
-    kind = rng.choice(["add", "sub", "mul", "div", "pct", "apples", "avg"])
-    if kind == "add":
-        return (
-            (f"What is {a} + {b}?", f"{a} + {b} = {a + b}.")
-            if lang == "en"
-            else (f"{a}加{b}等于多少？", f"{a}加{b}等于{a + b}。")
-        )
-    if kind == "sub":
-        return (
-            (f"What is {a} minus {b}?", f"{a} - {b} = {a - b}.")
-            if lang == "en"
-            else (f"{a}减去{b}是多少？", f"{a}减去{b}等于{a - b}。")
-        )
-    if kind == "mul":
-        return (
-            (f"Calculate {a} times {b}.", f"{a} × {b} = {a * b}.")
-            if lang == "en"
-            else (f"计算{a}乘以{b}。", f"{a}乘以{b}等于{a * b}。")
-        )
-    if kind == "div":
-        return (
-            (f"What is {a * b} divided by {b}?", f"{a * b} ÷ {b} = {a}.")
-            if lang == "en"
-            else (f"{a * b}除以{b}等于多少？", f"{a * b}除以{b}等于{a}。")
-        )
+    kind = rng.choice(list(MATH_TEMPLATES))
+    values = {"a": a, "b": b, "sum": a + b, "diff": a - b, "prod": a * b}
+    # Only the kinds that need more numbers draw them: the seeded stream stays what the files were built from.
     if kind == "pct":
         p, n = rng.choice([10, 20, 25, 50, 75]), rng.randint(1, 40) * 20
-        return (
-            (f"What is {p}% of {n}?", f"{p}% of {n} is {n * p // 100}.")
-            if lang == "en"
-            else (f"{n}的{p}%是多少？", f"{n}的{p}%是{n * p // 100}。")
-        )
-    if kind == "apples":
-        return (
-            (
-                f"A box holds {b} apples. How many apples are in {a} boxes?",
-                f"{a} boxes hold {a} × {b} = {a * b} apples.",
-            )
-            if lang == "en"
-            else (
-                f"一个盒子装{b}个苹果，{a}个盒子一共装多少个苹果？",
-                f"{a}个盒子一共装{a}×{b}={a * b}个苹果。",
-            )
-        )
-    x, y, z = rng.randint(1, 99) * 3, rng.randint(1, 99) * 3, rng.randint(1, 99) * 3
-    return (
-        (f"What is the average of {x}, {y} and {z}?", f"({x} + {y} + {z}) / 3 = {(x + y + z) // 3}.")
-        if lang == "en"
-        else (f"{x}、{y}和{z}的平均数是多少？", f"({x}+{y}+{z})÷3={(x + y + z) // 3}。")
-    )
+        values |= {"p": p, "n": n, "part": n * p // 100}
+    elif kind == "avg":
+        x, y, z = rng.randint(1, 99) * 3, rng.randint(1, 99) * 3, rng.randint(1, 99) * 3
+        values |= {"x": x, "y": y, "z": z, "mean": (x + y + z) // 3}
+    q_en, a_en, q_zh, a_zh = MATH_TEMPLATES[kind]
+    question, answer = (q_en, a_en) if lang == "en" else (q_zh, a_zh)
+    return question.format(**values), answer.format(**values)
 
 
 def math_rows(rng: random.Random, n: int = 420) -> list[dict[str, Any]]:
