@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import save_results
+
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("rouge_l", "exact_match", "never_stop_rate", "json_valid_rate")
 
@@ -106,8 +108,7 @@ def main() -> None:
             out["crippled"] = crippled(Path(tmp))
         out["crippled"]["seconds"] = round(time.perf_counter() - started, 1)
         print(f"crippled candidate (train.lr=1e-9): {out['crippled']}")
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    save_results(out, args.json)
     sys.exit(0 if all(checks.values()) else 1)
 
 

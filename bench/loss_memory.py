@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import report_results
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
@@ -122,10 +124,7 @@ def main() -> None:
         "loss_abs_diff": abs(plain["loss"] - chunked["loss"]),
         "grad_max_abs_diff": diff,
     }
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    report_results(results, args.json)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import statistics
 import tempfile
@@ -27,6 +26,7 @@ from typing import Any
 
 import uvicorn
 
+from common import report_results
 from tuneline.config import load_config
 from tuneline.feedback.store import FeedbackStore
 from tuneline.serve.app import create_app
@@ -167,11 +167,8 @@ def main() -> None:
             for b, t in zip(baseline["levels"], batched["levels"], strict=True)
         },
     }
-    print(json.dumps(out, indent=2))
+    report_results(out, args.json)
     print(table(baseline, batched))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import report_results
+
 os.environ.setdefault("TUNELINE_PROGRESS", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -432,10 +434,7 @@ def main() -> None:
                    "torch": torch.__version__, "attn": args.attn, "steps": args.steps, "batch": args.batch,
                    "max_length": args.max_length, "checkpointing": args.checkpointing,
                    "model": GPU_MODEL if args.gpu else cpu_model_config(args), **run_methods(args)}
-        print(json.dumps(results, indent=2))
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(results, indent=2))
+        report_results(results, args.json)
         print(methods_table(results))
         return
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"],
@@ -478,10 +477,7 @@ def main() -> None:
     results["speedup_useful_tokens_per_s"] = t["useful_tokens_per_s"] / by["baseline"]["useful_tokens_per_s"]
     if "flatten" in by:
         results["speedup_vs_flatten"] = t["useful_tokens_per_s"] / by["flatten"]["useful_tokens_per_s"]
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    report_results(results, args.json)
 
 
 if __name__ == "__main__":
