@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuneline.data.output_schema import OutputSchemas, record_output_error
 from tuneline.errors import DataValidationError
 from tuneline.jsonio import write_json, write_text
 from tuneline.layout import Layout
@@ -284,6 +285,35 @@ def message_features(record: dict[str, Any]) -> tuple[str | None, list[str]]:
             roles.append("?")
             contents.append("")
     return (",".join(roles) if roles else None), contents
+
+
+# --- the output-schema part of both gates: two feature columns, the frame they select, one check ----------
+
+
+def schema_features(record: dict[str, Any], schemas: Any | None) -> tuple[Any | None, dict[str, Any]]:
+    """The validator `record`'s outputs must follow, and its two schema feature columns.
+
+    `schemas` is one validator for every record, an `OutputSchemas` that picks one by category, or None.
+    `structured` says whether a schema covers the record; `schema_error` is why its outputs miss it.
+    """
+    validator = schemas.for_record(record) if isinstance(schemas, OutputSchemas) else schemas
+    error = record_output_error(record, validator) if validator is not None else None
+    return validator, {"structured": validator is not None, "schema_error": error}
+
+
+def structured_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `frame` a schema covers: the frame `schema_check` runs on."""
+    return frame[frame["structured"].astype(bool)].reset_index(drop=True)
+
+
+def schema_check(schemas: OutputSchemas, mostly: float) -> Check:
+    """The check that at least `mostly` of the records a schema covers follow it (free text is not judged)."""
+    return Check(
+        "output_schema", "ExpectColumnValuesToBeNull",
+        {"column": "schema_error", "mostly": mostly},
+        f"{schemas.describe()}, for at least {mostly:.0%} of those records",
+        frame="structured",
+    )
 
 
 def render_html(report: dict[str, Any]) -> str:

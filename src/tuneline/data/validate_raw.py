@@ -18,8 +18,11 @@ from tuneline.data.contracts import (
     finish_contract,
     message_features,
     run_checks,
+    schema_check,
+    schema_features,
+    structured_frame,
 )
-from tuneline.data.output_schema import OutputSchemas, load_output_schemas, record_output_error
+from tuneline.data.output_schema import OutputSchemas, load_output_schemas
 from tuneline.errors import InputFileError
 from tuneline.jsonio import read_json, read_jsonl
 from tuneline.layout import Layout
@@ -52,8 +55,7 @@ def record_features(
         category = rec.get("category")
         source = rec.get("source")
         ref = rec.get("id") or (source_label(source) if isinstance(source, dict) else f"row {i + 1}")
-        validator = (schema_validator.for_record(rec) if isinstance(schema_validator, OutputSchemas)
-                     else schema_validator)
+        _, schema_columns = schema_features(rec, schema_validator)
         rows.append(
             {
                 REF: str(ref),
@@ -63,8 +65,7 @@ def record_features(
                 "roles": roles,
                 "min_turn_chars": min((len(c.strip()) for c in contents), default=None),
                 "total_chars": sum(len(c) for c in contents) if contents else None,
-                "structured": validator is not None,
-                "schema_error": record_output_error(rec, validator) if validator is not None else None,
+                **schema_columns,
             }
         )
     return pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
@@ -121,14 +122,7 @@ def build_checks(cfg: Config, schemas: OutputSchemas | None = None) -> list[Chec
             )
         )
     if schemas is not None:
-        checks.append(
-            Check(
-                "output_schema", "ExpectColumnValuesToBeNull",
-                {"column": "schema_error", "mostly": p.schema_mostly},
-                f"{schemas.describe()}, for at least {p.schema_mostly:.0%} of those records",
-                frame="structured",
-            )
-        )
+        checks.append(schema_check(schemas, p.schema_mostly))
     checks += [
         Check(
             "min_rows", "ExpectTableRowCountToBeBetween", {"min_value": p.min_rows},
@@ -159,7 +153,7 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
     schemas = load_output_schemas(cfg.task.output_schema)
     frame = record_features(records, schemas)
     summary = ingest_summary(read_json(report_path), str(report_path))
-    structured = frame[frame["structured"].astype(bool)].reset_index(drop=True)
+    structured = structured_frame(frame)
     frames = {"records": frame, "ingest": summary, "structured": structured}
     results = run_checks(frames, build_checks(cfg, schemas), cfg.validate_raw.sample_size)
     extra = {

@@ -22,9 +22,12 @@ from tuneline.data.contracts import (
     message_contents,
     message_features,
     run_checks,
+    schema_check,
+    schema_features,
+    structured_frame,
 )
 from tuneline.data.dedup import normalize_content
-from tuneline.data.output_schema import OutputSchemas, load_output_schemas, record_output_error
+from tuneline.data.output_schema import OutputSchemas, load_output_schemas
 from tuneline.data.split import stratum_of
 from tuneline.data.textnorm import (
     CODE_SPAN_RE,
@@ -108,8 +111,7 @@ def split_features(
     for split, records in splits.items():
         for i, rec in enumerate(records):
             roles, contents = message_features(rec)
-            validator = (schema_validator.for_record(rec) if isinstance(schema_validator, OutputSchemas)
-                         else schema_validator)
+            validator, schema_columns = schema_features(rec, schema_validator)
             text = residue_text(rec, roles_cleaned[validator is not None], placeholders, contents)
             # `clean` leaves HTML inside Markdown code alone when protect_code; URLs and e-mails never.
             prose = CODE_SPAN_RE.sub(" ", text) if clean.protect_code and "`" in text else text
@@ -123,8 +125,7 @@ def split_features(
                 # The same reading of the stratum as `split` (records without one form the "(none)" stratum).
                 "stratum": stratum_of(rec, cfg.split.stratify_field),
                 "content_key": content_key(rec, contents),
-                "structured": validator is not None,
-                "schema_error": record_output_error(rec, validator) if validator is not None else None,
+                **schema_columns,
             }
             for kind, pattern in RESIDUE.items():
                 where = prose if kind.startswith("html") else text
@@ -263,14 +264,7 @@ def build_checks(cfg: Config, train_strata: list[str], schemas: OutputSchemas | 
         ),
     ]
     if schemas is not None:
-        checks.append(
-            Check(
-                "output_schema", "ExpectColumnValuesToBeNull",
-                {"column": "schema_error", "mostly": p.schema_mostly},
-                f"{schemas.describe()}, for at least {p.schema_mostly:.0%} of those records",
-                frame="structured",
-            )
-        )
+        checks.append(schema_check(schemas, p.schema_mostly))
     return checks
 
 
@@ -306,7 +300,7 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
     shares = split_shares(frame, cfg)
     held_out = frame[frame["split"] != "train"].reset_index(drop=True)
     train = frame[frame["split"] == "train"].reset_index(drop=True)
-    structured = frame[frame["structured"].astype(bool)].reset_index(drop=True)
+    structured = structured_frame(frame)
     frames = {"records": frame, "shares": shares, "held_out": held_out, "train": train,
               "structured": structured}
     train_strata = sorted(train["stratum"].dropna().unique().tolist())
