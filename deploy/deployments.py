@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `python deploy/deployments.py` puts deploy/, not the root, on sys.path
     sys.path.insert(0, str(REPO_ROOT))
 
-from prefect import serve  # noqa: E402
+from prefect import deploy, serve  # noqa: E402
 from prefect.deployments.runner import RunnerDeployment  # noqa: E402
 from prefect.schedules import Cron  # noqa: E402
 
@@ -39,10 +39,10 @@ TIMEZONE = "UTC"
 TAGS = ["tuneline"]
 
 
-def _parameters(workspace: str | None) -> dict[str, Any]:
-    # Only the workspace is pinned; every other field keeps RetrainParams' default, so the UI form
-    # shows the defaults and a run can change any of them.
-    return {"params": RetrainParams(workspace=workspace).model_dump(mode="json")} if workspace else {}
+def _parameters(params_type: type[RetrainParams] | type[FeedbackLoopParams], workspace: str | None) -> dict:
+    # Only the workspace is pinned; every other field keeps the flow's default, so the UI form shows the
+    # defaults and a run can change any of them.
+    return {"params": params_type(workspace=workspace).model_dump(mode="json")} if workspace else {}
 
 
 def build_deployments(
@@ -61,7 +61,7 @@ def build_deployments(
         flow: `retrain`, or `retrain` loaded with `from_source` for a work pool.
         active: False registers the schedule paused (resume it in the UI).
     """
-    parameters = _parameters(workspace)
+    parameters = _parameters(RetrainParams, workspace)
     nightly = flow.to_deployment(
         name="nightly",
         schedules=[Cron(cron, timezone=timezone, active=active)],
@@ -96,14 +96,10 @@ def build_feedback_deployment(
         flow: `feedback_loop`, or loaded with `from_source` for a work pool.
         active: False registers the schedule paused.
     """
-    # As for retrain: only the workspace is pinned, so the UI form shows every other default.
-    parameters = (
-        {"params": FeedbackLoopParams(workspace=workspace).model_dump(mode="json")} if workspace else {}
-    )
     return flow.to_deployment(
         name="hourly",
         schedules=[Cron(cron, timezone=timezone, active=active)],
-        parameters=parameters,
+        parameters=_parameters(FeedbackLoopParams, workspace),
         tags=[*TAGS, "feedback"],
         description=f"At `{cron}` ({timezone}): publish the A/B report, export rated exchanges as raw "
         "training data (`dvc add`ed), and start `retrain/on-demand` when the new SFT rows reach "
@@ -124,8 +120,6 @@ def register_on_work_pool(
     Kubernetes pool needs an image instead (deploy/README.md). Without `workspace`, each worker's
     $TUNELINE_WORKSPACE is the checkout its runs work in (the team cluster: one clone per worker).
     `active=False` registers the schedules paused."""
-    from prefect import deploy
-
     source = retrain.from_source(source=str(REPO_ROOT), entrypoint="flows/retrain.py:retrain")
     loop = feedback_loop.from_source(source=str(REPO_ROOT), entrypoint="flows/feedback_loop.py:feedback_loop")
     deployments = [
