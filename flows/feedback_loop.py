@@ -12,6 +12,8 @@ store and the next run exports it.
 
 from __future__ import annotations
 
+import argparse
+import json
 from typing import Any
 
 from prefect import flow
@@ -153,9 +155,6 @@ def feedback_loop(params: FeedbackLoopParams = DEFAULT_PARAMS) -> dict[str, Any]
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """`python -m flows.feedback_loop [options]`: one run from a shell."""
-    import argparse
-    import json
-
     parser = argparse.ArgumentParser(
         prog="python -m flows.feedback_loop", description=feedback_loop.description
     )

@@ -11,6 +11,8 @@ with a message naming the holder before it touches anything.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import socket
 import time
@@ -314,9 +316,6 @@ def retrain(params: RetrainParams = DEFAULT_PARAMS) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """`python -m flows.retrain [options]`: one run from a shell, against `PREFECT_API_URL` (a server) or,
     without it, a temporary local API that lives as long as the run."""
-    import argparse
-    import json
-
     parser = argparse.ArgumentParser(prog="python -m flows.retrain", description=retrain.description)
     parser.add_argument("--workspace", help="DVC workspace (default: this checkout)")
     parser.add_argument("--stage", dest="stages", action="append", choices=PIPELINE, help="run only these")
