@@ -41,7 +41,8 @@ th{background:#f4f5f8}
 pre{white-space:pre-wrap;word-break:break-word;background:#f6f8fa;padding:.5rem;border-radius:4px;
 font-size:12px;overflow:auto;margin:.3rem 0}
 code{background:#f3f3f7;padding:0 .25rem;border-radius:3px}
-svg{display:block;margin:8px 0}svg text{font-size:11px;fill:#333}svg .title{font-size:13px;font-weight:600}
+svg{display:block;margin:8px 0;max-width:100%;height:auto}
+svg text{font-size:11px;fill:#333}svg .title{font-size:13px;font-weight:600}
 svg .plot{fill:#fff;stroke:#999}svg .grid{stroke:#e5e5e5}svg .axis{stroke:#999}
 svg .empty{fill:#999;font-size:14px}ul.notes{font-size:13px;margin:4px 0 20px}
 """
