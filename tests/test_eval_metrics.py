@@ -289,5 +289,5 @@ def test_reports_render_a_none_never_stop_rate(tmp_path: Path) -> None:
     layout = Layout(tmp_path)
     write_json(layout.report("evaluate"), {"variants": summary})
     section = eval_section(layout)
-    assert "<td>never_stop_rate</td><td>—</td><td>—</td>" in section
+    assert "<td>never_stop_rate</td><td>–</td><td>–</td>" in section  # both pages: the shared MISSING mark
     assert "<td>never_stop_excluded</td><td>1</td><td>1</td>" in section

@@ -10,51 +10,33 @@ shows as such.
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from tuneline.config.loader import Config
+from tuneline.data.report import DATA_CSS, build_report, funnel_html, ledger_html, splits_html
+from tuneline.errors import TunelineError
+from tuneline.evaluate.headline import HEADLINE_CSS, build_headline, headline_html
+from tuneline.html import cell, esc, page, status, table
 from tuneline.jsonio import write_text
 from tuneline.layout import Layout
+from tuneline.lineage import lineage, render
+from tuneline.train.curves import charts
 
 logger = logging.getLogger(__name__)
-
-CSS = """
-body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
-table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ddd;padding:3px 8px;font-size:13px}
-th{background:#f4f5f8;text-align:left}.num{text-align:right}.ok{color:#17803d}.bad{color:#c00}
-.muted{color:#777}.wrap{max-width:520px}pre{background:#f6f7f9;padding:8px;font-size:12px;overflow:auto}
-.bar{display:inline-block;height:10px;background:#4a7bd0;vertical-align:middle}.bar.rej{background:#d0614a}
-code{background:#f3f3f7;padding:0 .25rem;border-radius:3px}
-"""
 
 
 def _read(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return html.escape("—" if value is None else str(value))
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def _missing(stage: str) -> str:
-    return f'<p class="muted">{html.escape(stage)} has not run in this workspace.</p>'
+    return f'<p class="muted">{esc(stage)} has not run in this workspace.</p>'
 
 
 def data_section(layout: Layout, cfg: Config) -> str:
-    from tuneline.data.report import build_report, funnel_html, ledger_html, splits_html
-
     if not layout.report("ingest").is_file():
         return _missing("the data pipeline")
     report = build_report(layout, cfg)
@@ -63,22 +45,19 @@ def data_section(layout: Layout, cfg: Config) -> str:
 
 
 def train_section(layout: Layout, cfg: Config) -> str:
-    from tuneline.train.curves import charts
-
     train, health = _read(layout.report("train")), _read(layout.report("train_health"))
     if train is None:
         return _missing("train")
     keys = ["method", "train_rows", "train_sequences", "useful_token_fraction", "steps", "epochs", "lr",
             "schedule", "effective_batch", "max_length", "precision", "val_loss_before", "val_loss_best",
             "train_loss_start_avg", "train_loss_end_avg", "early_stopped"]
-    out = _table(["metric", "value"], [[k, train.get(k)] for k in keys])
+    out = table(["metric", "value"], [[k, train.get(k)] for k in keys])
     if health is not None:
-        status = health.get("status")
-        cls = "ok" if status == "ok" else "bad"
-        out += f'<p>Health: <span class="{cls}">{_fmt(status)}</span></p>'
+        state = health.get("status")
+        out += f"<p>Health: {status(state, 'ok' if state == 'ok' else 'bad')}</p>"
         alerts = health.get("alerts") or []
         if alerts:
-            out += _table(["alert", "severity", "step", "message", "remedy"],
+            out += table(["alert", "severity", "step", "message", "remedy"],
                           [[a.get(k) for k in ("kind", "severity", "step", "message", "remedy")]
                            for a in alerts])
     summary = _read(layout.root / cfg.train.output_dir / "train_summary.json")
@@ -89,8 +68,6 @@ def train_section(layout: Layout, cfg: Config) -> str:
 
 def headline_section(layout: Layout) -> str:
     """The evaluation's before / after headline; just its table when the evaluation kept no answers."""
-    from tuneline.evaluate.headline import build_headline, headline_html
-
     headline = _read(layout.report("evaluate_headline"))
     if headline is None:
         evaluation = _read(layout.report("evaluate"))
@@ -107,7 +84,7 @@ def eval_section(layout: Layout) -> str:
     variants = evaluation["variants"]
     names = [n for n in ("base", "champion", "candidate") if n in variants]
     metrics = sorted({m for v in variants.values() for m in v})
-    out = _table(["metric", *names], [[m, *[variants[n].get(m) for n in names]] for m in metrics])
+    out = table(["metric", *names], [[m, *[variants[n].get(m) for n in names]] for m in metrics])
     return out + '<p>Side by side replies for human review: <a href="review.html">review.html</a>.</p>'
 
 
@@ -118,29 +95,23 @@ def gate_section(layout: Layout) -> str:
     result = promotion["result"]
     rows = [[r["criterion"], r.get("value"), r.get("threshold"),
              "pass" if r["passed"] else "FAIL", r.get("reason")] for r in promotion["decision"]["rows"]]
-    cls = "ok" if result["promoted"] else "bad"
-    return (f'<p>Version {_fmt(promotion["version"])}: <span class="{cls}">{_fmt(result["status"])}</span> — '
-            f'{_fmt(result["reason"])}. Champion {_fmt(promotion["champion_before"])} → '
-            f'{_fmt(promotion["champion_after"])}.</p>'
-            + _table(["criterion", "value", "threshold", "result", "reason"], rows))
+    verdict = status(result["status"], "ok" if result["promoted"] else "bad")
+    return (f'<p>Version {cell(promotion["version"])}: {verdict} — '
+            f'{cell(result["reason"])}. Champion {cell(promotion["champion_before"])} → '
+            f'{cell(promotion["champion_after"])}.</p>'
+            + table(["criterion", "value", "threshold", "result", "reason"], rows))
 
 
 def lineage_section(layout: Layout, cfg: Config) -> str:
-    from tuneline.errors import TunelineError
-    from tuneline.lineage import lineage, render
-
     try:
         tree = lineage(cfg, layout.root)
     except TunelineError as exc:
-        return f'<p class="muted">{html.escape(str(exc))}</p>'
-    return f"<pre>{html.escape(render(tree))}</pre>"
+        return f'<p class="muted">{esc(str(exc))}</p>'
+    return f"<pre>{esc(render(tree))}</pre>"
 
 
 def run_report(layout: Layout, cfg: Config) -> Path:
     """Write reports/run.html for the workspace; returns its path."""
-    from tuneline.evaluate.headline import CSS as HEADLINE_CSS
-    from tuneline.train.curves import CURVES_CSS
-
     sections = [
         ("Data", data_section(layout, cfg)),
         ("Training", train_section(layout, cfg)),
@@ -148,11 +119,8 @@ def run_report(layout: Layout, cfg: Config) -> Path:
         ("Promotion gate", gate_section(layout)),
         ("Lineage of the champion", lineage_section(layout, cfg)),
     ]
-    body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>tuneline run report</title>"
-            f"<style>{CSS}{CURVES_CSS}{HEADLINE_CSS}</style></head><body><h1>tuneline run report</h1>"
-            f"{headline_section(layout)}{body}"
-            "</body></html>\n")
+    body = "".join(f"<h2>{esc(title)}</h2>{content}" for title, content in sections)
+    html = page("tuneline run report", headline_section(layout) + body, css=HEADLINE_CSS + DATA_CSS)
     path = layout.report("run", "html")
-    write_text(path, page)
+    write_text(path, html)
     return path

@@ -3,8 +3,9 @@ page (self-contained: inline SVG, no script; every user string escaped)."""
 
 from __future__ import annotations
 
-import html
 from typing import Any
+
+from tuneline.html import MISSING, cell, esc, fmt, page, table
 
 VARIANTS = ("champion", "challenger")
 
@@ -81,29 +82,25 @@ def render_markdown(report: dict[str, Any]) -> str:
 # --- the HTML page (self-contained: inline SVG, no script; every user string escaped) ---------------
 
 COLORS = {"champion": "#1f77b4", "challenger": "#d62728"}
-PAGE_CSS = (
-    "body{font-family:system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;"
-    "margin:8px 0 20px;font-size:13px}td,th{border:1px solid #ddd;padding:4px 8px;text-align:right;"
-    "vertical-align:top}td{white-space:nowrap}th{background:#f4f4f4}td.text{text-align:left;min-width:160px;max-width:360px;white-space:pre-wrap;"
+# ab.html's own styles, on top of `tuneline.html.BASE_CSS` (which also styles the charts' SVG).
+AB_CSS = (
+    "table.ab td,table.ab th{text-align:right}table.ab td{white-space:nowrap}"
+    "table.ab td.text{text-align:left;min-width:160px;max-width:360px;white-space:pre-wrap;"
     "word-break:break-word}p.verdict{font-size:15px}"
 )
 
 
-def _e(value: Any) -> str:
-    return "n/a" if value is None else html.escape(str(value))
-
-
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.1%}"
+    return fmt(x, ".1%")
 
 
 def _ms(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.0f}"
+    return fmt(x, ".0f")
 
 
 def _svg_open(width: int, height: int, label: str) -> str:
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(label)}">')
+            f'viewBox="0 0 {width} {height}" role="img" aria-label="{esc(label)}">')
 
 
 def _latency_svg(arms: dict[str, Any]) -> str:
@@ -132,7 +129,7 @@ def _rate_svg(variant: str, points: list[dict[str, Any]], overall: float | None,
     width, height, left, right, top, bottom = 760, 230, 56, 20, 30, 40
     pw, ph = width - left - right, height - top - bottom
     title = f"{variant}: positive rate per {bucket}"
-    parts = [_svg_open(width, height, title), f'<text x="{left}" y="18" class="title">{_e(title)}</text>',
+    parts = [_svg_open(width, height, title), f'<text x="{left}" y="18" class="title">{esc(title)}</text>',
              f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="plot"/>']
     ts = [float(p["t"]) for p in points]
     x0, x1 = (min(ts), max(ts)) if ts else (0.0, 1.0)
@@ -159,7 +156,7 @@ def _rate_svg(variant: str, points: list[dict[str, Any]], overall: float | None,
         # The outermost labels hang inwards so they are not clipped at the chart's edges.
         anchor = "start" if i == 0 and len(points) > 1 else "end" if i == len(points) - 1 > 0 else "middle"
         parts.append(f'<text x="{sx(ts[i]):.2f}" y="{top + ph + 17}" text-anchor="{anchor}">'
-                     f"{_e(stamp)}</text>")
+                     f"{esc(stamp)}</text>")
     color = COLORS[variant]
     if overall is not None:
         parts.append(f'<line x1="{left}" y1="{sy(overall):.2f}" x2="{left + pw}" y2="{sy(overall):.2f}" '
@@ -168,71 +165,55 @@ def _rate_svg(variant: str, points: list[dict[str, Any]], overall: float | None,
         coords = " ".join(f"{sx(t):.2f},{sy(p['rate']):.2f}" for t, p in zip(ts, points, strict=True))
         parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.6"/>')
     parts.extend(
-        f'<circle cx="{sx(t):.2f}" cy="{sy(p["rate"]):.2f}" r="3" fill="{color}"><title>{_e(p["start"])}: '
+        f'<circle cx="{sx(t):.2f}" cy="{sy(p["rate"]):.2f}" r="3" fill="{color}"><title>{esc(p["start"])}: '
         f'{p["rate"]:.1%} ({p["positive"]}/{p["rated"]})</title></circle>'
         for t, p in zip(ts, points, strict=True)
     )
     return "\n".join([*parts, "</svg>"])
 
 
-def _table(header: list[str], rows: list[list[str]], text_cols: tuple[int, ...] = ()) -> str:
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f'<td class="text">{c}</td>' if i in text_cols else f"<td>{c}</td>"
-                         for i, c in enumerate(row)) + "</tr>"
-        for row in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def report_html(report: dict[str, Any]) -> str:
     """The A/B page: verdict, summary table, latency bars, rate-over-time charts, versions, negatives."""
-    from tuneline.train.curves import CURVES_CSS
-
     arms = report["arms"]
-    summary = []
+    summary: list[list[Any]] = []
     for v in VARIANTS:
         a = arms[v]
         if a is None:
             summary.append([v, "none", *[""] * 11])
             continue
-        ci = "n/a" if a["ci"] is None else f"{a['ci'][0]:.1%} – {a['ci'][1]:.1%}"
+        ci = MISSING if a["ci"] is None else f"{a['ci'][0]:.1%} – {a['ci'][1]:.1%}"
         rated = str(a["rated"]) + (f" (+{a['pinned_rated']} pinned)" if a["pinned_rated"] else "")
-        reasons = ", ".join(f"{_e(k)}: {n}" for k, n in a["finish_reasons"].items())
-        summary.append([v, _e(a["version"]), str(a["requests"]), str(a["pinned"]),
-                        rated, str(a["positive"]), _pct(a["rate"]),
-                        ci,
-                        str(a["corrections"]), _ms(a["latency_ms"]["p50"]), _ms(a["latency_ms"]["p95"]),
+        reasons = ", ".join(f"{k}: {n}" for k, n in a["finish_reasons"].items())
+        summary.append([v, a["version"], a["requests"], a["pinned"], rated, a["positive"], _pct(a["rate"]),
+                        ci, a["corrections"], _ms(a["latency_ms"]["p50"]), _ms(a["latency_ms"]["p95"]),
                         f"{a['tokens']['prompt']} / {a['tokens']['completion']}", reasons])
-    versions = [[_e(r["version"]), _e(r["variant"]), str(r["requests"]), str(r["rated"]), str(r["positive"]),
-                 _pct(r["rate"]), "yes" if r["current"] else "", _e(r["first_at"]), _e(r["last_at"])]
-                for r in report["versions"]]
-    negatives = [[_e(n["at"]), _e(n["variant"]), _e(n["version"]), _e(n["prompt"]), _e(n["answer"]),
-                  _e(n["thumb"] if n["thumb"] is not None else n["rating"]), _e(n["correction"]),
-                  _e(n["comment"])] for n in report["negatives"]]
+    versions = [[r["version"], r["variant"], r["requests"], r["rated"], r["positive"], _pct(r["rate"]),
+                 "yes" if r["current"] else "", r["first_at"], r["last_at"]] for r in report["versions"]]
+    negatives = [[n["at"], n["variant"], n["version"], n["prompt"], n["answer"],
+                  n["thumb"] if n["thumb"] is not None else n["rating"], n["correction"], n["comment"]]
+                 for n in report["negatives"]]
     bucket = report["params"]["bucket"]
     charts = [_rate_svg(v, report["over_time"][v], arms[v]["rate"] if arms[v] else None, bucket)
               for v in VARIANTS]
-    title = f"A/B: {report['model_name']}"
-    return "\n".join([
-        "<!DOCTYPE html>", '<html lang="en">', '<head><meta charset="utf-8">', f"<title>{_e(title)}</title>",
-        f"<style>{PAGE_CSS}{CURVES_CSS}</style>", "</head>", "<body>", f"<h1>{_e(title)}</h1>",
-        f"<p>Generated {_e(report['generated_at'])}. Champion version {_e(report['aliases']['champion'])}, "
-        f"challenger version {_e(report['aliases']['challenger'])}; {report['in_experiment']} of "
+    aliases = report["aliases"]
+    body = "\n".join([
+        f"<p>Generated {cell(report['generated_at'])}. Champion version {cell(aliases['champion'])}, "
+        f"challenger version {cell(aliases['challenger'])}; {report['in_experiment']} of "
         f"{report['exchanges']} exchanges in the current experiment. Pinned requests are shown but not "
         "tested (their users chose the variant).</p>",
-        f'<h2>Result</h2><p class="verdict">{_e(verdict_sentence(report))}</p>',
+        f'<h2>Result</h2><p class="verdict">{esc(verdict_sentence(report))}</p>',
         "<h2>Summary</h2>",
-        _table(["variant", "version", "requests", "pinned", "rated", "positive", "positive rate",
-                f"CI {1 - report['params']['alpha']:.0%}", "corrections", "p50 ms", "p95 ms",
-                "tokens prompt / completion", "finish reasons"], summary),
+        table(["variant", "version", "requests", "pinned", "rated", "positive", "positive rate",
+               f"CI {1 - report['params']['alpha']:.0%}", "corrections", "p50 ms", "p95 ms",
+               "tokens prompt / completion", "finish reasons"], summary, cls="ab"),
         "<h2>Latency</h2>", _latency_svg(arms),
         "<h2>Positive rate over time</h2>", *charts,
         "<h2>All versions seen</h2>",
-        _table(["version", "variant", "requests", "rated", "positive", "rate", "in experiment", "first",
-                "last"], versions),
+        table(["version", "variant", "requests", "rated", "positive", "rate", "in experiment", "first",
+               "last"], versions, cls="ab"),
         f"<h2>Latest negative feedback ({len(negatives)})</h2>",
-        _table(["at", "variant", "version", "prompt", "answer", "thumb / rating", "correction", "comment"],
-               negatives, text_cols=(3, 4, 6, 7)) if negatives else "<p>None.</p>",
-        "</body>", "</html>", "",
+        table(["at", "variant", "version", "prompt", "answer", "thumb / rating", "correction", "comment"],
+              negatives, cls="ab", col_class={3: "text", 4: "text", 6: "text", 7: "text"})
+        if negatives else "<p>None.</p>",
     ])
+    return page(f"A/B: {report['model_name']}", body, css=AB_CSS)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuneline.data.output_schema import OutputSchemas, record_output_error
 from tuneline.errors import DataValidationError
+from tuneline.html import Markup, badge, esc, page
 from tuneline.jsonio import write_json, write_text
 from tuneline.layout import Layout
 
@@ -59,7 +60,7 @@ def _import_gx() -> Any:
     if gx_logger.level == logging.NOTSET:
         # GX logs its own internals at INFO (hundreds of lines per import); keep tuneline's log readable.
         gx_logger.setLevel(logging.WARNING)
-    import great_expectations
+    import great_expectations  # lazy: ~8 s to import (measured); only a validate stage's run needs it
 
     return great_expectations
 
@@ -73,7 +74,7 @@ def gx_batch_definition() -> Any:
     logs its own progress.
     """
     gx = _import_gx()
-    from great_expectations.data_context.types.base import (
+    from great_expectations.data_context.types.base import (  # lazy: part of great_expectations, see above
         DataContextConfig,
         InMemoryStoreBackendDefaults,
         ProgressBarsConfig,
@@ -316,53 +317,47 @@ def schema_check(schemas: OutputSchemas, mostly: float) -> Check:
     )
 
 
+# The contract pages' own styles, on top of `tuneline.html.BASE_CSS`: one coloured row per check.
+CONTRACT_CSS = """
+tr.pass td{background:#e8f5e9}tr.fail td{background:#ffebee}tr.warn td{background:#fff8e1}
+td.ids{font-family:monospace;font-size:.85em;max-width:28em;word-break:break-all}
+"""
+
+
+def _cell(value: Any) -> str:
+    """A report value as escaped text: lists and dicts as JSON, None as nothing."""
+    if isinstance(value, (list, dict)):
+        value = json.dumps(value, ensure_ascii=False)
+    return esc("" if value is None else value)
+
+
 def render_html(report: dict[str, Any]) -> str:
-    """A self-contained page (inline CSS, no scripts): summary numbers and one coloured row per check."""
-    from html import escape
-
-    def cell(value: Any) -> str:
-        if isinstance(value, (list, dict)):
-            value = json.dumps(value, ensure_ascii=False)
-        return escape("" if value is None else str(value))
-
-    status = "PASSED" if report["success"] else "FAILED"
+    """A self-contained page (the shared shell): a summary table and one coloured row per check."""
+    passed = report["success"]
+    verdict = "PASSED" if passed else "FAILED"
     summary = {k: v for k, v in report.items() if k not in ("expectations", "stage")}
-    summary_rows = "".join(f"<tr><th>{escape(k)}</th><td>{cell(v)}</td></tr>" for k, v in summary.items())
+    summary_rows = "".join(f"<tr><th>{esc(k)}</th><td>{_cell(v)}</td></tr>" for k, v in summary.items())
     body_rows = []
     for row in report["expectations"]:
         kind = "pass" if row["success"] else ("fail" if row["critical"] else "warn")
-        verdict = "pass" if row["success"] else ("FAIL" if row["critical"] else "warning")
+        result = "pass" if row["success"] else ("FAIL" if row["critical"] else "warning")
         pct = row.get("unexpected_percent")
         unexpected = "" if row.get("unexpected_count") is None else f"{row['unexpected_count']}"
         if pct is not None and row.get("unexpected_count") is not None:
             unexpected += f" ({pct:.2f}%)"
         body_rows.append(
-            f'<tr class="{kind}"><td>{verdict}</td><td><b>{cell(row["name"])}</b><br>'
-            f'<small>{cell(row["expectation"])}</small></td><td>{cell(row["column"])}</td>'
-            f'<td>{cell(row["description"])}<br><small>{cell(row.get("kwargs"))}</small></td>'
-            f'<td>{"critical" if row["critical"] else "warning"}</td><td>{cell(row["observed"])}</td>'
-            f'<td>{cell(unexpected)}</td><td class="ids">{cell(", ".join(row["unexpected_ids"]))}</td></tr>'
+            f'<tr class="{kind}"><td>{result}</td><td><b>{_cell(row["name"])}</b><br>'
+            f'<small>{_cell(row["expectation"])}</small></td><td>{_cell(row["column"])}</td>'
+            f'<td>{_cell(row["description"])}<br><small>{_cell(row.get("kwargs"))}</small></td>'
+            f'<td>{"critical" if row["critical"] else "warning"}</td><td>{_cell(row["observed"])}</td>'
+            f'<td>{_cell(unexpected)}</td><td class="ids">{_cell(", ".join(row["unexpected_ids"]))}</td></tr>'
         )
-    title = f"tuneline {escape(report['stage'])}"
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}: {status}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-h1 {{ font-size: 1.4em; }} h1 .s {{ padding: .1em .5em; border-radius: .3em; color: #fff; }}
-.PASSED {{ background: #2e7d32; }} .FAILED {{ background: #c62828; }}
-table {{ border-collapse: collapse; margin-bottom: 2em; }}
-th, td {{ border: 1px solid #ccc; padding: .35em .6em; text-align: left; vertical-align: top; }}
-th {{ background: #f2f2f2; }}
-tr.pass td {{ background: #e8f5e9; }}
-tr.fail td {{ background: #ffebee; }}
-tr.warn td {{ background: #fff8e1; }}
-td.ids {{ font-family: monospace; font-size: .85em; max-width: 28em; word-break: break-all; }}
-small {{ color: #666; }}
-</style></head><body>
-<h1>{title}: <span class="s {status}">{status}</span></h1>
-<table>{summary_rows}</table>
-<table><tr><th>result</th><th>expectation</th><th>column</th><th>description</th><th>severity</th>
-<th>observed</th><th>unexpected</th><th>sample ids</th></tr>
-{"".join(body_rows)}
-</table></body></html>
-"""
+    title = f"tuneline {report['stage']}"
+    heading = Markup(f"{esc(title)}: {badge(verdict, 'ok' if passed else 'bad')}")
+    body = (
+        f"<table>{summary_rows}</table>\n"
+        "<table><tr><th>result</th><th>expectation</th><th>column</th><th>description</th><th>severity</th>"
+        "<th>observed</th><th>unexpected</th><th>sample ids</th></tr>\n"
+        f"{''.join(body_rows)}\n</table>"
+    )
+    return page(f"{title}: {verdict}", body, css=CONTRACT_CSS, heading=heading)

@@ -6,12 +6,12 @@ turns them into one self-contained page a person would rather look at than read.
 
 from __future__ import annotations
 
-import html
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 from tuneline.config import Config
+from tuneline.html import Markup, esc, fmt, page, status, table
 from tuneline.jsonio import read_json, read_jsonl
 from tuneline.layout import SPLITS, Layout
 from tuneline.records import is_augmented, record_text
@@ -88,18 +88,14 @@ def build_report(layout: Layout, cfg: Config) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- HTML
 
-CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#1d2330;padding:0 1rem}
-h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #dde;padding-bottom:.3rem}
-table{border-collapse:collapse;width:100%;margin:.5rem 0}
-td,th{padding:.3rem .5rem;border-bottom:1px solid #eef;text-align:left;vertical-align:top}
-th{background:#f5f6fa}.num{text-align:right;font-variant-numeric:tabular-nums}
-td{white-space:nowrap}td.wrap{white-space:normal}
-.bar{height:14px;background:#4c7bd9;border-radius:2px;display:inline-block}.rej{background:#d9634c}
-.ok{color:#177a3a;font-weight:600}.bad{color:#b3261e;font-weight:600}.muted{color:#667}
-.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:1rem}
+# The styles of this module's fragments (funnel bars, split cards), on top of `tuneline.html.BASE_CSS`; the
+# run report shows the same fragments and adds the same styles.
+DATA_CSS = """
+table.data{width:100%}table.data td{white-space:nowrap}table.data td.wrap{white-space:normal}
+.bar{height:14px;background:#4c7bd9;border-radius:2px;display:inline-block;vertical-align:middle}
+.bar.rej{background:#d9634c}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:1rem}
 .card{border:1px solid #e3e5ee;border-radius:6px;padding:.7rem}
-code{background:#f3f3f7;padding:0 .25rem;border-radius:3px}
 """
 
 
@@ -109,93 +105,90 @@ def _bar(value: float, top: float, cls: str = "") -> str:
 
 
 def funnel_html(report: dict[str, Any]) -> str:
+    """The funnel table: rows in, kept and rejected per stage (as bars on one scale), and why rejected."""
     top = max((row["rows_in"] or 0 for row in report["funnel"]), default=0)
     rows = []
     for row in report["funnel"]:
-        reasons = ", ".join(f"{html.escape(k)}: {v}" for k, v in (row["rejected_by_reason"] or {}).items())
+        reasons = ", ".join(f"{k}: {v}" for k, v in (row["rejected_by_reason"] or {}).items())
         added = f" (+{row['rows_added']} added)" if row.get("rows_added") else ""
-        rows.append(
-            f"<tr><td><code>{row['stage']}</code></td><td class=num>{row['rows_in']}</td>"
-            f"<td>{_bar(row['rows_kept'] or 0, top)} {row['rows_kept']}{added}</td>"
-            f"<td>{_bar(row['rows_rejected'] or 0, top, 'rej')} {row['rows_rejected']}</td>"
-            f"<td class='muted wrap'>{reasons or '—'}</td></tr>"
-        )
-    return ("<table><tr><th>stage</th><th class=num>in</th><th>kept</th><th>rejected</th>"
-            "<th>why rejected</th></tr>" + "".join(rows) + "</table>")
+        rows.append([
+            Markup(f"<code>{esc(row['stage'])}</code>"),
+            row["rows_in"],
+            Markup(f"{_bar(row['rows_kept'] or 0, top)} {esc(fmt(row['rows_kept']))}{esc(added)}"),
+            Markup(f"{_bar(row['rows_rejected'] or 0, top, 'rej')} {esc(fmt(row['rows_rejected']))}"),
+            reasons or None,
+        ])
+    return table(["stage", "in", "kept", "rejected", "why rejected"], rows, cls="data",
+                 col_class={1: "num", 4: "muted wrap"})
 
 
 def ledger_html(ledger: dict[str, Any], complete: bool) -> str:
-    verdict = ('<span class="ok">balanced</span>' if ledger["balanced"]
-               else '<span class="bad">' + ("NOT balanced" if complete else "incomplete run") + "</span>")
+    """The end-to-end ledger in one sentence: raw rows = final rows + rejected, and whether it balances."""
+    if ledger["balanced"]:
+        verdict = status("balanced", "ok")
+    else:
+        verdict = status("NOT balanced" if complete else "incomplete run", "bad")
     return (f"<p>{ledger['raw_rows']} raw rows = {ledger['final_rows']} in train/val/test + "
             f"{ledger['rejected']} rejected — {verdict}. {ledger['augmented']} augmented rows added to train."
             "</p>")
 
 
 def splits_html(splits: dict[str, Any]) -> str:
+    """One card per split: its rows per category and its histogram of lengths in characters."""
     cards = []
     for split, facts in splits.items():
         top = max(facts["categories"].values(), default=0)
-        cats = "".join(
-            f"<tr><td>{html.escape(c)}</td><td>{_bar(n, top)} {n}</td></tr>"
-            for c, n in facts["categories"].items()
-        )
+        cats = [[c, Markup(f"{_bar(n, top)} {n}")] for c, n in facts["categories"].items()]
         hist = facts["length_hist"]
         htop = max(hist["counts"], default=0)
         edges = hist["edges"]
-        bins = "".join(
-            f"<tr><td class=muted>{edges[i]}{'–' + str(edges[i + 1] - 1) if i + 1 < len(edges) else '+'}</td>"
-            f"<td>{_bar(n, htop)} {n}</td></tr>"
+        bins = [
+            [f"{edges[i]}{'–' + str(edges[i + 1] - 1) if i + 1 < len(edges) else '+'}",
+             Markup(f"{_bar(n, htop)} {n}")]
             for i, n in enumerate(hist["counts"])
-        )
+        ]
         cards.append(
-            f'<div class="card"><h3>{split} — {facts["rows"]} rows</h3>'
+            f'<div class="card"><h3>{esc(split)} — {facts["rows"]} rows</h3>'
             f'<p class="muted">{facts["augmented"]} augmented</p>'
-            f"<table><tr><th>category</th><th>rows</th></tr>{cats}</table>"
-            f"<table><tr><th>characters</th><th>rows</th></tr>{bins}</table></div>"
+            + table(["category", "rows"], cats, cls="data")
+            + table(["characters", "rows"], bins, cls="data", col_class={0: "muted"})
+            + "</div>"
         )
-    return '<div class="grid">' + "".join(cards) + "</div>"
+    return '<div class="cards">' + "".join(cards) + "</div>"
 
 
 def _clusters_html(clusters: list[dict[str, Any]]) -> str:
     if not clusters:
-        return "<p class=muted>No near-duplicate clusters.</p>"
-    rows = "".join(
-        f"<tr><td class=num>{c.get('size')}</td>"
-        f"<td><code>{html.escape(str(c.get('survivor_id', '')))}</code></td>"
-        f"<td class=wrap>{html.escape(str(c.get('sample', ''))[:200])}</td></tr>"
-        for c in clusters
-    )
-    return f"<table><tr><th class=num>size</th><th>kept row</th><th>text</th></tr>{rows}</table>"
+        return '<p class="muted">No near-duplicate clusters.</p>'
+    rows = [[c.get("size"), Markup(f"<code>{esc(c.get('survivor_id', ''))}</code>"),
+             str(c.get("sample", ""))[:200]] for c in clusters]
+    return table(["size", "kept row", "text"], rows, cls="data", col_class={0: "num", 2: "wrap"})
 
 
 def _validation_html(validation: dict[str, Any]) -> str:
     parts = []
     for stage, facts in validation.items():
-        state = '<span class="ok">passed</span>' if facts["success"] else '<span class="bad">failed</span>'
+        state = status("passed", "ok") if facts["success"] else status("failed", "bad")
         failed = "".join(
-            f"<li><code>{html.escape(str(e.get('name') or e.get('expectation')))}</code> "
-            f"{html.escape(str(e.get('description', '')))} "
+            f"<li><code>{esc(e.get('name') or e.get('expectation'))}</code> "
+            f"{esc(e.get('description', ''))} "
             f"{'(critical)' if e.get('critical') else '(warning)'}</li>"
             for e in facts["failed"]
         )
-        parts.append(f"<p><code>{stage}</code>: {state} — see <code>reports/{stage}.html</code></p>"
+        parts.append(f"<p><code>{esc(stage)}</code>: {state} — see <code>reports/{esc(stage)}.html</code></p>"
                      + (f"<ul>{failed}</ul>" if failed else ""))
-    return "".join(parts) or "<p class=muted>No contract ran.</p>"
+    return "".join(parts) or '<p class="muted">No contract ran.</p>'
 
 
 def render_html(report: dict[str, Any]) -> str:
-    status = "" if report["complete"] else (
-        f'<p class="bad">The run stopped after <code>{report["stopped_after"]}</code>.</p>')
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>tuneline data report</title>"
-        f"<style>{CSS}</style></head><body><h1>tuneline data report</h1>"
-        f"<p class=muted>generated {report['generated_at']}</p>{status}"
+    """The data report page (`build_report`'s facts) as a complete HTML document."""
+    stopped = "" if report["complete"] else (
+        f'<p class="bad">The run stopped after <code>{esc(report["stopped_after"])}</code>.</p>')
+    body = (
+        f'<p class="muted">generated {esc(report["generated_at"])}</p>{stopped}'
         f"<h2>Funnel</h2>{funnel_html(report)}{ledger_html(report['ledger'], report['complete'])}"
         f"<h2>Contracts</h2>{_validation_html(report['validation'])}"
         f"<h2>Splits</h2>{splits_html(report['splits'])}"
         f"<h2>Largest near-duplicate clusters</h2>{_clusters_html(report['near_dup_clusters'])}"
-        "</body></html>"
     )
-
-
+    return page("tuneline data report", body, css=DATA_CSS)

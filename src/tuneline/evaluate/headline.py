@@ -17,10 +17,10 @@ Choices are deterministic: sorted by gain, then id.
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 from tuneline.evaluate.metrics import NO_CATEGORY, compare
+from tuneline.html import MISSING, esc, fmt
 
 # (metric, label) in table order; a metric the candidate was not scored on (no schema) is left out.
 METRICS = (
@@ -34,19 +34,16 @@ METRICS = (
 GAIN_METRICS = ("rouge_l", "exact_match", "json_valid_rate")
 VARIANTS = ("base", "champion", "candidate")
 
-CSS = """
-table.headline{border-collapse:collapse;margin:.5rem 0 1rem}
-table.headline th,table.headline td{border:1px solid #d0d7de;padding:.25rem .55rem;font-size:13px;
-text-align:right}
-table.headline th{background:#f4f5f8}table.headline td.scope{text-align:left;font-weight:600}
+# The headline's own styles, on top of `tuneline.html.BASE_CSS`: a page that shows `headline_html` adds them.
+HEADLINE_CSS = """
+table.headline td{text-align:right}table.headline td.scope{text-align:left;font-weight:600}
 table.headline td.metric{text-align:left}
 .better{color:#17803d;font-weight:600}.worse{color:#c00;font-weight:600}.same{color:#777}
 .pair{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:.7rem;margin-bottom:.9rem}
 .pair.regression{border-color:#c00}
 .pair .head{font-size:13px;color:#57606a;margin-bottom:.3rem}
 .pair .cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(14rem,1fr));gap:.6rem}
-.pair pre{white-space:pre-wrap;word-break:break-word;background:#f6f8fa;padding:.4rem;border-radius:4px;
-margin:.2rem 0;max-height:16rem;overflow:auto;font-size:12px}
+.pair pre{padding:.4rem;margin:.2rem 0;max-height:16rem}
 .pair h4{margin:.2rem 0;font-size:13px}
 """
 
@@ -168,19 +165,14 @@ def build_headline(
 # ---- HTML -------------------------------------------------------------------------------------------
 
 
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
 def _num(value: Any, signed: bool = False) -> str:
-    if value is None:
-        return "–"
-    return f"{value:+.3f}" if signed else f"{value:.3f}"
+    """Three decimals, so the columns of the table line up; a sign on deltas."""
+    return fmt(value, "+.3f" if signed else ".3f")
 
 
 def _marker(delta: float | None, better: bool | None) -> str:
     if delta is None:
-        return "–"
+        return MISSING
     if better is None:
         return '<span class="same">= same</span>'
     cls, word = ("better", "✓ better") if better else ("worse", "✗ worse")
@@ -198,10 +190,9 @@ def _table_html(table: list[dict[str, Any]]) -> str:
         for i, (name, e) in enumerate(metrics):
             cells = ""
             if i == 0:
-                n = "–" if row["rows"] is None else row["rows"]
-                cells += (f'<td class="scope" rowspan="{len(metrics)}">{_e(row["scope"])}</td>'
-                          f'<td rowspan="{len(metrics)}">{_e(n)}</td>')
-            cells += f'<td class="metric">{_e(labels.get(name, name))}</td><td>{_num(e.get("base"))}</td>'
+                cells += (f'<td class="scope" rowspan="{len(metrics)}">{esc(row["scope"])}</td>'
+                          f'<td rowspan="{len(metrics)}">{esc(fmt(row["rows"]))}</td>')
+            cells += f'<td class="metric">{esc(labels.get(name, name))}</td><td>{_num(e.get("base"))}</td>'
             if champion:
                 cells += f"<td>{_num(e.get('champion'))}</td>"
             cells += f"<td>{_num(e.get('candidate'))}</td>"
@@ -209,7 +200,7 @@ def _table_html(table: list[dict[str, Any]]) -> str:
             if champion:
                 cells += f"<td>{_marker(e.get('delta_vs_champion'), e.get('better_than_champion'))}</td>"
             body.append(f"<tr>{cells}</tr>")
-    header = "".join(f"<th>{_e(h)}</th>" for h in head)
+    header = "".join(f"<th>{esc(h)}</th>" for h in head)
     return f'<table class="headline"><thead><tr>{header}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
@@ -217,19 +208,19 @@ def _pair_html(pair: dict[str, Any], regression: bool) -> str:
     scores = pair.get("scores") or {}
     base_r, cand_r = (scores.get(v, {}).get("rouge_l") for v in ("base", "candidate"))
     label = "regression · " if regression else ""
-    head = (f"{label}category {_e(pair['category'])} · id {_e(pair['id'])} · ROUGE-L base {_num(base_r)} → "
+    head = (f"{label}category {esc(pair['category'])} · id {esc(pair['id'])} · ROUGE-L base {_num(base_r)} → "
             f"candidate {_num(cand_r)} · gain {_num(pair['gain'], True)}")
     cols = "".join(
-        f"<div><h4>{_e(v)} answer</h4><pre>{_e(answer)}</pre></div>"
+        f"<div><h4>{esc(v)} answer</h4><pre>{esc(answer)}</pre></div>"
         for v, answer in (pair.get("answers") or {}).items() if answer is not None
     )
     return (f'<div class="pair{" regression" if regression else ""}"><div class="head">{head}</div>'
-            f'<div class="cols"><div><h4>prompt</h4><pre>{_e(pair["prompt"])}</pre></div>'
-            f'<div><h4>reference</h4><pre>{_e(pair["reference"])}</pre></div>{cols}</div></div>')
+            f'<div class="cols"><div><h4>prompt</h4><pre>{esc(pair["prompt"])}</pre></div>'
+            f'<div><h4>reference</h4><pre>{esc(pair["reference"])}</pre></div>{cols}</div></div>')
 
 
 def headline_html(headline: dict[str, Any]) -> str:
-    """The headline as an HTML fragment (use with `CSS`): the table, then the side-by-side answers."""
+    """The headline as an HTML fragment (style: `HEADLINE_CSS`): the table, then the side-by-side answers."""
     parts = ['<section class="headline"><h2>Before / after fine-tuning</h2>', _table_html(headline["table"])]
     wins, worst = headline.get("wins") or [], headline.get("regressions") or []
     if wins:

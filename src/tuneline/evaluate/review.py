@@ -9,47 +9,26 @@ reference, and the three replies with exact-match and ROUGE-L badges.
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
-from tuneline.evaluate.headline import CSS as HEADLINE_CSS
-from tuneline.evaluate.headline import headline_html
+from tuneline.evaluate.headline import HEADLINE_CSS, headline_html
+from tuneline.html import badge, esc, page, table
 from tuneline.jsonio import write_text
 
 VARIANTS = ("base", "champion", "candidate")
 BADGES = (("exact_match", "EM"), ("rouge_l", "ROUGE-L"))
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:1.5rem;color:#1d232a;background:#fafbfc}
-h1{font-size:1.4rem}h2{font-size:1rem;margin:0 0 .5rem}
-table.summary{border-collapse:collapse;margin-bottom:1.5rem}
-table.summary th,table.summary td{border:1px solid #d0d7de;padding:.3rem .6rem;text-align:right}
-table.summary th:first-child,table.summary td:first-child{text-align:left}
-.sample{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:1rem;margin-bottom:1.2rem}
+# review.html's own styles, on top of `tuneline.html.BASE_CSS` (and the headline's).
+REVIEW_CSS = """
+table.summary td{text-align:right}table.summary td:first-child{text-align:left}
+.sample{border:1px solid #d0d7de;border-radius:6px;padding:1rem;margin-bottom:1.2rem}
+.sample h2{font-size:1rem;margin:0 0 .5rem;border:0;padding:0}
 .meta{color:#57606a;font-size:.85rem}
-.grid{display:grid;grid-template-columns:repeat(3,1fr);gap:.8rem;margin-top:.6rem}
-pre{white-space:pre-wrap;word-break:break-word;background:#f6f8fa;padding:.5rem;border-radius:4px;
-margin:.3rem 0}
-.badge{display:inline-block;font-size:.75rem;padding:.05rem .4rem;border-radius:3px;margin-right:.3rem;
-background:#eaeef2}
-.badge.hit{background:#dafbe1}.badge.miss{background:#ffebe9}
+.sample .grid{display:grid;grid-template-columns:repeat(3,1fr);gap:.8rem;margin-top:.6rem}
+.badge{margin-right:.3rem}
 .absent{color:#8c959f;font-style:italic}
 """
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) >= 1 else f"{value:.3f}"
-    return str(value)
 
 
 def _summary_table(summary: dict[str, dict[str, Any]]) -> str:
@@ -60,16 +39,8 @@ def _summary_table(summary: dict[str, dict[str, Any]]) -> str:
         metrics += [m for m in summary[v] if m not in metrics]
     if not variants or not metrics:
         return ""
-    head = "".join(f"<th>{_e(m)}</th>" for m in metrics)
-    body = "".join(
-        f"<tr><td>{_e(v)}</td>"
-        + "".join(f"<td>{_e(_fmt(summary[v].get(m)))}</td>" for m in metrics)
-        + "</tr>"
-        for v in variants
-    )
-    return (
-        f'<table class="summary"><thead><tr><th>variant</th>{head}</tr></thead><tbody>{body}</tbody></table>'
-    )
+    rows = [[v, *(summary[v].get(m) for m in metrics)] for v in variants]
+    return table(["variant", *metrics], rows, cls="summary")
 
 
 def _badges(scores: dict[str, Any]) -> str:
@@ -79,31 +50,30 @@ def _badges(scores: dict[str, Any]) -> str:
         if value is None:
             continue
         if key == "exact_match":
-            kind, text = ("hit", "✓") if value >= 1 else ("miss", "✗")
+            out.append(badge(f"{label} ✓", "ok") if value >= 1 else badge(f"{label} ✗", "bad"))
         else:
-            kind, text = ("", f"{value:.2f}")
-        out.append(f'<span class="badge {kind}">{_e(label)} {_e(text)}</span>')
+            out.append(badge(f"{label} {value:.2f}"))
     return "".join(out)
 
 
 def _column(variant: str, output: str | None, scores: dict[str, Any]) -> str:
     if output is None:
-        body = f'<p class="absent">no {_e(variant)}</p>'
+        body = f'<p class="absent">no {esc(variant)}</p>'
     else:
-        body = f"<div>{_badges(scores)}</div><pre>{_e(output)}</pre>"
-    return f'<div class="variant {_e(variant)}"><h2>{_e(variant)}</h2>{body}</div>'
+        body = f"<div>{_badges(scores)}</div><pre>{esc(output)}</pre>"
+    return f'<div class="variant {esc(variant)}"><h2>{esc(variant)}</h2>{body}</div>'
 
 
 def _sample(index: int, sample: dict[str, Any]) -> str:
     outputs = sample.get("outputs", {})
     scores = sample.get("scores", {})
-    category = sample.get("category")
-    meta = f"#{index} · id {_e(sample.get('id'))} · category {_e('(none)' if category is None else category)}"
+    category = "(none)" if sample.get("category") is None else sample["category"]
+    meta = f"#{index} · id {esc(sample.get('id'))} · category {esc(category)}"
     columns = "".join(_column(v, outputs.get(v), scores.get(v) or {}) for v in VARIANTS)
     return (
         f'<section class="sample"><div class="meta">{meta}</div>'
-        f"<h2>prompt</h2><pre>{_e(sample.get('prompt', ''))}</pre>"
-        f"<h2>reference</h2><pre>{_e(sample.get('reference', ''))}</pre>"
+        f"<h2>prompt</h2><pre>{esc(sample.get('prompt', ''))}</pre>"
+        f"<h2>reference</h2><pre>{esc(sample.get('reference', ''))}</pre>"
         f'<div class="grid">{columns}</div></section>'
     )
 
@@ -127,18 +97,13 @@ def review_html(
         A complete HTML document; the same arguments always give the same string.
     """
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{_e(title)}</title><style>{_CSS}{HEADLINE_CSS}</style></head><body>",
-        f"<h1>{_e(title)}</h1>",
         headline_html(headline) if headline else "",
         "<h2>All metrics</h2>" if headline and summary else "",
         _summary_table(summary or {}),
         f'<p class="meta">{len(samples)} prompts; greedy replies of each variant to the same prompt.</p>',
         *(_sample(i, s) for i, s in enumerate(samples, start=1)),
-        "</body></html>",
     ]
-    return "\n".join(p for p in parts if p) + "\n"
+    return page(title, "\n".join(p for p in parts if p), css=HEADLINE_CSS + REVIEW_CSS)
 
 
 def write_review(

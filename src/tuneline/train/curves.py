@@ -10,11 +10,11 @@ the input: numbers are written with fixed precision, so the same history gives t
 
 from __future__ import annotations
 
-import html
 import math
 from pathlib import Path
 from typing import Any
 
+from tuneline.html import esc, page
 from tuneline.jsonio import write_text
 
 WIDTH, HEIGHT = 760, 300
@@ -111,8 +111,8 @@ def _chart(
     values = [v for points, _ in series.values() for _, v in points]
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-        f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{html.escape(title)}">',
-        f'<text x="{LEFT}" y="20" class="title">{html.escape(title)}</text>',
+        f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{esc(title)}">',
+        f'<text x="{LEFT}" y="20" class="title">{esc(title)}</text>',
         f'<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" class="plot"/>',
     ]
     if not values:
@@ -147,7 +147,7 @@ def _chart(
     parts.append(
         f'<text x="{_f(LEFT + pw / 2)}" y="{HEIGHT - 6}" text-anchor="middle">step</text>'
         f'<text transform="translate(14 {_f(TOP + ph / 2)}) rotate(-90)" text-anchor="middle">'
-        f"{html.escape(y_label)}</text>"
+        f"{esc(y_label)}</text>"
     )
     legend_x = LEFT + pw
     for key, (points, bad) in reversed(series.items()):
@@ -195,18 +195,12 @@ def _notes(series: dict[str, tuple[list[Point], list[float]]]) -> str:
             shown = ", ".join(f"{s:g}" for s in bad[:20]) + (" ..." if len(bad) > 20 else "")
             text += f'; <span class="bad">{len(bad)} not finite, not plotted (steps {shown})</span>'
         lines.append(f"<li>{text}</li>")
-    return "<ul>" + "".join(lines) + "</ul>"
-
-
-CURVES_CSS = (
-    "svg{display:block;margin:8px 0}svg text{font-size:11px;fill:#333}svg .title{font-size:13px;"
-    "font-weight:600}.plot{fill:#fff;stroke:#999}.grid{stroke:#e5e5e5}.axis{stroke:#999}"
-    ".empty{fill:#999;font-size:14px}.bad{color:#c00}ul{font-size:13px;margin:4px 0 20px}"
-)
+    return '<ul class="notes">' + "".join(lines) + "</ul>"
 
 
 def charts(history: list[dict[str, Any]]) -> str:
-    """The two chart sections (loss, learning rate) as an HTML fragment (style: CURVES_CSS)."""
+    """The two chart sections (loss, learning rate) as an HTML fragment; its styles (axes, grid, plot area,
+    the notes under a chart) are the shared ones of `tuneline.html.BASE_CSS`, so any page can show it."""
     loss = {key: split_series(history, key) for key in ("train_loss", "val_loss")}
     lr = {"lr": split_series(history, "lr")}
     steps = [x for s in (*loss.values(), *lr.values()) for x in [p[0] for p in s[0]] + s[1]]
@@ -237,23 +231,7 @@ def curves_html(history: list[dict[str, Any]], title: str) -> str:
     Returns:
         A complete HTML document with two inline SVG charts (loss, learning rate); same input, same bytes.
     """
-    esc = html.escape(title)
-    return "\n".join(
-        [
-            "<!DOCTYPE html>",
-            '<html lang="en">',
-            '<head><meta charset="utf-8">',
-            f"<title>{esc}</title>",
-            f"<style>body{{font-family:system-ui,sans-serif;margin:24px;color:#222}}{CURVES_CSS}</style>",
-            "</head>",
-            "<body>",
-            f"<h1>{esc}</h1>",
-            charts(history),
-            "</body>",
-            "</html>",
-            "",
-        ]
-    )
+    return page(title, charts(history))
 
 
 def write_curves(history: list[dict[str, Any]], path: Path, title: str) -> Path:
