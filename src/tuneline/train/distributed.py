@@ -29,6 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+import torch.distributed as dist
+from accelerate.state import PartialState
+from accelerate.utils import DistributedType
+
 from tuneline.config.train import TrainParams
 from tuneline.errors import ConfigError
 from tuneline.train.plan import Plan
@@ -191,9 +196,6 @@ def fsdp_on_cpu(args: Any) -> Iterator[None]:
     if not (args.fsdp and args.use_cpu):
         yield
         return
-    from accelerate.state import PartialState
-    from accelerate.utils import DistributedType
-
     state = PartialState()
     kept = state.distributed_type
     if kept == DistributedType.MULTI_CPU:
@@ -383,8 +385,6 @@ def worker_env(
     """
     environ = os.environ if environ is None else environ
     if use_cpu is None:
-        import torch
-
         use_cpu = not torch.cuda.is_available()
     env: dict[str, str] = {"TOKENIZERS_PARALLELISM": "false"}
     if "OMP_NUM_THREADS" not in environ:
@@ -461,7 +461,7 @@ def init_worker(plan: Plan, use_cpu: bool) -> ProcessInfo:
     """
     info = process_info()
     if uses_deepspeed(plan):
-        import deepspeed
+        import deepspeed  # lazy: ~7 s on top of torch (python -X importtime); only ZeRO-2/3 workers use it
 
         deepspeed.init_distributed(dist_backend="gloo" if use_cpu else "nccl", auto_mpi_discovery=False)
     return info
@@ -489,8 +489,6 @@ def check_same_job(fingerprint: str, owns_outputs: bool) -> None:
     Raises:
         ConfigError: on every rank, naming the ranks and hosts that differ.
     """
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
     seen: list[Any] = [None] * dist.get_world_size()

@@ -154,7 +154,7 @@ def load_model_config(cfg: Config, model_config: Any = None) -> Any:
     """
     if model_config is not None and not isinstance(model_config, str | Path):
         return model_config
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # lazy: pulls in torch, ~2.6 s (see `resolve_precision`)
 
     given = str(model_config) if model_config is not None else cfg.model.name_or_path
     key = "--model-config" if model_config is not None else "model.name_or_path"
@@ -182,7 +182,10 @@ def resolve_precision(requested: str) -> tuple[Precision, str]:
     """`auto`: bf16 where the GPU supports it, fp16 on GPUs without bf16, fp32 on CPU."""
     if requested != "auto":
         return requested, "config"  # type: ignore[return-value]
-    import torch
+    # Measured with python -X importtime (shared machine): torch 5-12 s against 0.4-0.6 s for `import
+    # tuneline.train`, whose package imports this module; the HTML reports (train.curves) and `tuneline plan`
+    # with a set precision and device memory need no torch.
+    import torch  # lazy: 5-12 s, only `auto` needs it (see above)
 
     if not torch.cuda.is_available():
         return "fp32", "auto: no GPU here (set train.precision when planning for a GPU target)"
@@ -195,7 +198,7 @@ def resolve_device_memory(requested: float | str | None) -> float | str:
     """GiB per device: explicit, or `auto` from torch.cuda; "cpu" when there is no GPU (no fit check)."""
     if isinstance(requested, int | float):
         return float(requested)
-    import torch
+    import torch  # lazy: see `resolve_precision`
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_properties(0).total_memory / 2**30
