@@ -84,8 +84,7 @@ class Refusal(Exception):
         self.response = error_response(status, message, type_, code, param, headers)
 
 
-async def _refused(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, Refusal)
+async def _refused(_request: Request, exc: Refusal) -> JSONResponse:
     return exc.response
 
 
@@ -131,7 +130,7 @@ async def _guard(request: Request, call_next: Any) -> Any:
     # Deny by default: with keys configured, only the health probe is open.
     if state.api_keys and request.url.path != "/health" and not authorized(request, state.api_keys):
         response = error_response(401, "missing or invalid API key (Authorization: Bearer <key>)",
-                          "invalid_request_error", "invalid_api_key")
+                                  "invalid_request_error", "invalid_api_key")
     else:
         response = await call_next(request)
     if request.url.path == "/v1/chat/completions" and response.status_code != 200:
@@ -301,7 +300,7 @@ def _streamed(ex: Exchange, stream: TokenStream, future: Any, routed: str,
             "model": f"{name}{PIN_SEPARATOR}{ex.choice.variant}", "system_fingerprint": f"{name}-v{routed}"}
     include_usage = bool((ex.req.stream_options or {}).get("include_usage"))
     events = stream_events(stream, future, ex.state.models.tokenizer, ex.req.stops(), base, ex.record,
-                            ex.usage, include_usage, on_disconnect=ex.metrics.disconnects.inc)
+                           ex.usage, include_usage, on_disconnect=ex.metrics.disconnects.inc)
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 

@@ -126,8 +126,8 @@ def chunk(base: dict[str, Any], delta: dict[str, Any], finish: str | None = None
 
 
 async def stream_events(stream: TokenStream, future: Any, tokenizer: Any, stops: list[str],
-                         base: dict[str, Any], record: Any, usage: Any, include_usage: bool,
-                         on_disconnect: Any = None) -> Any:
+                        base: dict[str, Any], record: Any, usage: Any, include_usage: bool,
+                        on_disconnect: Any = None) -> Any:
     """The server-sent events of one streamed completion (see the module docstring).
 
     A client that goes away (the response task is cancelled) cancels generation, and the exchange is
