@@ -19,6 +19,9 @@ the history, the report and the adapter (byte for byte) of an uninterrupted run.
 stage holds its output's lock (`recovery`): the rerun removes the work folder of the killed attempt
 and marks its MLflow run KILLED. A run stopped by the health monitor (NaN loss) writes its diagnosis,
 marks the MLflow run failed and writes no adapter.
+
+`_run` is the recipe; the run key, the MLflow run, the work folder and the final metrics are its
+bookkeeping (`bookkeeping`).
 """
 
 from __future__ import annotations
