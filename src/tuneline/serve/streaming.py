@@ -16,9 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
+
+from tuneline.feedback.store import StoreError
+from tuneline.serve.schemas import openai_error
+
+logger = logging.getLogger(__name__)
+CANCELLED = "cancelled"  # finish_reason stored for a streamed answer whose client went away
 
 _DONE = object()
 
@@ -69,8 +76,10 @@ class TokenStream:
 
 def cancel_criteria(flag: threading.Event) -> Any:
     """A transformers stopping criterion: stop every sequence once `flag` is set (checked per token)."""
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
+    # Measured with python -X importtime (shared machine): torch ~12 s and transformers ~6 s on top of
+    # `import tuneline.serve.app` (3.8 s); a server in front of a remote backend never generates here.
+    import torch  # lazy: ~12 s; a server over serve.backend_url never needs it
+    from transformers import StoppingCriteria, StoppingCriteriaList  # lazy: ~6 s, as torch above
 
     class Cancelled(StoppingCriteria):
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
@@ -114,3 +123,68 @@ def chunk(base: dict[str, Any], delta: dict[str, Any], finish: str | None = None
     """One `chat.completion.chunk` event."""
     return {**base, "object": "chat.completion.chunk",
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+
+
+async def stream_events(stream: TokenStream, future: Any, tokenizer: Any, stops: list[str],
+                        base: dict[str, Any], record: Any, usage: Any, include_usage: bool,
+                        on_disconnect: Any = None) -> Any:
+    """The server-sent events of one streamed completion (see the module docstring).
+
+    A client that goes away (the response task is cancelled) cancels generation, and the exchange is
+    stored as generated so far, with finish_reason "cancelled".
+    """
+    recorded = False
+    try:
+        yield sse(chunk(base, {"role": "assistant", "content": ""}))
+        ids: list[int] = []
+        sent, hit = "", False
+        async for token in stream.tokens():
+            if hit:
+                continue  # a stop sequence was reached: the rest is generated but never sent
+            ids.append(token)
+            ready, hit = safe_prefix(tokenizer.decode(ids, skip_special_tokens=True), stops)
+            if len(ready) > len(sent):
+                yield sse(chunk(base, {"content": ready[len(sent):]}))
+                sent = ready
+        try:
+            reply = await asyncio.wrap_future(future)
+        except Exception as exc:
+            recorded = True  # nothing to store
+            logger.error("request %s failed in generation: %s", base["id"], exc)
+            failed = f"generation failed: {exc.__class__.__name__}"
+            yield sse(openai_error(failed, "server_error", "generation"))
+            return
+        text, finish = apply_stops(reply["text"], stops, "stop" if reply["stopped"] else "length")
+        if text.startswith(sent) and len(text) > len(sent):  # held-back characters, or a backend's one chunk
+            yield sse(chunk(base, {"content": text[len(sent):]}))
+        elif not text.startswith(sent):
+            logger.warning("request %s: streamed text diverged from the final answer", base["id"])
+        record(reply, text, finish)
+        recorded = True
+    finally:
+        if not recorded:  # the client went away: stop generating, store what was generated
+            stream.cancel()
+            if on_disconnect is not None:
+                on_disconnect()
+            future.add_done_callback(lambda done: record_cancelled(done, record, stops))
+    yield sse(chunk(base, {}, finish))
+    if include_usage:
+        yield sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage(reply)})
+    yield sse("[DONE]")
+
+
+def record_cancelled(done: Any, record: Any, stops: list[str]) -> None:
+    """Store a cancelled stream's exchange once generation has stopped (on the generation thread)."""
+    if done.cancelled() or done.exception() is not None:
+        return
+    reply = done.result()
+    try:
+        record(reply, cut_at_stop(reply["text"], stops)[0], CANCELLED)
+    except StoreError as exc:  # the server is shutting down and its writer is closed
+        logger.warning("a cancelled stream's exchange was not stored: %s", exc)
+
+
+def apply_stops(text: str, stops: list[str], finish: str) -> tuple[str, str]:
+    """Cut the answer at the first stop sequence (OpenAI's `stop`); finish_reason is then "stop"."""
+    cut, hit = cut_at_stop(text, stops)
+    return cut, "stop" if hit else finish

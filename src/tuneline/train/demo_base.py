@@ -33,7 +33,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import tokenizers
 import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from tuneline.config.loader import Config
 from tuneline.config.model import DemoBaseParams
@@ -71,9 +82,6 @@ def train_tokenizer(convs: list[list[dict[str, str]]], vocab_size: int, max_leng
     Returns:
         A `PreTrainedTokenizerFast` with bos/eos/pad set and the chat template attached.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -94,8 +102,6 @@ def train_tokenizer(convs: list[list[dict[str, str]]], vocab_size: int, max_leng
 
 def make_model(params: DemoBaseParams, tokenizer: Any, seed: int) -> Any:
     """A freshly initialised tiny `LlamaForCausalLM` (seeded), sized by `params` and the tokenizer."""
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=params.hidden_size,
@@ -184,8 +190,6 @@ def pretrain(model: Any, blocks: torch.Tensor, params: DemoBaseParams, seed: int
 def _check_saved(path: Path, probe: torch.Tensor, loss_after: float, convs: list[list[dict[str, str]]]
                  ) -> dict[str, str]:
     """Reload with the Auto classes, check the loss is reproduced and that it generates; return a sample."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path)
     reloaded = probe_loss(model, probe)
@@ -224,9 +228,6 @@ def build_demo_base(records: list[dict[str, Any]], params: DemoBaseParams, seed:
         TunelineError: empty corpus, pre-training that did not lower the loss, or a save that does not reload.
         OutputPathError: `out_dir` exists and tuneline did not write it (checked before any work).
     """
-    import tokenizers
-    import transformers
-
     if not records:
         raise TunelineError("no records to build the demo base from (the train split is empty)")
     check_replaceable(Path(out_dir), OUTPUT_SETTING)
@@ -236,57 +237,77 @@ def build_demo_base(records: list[dict[str, Any]], params: DemoBaseParams, seed:
     try:
         convs = conversations(records)
         documents = [[{"role": "user", "content": text}] for text in corpus or ()]
-        tokenizer = train_tokenizer(documents + convs, params.vocab_size, params.max_position_embeddings)
-        if corpus:  # each document ends with EOS, as in causal-LM pre-training
-            texts = [text + tokenizer.eos_token for text in corpus]
-        else:
-            texts = tokenizer.apply_chat_template(convs, tokenize=False)
-        token_lists = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        tokenizer, token_lists = _tokenize(convs, documents, corpus, params)
         blocks = pack_blocks(token_lists, params.seq_len)
         model = make_model(params, tokenizer, seed)
         logger.info("demo base: %d %s, %d tokens, %d blocks of %d; vocab %d; %d parameters",
-                    len(texts), "corpus documents" if corpus else "records", sum(map(len, token_lists)),
+                    len(token_lists), "corpus documents" if corpus else "records", sum(map(len, token_lists)),
                     len(blocks), blocks.shape[1], len(tokenizer), model.num_parameters())
-        losses = pretrain(model, blocks, params, seed)
-        logger.info("demo base pre-training: loss %.4f -> %.4f over %d steps",
-                    losses["loss_before"], losses["loss_after"], params.pretrain_steps)
-        if params.pretrain_steps and not losses["loss_after"] < losses["loss_before"]:
-            raise TunelineError(
-                f"demo base pre-training did not lower the loss ({losses['loss_before']:.4f} -> "
-                f"{losses['loss_after']:.4f}); lower model.demo.lr or raise model.demo.pretrain_steps"
-            )
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the published model directory is an ordinary one
-        try:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            sample = _check_saved(tmp, blocks[:PROBE_BLOCKS], losses["loss_after"], convs)
-            info = {
-                "corpus_sha256": corpus_hash(convs + documents),
-                "records": len(convs),
-                "corpus_documents": len(documents),
-                "tokens": sum(map(len, token_lists)),
-                "params": params.model_dump(mode="json"),
-                "seed": seed,
-                **losses,
-                "parameters": model.num_parameters(),
-                "vocab_size": len(tokenizer),
-                "sample": sample,
-                "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                             "tokenizers": tokenizers.__version__},
-            }
-            # No wall time in the saved directory: same inputs give a byte-identical directory (DVC hash).
-            write_json(tmp / BUILD_INFO, info)
-            replace_dir(tmp, out_dir, OUTPUT_SETTING)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        losses = _pretrain_lowering_loss(model, blocks, params, seed)
+        facts = {
+            "corpus_sha256": corpus_hash(convs + documents),
+            "records": len(convs),
+            "corpus_documents": len(documents),
+            "tokens": sum(map(len, token_lists)),
+            "params": params.model_dump(mode="json"),
+            "seed": seed,
+            **losses,
+            "parameters": model.num_parameters(),
+            "vocab_size": len(tokenizer),
+        }
+        info = _save_checked(model, tokenizer, Path(out_dir), blocks[:PROBE_BLOCKS], convs, facts)
     finally:
         torch.set_num_threads(threads)
     info["seconds"] = round(time.perf_counter() - started, 2)
     logger.info("demo base saved to %s in %.1fs", out_dir, info["seconds"])
+    return info
+
+
+def _tokenize(convs: list[list[dict[str, str]]], documents: list[list[dict[str, str]]],
+              corpus: list[str] | None, params: DemoBaseParams) -> tuple[Any, list[list[int]]]:
+    """The tokenizer (trained on the corpus and the conversations) and the token ids of the pre-training
+    text: each corpus document ending with EOS, or else the conversations rendered by the chat template."""
+    tokenizer = train_tokenizer(documents + convs, params.vocab_size, params.max_position_embeddings)
+    if corpus:  # each document ends with EOS, as in causal-LM pre-training
+        texts = [text + tokenizer.eos_token for text in corpus]
+    else:
+        texts = tokenizer.apply_chat_template(convs, tokenize=False)
+    return tokenizer, tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+
+
+def _pretrain_lowering_loss(model: Any, blocks: torch.Tensor, params: DemoBaseParams, seed: int) -> dict:
+    """`pretrain`, refused when it did not lower the probe loss (a base that learned nothing)."""
+    losses = pretrain(model, blocks, params, seed)
+    logger.info("demo base pre-training: loss %.4f -> %.4f over %d steps",
+                losses["loss_before"], losses["loss_after"], params.pretrain_steps)
+    if params.pretrain_steps and not losses["loss_after"] < losses["loss_before"]:
+        raise TunelineError(
+            f"demo base pre-training did not lower the loss ({losses['loss_before']:.4f} -> "
+            f"{losses['loss_after']:.4f}); lower model.demo.lr or raise model.demo.pretrain_steps"
+        )
+    return losses
+
+
+def _save_checked(model: Any, tokenizer: Any, out_dir: Path, probe: torch.Tensor,
+                  convs: list[list[dict[str, str]]], facts: dict[str, Any]) -> dict[str, Any]:
+    """Save into a temporary folder beside `out_dir`, reload and check it (`_check_saved`), write
+    build_info.json (`facts`, the sample, library versions) and rename it into place; returns build_info."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the published model directory is an ordinary one
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        sample = _check_saved(tmp, probe, facts["loss_after"], convs)
+        info = {**facts, "sample": sample,
+                "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                             "tokenizers": tokenizers.__version__}}
+        # No wall time in the saved directory: same inputs give a byte-identical directory (DVC hash).
+        write_json(tmp / BUILD_INFO, info)
+        replace_dir(tmp, out_dir, OUTPUT_SETTING)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return info
 
 

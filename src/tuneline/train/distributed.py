@@ -29,6 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+import torch.distributed as dist
+from accelerate.state import PartialState
+from accelerate.utils import DistributedType
+
 from tuneline.config.train import TrainParams
 from tuneline.errors import ConfigError
 from tuneline.train.plan import Plan
@@ -191,9 +196,6 @@ def fsdp_on_cpu(args: Any) -> Iterator[None]:
     if not (args.fsdp and args.use_cpu):
         yield
         return
-    from accelerate.state import PartialState
-    from accelerate.utils import DistributedType
-
     state = PartialState()
     kept = state.distributed_type
     if kept == DistributedType.MULTI_CPU:
@@ -278,55 +280,65 @@ def launch_command(
     worker = ["-m", module, *module_args]
     if launcher == "single":
         return [python, *worker]
-    nodes, procs = params.num_nodes, params.num_processes
+    nodes = params.num_nodes
     if node_rank is not None and not 0 <= node_rank < nodes:
         raise ConfigError(f"node_rank {node_rank} is outside 0..{nodes - 1} (train.num_nodes {nodes})")
     check_rendezvous(params)
     if launcher == "torchrun":
-        if nodes > 1 and params.hostfile is not None and node_rank is None:
-            # Without a node rank a hostfile means "node 0 starts the others over ssh", which only the
-            # deepspeed launcher does: torchrun would wait at the rendezvous for nodes nobody started.
-            raise ConfigError(
-                f"train.hostfile is read by the deepspeed launcher only, and this run starts with torchrun "
-                f"(train.backend {plan.backend}, zero_stage {plan.zero_stage}, train.launcher "
-                f"{params.launcher}): start every node with `tuneline train --node-rank K`"
-            )
-        addr = params.master_addr if nodes > 1 else "127.0.0.1"
-        cmd = [
-            python,
-            "-m",
-            "torch.distributed.run",
-            "--nnodes",
-            str(nodes),
-            "--nproc_per_node",
-            str(procs),
-            "--node_rank",
-            str(node_rank or 0),
-            "--master_addr",
-            addr,
-            "--master_port",
-            str(params.master_port),
-        ]
-        return [*cmd, *worker]
+        return [*_torchrun(params, plan, python, node_rank), *worker]
     # deepspeed: --no_local_rank because the workers read LOCAL_RANK from the environment.
+    runner = _deepspeed_runner(params, python, node_rank)
+    return [*runner, "--no_local_rank", "--module", module, *module_args]
+
+
+def _torchrun(params: TrainParams, plan: Plan, python: str, node_rank: int | None) -> list[str]:
+    """torchrun's part of the command: a static rendezvous at master_addr (127.0.0.1 on one node)."""
+    nodes = params.num_nodes
+    if nodes > 1 and params.hostfile is not None and node_rank is None:
+        # Without a node rank a hostfile means "node 0 starts the others over ssh", which only the
+        # deepspeed launcher does: torchrun would wait at the rendezvous for nodes nobody started.
+        raise ConfigError(
+            f"train.hostfile is read by the deepspeed launcher only, and this run starts with torchrun "
+            f"(train.backend {plan.backend}, zero_stage {plan.zero_stage}, train.launcher "
+            f"{params.launcher}): start every node with `tuneline train --node-rank K`"
+        )
+    addr = params.master_addr if nodes > 1 else "127.0.0.1"
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        str(nodes),
+        "--nproc_per_node",
+        str(params.num_processes),
+        "--node_rank",
+        str(node_rank or 0),
+        "--master_addr",
+        addr,
+        "--master_port",
+        str(params.master_port),
+    ]
+
+
+def _deepspeed_runner(params: TrainParams, python: str, node_rank: int | None) -> list[str]:
+    """The deepspeed launcher's part of the command: one node, or the hosts of `train.hostfile`."""
     cmd = [python, "-m", "deepspeed.launcher.runner", "--master_port", str(params.master_port)]
-    if params.hostfile is not None:
-        _check_hostfile(params)
-        cmd += [
-            "--hostfile",
-            str(params.hostfile),
-            "--master_addr",
-            params.master_addr,
-            "--num_nodes",
-            str(nodes),
-            "--num_gpus",
-            str(procs),
-        ]
-        if node_rank is not None:
-            cmd += ["--no_ssh", "--node_rank", str(node_rank)]
-    else:
-        cmd += ["--num_gpus", str(procs)]
-    return [*cmd, "--no_local_rank", "--module", module, *module_args]
+    if params.hostfile is None:
+        return [*cmd, "--num_gpus", str(params.num_processes)]
+    _check_hostfile(params)
+    cmd += [
+        "--hostfile",
+        str(params.hostfile),
+        "--master_addr",
+        params.master_addr,
+        "--num_nodes",
+        str(params.num_nodes),
+        "--num_gpus",
+        str(params.num_processes),
+    ]
+    if node_rank is not None:
+        cmd += ["--no_ssh", "--node_rank", str(node_rank)]
+    return cmd
 
 
 def check_rendezvous(params: TrainParams) -> None:
@@ -373,8 +385,6 @@ def worker_env(
     """
     environ = os.environ if environ is None else environ
     if use_cpu is None:
-        import torch
-
         use_cpu = not torch.cuda.is_available()
     env: dict[str, str] = {"TOKENIZERS_PARALLELISM": "false"}
     if "OMP_NUM_THREADS" not in environ:
@@ -451,7 +461,7 @@ def init_worker(plan: Plan, use_cpu: bool) -> ProcessInfo:
     """
     info = process_info()
     if uses_deepspeed(plan):
-        import deepspeed
+        import deepspeed  # lazy: ~7 s on top of torch (python -X importtime); only ZeRO-2/3 workers use it
 
         deepspeed.init_distributed(dist_backend="gloo" if use_cpu else "nccl", auto_mpi_discovery=False)
     return info
@@ -479,8 +489,6 @@ def check_same_job(fingerprint: str, owns_outputs: bool) -> None:
     Raises:
         ConfigError: on every rank, naming the ranks and hosts that differ.
     """
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
     seen: list[Any] = [None] * dist.get_world_size()

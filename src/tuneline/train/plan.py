@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from tuneline.train.memory import (
     lora_trainable,
     model_shape,
 )
-from tuneline.train.templates import anchor_row, pick_lr, pick_max_length
+from tuneline.train.templates import LengthPick, LrPick, anchor_row, pick_lr, pick_max_length
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def load_model_config(cfg: Config, model_config: Any = None) -> Any:
     """
     if model_config is not None and not isinstance(model_config, str | Path):
         return model_config
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # lazy: pulls in torch, ~2.6 s (see `resolve_precision`)
 
     given = str(model_config) if model_config is not None else cfg.model.name_or_path
     key = "--model-config" if model_config is not None else "model.name_or_path"
@@ -181,7 +182,10 @@ def resolve_precision(requested: str) -> tuple[Precision, str]:
     """`auto`: bf16 where the GPU supports it, fp16 on GPUs without bf16, fp32 on CPU."""
     if requested != "auto":
         return requested, "config"  # type: ignore[return-value]
-    import torch
+    # Measured with python -X importtime (shared machine): torch 5-12 s against 0.4-0.6 s for `import
+    # tuneline.train`, whose package imports this module; the HTML reports (train.curves) and `tuneline plan`
+    # with a set precision and device memory need no torch.
+    import torch  # lazy: 5-12 s, only `auto` needs it (see above)
 
     if not torch.cuda.is_available():
         return "fp32", "auto: no GPU here (set train.precision when planning for a GPU target)"
@@ -194,7 +198,7 @@ def resolve_device_memory(requested: float | str | None) -> float | str:
     """GiB per device: explicit, or `auto` from torch.cuda; "cpu" when there is no GPU (no fit check)."""
     if isinstance(requested, int | float):
         return float(requested)
-    import torch
+    import torch  # lazy: see `resolve_precision`
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_properties(0).total_memory / 2**30
@@ -306,68 +310,25 @@ def make_plan(
         PlanError: the plan does not fit and `train.on_plan_too_big` is `refuse` (or nothing fits).
     """
     t = cfg.train
-    hf_config = load_model_config(cfg, model_config)
-    shape: ModelShape = model_shape(hf_config, cfg.model.trust_remote_code)
-    targets = LoraTargets([])
-    if t.method == "lora":
-        targets = resolve_targets(t.lora.target_modules, shape.linears)
-        trainable, breakdown = lora_trainable(shape, t.lora.r, targets.modules, t.lora.bias)
-        lora_inputs = lora_dropout_inputs(shape, targets.modules, t.lora.dropout)
-    else:
-        trainable, breakdown, lora_inputs = shape.params, {}, 0
-    tpl = pick_lr(t.method, shape.params) if t.template == "auto" else anchor_row(t.method, t.template)
-    warnings: list[str] = []
-    if t.lr == "auto":
-        lr, lr_from = tpl.lr, f"template {tpl.row}"
-    else:
-        lr, lr_from = t.lr, "config"
-        if not tpl.lr_min <= lr <= tpl.lr_max:
-            warnings.append(
-                f"train.lr {lr:g} is outside the template range {tpl.lr_min:.2g}..{tpl.lr_max:.2g} "
-                f"({tpl.row}); the template would pick {tpl.lr:.2g}"
-            )
-    length = pick_max_length(
-        cfg.task.type, token_lengths, None if t.max_length == "auto" else t.max_length, shape.max_positions
-    )
-    if length.truncated_rows:
-        warnings.append(
-            f"{length.truncated_rows} of {length.total_rows} rows exceed max_length {length.max_length}"
-        )
+    shape: ModelShape = model_shape(load_model_config(cfg, model_config), cfg.model.trust_remote_code)
+    lora = _trainable(cfg, shape)
+    tpl, lr, lr_from, warnings = _learning_rate(cfg, shape)
+    length = _max_length(cfg, shape, token_lengths, warnings)
     precision, precision_from = resolve_precision(t.precision)
-    device = resolve_device_memory(
-        device_memory_gib if device_memory_gib is not None else t.device_memory_gib
-    )
+    device = resolve_device_memory(t.device_memory_gib if device_memory_gib is None else device_memory_gib)
     world = t.world_size
-
-    def fit(zero: int, ckpt: bool, batch: int) -> MemoryEstimate:
-        return estimate(
-            shape,
-            trainable,
-            t.method,
-            precision,
-            zero,
-            world,
-            batch,
-            length.max_length,
-            ckpt,
-            lora_inputs,
-            frozen=shape.params - breakdown.get("bias", 0) if t.method == "lora" else 0,
-        )
-
+    fit = partial(_fit, shape, lora, t.method, precision, world, length.max_length)
     chosen, fits, options, adjustments = _search(cfg, fit, device, world)
     if device == "cpu":
         warnings.append("no GPU here: fit check skipped (set train.device_memory_gib to plan for a target)")
-    for line in warnings:
-        logger.warning("plan: %s", line)
-    for line in targets.notes:
-        logger.info("plan: LoRA target %s", line)
+    _log_notes(warnings, lora.targets.notes)
     return Plan(
         model=str(model_config) if isinstance(model_config, str | Path) else cfg.model.name_or_path,
         params=shape.params,
         method=t.method,
-        trainable_params=trainable,
-        trainable_percent=100.0 * trainable / shape.params,
-        lora_breakdown=breakdown,
+        trainable_params=lora.trainable,
+        trainable_percent=100.0 * lora.trainable / shape.params,
+        lora_breakdown=lora.breakdown,
         template_row=tpl.row,
         template_source=tpl.source,
         lr=lr,
@@ -394,9 +355,74 @@ def make_plan(
         options=options,
         adjustments=adjustments,
         warnings=warnings,
-        lora_targets=targets.modules,
-        lora_target_notes=targets.notes,
+        lora_targets=lora.targets.modules,
+        lora_target_notes=lora.targets.notes,
         backend=t.backend,
         sharding=sharding_estimates(t.backend, fit, chosen.gradient_checkpointing, chosen.per_device_batch),
         lora_vs_full=lora_vs_full(cfg, shape, precision, chosen, length.max_length, device),
     )
+
+
+@dataclass
+class _Trainable:
+    """What the method trains: LoRA's targets and parameters, or every parameter (full fine-tuning)."""
+
+    targets: LoraTargets
+    trainable: int
+    breakdown: dict[str, int]  # trainable parameters by kind (LoRA: A/B matrices, bias)
+    dropout_inputs: int  # activations LoRA's dropout keeps per token (0 without LoRA)
+    frozen: int  # frozen parameters the memory model counts apart (LoRA), else 0
+
+
+def _trainable(cfg: Config, shape: ModelShape) -> _Trainable:
+    t = cfg.train
+    if t.method != "lora":
+        return _Trainable(LoraTargets([]), shape.params, {}, 0, 0)
+    targets = resolve_targets(t.lora.target_modules, shape.linears)
+    trainable, breakdown = lora_trainable(shape, t.lora.r, targets.modules, t.lora.bias)
+    dropout_inputs = lora_dropout_inputs(shape, targets.modules, t.lora.dropout)
+    return _Trainable(targets, trainable, breakdown, dropout_inputs, shape.params - breakdown.get("bias", 0))
+
+
+def _learning_rate(cfg: Config, shape: ModelShape) -> tuple[LrPick, float, str, list[str]]:
+    """(the template row, the learning rate, where it came from, a warning when a set lr is off the row)."""
+    t = cfg.train
+    tpl = pick_lr(t.method, shape.params) if t.template == "auto" else anchor_row(t.method, t.template)
+    warnings: list[str] = []
+    if t.lr == "auto":
+        return tpl, tpl.lr, f"template {tpl.row}", warnings
+    lr = t.lr
+    if not tpl.lr_min <= lr <= tpl.lr_max:
+        warnings.append(
+            f"train.lr {lr:g} is outside the template range {tpl.lr_min:.2g}..{tpl.lr_max:.2g} "
+            f"({tpl.row}); the template would pick {tpl.lr:.2g}"
+        )
+    return tpl, lr, "config", warnings
+
+
+def _max_length(cfg: Config, shape: ModelShape, token_lengths: list[int] | None,
+                warnings: list[str]) -> LengthPick:
+    """`train.max_length` (auto: from the task type and the measured lengths); warns of truncated rows."""
+    t = cfg.train
+    length = pick_max_length(
+        cfg.task.type, token_lengths, None if t.max_length == "auto" else t.max_length, shape.max_positions
+    )
+    if length.truncated_rows:
+        warnings.append(
+            f"{length.truncated_rows} of {length.total_rows} rows exceed max_length {length.max_length}"
+        )
+    return length
+
+
+def _log_notes(warnings: list[str], target_notes: list[str]) -> None:
+    for line in warnings:
+        logger.warning("plan: %s", line)
+    for line in target_notes:
+        logger.info("plan: LoRA target %s", line)
+
+
+def _fit(shape: ModelShape, lora: _Trainable, method: str, precision: Precision, world: int, seq: int,
+         zero: int, ckpt: bool, batch: int) -> MemoryEstimate:
+    """The memory estimate per device for (zero stage, checkpointing, per-device batch) of this model."""
+    return estimate(shape, lora.trainable, method, precision, zero, world, batch, seq, ckpt,
+                    lora.dropout_inputs, frozen=lora.frozen)

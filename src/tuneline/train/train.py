@@ -19,15 +19,17 @@ the history, the report and the adapter (byte for byte) of an uninterrupted run.
 stage holds its output's lock (`recovery`): the rerun removes the work folder of the killed attempt
 and marks its MLflow run KILLED. A run stopped by the health monitor (NaN loss) writes its diagnosis,
 marks the MLflow run failed and writes no adapter.
+
+`_run` is the recipe; the run key, the MLflow run, the work folder and the final metrics are its
+bookkeeping (`bookkeeping`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +41,19 @@ from tuneline.jsonio import write_json
 from tuneline.layout import Layout
 from tuneline.lm.labels import build_rows
 from tuneline.lm.load import save_chat_format
-from tuneline.outdirs import check_replaceable, inside_workspace, replace_dir
-from tuneline.redact import redact
+from tuneline.outdirs import check_replaceable, inside_workspace
+from tuneline.train.bookkeeping import (
+    OUTPUT_SETTING,
+    RunKey,
+    TrackedRun,
+    finish_run,
+    fresh_work_dir,
+    open_run,
+    publish,
+    run_facts,
+    run_key,
+    tokens_per_second,
+)
 from tuneline.train.chat_rows import chat_format_for, write_rejected
 from tuneline.train.curves import write_curves
 from tuneline.train.distributed import check_rendezvous
@@ -49,53 +62,19 @@ from tuneline.train.loss import loss_kernel_for
 from tuneline.train.outputs import sort_target_modules, train_report
 from tuneline.train.packing import pack_rows
 from tuneline.train.plan import Plan, backoff, make_plan
-from tuneline.train.recovery import (
-    REPLACES_TAG,
-    OutputClaim,
-    claim_output,
-    mark_killed,
-    new_work_dir,
-    remove_dead_work_dirs,
-    stale_run,
-)
-from tuneline.train.run_attempt import Attempt, OutOfMemory, run_attempt, run_node
+from tuneline.train.recovery import OutputClaim, claim_output
+from tuneline.train.run_attempt import Attempt, Outcome, OutOfMemory, run_attempt, run_node
 from tuneline.train.token_cache import tokenize_split
-from tuneline.train.tracking import (
-    end_run,
-    flatten,
-    git_commit,
-    log_metrics,
-    params_hash,
-    sha256_files,
-    start_run,
-)
-from tuneline.urls import anchored_url
 
 logger = logging.getLogger(__name__)
 
 SUMMARY = "train_summary.json"
-OUTPUT_SETTING = "train.output_dir"
-CHECKPOINTS = Path(".tuneline") / "checkpoints"
 
 
 class TrainingError(TunelineError):
     """Training stopped without a usable model (non-finite loss, out of memory after every back-off)."""
 
     exit_code = 5
-
-
-def _model_fingerprint(model_path: str) -> str:
-    """Hash of a local model's config and weights files (names + sizes + config bytes); the id otherwise."""
-    path = Path(model_path)
-    if not path.is_dir():
-        return model_path
-    h = hashlib.sha256()
-    for f in sorted(path.iterdir()):
-        if f.is_file():
-            h.update(f"{f.name}:{f.stat().st_size}\0".encode())
-            if f.suffix == ".json":
-                h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 def run(cfg: Config, layout: Layout, node_rank: int | None = None) -> dict:
@@ -154,13 +133,11 @@ def follow(cfg: Config, layout: Layout, node_rank: int) -> dict:
         TunelineError: the workers of this node failed (out of memory included: node 0 stops too, rerun
             every node with a smaller train.per_device_batch).
     """
-    import tempfile
-
     prep = prepare(cfg, layout, write_rejected_rows=False)
     with tempfile.TemporaryDirectory(prefix=f"tuneline-train-node{node_rank}-") as tmp:
         work = Path(tmp)
         attempt = Attempt(cfg=cfg, plan=prep.plan, model_path=prep.model_path, train_rows=prep.train_rows,
-                          val_rows=prep.val_rows, checkpoints=prep.checkpoints, save_to=work / "final",
+                          val_rows=prep.val_rows, checkpoints=prep.key.checkpoints, save_to=work / "final",
                           work=work, tracking_uri=None, run_id=None, node_rank=node_rank)
         logger.info("train: node %d of %d joins the rendezvous at %s:%d", node_rank, cfg.train.num_nodes,
                     cfg.train.master_addr, cfg.train.master_port)
@@ -186,10 +163,7 @@ class Prepared:
     val_enc: Any
     train_rows: list[dict[str, Any]]
     val_rows: list[dict[str, Any]]
-    params_flat: dict[str, Any]
-    p_hash: str
-    data_hash: str
-    checkpoints: Path
+    key: RunKey  # params and data hashes, the checkpoint folder
     rejected: dict[str, Any]
     tokens_cached: bool
     loss_kernel: str  # `train.loss_kernel` resolved for this device and plan
@@ -225,69 +199,53 @@ def prepare(cfg: Config, layout: Layout, write_rejected_rows: bool = True) -> Pr
     train_rows = pack_rows(train_enc.rows, plan.max_length) if packing else train_enc.rows
     val_rows = pack_rows(val_enc.rows, plan.max_length) if packing else val_enc.rows
 
-    dumped = {"train": cfg.train.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json")}
-    params_flat = flatten({**dumped, "seed": cfg.seed})
-    p_hash = params_hash(params_flat)
-    data_hash = sha256_files([train_path, val_path])
-    run_key = hashlib.sha256(f"{p_hash}\0{data_hash}\0{_model_fingerprint(model_path)}".encode()).hexdigest()
-    # Absolute: the trainer state records the best checkpoint's path, which a rerun from another working
-    # directory (the CLI killed, the rerun in a flow) must still find.
-    checkpoints = (layout.root / CHECKPOINTS / run_key[:16]).resolve()
     return Prepared(plan, model_path, chat, template_source, train_enc, val_enc, train_rows, val_rows,
-                    params_flat, p_hash, data_hash, checkpoints, rejected,
-                    tok_train.from_cache and tok_val.from_cache, loss_kernel)
+                    run_key(cfg, layout, model_path), rejected, tok_train.from_cache and tok_val.from_cache,
+                    loss_kernel)
 
 
 def _run(cfg: Config, layout: Layout, claim: OutputClaim, node_rank: int | None) -> dict:
-    """`run`, holding the output's lock."""
+    """`run`, holding the output's lock: prepare, track, train, check, save, publish, report."""
     started = time.monotonic()
-    train_path, val_path = layout.processed("train"), layout.processed("val")
     prep = prepare(cfg, layout)
-    plan, model_path, chat, template_source = prep.plan, prep.model_path, prep.chat, prep.template_source
-    train_enc, val_enc, train_rows, val_rows = prep.train_enc, prep.val_enc, prep.train_rows, prep.val_rows
-    p_hash, data_hash, params_flat, rejected = prep.p_hash, prep.data_hash, prep.params_flat, prep.rejected
-    skip = ("memory", "options", "warnings", "sharding", "lora_vs_full")  # in reports/plan.json, not MLflow
-    plan_flat = {f"plan.{k}": v for k, v in flatten({k: v for k, v in plan.to_dict().items()
-                                                     if k not in skip}).items()}
-    tags = {"params_hash": p_hash, "data_hash": data_hash, "stage": "train", "method": cfg.train.method,
-            "data_train_sha256": sha256_files([train_path]), "data_val_sha256": sha256_files([val_path])}
-    commit = git_commit(layout.root.resolve())
-    if commit:
-        tags["git_commit"] = commit
-    tags["loss_kernel"] = prep.loss_kernel
-    uri = cfg.tracking.uri
-    killed = stale_run(claim.previous)  # the run of an attempt that died (kill -9) while holding the lock
-    if killed:
-        tags[REPLACES_TAG] = killed
-    run_id = start_run(uri, cfg.tracking.experiment, tags, {**params_flat, **plan_flat},
-                       f"train-{cfg.train.method}")
-    claim.record(mlflow_run_id=run_id, tracking_uri=anchored_url(uri, layout.root), pid=os.getpid())
-    if killed:
-        mark_killed(claim.previous, killed, replaced_by=run_id)
+    tracked = open_run(cfg, layout, claim, prep.key, prep.plan, prep.loss_kernel)
+    work = fresh_work_dir(claim.out, prep.key.checkpoints, cfg.train.resume)
+    attempt = Attempt(cfg=cfg, plan=prep.plan, model_path=prep.model_path, train_rows=prep.train_rows,
+                      val_rows=prep.val_rows, checkpoints=prep.key.checkpoints, save_to=work / "final",
+                      work=work, tracking_uri=tracked.uri, run_id=tracked.run_id, node_rank=node_rank)
+    outcome, plan = _train(attempt, tracked)
+    _check_health(layout, outcome, tracked, work)
+    report = _save_adapter(cfg, prep, plan, outcome, attempt.save_to)
+    facts = run_facts(tracked, started, outcome, report, prep.tokens_cached)
+    publish(attempt.save_to, claim.out, work, prep.key.checkpoints)
+    finish_run(tracked, report, outcome)
+    write_json(layout.report("train"), report)
+    write_json(layout.report("train_run"), facts)
+    _log_done(report, outcome, claim.out)
+    return report
 
-    checkpoints = prep.checkpoints
-    if cfg.train.resume == "never":
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    out = claim.out
-    remove_dead_work_dirs(out)  # only dead attempts' work folders exist while this process holds the lock
-    work = new_work_dir(out)
-    final = work / "final"
-    attempt = Attempt(cfg=cfg, plan=plan, model_path=model_path, train_rows=train_rows, val_rows=val_rows,
-                      checkpoints=checkpoints, save_to=final, work=work, tracking_uri=uri, run_id=run_id,
-                      node_rank=node_rank)
+
+def _train(attempt: Attempt, tracked: TrackedRun) -> tuple[Outcome, Plan]:
+    """`_train_with_backoff`; whatever stops it ends the MLflow run FAILED and removes the work folder."""
     try:
-        outcome, plan = _train_with_backoff(attempt)
+        return _train_with_backoff(attempt)
     except BaseException:
-        end_run(uri, run_id, "FAILED")
-        shutil.rmtree(work, ignore_errors=True)
+        tracked.end("FAILED")
+        shutil.rmtree(attempt.work, ignore_errors=True)
         raise
 
+
+def _check_health(layout: Layout, outcome: Outcome, tracked: TrackedRun, work: Path) -> None:
+    """Write the health report and the curves; a run the monitor stopped (or without a val loss) fails.
+
+    Raises:
+        TrainingError: the health monitor stopped the run (the MLflow run ends FAILED, no adapter).
+    """
     health = outcome.health
     write_json(layout.report("train_health"), health)
     write_curves(outcome.history, layout.report("train_curves", "html"), "tuneline train: loss and LR")
-    result = outcome.fit
-    if health.get("status") == "failed" or result.val_best is None:
-        end_run(uri, run_id, "FAILED", outcome.tags)
+    if health.get("status") == "failed" or outcome.fit.val_best is None:
+        tracked.end("FAILED", outcome.tags)
         shutil.rmtree(work, ignore_errors=True)
         diagnosis = health.get("diagnosis") or {}
         raise TrainingError(
@@ -296,53 +254,39 @@ def _run(cfg: Config, layout: Layout, claim: OutputClaim, node_rank: int | None)
             "no adapter was written"
         )
 
+
+def _save_adapter(cfg: Config, prep: Prepared, plan: Plan, outcome: Outcome, final: Path) -> dict:
+    """Complete the adapter folder (sorted config, chat format, summary); returns the report."""
     sort_target_modules(final / "adapter_config.json")
-    report = train_report(cfg, plan, train_enc, val_enc, result, outcome.history, p_hash, data_hash,
-                          len(train_rows), len(val_rows), outcome.counts)
-    report["health_status"] = health.get("status")
-    report["chat_template"] = template_source
-    report["stop_ids"] = chat.stop_ids
-    report["rejected"] = rejected
-    save_chat_format(final, chat, template_source)
+    train_enc, val_enc = prep.train_enc, prep.val_enc
+    report = train_report(cfg, plan, train_enc, val_enc, outcome.fit, outcome.history, prep.key.p_hash,
+                          prep.key.data_hash, len(prep.train_rows), len(prep.val_rows), outcome.counts)
+    report["health_status"] = outcome.health.get("status")
+    report["chat_template"] = prep.template_source
+    report["stop_ids"] = prep.chat.stop_ids
+    report["rejected"] = prep.rejected
+    save_chat_format(final, prep.chat, prep.template_source)
     # The adapter directory (a DVC output) holds only what the training determines, so a rerun of the
     # same inputs yields the same hash; wall time, the MLflow run id and the commit go to train_run.json.
     write_json(final / SUMMARY, {**report, "plan": plan.to_dict(), "history": outcome.history,
-                                              "dropped_ids": train_enc.dropped_no_target,
-                                              "dropped_too_long_ids": train_enc.dropped_too_long})
-    tokens_per_second = report["tokens_seen"] / result.train_seconds if result.train_seconds else None
-    run_facts = {"seconds": time.monotonic() - started, "train_seconds": result.train_seconds,
-                 "engine": result.engine,
-                 "tokens_per_second": tokens_per_second, "oom_retries": outcome.oom_events,
-                 "resumed_from": outcome.resumed_from,
-                 "tokens_cached": prep.tokens_cached,
-                 "mlflow_run_id": run_id, "tracking_uri": redact(uri), "git_commit": commit}
-    replace_dir(final, out, OUTPUT_SETTING)
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.rmtree(checkpoints, ignore_errors=True)  # finished: nothing left to resume
-    final_metrics = {"val_loss_best": report["val_loss_best"], "train_seconds": result.train_seconds}
-    if report["useful_token_fraction"] is not None:
-        final_metrics["useful_token_fraction"] = report["useful_token_fraction"]
-    if tokens_per_second:
-        final_metrics["tokens_per_second"] = tokens_per_second
-    gpu = health.get("gpu") or {}
-    for key in ("utilization_mean", "memory_used_max_gib"):
-        if gpu.get(key) is not None:
-            final_metrics[f"gpu_{key}"] = float(gpu[key])
-    log_metrics(uri, run_id, final_metrics, step=report["steps"])
-    end_run(uri, run_id, "FINISHED", outcome.tags)
-    write_json(layout.report("train"), report)
-    write_json(layout.report("train_run"), run_facts)
-    logger.info(
-        "train: %d steps in %.1fs (%.0f tokens/s, %.1f%% useful); train loss %.3f -> %.3f, "
-        "val loss %.3f -> %.3f (best); adapter in %s", report["steps"], result.train_seconds,
-        tokens_per_second or 0.0, 100 * (report["useful_token_fraction"] or 0.0),
-        report["train_loss_first"] or math.nan, report["train_loss_final"] or math.nan,
-        result.val_before, report["val_loss_best"], out,
-    )
+                                 "dropped_ids": train_enc.dropped_no_target,
+                                 "dropped_too_long_ids": train_enc.dropped_too_long})
     return report
 
 
-def _train_with_backoff(attempt: Attempt) -> tuple[Any, Plan]:
+def _log_done(report: dict, outcome: Outcome, out: Path) -> None:
+    result = outcome.fit
+    speed = tokens_per_second(report, result.train_seconds)
+    logger.info(
+        "train: %d steps in %.1fs (%.0f tokens/s, %.1f%% useful); train loss %.3f -> %.3f, "
+        "val loss %.3f -> %.3f (best); adapter in %s", report["steps"], result.train_seconds,
+        speed or 0.0, 100 * (report["useful_token_fraction"] or 0.0),
+        report["train_loss_first"] or math.nan, report["train_loss_final"] or math.nan,
+        result.val_before, report["val_loss_best"], out,
+    )
+
+
+def _train_with_backoff(attempt: Attempt) -> tuple[Outcome, Plan]:
     """Run the attempt; after a CUDA out-of-memory, back the plan off and resume (bounded)."""
     events: list[str] = []
     plan = attempt.plan
