@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 from pydantic import BaseModel
+from typer.testing import CliRunner
 
+from tuneline.cli import app
 from tuneline.config import Config, dump_config, load_config, parse_overrides
 from tuneline.config.loader import RENAMED_KEYS, DeprecatedKeyWarning
 from tuneline.errors import ConfigError
@@ -224,3 +226,14 @@ def test_every_renamed_key_names_a_setting_that_exists() -> None:
     """A rename whose new key is no setting would turn a working old key into an 'unknown key' error."""
     settings = {name for name, _ in _walk(Config)}
     assert all(key.new in settings and key.old not in settings for key in RENAMED_KEYS)
+
+
+@pytest.mark.parametrize(("flag", "new"),
+                         [("--no-canary", "--champion-only"), ("--canary", "--with-challenger")])
+def test_the_old_serve_canary_flag_still_works_with_a_warning(tmp_path: Path, flag: str, new: str) -> None:
+    """`tuneline serve --canary/--no-canary` was renamed (`canary` also named promote's setting and
+    serve.canary_share): the old flag is still read, and says its new name."""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}))
+    result = CliRunner().invoke(app, ["serve", flag, "--print-vllm", "--params", str(params)])
+    assert f"{flag} is deprecated, renamed {new}" in result.output
