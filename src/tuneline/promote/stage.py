@@ -38,6 +38,7 @@ from tuneline.layout import Layout
 from tuneline.lm.chat import ChatFormat
 from tuneline.lm.errors import RenderError
 from tuneline.promote.aliases import (
+    GATE_STATUS,
     JUDGED_AGAINST,
     NONE,
     PromotionResult,
@@ -156,7 +157,7 @@ def already_registered(cfg: Config, sha: str) -> dict[str, Any] | None:
     aliases = aliases_of(uri, reg.model_name)
     held = [a for a in (reg.champion_alias, reg.challenger_alias) if aliases.get(a) == version]
     return {"version": version, "alias": held[0] if held else None,
-            "champion": aliases.get(reg.champion_alias), "gate": newest.tags.get("gate.status")}
+            "champion": aliases.get(reg.champion_alias), "gate": newest.tags.get(GATE_STATUS)}
 
 
 def _unchanged(cfg: Config, layout: Layout, found: dict[str, Any], sha: str) -> dict[str, Any]:
@@ -309,7 +310,7 @@ def approve(cfg: Config, layout: Layout, version: str, approver: str, note: str 
     """
     reg, uri, version = cfg.registry, cfg.tracking.uri, str(version)
     tags = version_info(uri, reg.model_name, version)["tags"]
-    gate = tags.get("gate.status")
+    gate = tags.get(GATE_STATUS)
     if not passed(gate):
         raise GateError(f"{reg.model_name} version {version}: the gate said {gate or 'nothing'}; "
                         "only a version that passed the gate can be approved")
