@@ -52,6 +52,7 @@ from tasks.stages import (
     workspace_lock,
 )
 from tuneline.config import load_config
+from tuneline.promote.status import MoveStatus
 from tuneline.stages import DATA_STAGES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -291,7 +292,7 @@ def retrain(params: RetrainParams = DEFAULT_PARAMS) -> dict[str, Any]:
             promote = read_report(workspace, "promote") if "promote" in selected else None
             if promote is not None:
                 summary["promotion"] = promote["result"]
-                if promote["result"]["status"] == "needs_approval":
+                if promote["result"]["status"] == MoveStatus.NEEDS_APPROVAL:
                     ran = summary["stages"][-1]["ran"]
                     if ran or recorded_approval(ws, str(promote["version"])) is None:
                         summary["approval"] = release_approval(

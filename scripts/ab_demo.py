@@ -1,8 +1,9 @@
 """`make demo-ab`: the serving half of the loop on the demo workspace, offline, on CPU.
 
 1. Needs a champion (`make run`). Without a challenger, trains one the normal way: the retrain flow with
-   `train.epochs=12` and `promote.canary=true` (a DVC experiment; the gate runs; a passing candidate stays
-   challenger), then puts the workspace back (`git checkout` of the files it changed, `dvc checkout`).
+   `train.epochs=12` and `promote.keep_challenger_as_canary=true` (a DVC experiment; the gate runs; a
+   passing candidate stays challenger), then puts the workspace back (`git checkout` of the files it
+   changed, `dvc checkout`).
    Do not commit while it trains: `dvc exp run` restores HEAD when it ends.
 2. Starts `tuneline serve` on 127.0.0.1 (canary share --share) and sends traffic from simulated users
    with the official `openai` client: prompts from the train split (never the test split: corrections
@@ -53,7 +54,8 @@ def modified() -> set[str]:
 def make_challenger() -> None:
     print("\n== no challenger: training one (12 epochs instead of 8) through the retrain flow ==", flush=True)
     before = modified()
-    sh(str(BIN / "python"), "-m", "flows.retrain", "--set", "train.epochs=12", "--set", "promote.canary=true",
+    sh(str(BIN / "python"), "-m", "flows.retrain", "--set", "train.epochs=12",
+       "--set", "promote.keep_challenger_as_canary=true",
        "--stage", "train", "--stage", "evaluate", "--stage", "promote")
     # The experiment is recorded (`dvc exp show`) and its outputs are in the DVC cache; the workspace
     # goes back to the committed state: dvc.lock and the git-tracked metrics it changed, then the outputs.

@@ -135,7 +135,7 @@ def c4_continuation_texts(data: dict[str, Any]) -> list[str]:
 
 
 def pretrain_corpus(data: dict[str, Any]) -> list[dict[str, str]]:
-    """The demo base's pre-training corpus (`model.demo.corpus`): the C4 pages the demo data does not use,
+    """The demo base's pre-training corpus (`build_base.corpus`): the C4 pages the demo data does not use,
     so the base learns English web text and none of the fine-tuning rows (nor the test split's)."""
     used = set(c4_continuation_texts(data))
     return [{"text": r["text"]} for r in data["c4"] if r["text"] not in used]

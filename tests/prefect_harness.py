@@ -34,10 +34,10 @@ TINY_PARAMS: dict[str, Any] = {
     "ingest.sources": [
         {"path": "data/raw/demo/messages.jsonl", "format": "auto", "category": None, "columns": {}}
     ],
-    "model.demo.pretrain_steps": 20,
-    "model.demo.hidden_size": 64,
-    "model.demo.num_layers": 2,
-    "model.demo.vocab_size": 2048,
+    "build_base.pretrain_steps": 20,
+    "build_base.hidden_size": 64,
+    "build_base.num_layers": 2,
+    "build_base.vocab_size": 2048,
     "task.output_schema": None,  # messages.jsonl has no extraction rows: nothing for the schema floor
     "train.epochs": 1,
     "evaluate.max_rows": 8,

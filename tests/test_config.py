@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
 import yaml
 from pydantic import BaseModel
+from typer.testing import CliRunner
 
+from tuneline.cli import app
 from tuneline.config import Config, dump_config, load_config, parse_overrides
+from tuneline.config.loader import RENAMED_KEYS, DeprecatedKeyWarning
 from tuneline.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,3 +159,81 @@ def test_output_schema_is_a_file_or_a_category_mapping() -> None:
         load_config(None, ["task.output_schema={}"])
     with pytest.raises(ConfigError, match="task.output_schema: .*category name .* is empty"):
         load_config(None, ["task.output_schema={'': e.json}"])
+
+
+# Renamed keys (issue 16: one name per concept). Each old name still loads, warned, as its new name.
+OLD_KEYS = {
+    "promote.canary": ("promote.keep_challenger_as_canary", True),
+    "promote.min_schema_valid_rate": ("promote.min_json_valid_rate", 0.5),
+    "model.demo.pretrain_steps": ("build_base.pretrain_steps", 7),
+}
+
+
+def _get(cfg: Config, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+@pytest.mark.parametrize("old", list(OLD_KEYS))
+def test_a_renamed_key_still_loads_with_a_warning_naming_old_and_new(tmp_path: Path, old: str) -> None:
+    """A params.yaml written before the rename (`promote.canary`, `promote.min_schema_valid_rate`,
+    `model.demo`) loads into the new key, with a deprecation warning naming both, from the file and from
+    `--set` alike."""
+    new, value = OLD_KEYS[old]
+    section, *rest = old.split(".")
+    nested: dict = {rest[-1]: value}
+    for part in reversed(rest[:-1]):
+        nested = {part: nested}
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({section: nested}))
+    old_section = old.rsplit(".", 1)[0] if old.startswith("model.demo") else old
+    new_section = new.rsplit(".", 1)[0] if old.startswith("model.demo") else new
+    with pytest.warns(DeprecatedKeyWarning, match=rf"`{old_section}` is deprecated, renamed `{new_section}`"):
+        cfg = load_config(p)
+    assert _get(cfg, new) == value
+    with pytest.warns(DeprecatedKeyWarning, match=r"--set: params key"):
+        cfg = load_config(None, [f"{old}={value}"])
+    assert _get(cfg, new) == value
+
+
+def test_a_key_set_under_its_old_and_new_name_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({"promote": {"canary": True, "keep_challenger_as_canary": False}}))
+    with pytest.raises(ConfigError, match=r"`promote.canary` and `promote.keep_challenger_as_canary` are"):
+        load_config(p)
+
+
+def test_an_old_key_in_an_override_wins_over_the_new_key_in_the_file(tmp_path: Path) -> None:
+    """Renames apply to the file and the overrides apart: `--set model.demo.lr=...` on a params.yaml that
+    already has `build_base` is an override, not a clash."""
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({"build_base": {"lr": 0.01}}))
+    with pytest.warns(DeprecatedKeyWarning):
+        cfg = load_config(p, ["model.demo.lr=0.02"])
+    assert cfg.build_base.lr == 0.02
+
+
+def test_shipped_files_use_no_deprecated_key() -> None:
+    """params.yaml uses the new names (a deprecated key there would warn on every command)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecatedKeyWarning)
+        load_config(REPO / "params.yaml")
+
+
+def test_every_renamed_key_names_a_setting_that_exists() -> None:
+    """A rename whose new key is no setting would turn a working old key into an 'unknown key' error."""
+    settings = {name for name, _ in _walk(Config)}
+    assert all(key.new in settings and key.old not in settings for key in RENAMED_KEYS)
+
+
+@pytest.mark.parametrize(("flag", "new"),
+                         [("--no-canary", "--champion-only"), ("--canary", "--with-challenger")])
+def test_the_old_serve_canary_flag_still_works_with_a_warning(tmp_path: Path, flag: str, new: str) -> None:
+    """`tuneline serve --canary/--no-canary` was renamed (`canary` also named promote's setting and
+    serve.canary_share): the old flag is still read, and says its new name."""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}))
+    result = CliRunner().invoke(app, ["serve", flag, "--print-vllm", "--params", str(params)])
+    assert f"{flag} is deprecated, renamed {new}" in result.output

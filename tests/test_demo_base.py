@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from tuneline.config.build_base import BuildBaseParams
 from tuneline.config.loader import Config
-from tuneline.config.model import DemoBaseParams
 from tuneline.errors import InputFileError
 from tuneline.jsonio import write_jsonl
 from tuneline.train.demo_base import BUILD_INFO, build_base, build_demo_base
@@ -39,7 +39,7 @@ def tiny_records(n: int = 20) -> list[dict[str, Any]]:
 def build_tiny_base(tmp_path: Path, steps: int = 20, seed: int = 0) -> Path:
     """Build a tiny demo base into `tmp_path/base` (reusable by other tests) and return its directory."""
     out = tmp_path / "base"
-    build_demo_base(tiny_records(), DemoBaseParams(pretrain_steps=steps, lr=1e-2, **TINY), seed, out)
+    build_demo_base(tiny_records(), BuildBaseParams(pretrain_steps=steps, lr=1e-2, **TINY), seed, out)
     return out
 
 
@@ -160,8 +160,8 @@ def test_build_base_reads_train_split_only(tmp_path: Path) -> None:
     write_jsonl(processed / "train.jsonl", tiny_records())
     # A val split that would change the corpus if it were read: its hash must not show up.
     write_jsonl(processed / "val.jsonl", tiny_records(7))
-    cfg = Config.model_validate({"seed": 3, "model": {"demo": {**TINY, "pretrain_steps": 2,
-                                                               "output_dir": "models/base"}}})
+    cfg = Config.model_validate({"seed": 3, "build_base": {**TINY, "pretrain_steps": 2,
+                                                           "output_dir": "models/base"}})
     info = build_base(cfg, tmp_path)
     assert (tmp_path / "models" / "base" / "model.safetensors").is_file()
     assert json.loads((tmp_path / "reports" / "build_base.json").read_text())["corpus_sha256"] == \
@@ -179,9 +179,9 @@ def test_missing_or_empty_train_split_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_params_reject_heads_that_do_not_divide_width() -> None:
     with pytest.raises(ValueError, match="num_heads"):
-        DemoBaseParams(hidden_size=64, num_heads=3)
+        BuildBaseParams(hidden_size=64, num_heads=3)
     with pytest.raises(ValueError, match="num_heads"):
-        DemoBaseParams(hidden_size=12, num_heads=4)  # head width 3 is odd: RoPE needs pairs
+        BuildBaseParams(hidden_size=12, num_heads=4)  # head width 3 is odd: RoPE needs pairs
 
 
 def test_not_built_when_another_model_is_named(tmp_path: Path) -> None:
@@ -190,8 +190,8 @@ def test_not_built_when_another_model_is_named(tmp_path: Path) -> None:
     from tuneline.train.demo_base import NOT_BUILT
 
     write_jsonl(tmp_path / "data" / "processed" / "train.jsonl", tiny_records())
-    cfg = Config.model_validate({"model": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct",
-                                           "demo": {**TINY, "pretrain_steps": 2}}})
+    cfg = Config.model_validate({"model": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"},
+                                 "build_base": {**TINY, "pretrain_steps": 2}})
     info = build_base(cfg, tmp_path)
     out = tmp_path / "models" / "base"
     assert info["built"] is False and "Qwen/Qwen2.5-0.5B-Instruct" in info["reason"]
@@ -200,7 +200,7 @@ def test_not_built_when_another_model_is_named(tmp_path: Path) -> None:
 
 
 def test_corpus_base_learns_only_the_corpus(tmp_path: Path) -> None:
-    """With `model.demo.corpus`, the weights learn from the corpus alone (the train split only lends its
+    """With `build_base.corpus`, the weights learn from the corpus alone (the train split only lends its
     vocabulary): the demo's base must not already know what fine-tuning is meant to teach."""
     from tuneline.train.demo_base import read_corpus
 
@@ -211,12 +211,13 @@ def test_corpus_base_learns_only_the_corpus(tmp_path: Path) -> None:
                                      for b in ANIMALS])
     write_jsonl(corpus / "b.jsonl", [{"text": "Owls hoot at night."}])
     assert len(read_corpus(corpus)) == 26  # a folder: every *.jsonl under it, sorted
-    cfg = Config.model_validate({"model": {"demo": {**TINY, "pretrain_steps": 5, "corpus": "data/pretrain"}}})
+    cfg = Config.model_validate({"build_base": {**TINY, "pretrain_steps": 5, "corpus": "data/pretrain"}})
     info = build_base(cfg, tmp_path)
     assert info["corpus_documents"] == 26 and info["records"] == 20
     # Pre-trained on the corpus: it is the corpus's loss that fell, from blocks of corpus text.
     assert info["loss_after"] < info["loss_before"]
-    without = build_demo_base(tiny_records(), DemoBaseParams(pretrain_steps=5, **TINY), 0, tmp_path / "other")
+    without = build_demo_base(tiny_records(), BuildBaseParams(pretrain_steps=5, **TINY), 0,
+                              tmp_path / "other")
     assert without["corpus_sha256"] != info["corpus_sha256"] and without["corpus_documents"] == 0
 
 

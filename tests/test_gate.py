@@ -57,7 +57,7 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
 BREAKERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "beats_base": _set("candidate.rouge_l", 0.33),  # +0.03 over the base < min_gain 0.05
     "vs_champion": _set("champion.rouge_l", 0.60),  # candidate 0.10 worse than the champion
-    "schema_valid_rate": _set("candidate.json_valid_rate", 0.90),
+    "json_valid_rate": _set("candidate.json_valid_rate", 0.90),
     "never_stop_rate": _set("candidate.never_stop_rate", 0.20),
     "train_health": _set("context.train_health_status", "failed"),
     "overfitting": _set("context.train_alerts", ["flat_val_loss", "overfitting"]),
@@ -115,7 +115,7 @@ def test_schema_rate_only_checked_when_present() -> None:
     c = case()
     del c["candidate"]["json_valid_rate"]
     d = run(c)
-    row = d.rows[CRITERIA.index("schema_valid_rate")]
+    row = d.rows[CRITERIA.index("json_valid_rate")]
     assert d.promote and row["passed"] and row["value"] is None and "no output schema" in row["reason"]
 
 
@@ -190,16 +190,8 @@ def test_require_approval_awaits_instead_of_promoting() -> None:
     assert run(c).status == "rejected"  # approval never rescues a failed criterion
 
 
-def test_decision_tags_and_mapping_criteria() -> None:
+def test_decision_tags() -> None:
     c = case()
-    c["criteria"] = {
-        "primary_metric": "rouge_l",
-        "min_gain": 0.05,
-        "champion_rule": "tolerance",
-        "tolerance": 0.01,
-        "min_schema_valid_rate": 0.98,
-        "max_never_stop_rate": 0.01,
-    }
     BREAKERS["data_valid"](c)
     d = run(c)
     tags = d.tags()
@@ -207,17 +199,29 @@ def test_decision_tags_and_mapping_criteria() -> None:
     assert json.loads(tags["gate.rows"])[CRITERIA.index("data_valid")]["passed"] is False
 
 
-def test_metric_aliases_are_accepted() -> None:
+def test_the_gate_reads_one_name_per_metric() -> None:
+    """Fault: an alias table made `schema_valid_rate` and `json_valid_rate` one metric inside the gate
+    (and `field_accuracy` / `json_field_accuracy`): two names for a concept. The gate reads the evaluate
+    stage's names only; older names are read once, by `promote.stage.gate_metrics`."""
     c = case()
-    c["candidate"]["schema_valid_rate"] = c["candidate"].pop("json_valid_rate") - 0.5  # 0.5 < floor 0.98
-    assert run(c).failed == ["schema_valid_rate"]
-    c["criteria"] = PromoteParams(
-        primary_metric="json_field_accuracy", min_gain=0.1, min_schema_valid_rate=0.0
-    )
-    c["candidate"]["field_accuracy"], c["base"]["json_field_accuracy"] = 0.9, 0.5
+    c["candidate"]["schema_valid_rate"] = c["candidate"].pop("json_valid_rate") - 0.5
+    row = run(c).rows[CRITERIA.index("json_valid_rate")]
+    assert row["passed"] and row["value"] is None and "metric absent" in row["reason"]
+    c["criteria"] = PromoteParams(primary_metric="json_field_accuracy", min_gain=0.1, min_json_valid_rate=0.0)
+    c["candidate"]["json_field_accuracy"], c["base"]["json_field_accuracy"] = 0.9, 0.5
     c["champion"] = {"json_field_accuracy": 0.85}
     d = run(c)
     assert d.promote and d.rows[0]["value"] == pytest.approx(0.4)
+
+
+def test_the_champion_tolerance_comes_from_the_params_alone() -> None:
+    """Fault: `decide(criteria: Any)` had its own fallback tolerance 0.0 where the config's default is
+    0.01, so a caller passing a mapping without `tolerance` got a stricter gate than params.yaml's."""
+    c = case()
+    c["criteria"] = PromoteParams(min_gain=0.05)  # tolerance: the config's default
+    c["champion"]["rouge_l"] = 0.505  # the candidate (0.50) is 0.005 worse: within 0.01
+    row = run(c).rows[CRITERIA.index("vs_champion")]
+    assert row["passed"] and row["threshold"] == pytest.approx(-PromoteParams().tolerance) == -0.01
 
 
 def test_worse_than_base_on_rouge_l_is_refused_naming_the_criterion() -> None:
@@ -239,7 +243,7 @@ def test_worse_than_base_on_rouge_l_is_refused_naming_the_criterion() -> None:
 NAMED_IN_REASON = {
     "beats_base": ("rouge_l", "min_gain 0.05"),
     "vs_champion": ("rouge_l", "tolerance rule"),
-    "schema_valid_rate": ("json_valid_rate", "floor 0.98"),
+    "json_valid_rate": ("json_valid_rate", "floor 0.98"),
     "never_stop_rate": ("never_stop_rate", "ceiling 0.01"),
 }
 
@@ -263,8 +267,8 @@ def test_schema_rate_reported_as_none_fails() -> None:
     c = case()
     c["candidate"]["json_valid_rate"] = None
     d = run(c)
-    row = d.rows[CRITERIA.index("schema_valid_rate")]
-    assert d.failed == ["schema_valid_rate"] and "no evaluated row has an output schema" in row["reason"]
+    row = d.rows[CRITERIA.index("json_valid_rate")]
+    assert d.failed == ["json_valid_rate"] and "no evaluated row has an output schema" in row["reason"]
 
 
 def test_never_stop_reason_counts_rows_over_the_budget() -> None:

@@ -1,5 +1,5 @@
 """Outputs never destroy what tuneline did not write (DESIGN §10), on every path that replaces a directory:
-`tuneline data --output`, `build_base` (model.demo.output_dir) and `train` (train.output_dir).
+`tuneline data --output`, `build_base` (build_base.output_dir) and `train` (train.output_dir).
 
 Each test here failed before `tuneline.outdirs` existed: `tuneline data` deleted DIR/work with the user's
 files in it, `build_base` replaced a folder outside the workspace, and `--output` naming a file crashed with
@@ -101,13 +101,13 @@ def test_data_reruns_into_its_own_output(workspace: Path) -> None:
 
 
 def test_build_base_refuses_an_output_dir_outside_the_workspace(tmp_path: Path) -> None:
-    """Fault 2: `--set model.demo.output_dir=../victim` replaced a folder outside the workspace."""
+    """Fault 2: `--set build_base.output_dir=../victim` replaced a folder outside the workspace."""
     ws, victim = tmp_path / "ws", tmp_path / "victim"
     write_jsonl(ws / "data" / "processed" / "train.jsonl", tiny_records())
     victim.mkdir()
     (victim / "keep.txt").write_text("keep")
-    cfg = Config.model_validate({"model": {"demo": {**TINY, "pretrain_steps": 2, "output_dir": "../victim"}}})
-    with pytest.raises(OutputPathError, match=r"model\.demo\.output_dir: \.\./victim .*outside the"):
+    cfg = Config.model_validate({"build_base": {**TINY, "pretrain_steps": 2, "output_dir": "../victim"}})
+    with pytest.raises(OutputPathError, match=r"build_base\.output_dir: \.\./victim .*outside the"):
         build_base(cfg, ws)
     # Allowed outside, a folder tuneline did not write is still never replaced.
     cfg.allow_outside_workspace = True
@@ -120,8 +120,8 @@ def test_build_base_refuses_an_output_dir_outside_the_workspace(tmp_path: Path) 
 def test_build_base_outside_the_workspace_when_allowed(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     write_jsonl(ws / "data" / "processed" / "train.jsonl", tiny_records())
-    cfg = Config.model_validate({"allow_outside_workspace": True, "model": {
-        "name_or_path": "../base", "demo": {**TINY, "pretrain_steps": 2, "output_dir": "../base"}}})
+    cfg = Config.model_validate({"allow_outside_workspace": True, "model": {"name_or_path": "../base"},
+                                 "build_base": {**TINY, "pretrain_steps": 2, "output_dir": "../base"}})
     build_base(cfg, ws)
     assert (tmp_path / "base" / BUILD_INFO).is_file() and (tmp_path / "base" / MARKER).is_file()
     build_base(cfg, ws)  # its own output: replaced

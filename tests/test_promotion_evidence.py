@@ -24,6 +24,7 @@ from tuneline.layout import Layout
 from tuneline.promote.aliases import apply_decision
 from tuneline.promote.gate import Decision
 from tuneline.promote.stage import adapter_sha256, approve
+from tuneline.promote.status import Verdict
 from tuneline.registry.registry import aliases_of, client, version_info
 
 BASE_LOSS = 2.0
@@ -149,7 +150,7 @@ def test_stale_reason_names_each_mismatch() -> None:
     assert "the champion is now 1" in stale_reason(first, "c", "1", "s1")
 
 
-AWAIT = Decision(promote=False, status="await_approval", rows=[])
+AWAIT = Decision(promote=False, status=Verdict.AWAIT_APPROVAL, rows=[])
 
 
 def test_approval_of_a_version_judged_against_a_replaced_champion_is_refused(tmp_path: Path) -> None:
@@ -162,7 +163,7 @@ def test_approval_of_a_version_judged_against_a_replaced_champion_is_refused(tmp
     mc.create_registered_model("m")
     for v in range(3):
         mc.create_model_version("m", source=f"/nowhere/m/{v + 1}")
-    assert apply_decision(uri, "m", "1", Decision(True, "promote", []), None).status == "promoted"
+    assert apply_decision(uri, "m", "1", Decision(True, Verdict.PROMOTE, []), None).status == "promoted"
     for v in ("2", "3"):
         mc.set_registered_model_alias("m", "challenger", v)
         assert apply_decision(uri, "m", v, AWAIT, "1").status == "needs_approval"

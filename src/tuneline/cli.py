@@ -82,7 +82,7 @@ def data_command(
 def build_base_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Build the demo base model (BPE tokenizer + tiny Llama, briefly pre-trained) from the train split.
 
-    Saves a Hugging Face model with safetensors, tokenizer and chat template to model.demo.output_dir
+    Saves a Hugging Face model with safetensors, tokenizer and chat template to build_base.output_dir
     (default models/base), loaded later through the same from_pretrained path as any hub model.
     """
     from tuneline.train.demo_base import build_base
@@ -296,9 +296,14 @@ def serve_command(
     set_: SetOpt = None,
     host: Annotated[str | None, typer.Option("--host", help="Interface (default serve.host).")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Port (default serve.port).")] = None,
-    canary: Annotated[
-        bool, typer.Option("--canary/--no-canary", help="Send serve.canary_share of users to the challenger.")
+    with_challenger: Annotated[
+        bool,
+        typer.Option("--with-challenger/--champion-only",
+                     help="Serve the challenger beside the champion, to serve.canary_share of users."),
     ] = True,
+    old_canary_flag: Annotated[
+        bool | None, typer.Option("--canary/--no-canary", hidden=True, help="Deprecated: --with-challenger.")
+    ] = None,
     print_vllm: Annotated[
         bool, typer.Option("--print-vllm", help="Download the versions, print the vLLM command, exit.")
     ] = False,
@@ -324,11 +329,16 @@ def serve_command(
     from tuneline.serve.server import serve, vllm_recipe
 
     _setup_logging()
+    if old_canary_flag is not None:
+        new = "--with-challenger" if old_canary_flag else "--champion-only"
+        typer.echo(f"warning: --{'' if old_canary_flag else 'no-'}canary is deprecated, renamed {new} "
+                   "(`canary` alone also named promote's setting and serve.canary_share)", err=True)
+        with_challenger = old_canary_flag
     try:
         cfg = _load(params, set_)
         if print_vllm:
-            typer.echo(vllm_recipe(cfg, canary, download_dir))
+            typer.echo(vllm_recipe(cfg, with_challenger, download_dir))
             return
-        serve(cfg, host, port, canary, download_dir)
+        serve(cfg, host, port, with_challenger, download_dir)
     except TunelineError as exc:
         raise _fail(exc) from None

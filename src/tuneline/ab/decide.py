@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from tuneline.ab.report import ab_report, summary_line
 from tuneline.config import Config
@@ -27,17 +27,17 @@ from tuneline.config.ab import AbParams
 from tuneline.feedback.store import FeedbackStore
 from tuneline.jsonio import write_json
 from tuneline.layout import Layout
+from tuneline.promote.aliases import PromotionResult, promote, retire_challenger
+from tuneline.promote.status import AbAction, MoveStatus, Verdict, passed
+from tuneline.registry.registry import aliases_of, set_version_tags, version_info
 
 logger = logging.getLogger(__name__)
-
-Action = Literal["promote", "retire", "collect", "no_challenger"]
-
 
 @dataclass(frozen=True)
 class Decision:
     """What the A/B evidence says. `needed` is how many more rated exchanges each variant needs."""
 
-    action: Action
+    action: AbAction
     reason: str
     champion: str | None
     challenger: str | None
@@ -61,7 +61,7 @@ def decide(report: dict[str, Any], ab_params: AbParams) -> Decision:
     """
     champ, chal, test = report["arms"]["champion"], report["arms"]["challenger"], report["test"]
 
-    def made(action: Action, reason: str, needed: dict[str, int] | None = None) -> Decision:
+    def made(action: AbAction, reason: str, needed: dict[str, int] | None = None) -> Decision:
         return Decision(
             action=action,
             reason=reason,
@@ -76,28 +76,29 @@ def decide(report: dict[str, Any], ab_params: AbParams) -> Decision:
         )
 
     if chal is None:
-        return made("no_challenger", "no version holds the challenger alias: nothing to compare")
+        return made(AbAction.NO_CHALLENGER, "no version holds the challenger alias: nothing to compare")
     if champ is None:
-        return made("collect", f"no champion to compare challenger version {chal['version']} against; "
+        return made(AbAction.COLLECT, f"no champion to compare challenger version {chal['version']} against; "
                                "promote a champion through the gate first")
     if champ["version"] == chal["version"]:
-        return made("no_challenger", f"version {chal['version']} holds both aliases: nothing to compare")
+        return made(AbAction.NO_CHALLENGER,
+                    f"version {chal['version']} holds both aliases: nothing to compare")
     floor = ab_params.min_feedback
     needed = {v: floor - arm["rated"] for v, arm in (("champion", champ), ("challenger", chal))
               if arm["rated"] < floor}
     if needed:
         missing = ", ".join(f"{n} more on the {v} ({floor - n}/{floor})" for v, n in needed.items())
-        return made("collect", f"not enough rated exchanges: need {missing}", needed)
+        return made(AbAction.COLLECT, f"not enough rated exchanges: need {missing}", needed)
     if test is None:  # cannot happen with min_feedback >= 1, kept so a bad report never promotes
-        return made("collect", "no test result in the report")
+        return made(AbAction.COLLECT, "no test result in the report")
     diff, p = test["difference"], test["p_value"]
     words = (f"challenger {chal['rate']:.1%} vs champion {champ['rate']:.1%} "
              f"({diff * 100:+.1f} points, p = {p:.3g}, alpha {ab_params.alpha:g})")
     if p < ab_params.alpha and diff > 0:
-        return made("promote", f"challenger significantly better: {words}")
+        return made(AbAction.PROMOTE, f"challenger significantly better: {words}")
     if p < ab_params.alpha and diff < 0:
-        return made("retire", f"challenger significantly worse: {words}")
-    return made("collect", f"difference not significant: {words}")
+        return made(AbAction.RETIRE, f"challenger significantly worse: {words}")
+    return made(AbAction.COLLECT, f"difference not significant: {words}")
 
 
 def _now() -> str:
@@ -139,31 +140,27 @@ def run(cfg: Config, layout: Layout, store: FeedbackStore | None = None) -> dict
     Raises:
         StoreError, RegistryError, AbDataError: as `ab_report`; RegistryError also for a failed move.
     """
-    from tuneline.promote.aliases import PromotionResult, promote, retire_challenger
-    from tuneline.promote.gate import passed
-    from tuneline.registry.registry import aliases_of, set_version_tags, version_info
-
     reg, uri = cfg.registry, cfg.tracking.uri
     report = ab_report(cfg, layout, store)
     decision = decide(report, cfg.ab)
     at = _now()
     result = None
-    if decision.challenger is not None and decision.action != "no_challenger":
+    if decision.challenger is not None and decision.action != AbAction.NO_CHALLENGER:
         set_version_tags(uri, reg.model_name, decision.challenger, decision_tags(decision, at))
     gate = (version_info(uri, reg.model_name, decision.challenger)["tags"].get("gate.status")
-            if decision.action == "promote" else None)
-    if decision.action == "promote" and not passed(gate):
+            if decision.action == AbAction.PROMOTE else None)
+    if decision.action == AbAction.PROMOTE and not passed(gate):
         # Live feedback alone never promotes: the version must also have passed the offline gate.
-        result = PromotionResult(False, "rejected", decision.challenger, decision.champion, None,
+        result = PromotionResult(False, MoveStatus.REJECTED, decision.challenger, decision.champion, None,
                                  f"version {decision.challenger} won the A/B test but its gate.status is "
                                  f"{gate or 'unset'}; only a version that passed the gate is promoted")
-    elif decision.action == "promote":
+    elif decision.action == AbAction.PROMOTE:
         # The version's recorded verdict is the evidence: a gate that asked for a person's approval
         # still asks for it, whatever promote.require_approval says today.
         result = promote(uri, reg.model_name, decision.challenger, decision.champion, reg,
-                         require_approval=gate != "promote" or cfg.promote.require_approval,
+                         require_approval=gate != Verdict.PROMOTE or cfg.promote.require_approval,
                          require_evidence=True)
-    elif decision.action == "retire":
+    elif decision.action == AbAction.RETIRE:
         result = retire_challenger(uri, reg.model_name, decision.challenger, decision.reason, reg)
     after = aliases_of(uri, reg.model_name)
     out = {

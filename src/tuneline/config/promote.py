@@ -23,10 +23,11 @@ class PromoteParams(Section):
     )
     tolerance: float = Field(0.01, ge=0, description="Allowed loss against the champion (champion_rule).")
     margin: float = Field(0.0, ge=0, description="Required gain over the champion (champion_rule).")
-    min_schema_valid_rate: float = Field(
+    min_json_valid_rate: float = Field(
         0.98, ge=0, le=1,
         description="Floor on the candidate's json_valid_rate, over the rows task.output_schema covers (only "
-        "when it is set; a rate reported as None, no structured row evaluated, fails).",
+        "when it is set; a rate reported as None, no structured row evaluated, fails). "
+        "(Was `min_schema_valid_rate`.)",
     )
     max_never_stop_rate: float = Field(
         0.01, ge=0, le=1,
@@ -39,8 +40,9 @@ class PromoteParams(Section):
     require_approval: bool = Field(
         False, description="Move the champion alias only after a person approves (CLI or Prefect UI)."
     )
-    canary: bool = Field(
+    keep_challenger_as_canary: bool = Field(
         False,
-        description="A candidate that passes the gate stays challenger and is served to serve.canary_share "
-        "of users; `tuneline ab decide` promotes it on live feedback.",
+        description="A candidate that passes the gate while a champion exists stays challenger and is "
+        "served to serve.canary_share of users; `tuneline ab decide` promotes it on live feedback. Off: a "
+        "passing candidate is promoted at once. (Was `promote.canary`.)",
     )

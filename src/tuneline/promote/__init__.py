@@ -1,7 +1,7 @@
-"""Promotion: the gate's pure decision (`gate`) and the alias moves it leads to (`aliases`)."""
+"""Promotion: the gate's pure decision (`gate`), the alias moves it leads to (`aliases`), and the words
+both speak (`status`)."""
 
 from tuneline.promote.aliases import (
-    AliasNames,
     PromotionResult,
     RollbackResult,
     apply_decision,
@@ -12,10 +12,11 @@ from tuneline.promote.aliases import (
     rollback,
 )
 from tuneline.promote.gate import Decision, decide
+from tuneline.promote.status import MoveStatus, Verdict
 
 __all__ = [
-    "AliasNames",
     "Decision",
+    "MoveStatus",
     "PromotionResult",
     "RollbackResult",
     "apply_decision",
@@ -25,4 +26,5 @@ __all__ = [
     "record_approval",
     "retire_challenger",
     "rollback",
+    "Verdict",
 ]

@@ -5,9 +5,9 @@
                        >= min_gain (loss: lower is better; the others: higher)
     vs_champion        tolerance rule: not worse than the champion by > tolerance;     no champion yet:
                        margin rule: better than the champion by >= margin              passes (skipped)
-    schema_valid_rate  candidate's json_valid_rate (outputs valid under the task's      no output schema
-                       output schema, over the rows it covers) >= min_schema_valid     (metric absent):
-                       _rate                                                           passes; reported as
+    json_valid_rate    candidate's json_valid_rate (outputs valid under the task's      no output schema
+                       output schema, over the rows it covers) >= min_json_valid_rate  (metric absent):
+                                                                                       passes; reported as
                                                                                        None (no structured
                                                                                        row): fails
     never_stop_rate    candidate's never-stop rate (over the rows whose reference      fails
@@ -17,6 +17,9 @@
                        alert is resolved: context["early_stopped"] is True
     data_valid         context["data_valid"] is True                                   fails
     parity             context["parity"] is True (registry model == in-process)        fails
+
+Metrics go by the names the evaluate stage reports (`json_valid_rate`, `json_field_accuracy`, ...) and
+nothing else; the criteria are a `PromoteParams`, whose defaults are the only defaults.
 
 The gate fails closed: evidence that was not reported counts as failed, so a caller that forgets to
 pass it cannot promote by accident. The two exceptions are by design: a first model has no champion
@@ -29,8 +32,8 @@ overfitting signal and the trainer always restores the best-val-loss checkpoint 
 divergence, and the held-out comparisons above judge it. An overfitting alert without an early stop
 (training ran to its last step while diverging) blocks promotion.
 
-Status: "rejected" when any criterion fails; otherwise "await_approval" when the criteria require a
-person's approval, else "promote". "Not promoted" is a result, never an exception.
+Verdict (`status.Verdict`): REJECTED when any criterion fails; otherwise AWAIT_APPROVAL when the criteria
+require a person's approval, else PROMOTE. "Not promoted" is a result, never an exception.
 """
 
 from __future__ import annotations
@@ -39,27 +42,21 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-Status = Literal["promote", "await_approval", "rejected"]
-PASSED: tuple[Status, ...] = ("promote", "await_approval")
+from tuneline.config.promote import PromoteParams
+from tuneline.promote.status import Verdict, passed
+
 LOWER_IS_BETTER = frozenset({"loss", "perplexity"})
 SCHEMA_METRIC = "json_valid_rate"  # the schema-valid rate (evaluate: JSON that validates)
 NEVER_STOP_METRIC = "never_stop_rate"
-# Other names the same metric goes by (the evaluate stage reports json_*; either is accepted).
-METRIC_ALIASES = {
-    "json_valid_rate": "schema_valid_rate",
-    "schema_valid_rate": "json_valid_rate",
-    "json_field_accuracy": "field_accuracy",
-    "field_accuracy": "json_field_accuracy",
-}
 # Comparisons allow this much float noise (0.3 - 0.2 >= 0.1 must hold).
 EPS = 1e-9
 CRITERIA = (
     "beats_base",
     "vs_champion",
-    "schema_valid_rate",
-    "never_stop_rate",
+    SCHEMA_METRIC,
+    NEVER_STOP_METRIC,
     "train_health",
     "overfitting",
     "data_valid",
@@ -67,23 +64,17 @@ CRITERIA = (
 )
 
 
-def passed(status: str | None) -> bool:
-    """Whether a gate status (a Decision's, or a version's `gate.status` tag) let the version through:
-    only such a version may be approved, canaried or promoted on live feedback."""
-    return status in PASSED
-
-
 @dataclass(frozen=True)
 class Decision:
     """The gate's result: whether to promote now, the status, and one row per criterion."""
 
     promote: bool
-    status: Status
+    status: Verdict
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        """Every criterion passed (the status is promote or await_approval)."""
+        """Every criterion passed (the verdict is PROMOTE or AWAIT_APPROVAL)."""
         return passed(self.status)
 
     @property
@@ -117,24 +108,9 @@ class Decision:
         }
 
 
-def _param(criteria: Any, name: str, default: Any = None) -> Any:
-    """A criterion from a PromoteParams-like object or a mapping."""
-    if isinstance(criteria, Mapping):
-        return criteria.get(name, default)
-    return getattr(criteria, name, default)
-
-
-def _raw(metrics: Mapping[str, Any] | None, name: str) -> Any:
-    """`metrics[name]`, falling back to the other name of the same metric (`METRIC_ALIASES`)."""
-    metrics = metrics or {}
-    if metrics.get(name) is None and name in METRIC_ALIASES:
-        return metrics.get(METRIC_ALIASES[name])
-    return metrics.get(name)
-
-
 def _number(metrics: Mapping[str, Any] | None, name: str) -> float | None:
     """The finite number for metric `name`, or None when absent, None or not finite."""
-    value = _raw(metrics, name)
+    value = (metrics or {}).get(name)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
     return float(value)
@@ -145,12 +121,12 @@ def gain(candidate: float, reference: float, metric: str) -> float:
     return reference - candidate if metric in LOWER_IS_BETTER else candidate - reference
 
 
-def _row(criterion: str, value: Any, threshold: Any, passed: bool, reason: str) -> dict[str, Any]:
+def _row(criterion: str, value: Any, threshold: Any, ok: bool, reason: str) -> dict[str, Any]:
     return {
         "criterion": criterion,
         "value": value,
         "threshold": threshold,
-        "passed": bool(passed),
+        "passed": bool(ok),
         "reason": reason,
     }
 
@@ -173,13 +149,10 @@ def _beats_base(metric: str, min_gain: float, candidate: Mapping, base: Mapping)
     )
 
 
-def _vs_champion(criteria: Any, metric: str, candidate: Mapping, champion: Mapping | None) -> dict[str, Any]:
-    rule = _param(criteria, "champion_rule", "tolerance")
-    threshold = (
-        -float(_param(criteria, "tolerance", 0.0))
-        if rule == "tolerance"
-        else float(_param(criteria, "margin", 0.0))
-    )
+def _vs_champion(criteria: PromoteParams, metric: str, candidate: Mapping, champion: Mapping | None
+                 ) -> dict[str, Any]:
+    rule = criteria.champion_rule
+    threshold = -criteria.tolerance if rule == "tolerance" else criteria.margin
     if champion is None:
         return _row("vs_champion", None, threshold, True, "skipped: no champion yet")
     cand, ref = _number(candidate, metric), _number(champion, metric)
@@ -201,24 +174,23 @@ def _vs_champion(criteria: Any, metric: str, candidate: Mapping, champion: Mappi
     )
 
 
-def _floors(criteria: Any, candidate: Mapping) -> list[dict[str, Any]]:
+def _floors(criteria: PromoteParams, candidate: Mapping) -> list[dict[str, Any]]:
     rows = []
-    floor = float(_param(criteria, "min_schema_valid_rate", 0.0))
+    floor = criteria.min_json_valid_rate
     valid = _number(candidate, SCHEMA_METRIC)
-    reported = any(name in (candidate or {}) for name in (SCHEMA_METRIC, METRIC_ALIASES[SCHEMA_METRIC]))
-    if not reported:
-        rows.append(_row("schema_valid_rate", None, floor, True, "skipped: no output schema (metric absent)"))
-    elif _raw(candidate, SCHEMA_METRIC) is None:
+    if SCHEMA_METRIC not in (candidate or {}):
+        rows.append(_row(SCHEMA_METRIC, None, floor, True, "skipped: no output schema (metric absent)"))
+    elif candidate[SCHEMA_METRIC] is None:
         # A schema is configured but no generated row was of a structured category: nothing was judged.
-        rows.append(_row("schema_valid_rate", None, floor, False,
+        rows.append(_row(SCHEMA_METRIC, None, floor, False,
                          "json_valid_rate is None: no evaluated row has an output schema"))
     elif valid is None:
-        rows.append(_row("schema_valid_rate", None, floor, False, "json_valid_rate is not a finite number"))
+        rows.append(_row(SCHEMA_METRIC, None, floor, False, "json_valid_rate is not a finite number"))
     else:
         ok = valid >= floor - EPS
-        rows.append(_row("schema_valid_rate", valid, floor, ok,
+        rows.append(_row(SCHEMA_METRIC, valid, floor, ok,
                          f"json_valid_rate {valid:.4g} {'>=' if ok else '<'} floor {floor:g}"))
-    ceiling = float(_param(criteria, "max_never_stop_rate", 1.0))
+    ceiling = criteria.max_never_stop_rate
     never = _number(candidate, NEVER_STOP_METRIC)
     excluded = (candidate or {}).get("never_stop_excluded")
     if never is None:
@@ -297,7 +269,7 @@ def _flag(context: Mapping[str, Any], key: str, criterion: str, ok_reason: str, 
 
 
 def decide(
-    criteria: Any,
+    criteria: PromoteParams,
     candidate: Mapping[str, Any],
     base: Mapping[str, Any],
     champion: Mapping[str, Any] | None,
@@ -306,11 +278,11 @@ def decide(
     """Decide whether the candidate may replace the champion.
 
     Args:
-        criteria: a `PromoteParams` (or an object / mapping with the same names): primary_metric,
-            min_gain, champion_rule, tolerance, margin, min_schema_valid_rate, max_never_stop_rate,
-            require_approval.
-        candidate: the candidate's metrics on the test split ({"rouge_l": .., "loss": ..,
-            "never_stop_rate": .., "schema_valid_rate": .. (only with an output schema)}).
+        criteria: the `promote` params (primary_metric, min_gain, champion_rule, tolerance, margin,
+            min_json_valid_rate, max_never_stop_rate, require_approval).
+        candidate: the candidate's metrics on the test split, by the evaluate stage's names
+            ({"rouge_l": .., "loss": .., "never_stop_rate": .., "json_valid_rate": .. (only with an
+            output schema)}).
         base: the base model's metrics on the same rows.
         champion: the current champion's metrics on the same rows, or None when there is none.
         context: the run's evidence: train_health_status ("ok" | "warning" | "failed"),
@@ -320,9 +292,9 @@ def decide(
     Returns:
         The `Decision`: promote (bool), status, and one row per criterion in `CRITERIA` order.
     """
-    metric = str(_param(criteria, "primary_metric", "rouge_l"))
+    metric = criteria.primary_metric
     rows = [
-        _beats_base(metric, float(_param(criteria, "min_gain", 0.0)), candidate, base),
+        _beats_base(metric, criteria.min_gain, candidate, base),
         _vs_champion(criteria, metric, candidate, champion),
         *_floors(criteria, candidate),
         *_training(context),
@@ -336,7 +308,7 @@ def decide(
         ),
     ]
     if any(not r["passed"] for r in rows):
-        return Decision(promote=False, status="rejected", rows=rows)
-    if _param(criteria, "require_approval", False):
-        return Decision(promote=False, status="await_approval", rows=rows)
-    return Decision(promote=True, status="promote", rows=rows)
+        return Decision(promote=False, status=Verdict.REJECTED, rows=rows)
+    if criteria.require_approval:
+        return Decision(promote=False, status=Verdict.AWAIT_APPROVAL, rows=rows)
+    return Decision(promote=True, status=Verdict.PROMOTE, rows=rows)

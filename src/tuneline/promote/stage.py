@@ -35,9 +35,31 @@ from tuneline.config.loader import Config
 from tuneline.errors import InputFileError, TunelineError
 from tuneline.jsonio import write_json
 from tuneline.layout import Layout
-from tuneline.promote.gate import passed
+from tuneline.lm.chat import ChatFormat
+from tuneline.lm.errors import RenderError
+from tuneline.promote.aliases import (
+    GATE_STATUS,
+    JUDGED_AGAINST,
+    NONE,
+    PromotionResult,
+    apply_decision,
+    promote,
+    record_approval,
+    refusal,
+)
+from tuneline.promote.aliases import rollback as move_back
+from tuneline.promote.gate import decide
+from tuneline.promote.status import MoveStatus, passed
+from tuneline.registry.registry import (
+    aliases_of,
+    client,
+    parity_check,
+    register_candidate,
+    run_exists,
+    version_info,
+)
 from tuneline.train.inputs import read_split, resolve_model_path
-from tuneline.train.tracking import adapter_sha256
+from tuneline.train.tracking import adapter_sha256, git_commit, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +74,23 @@ def _read(path: Path, what: str) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+# Names that older versions of the gate also accepted for two metrics (through an alias table); the
+# evaluate stage has always reported the json_* names, which are now the only ones.
+LEGACY_METRIC_NAMES = {"schema_valid_rate": "json_valid_rate", "field_accuracy": "json_field_accuracy"}
+
+
 def gate_metrics(scores: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Evaluate's metric names as the gate reads them (json_valid_rate is the schema-valid rate)."""
+    """A variant's metrics (reports/evaluate.json) as the gate reads them: by the evaluate stage's names.
+
+    The one reader of the older names (`LEGACY_METRIC_NAMES`): a report that holds one is read as the
+    current name, which wins when both are there and it is not None (as the old alias table did).
+    """
     if scores is None:
         return None
-    out = dict(scores)
-    if scores.get("json_valid_rate") is not None:
-        out["schema_valid_rate"] = scores["json_valid_rate"]
+    out = {k: v for k, v in scores.items() if k not in LEGACY_METRIC_NAMES}
+    for old, new in LEGACY_METRIC_NAMES.items():
+        if old in scores and out.get(new) is None:
+            out[new] = scores[old]
     return out
 
 
@@ -75,10 +107,8 @@ def must_copy_base(copy_base: bool, base: str | Path, root: Path) -> bool:
 def probe_conversations(layout: Layout, n: int, adapter: Path) -> list[list[dict[str, str]]]:
     """The first `n` test prompts (the conversation before its last assistant turn) without tools that
     the adapter's chat template can render: the pyfunc's input is plain role / content messages."""
-    from tuneline.lm.chat import ChatFormat
-    from tuneline.lm.errors import RenderError
-    from tuneline.lm.generate import split_prompts
-    from tuneline.lm.load import load_tokenizer, saved_chat_options
+    from tuneline.lm.generate import split_prompts  # lazy: torch+transformers, ~3.8 s; --approve/--rollback
+    from tuneline.lm.load import load_tokenizer, saved_chat_options  # lazy: as lm.generate
 
     plain = [r for r in read_split(layout, "test")
              if not any(m["role"] == "tool" for m in r["messages"]) and not (r.get("meta") or {}).get("tools")
@@ -100,19 +130,10 @@ def probe_conversations(layout: Layout, n: int, adapter: Path) -> list[list[dict
 def _training_run(cfg: Config, layout: Layout, train: dict[str, Any]) -> str:
     """The training's MLflow run (reports/train_run.json) when this tracking store has it; else a new
     run carrying the training's lineage (e.g. the model came from the DVC cache, trained elsewhere)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from tuneline.train.tracking import git_commit, start_run
-
     facts = layout.report("train_run")
     run_id = json.loads(facts.read_text(encoding="utf-8")).get("mlflow_run_id") if facts.is_file() else None
-    if run_id:
-        try:
-            mlflow.MlflowClient(tracking_uri=cfg.tracking.uri).get_run(str(run_id))
-            return str(run_id)
-        except MlflowException:
-            pass
+    if run_id and run_exists(cfg.tracking.uri, str(run_id)):
+        return str(run_id)
     logger.warning("promote: the training run is not in %s (model from the DVC cache?); registering from a "
                    "new run with the training's lineage tags", cfg.tracking.uri)
     tags = {"stage": "register", "params_hash": str(train.get("params_hash")),
@@ -127,8 +148,6 @@ def already_registered(cfg: Config, sha: str) -> dict[str, Any] | None:
     """The newest version holding exactly this adapter, if any (then nothing is registered again: a
     nightly run that retrained nothing must not add a duplicate version, nor re-judge a judged one;
     "gate" is None for a version registered but never judged)."""
-    from tuneline.registry.registry import aliases_of, client
-
     reg, uri = cfg.registry, cfg.tracking.uri
     found = client(uri).search_model_versions(f"name='{reg.model_name}' and tags.adapter_sha256='{sha}'")
     if not found:
@@ -138,17 +157,18 @@ def already_registered(cfg: Config, sha: str) -> dict[str, Any] | None:
     aliases = aliases_of(uri, reg.model_name)
     held = [a for a in (reg.champion_alias, reg.challenger_alias) if aliases.get(a) == version]
     return {"version": version, "alias": held[0] if held else None,
-            "champion": aliases.get(reg.champion_alias), "gate": newest.tags.get("gate.status")}
+            "champion": aliases.get(reg.champion_alias), "gate": newest.tags.get(GATE_STATUS)}
 
 
 def _unchanged(cfg: Config, layout: Layout, found: dict[str, Any], sha: str) -> dict[str, Any]:
-    status = "already_champion" if found["alias"] == cfg.registry.champion_alias else "already_registered"
+    status = (MoveStatus.ALREADY_CHAMPION if found["alias"] == cfg.registry.champion_alias
+              else MoveStatus.ALREADY_REGISTERED)
     held = found["alias"] or f"no alias; the gate said {found['gate'] or 'nothing'}"
     reason = (f"the candidate is version {found['version']} ({held}), adapter sha256 {sha[:12]}: "
               "nothing new to register or judge")
     report = {
         "model_name": cfg.registry.model_name, "version": found["version"], "adapter_sha256": sha,
-        "decision": {"promote": False, "status": "unchanged", "passed": status == "already_champion",
+        "decision": {"promote": False, "status": "unchanged", "passed": status == MoveStatus.ALREADY_CHAMPION,
                      "failed": [], "rows": []},
         "result": {"promoted": False, "status": status, "version": found["version"],
                    "champion_before": found["champion"], "previous_champion": None, "reason": reason},
@@ -193,9 +213,9 @@ def _stale(cfg: Config, layout: Layout, sha: str, champion: str | None, version:
            reason: str) -> dict[str, Any]:
     report = {
         "model_name": cfg.registry.model_name, "version": version, "adapter_sha256": sha,
-        "decision": {"promote": False, "status": "stale_evaluation", "passed": False, "failed": [],
+        "decision": {"promote": False, "status": MoveStatus.STALE_EVALUATION, "passed": False, "failed": [],
                      "rows": []},
-        "result": {"promoted": False, "status": "stale_evaluation", "version": version,
+        "result": {"promoted": False, "status": MoveStatus.STALE_EVALUATION, "version": version,
                    "champion_before": champion, "previous_champion": None, "reason": reason},
         "parity": None, "champion_before": champion, "champion_after": champion,
     }
@@ -210,10 +230,6 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
     Raises:
         InputFileError: reports of earlier stages or the trained model are missing.
     """
-    from tuneline.promote.aliases import apply_decision
-    from tuneline.promote.gate import decide
-    from tuneline.registry.registry import aliases_of, client, parity_check, register_candidate
-
     evaluation = _read(layout.report("evaluate"), "evaluation report")
     health = _read(layout.report("train_health"), "training health report")
     data = _read(layout.report("validate_splits"), "data contract report")
@@ -264,7 +280,8 @@ def run(cfg: Config, layout: Layout) -> dict[str, Any]:
     # move is compare-and-set against it, so a promotion in the meantime makes this one refuse.
     evidence = {"gate.champion_sha256": evaluation.get("champion_adapter_sha256") or "none"}
     result = apply_decision(uri, reg.model_name, version, decision, evaluation["champion_version"], reg,
-                            canary=cfg.promote.canary, evidence=evidence)
+                            keep_challenger_as_canary=cfg.promote.keep_challenger_as_canary,
+                            evidence=evidence)
     report = {
         "model_name": reg.model_name,
         "version": version,
@@ -291,19 +308,9 @@ def approve(cfg: Config, layout: Layout, version: str, approver: str, note: str 
     Raises:
         GateError: the gate did not pass the version (or never judged it).
     """
-    from tuneline.promote.aliases import (
-        JUDGED_AGAINST,
-        NONE,
-        PromotionResult,
-        promote,
-        record_approval,
-        refusal,
-    )
-    from tuneline.registry.registry import aliases_of, version_info
-
     reg, uri, version = cfg.registry, cfg.tracking.uri, str(version)
     tags = version_info(uri, reg.model_name, version)["tags"]
-    gate = tags.get("gate.status")
+    gate = tags.get(GATE_STATUS)
     if not passed(gate):
         raise GateError(f"{reg.model_name} version {version}: the gate said {gate or 'nothing'}; "
                         "only a version that passed the gate can be approved")
@@ -325,8 +332,6 @@ def approve(cfg: Config, layout: Layout, version: str, approver: str, note: str 
 
 def rollback(cfg: Config) -> dict[str, Any]:
     """Give the champion alias back to the previous champion."""
-    from tuneline.promote.aliases import rollback as move_back
-
     result = move_back(cfg.tracking.uri, cfg.registry.model_name, cfg.registry)
     logger.info("rollback: %s", result.reason)
     return result.to_dict()

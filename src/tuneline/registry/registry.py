@@ -8,6 +8,11 @@ the caller adds (eval metrics, the gate's result). Aliases, never stages: MLflow
 All calls take the tracking URI explicitly (`sqlite:///mlflow.db`, `http://host:port`, ...); the
 registry URI is the same. MLflow's model logging reads the process-wide tracking URI, so it runs
 inside `using_tracking_uri`, which restores the previous setting afterwards.
+
+Imports: mlflow (~4.7 s measured with `python -X importtime`) and `registry.model` (torch and
+transformers, ~2.5 s) load inside the functions that use them: `promote/__init__` imports this module
+through `aliases`, and the pure gate, the status words and the config's `registry.lock_url` check
+(`promote.locks`) import that package, so every `tuneline` command would pay them.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import tuneline
 from tuneline.errors import TunelineError
+from tuneline.registry.base_ref import BaseRef
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +43,7 @@ class RegistryError(TunelineError):
 
 def client(uri: str) -> Any:
     """An `MlflowClient` whose tracking and registry URIs are both `uri`."""
-    import mlflow
+    import mlflow  # lazy: mlflow ~4.7 s, module note
 
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -45,9 +52,9 @@ def client(uri: str) -> Any:
 def using_tracking_uri(uri: str) -> Iterator[None]:
     """Point MLflow's process-wide tracking and registry URIs at `uri`; restore both (and the env
     variables MLflow mirrors them into) on exit."""
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
+    import mlflow  # lazy: mlflow ~4.7 s, module note
+    from mlflow.tracking._model_registry import utils as registry_utils  # lazy: mlflow ~4.7 s
+    from mlflow.tracking._tracking_service import utils as tracking_utils  # lazy: mlflow ~4.7 s
 
     saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     saved = (getattr(tracking_utils, "_tracking_uri", None), getattr(registry_utils, "_registry_uri", None))
@@ -88,7 +95,7 @@ def in_experiment(experiment_id: str) -> Iterator[None]:
 def aliases_of(uri: str, model_name: str) -> dict[str, str]:
     """{alias: version} of the registered model, read in one call (a consistent snapshot); {} when the
     model is not registered yet."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # lazy: mlflow ~4.7 s, module note
 
     try:
         # Stores return the versions as ints; everything in tuneline passes versions as strings.
@@ -117,8 +124,6 @@ def resolve_version(uri: str, model_name: str, version_or_alias: str | int) -> s
 def _code_package(into: Path) -> Path:
     """A copy of the tuneline package (sources only), shipped with each version as `code_paths`, so the
     pickled `AdapterModel` unpickles on a host without tuneline installed."""
-    import tuneline
-
     dst = into / "tuneline"
     shutil.copytree(
         Path(tuneline.__file__).parent, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -159,13 +164,7 @@ def register_candidate(
     Returns:
         The new version number, as a string.
     """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-    from mlflow.models import Model, ModelSignature
-    from mlflow.types import ParamSchema, ParamSpec
-
-    from tuneline.registry.base_ref import BaseRef
-    from tuneline.registry.model import AdapterModel, model_artifacts, pip_requirements
+    from tuneline.registry.model import model_artifacts  # lazy: torch+transformers, ~2.5 s; module note
 
     mc = client(uri)
     run = mc.get_run(run_id)
@@ -174,6 +173,30 @@ def register_candidate(
     artifacts, config = model_artifacts(base_dir, adapter_dir, copy_base)
     version_tags.update(BaseRef.from_config(config).to_tags())  # the base, visible in the registry UI
     config.update(max_new_tokens=max_new_tokens, dtype=dtype)
+    info = _log_model(uri, run_id, run.info.experiment_id, artifacts, config, max_new_tokens)
+    _ensure_registered_model(mc, model_name)
+    # MLflow's sqlite registry resolves `models:/<model id>` sources through the process-wide tracking
+    # URI, not the client's, so the global URI must point at this store here too.
+    with using_tracking_uri(uri):
+        mv = mc.create_model_version(
+            model_name, source=info.model_uri, run_id=run_id, tags=version_tags, model_id=info.model_id
+        )
+    mc.set_registered_model_alias(model_name, challenger_alias, mv.version)
+    logger.info("registry: %s version %s registered from run %s (alias %s)", model_name, mv.version, run_id,
+                challenger_alias)
+    return str(mv.version)
+
+
+def _log_model(uri: str, run_id: str, experiment_id: str, artifacts: dict[str, str], config: dict[str, Any],
+               max_new_tokens: int) -> Any:
+    """Log the `AdapterModel` pyfunc (with a copy of the tuneline sources) into `run_id`; MLflow's
+    `ModelInfo` of it."""
+    import mlflow  # lazy: mlflow ~4.7 s, module note
+    from mlflow.models import Model, ModelSignature  # lazy: mlflow ~4.7 s, module note
+    from mlflow.types import ParamSchema, ParamSpec  # lazy: mlflow ~4.7 s, module note
+
+    from tuneline.registry.model import AdapterModel, pip_requirements  # lazy: torch+transformers, ~2.5 s
+
     # Only params: the input is free-form conversations (validated by the model itself).
     signature = ModelSignature(
         inputs=None, params=ParamSchema([ParamSpec("max_new_tokens", "long", max_new_tokens)])
@@ -181,12 +204,12 @@ def register_candidate(
     with (
         tempfile.TemporaryDirectory(prefix="tuneline-code-") as tmp,
         using_tracking_uri(uri),
-        in_experiment(run.info.experiment_id),
+        in_experiment(experiment_id),
         warnings.catch_warnings(),
     ):
         # No input example on purpose: MLflow would load the whole base model to validate it.
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-        info = Model.log(
+        return Model.log(
             artifact_path=None,
             name=MODEL_ARTIFACT,
             flavor=mlflow.pyfunc,
@@ -198,26 +221,17 @@ def register_candidate(
             pip_requirements=pip_requirements(),
             signature=signature,
         )
+
+
+def _ensure_registered_model(mc: Any, model_name: str) -> None:
+    """Create the registered model unless it exists (another promoter may create it meanwhile)."""
+    from mlflow.exceptions import MlflowException  # lazy: mlflow ~4.7 s, module note
+
     try:
         mc.create_registered_model(model_name)
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
-    # MLflow's sqlite registry resolves `models:/<model id>` sources through the process-wide tracking
-    # URI, not the client's, so the global URI must point at this store here too.
-    with using_tracking_uri(uri):
-        mv = mc.create_model_version(
-            model_name, source=info.model_uri, run_id=run_id, tags=version_tags, model_id=info.model_id
-        )
-    mc.set_registered_model_alias(model_name, challenger_alias, mv.version)
-    logger.info(
-        "registry: %s version %s registered from run %s (alias %s)",
-        model_name,
-        mv.version,
-        run_id,
-        challenger_alias,
-    )
-    return str(mv.version)
 
 
 def load_version(uri: str, model_name: str, version_or_alias: str | int) -> Any:
@@ -226,7 +240,7 @@ def load_version(uri: str, model_name: str, version_or_alias: str | int) -> Any:
     Raises:
         RegistryError: the alias does not exist.
     """
-    import mlflow
+    import mlflow  # lazy: mlflow ~4.7 s, module note
 
     version = resolve_version(uri, model_name, version_or_alias)
     with using_tracking_uri(uri):
@@ -238,6 +252,31 @@ def set_version_tags(uri: str, model_name: str, version: str | int, tags: dict[s
     mc = client(uri)
     for key, value in tags.items():
         mc.set_model_version_tag(model_name, str(version), key, str(value))
+
+
+def version_tags(uri: str, model_name: str, version: str | int) -> dict[str, str]:
+    """The tags of one version.
+
+    Raises:
+        RegistryError: no such model or version.
+    """
+    from mlflow.exceptions import MlflowException  # lazy: mlflow ~4.7 s, module note
+
+    try:
+        return dict(client(uri).get_model_version(model_name, str(version)).tags)
+    except MlflowException as exc:
+        raise RegistryError(f"{model_name} version {version}: {exc}") from exc
+
+
+def run_exists(uri: str, run_id: str) -> bool:
+    """Whether the tracking store at `uri` holds the run `run_id`."""
+    from mlflow.exceptions import MlflowException  # lazy: mlflow ~4.7 s, module note
+
+    try:
+        client(uri).get_run(run_id)
+    except MlflowException:
+        return False
+    return True
 
 
 def version_info(uri: str, model_name: str, version_or_alias: str | int) -> dict[str, Any]:
@@ -287,7 +326,7 @@ def parity_check(
     Returns:
         {"parity": bool, "rows": int, "mismatches": [{"index", "in_process", "registry"}]}.
     """
-    from tuneline.registry.model import generate_replies, load_adapter_model
+    from tuneline.registry.model import generate_replies, load_adapter_model  # lazy: torch, ~2.5 s
 
     model, chat = load_adapter_model(base_dir, adapter_dir, dtype=dtype)
     local = [r["text"] for r in generate_replies(model, chat, conversations, max_new_tokens)]

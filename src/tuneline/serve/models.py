@@ -172,7 +172,7 @@ class ServedModels(Rendering):
             if problem:
                 raise ServeError(
                     f"{self.model_name}: {f.variant} version {f.version} cannot be served beside version "
-                    f"{self._base.version}'s base: {problem}. Serve the champion alone (--no-canary), "
+                    f"{self._base.version}'s base: {problem}. Serve the champion alone (--champion-only), "
                     "restart the server, or retrain on the same base."
                 )
         for f in files:
@@ -224,7 +224,7 @@ class ServedModels(Rendering):
 
 def challenger_problem(uri: str, model_name: str, version: str) -> str | None:
     """Why a challenger version must not be canaried (it did not pass the gate), or None when it may."""
-    from tuneline.promote.gate import passed
+    from tuneline.promote.status import passed
     from tuneline.registry.registry import version_info
 
     gate = version_info(uri, model_name, version)["tags"].get("gate.status")

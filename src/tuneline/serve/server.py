@@ -41,18 +41,19 @@ def api_keys(params: ServeParams, host: str, environ: dict[str, str] | None = No
     return keys
 
 
-def version_files(cfg: Config, canary: bool = True, cache_dir: Path | None = None) -> list:
-    """The champion's (and, with the canary on, the challenger's) files, downloaded from the registry."""
+def version_files(cfg: Config, with_challenger: bool = True, cache_dir: Path | None = None) -> list:
+    """The champion's (and, with_challenger, the challenger's) files, downloaded from the registry."""
     from tuneline.serve.models import resolve_versions
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     reg = cfg.registry
     return resolve_versions(cfg.tracking.uri, reg.model_name,
                             {"champion": reg.champion_alias, "challenger": reg.challenger_alias},
-                            with_challenger=canary and cfg.serve.canary_share > 0, cache_dir=cache_dir)
+                            with_challenger=with_challenger and cfg.serve.canary_share > 0,
+                            cache_dir=cache_dir)
 
 
-def build_state(cfg: Config, host: str, canary: bool = True, cache_dir: Path | None = None):
+def build_state(cfg: Config, host: str, with_challenger: bool = True, cache_dir: Path | None = None):
     """Load everything `create_app` needs from the config (registry aliases, store, limits)."""
     from tuneline.feedback.store import FeedbackStore
     from tuneline.feedback.writer import ExchangeWriter
@@ -63,7 +64,7 @@ def build_state(cfg: Config, host: str, canary: bool = True, cache_dir: Path | N
 
     params = cfg.serve
     keys = api_keys(params, host)
-    files = version_files(cfg, canary, cache_dir)
+    files = version_files(cfg, with_challenger, cache_dir)
     versions = {f.variant: f.version for f in files}
     if params.backend_url:
         models = RemoteModels(params.backend_url, versions, cfg.registry.model_name, files[0].adapter_dir,
@@ -82,17 +83,18 @@ def build_state(cfg: Config, host: str, canary: bool = True, cache_dir: Path | N
         watcher = AliasWatcher(cfg.tracking.uri, reg.model_name,
                                {"champion": reg.champion_alias, "challenger": reg.challenger_alias},
                                models, batcher, params.reload_s,
-                               with_challenger=canary and params.canary_share > 0, cache_dir=cache_dir)
+                               with_challenger=with_challenger and params.canary_share > 0,
+                               cache_dir=cache_dir)
     writer = ExchangeWriter(store, local_dir=params.store_local_dir)
     return ServerState(models=models, batcher=batcher, store=store, writer=writer, params=params,
                        api_keys=keys, watcher=watcher)
 
 
-def vllm_recipe(cfg: Config, canary: bool = True, download_dir: Path | None = None) -> str:
+def vllm_recipe(cfg: Config, with_challenger: bool = True, download_dir: Path | None = None) -> str:
     """The vLLM command for the current champion (and challenger), and how to route in front of it."""
     from tuneline.serve.remote import render_vllm_command, vllm_command
 
-    files = version_files(cfg, canary, download_dir)
+    files = version_files(cfg, with_challenger, download_dir)
     dtype = "auto" if cfg.serve.dtype == "auto" else cfg.serve.dtype
     command = render_vllm_command(vllm_command(files, dtype=dtype))
     served = ", ".join(f"{f.variant} v{f.version}" for f in files)
@@ -110,7 +112,7 @@ def startup_line(cfg: Config, state: Any, host: str, port: int) -> str:
                   f"{'required' if state.api_keys else 'off (loopback)'}")
 
 
-def serve(cfg: Config, host: str | None = None, port: int | None = None, canary: bool = True,
+def serve(cfg: Config, host: str | None = None, port: int | None = None, with_challenger: bool = True,
           download_dir: Path | None = None) -> None:
     """Run the server until interrupted (Ctrl-C drains the queue and commits every exchange)."""
     import uvicorn
@@ -119,7 +121,7 @@ def serve(cfg: Config, host: str | None = None, port: int | None = None, canary:
 
     host = host or cfg.serve.host
     port = port or cfg.serve.port
-    state = build_state(cfg, host, canary, download_dir)
+    state = build_state(cfg, host, with_challenger, download_dir)
     logger.info("%s", startup_line(cfg, state, host, port))
     uvicorn.Server(uvicorn_config(create_app(state), host, port)).run()
 

@@ -5,7 +5,7 @@ No hub download is needed anywhere: a byte-level BPE tokenizer is trained (`toke
 `LlamaForCausalLM` is pre-trained (full-parameter causal LM, plain torch loop, CPU). A LoRA adapter
 barely moves random weights, so the pre-training gives later stages something to adapt.
 
-With `model.demo.corpus` (the demo: web text, `data/pretrain/`), the weights learn from that corpus
+With `build_base.corpus` (the demo: web text, `data/pretrain/`), the weights learn from that corpus
 alone, as a real base model knows language but not your data: what fine-tuning teaches (who the
 assistant is, the JSON answers, the chat format and when to stop) shows in the evaluation. The tokenizer's
 vocabulary comes from the corpus and the train split (so Chinese and the demo's words are whole tokens;
@@ -46,8 +46,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from tuneline.config.build_base import BuildBaseParams
 from tuneline.config.loader import Config
-from tuneline.config.model import DemoBaseParams
 from tuneline.errors import InputFileError, TunelineError
 from tuneline.jsonio import read_jsonl, write_json
 from tuneline.layout import Layout
@@ -58,7 +58,7 @@ from tuneline.train.chat_template import BOS, CHAT_TEMPLATE, EOS, PAD, SPECIAL_T
 logger = logging.getLogger(__name__)
 
 BUILD_INFO = "build_info.json"
-OUTPUT_SETTING = "model.demo.output_dir"
+OUTPUT_SETTING = "build_base.output_dir"
 PROBE_BLOCKS = 16  # fixed blocks whose loss is measured before and after pre-training
 
 
@@ -100,7 +100,7 @@ def train_tokenizer(convs: list[list[dict[str, str]]], vocab_size: int, max_leng
     return fast
 
 
-def make_model(params: DemoBaseParams, tokenizer: Any, seed: int) -> Any:
+def make_model(params: BuildBaseParams, tokenizer: Any, seed: int) -> Any:
     """A freshly initialised tiny `LlamaForCausalLM` (seeded), sized by `params` and the tokenizer."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -146,7 +146,7 @@ def probe_loss(model: Any, blocks: torch.Tensor) -> float:
     return float(model(input_ids=blocks, labels=blocks).loss)
 
 
-def pretrain(model: Any, blocks: torch.Tensor, params: DemoBaseParams, seed: int) -> dict[str, float]:
+def pretrain(model: Any, blocks: torch.Tensor, params: BuildBaseParams, seed: int) -> dict[str, float]:
     """Full-parameter causal-LM pre-training with AdamW in a seeded order.
 
     Warmup over the first 10% of steps, then cosine decay to 10% of `params.lr`; gradients clipped at 1.
@@ -207,14 +207,14 @@ def _check_saved(path: Path, probe: torch.Tensor, loss_after: float, convs: list
     return {"prompt": prompt[-1]["content"][:200], "completion": completion}
 
 
-def build_demo_base(records: list[dict[str, Any]], params: DemoBaseParams, seed: int, out_dir: Path,
+def build_demo_base(records: list[dict[str, Any]], params: BuildBaseParams, seed: int, out_dir: Path,
                     corpus: list[str] | None = None) -> dict:
     """Build the demo base and save it atomically into `out_dir`.
 
     Args:
         records: canonical records of the train split; only `messages` (role, content) is used: the
             tokenizer's vocabulary, and the pre-training text when there is no `corpus`.
-        params: `model.demo` settings.
+        params: the `build_base` settings.
         seed: the global seed (model init and data order).
         out_dir: the Hugging Face model directory to (re)create.
         corpus: pre-training documents; when given, the weights learn from them alone.
@@ -264,7 +264,7 @@ def build_demo_base(records: list[dict[str, Any]], params: DemoBaseParams, seed:
 
 
 def _tokenize(convs: list[list[dict[str, str]]], documents: list[list[dict[str, str]]],
-              corpus: list[str] | None, params: DemoBaseParams) -> tuple[Any, list[list[int]]]:
+              corpus: list[str] | None, params: BuildBaseParams) -> tuple[Any, list[list[int]]]:
     """The tokenizer (trained on the corpus and the conversations) and the token ids of the pre-training
     text: each corpus document ending with EOS, or else the conversations rendered by the chat template."""
     tokenizer = train_tokenizer(documents + convs, params.vocab_size, params.max_position_embeddings)
@@ -275,7 +275,7 @@ def _tokenize(convs: list[list[dict[str, str]]], documents: list[list[dict[str, 
     return tokenizer, tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
 
 
-def _pretrain_lowering_loss(model: Any, blocks: torch.Tensor, params: DemoBaseParams, seed: int) -> dict:
+def _pretrain_lowering_loss(model: Any, blocks: torch.Tensor, params: BuildBaseParams, seed: int) -> dict:
     """`pretrain`, refused when it did not lower the probe loss (a base that learned nothing)."""
     losses = pretrain(model, blocks, params, seed)
     logger.info("demo base pre-training: loss %.4f -> %.4f over %d steps",
@@ -283,7 +283,7 @@ def _pretrain_lowering_loss(model: Any, blocks: torch.Tensor, params: DemoBasePa
     if params.pretrain_steps and not losses["loss_after"] < losses["loss_before"]:
         raise TunelineError(
             f"demo base pre-training did not lower the loss ({losses['loss_before']:.4f} -> "
-            f"{losses['loss_after']:.4f}); lower model.demo.lr or raise model.demo.pretrain_steps"
+            f"{losses['loss_after']:.4f}); lower build_base.lr or raise build_base.pretrain_steps"
         )
     return losses
 
@@ -312,7 +312,7 @@ def _save_checked(model: Any, tokenizer: Any, out_dir: Path, probe: torch.Tensor
 
 
 def build_base(cfg: Config, root: Path = Path(".")) -> dict:
-    """The `build_base` stage: build `cfg.model.demo` from `root/data/processed/train.jsonl`.
+    """The `build_base` stage: build `cfg.build_base` from `root/data/processed/train.jsonl`.
 
     `output_dir` is taken relative to `root` (unless absolute) and must stay inside it unless
     `allow_outside_workspace` is set. Also writes `root/reports/build_base.json`.
@@ -322,7 +322,7 @@ def build_base(cfg: Config, root: Path = Path(".")) -> dict:
         OutputPathError: `output_dir` is outside the workspace, or holds files tuneline did not write.
     """
     layout = Layout(Path(root))
-    out_dir = inside_workspace(layout.root, cfg.model.demo.output_dir, OUTPUT_SETTING,
+    out_dir = inside_workspace(layout.root, cfg.build_base.output_dir, OUTPUT_SETTING,
                                cfg.allow_outside_workspace)
     check_replaceable(out_dir, OUTPUT_SETTING)  # before any work: refuse now, not after pre-training
     named = Path(cfg.model.name_or_path)
@@ -337,9 +337,9 @@ def build_base(cfg: Config, root: Path = Path(".")) -> dict:
     records = list(read_jsonl(train))
     if not records:
         raise InputFileError(f"{train}: the train split is empty; nothing to build the demo base from")
-    corpus = cfg.model.demo.corpus
+    corpus = cfg.build_base.corpus
     texts = read_corpus(corpus if corpus.is_absolute() else layout.root / corpus) if corpus else None
-    info = build_demo_base(records, cfg.model.demo, cfg.seed, out_dir, texts)
+    info = build_demo_base(records, cfg.build_base, cfg.seed, out_dir, texts)
     # Wall time goes to the log only, so the DVC metric is identical when the build is.
     write_json(layout.report("build_base"), {k: v for k, v in info.items() if k != "seconds"})
     return info
@@ -354,7 +354,7 @@ def read_corpus(path: Path) -> list[str]:
     """
     files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
     if not path.exists() or not files:
-        raise InputFileError(f"model.demo.corpus: {path}: no such file, or a folder without *.jsonl files")
+        raise InputFileError(f"build_base.corpus: {path}: no such file, or a folder without *.jsonl files")
     texts = []
     for file in files:
         with file.open(encoding="utf-8") as fh:
@@ -370,7 +370,7 @@ def read_corpus(path: Path) -> list[str]:
                                          "non-empty string `text`")
                 texts.append(text)
     if not texts:
-        raise InputFileError(f"model.demo.corpus: {path}: no documents")
+        raise InputFileError(f"build_base.corpus: {path}: no documents")
     return texts
 
 

@@ -162,7 +162,7 @@ def load_model_config(cfg: Config, model_config: Any = None) -> Any:
     local = path.exists() or given.startswith((".", "/", "~")) or given.endswith(".json")
     # "models/base" looks like a hub id too: a first component that exists here means a local path.
     local = local or given.count("/") > 1 or ("/" in given and Path(given.split("/")[0]).is_dir())
-    local = local or Path(given) == Path(cfg.model.demo.output_dir)  # the demo base is never on the hub
+    local = local or Path(given) == Path(cfg.build_base.output_dir)  # the demo base is never on the hub
     if local and not path.exists():
         raise ConfigError(
             f"{key} {given!r}: no such file or directory (build the demo base with `tuneline build_base`, "

@@ -18,7 +18,7 @@ class TaskParams(Section):
         "against it. A mapping {category: file}: only rows of those categories are structured (each against "
         "its file); rows of other categories, or without one, are free text. clean validates (never "
         "rewrites) structured outputs, both data contracts measure their schema validity, evaluate reports "
-        "the JSON metrics over them, and the gate holds them to promote.min_schema_valid_rate. "
+        "the JSON metrics over them, and the gate holds them to promote.min_json_valid_rate. "
         "None = free text everywhere.",
     )
 
