@@ -199,7 +199,7 @@ def test_challenger_on_another_base_is_refused(tmp_path: Path, world: World) -> 
     from tuneline.registry.registry import client as client_of
     from tuneline.registry.registry import register_candidate
     from tuneline.serve.models import load_served_models, resolve_versions
-    from tuneline.train.tracking import end_run, start_run
+    from tuneline.tracking import end_run, start_run
 
     other = build_tiny_base(tmp_path, steps=3, seed=7)
     adapter = save_adapter(other, tmp_path / "adapter", noisy=False)

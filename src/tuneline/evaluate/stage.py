@@ -36,7 +36,8 @@ from tuneline.data.output_schema import OutputSchemas, load_output_schemas
 from tuneline.errors import InputFileError
 from tuneline.jsonio import write_json
 from tuneline.layout import Layout
-from tuneline.train.inputs import read_split, resolve_model_path
+from tuneline.lm.source import resolve_model_path
+from tuneline.splits import read_split
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def run(cfg: Config, layout: Layout, champion: tuple[str, str | None] | None = N
     from tuneline.evaluate.metrics import compare
     from tuneline.evaluate.review import write_review
     from tuneline.lm.generate import split_prompts
-    from tuneline.train.tracking import adapter_sha256
+    from tuneline.tracking import adapter_sha256
 
     test = read_split(layout, "test")
     sets = {"test": test, **eval_sets(cfg)}
@@ -234,7 +235,7 @@ def _registry_champion(
 
 
 def _log_mlflow(cfg: Config, layout: Layout, report: dict[str, Any], results: dict[str, Any]) -> None:
-    from tuneline.train.tracking import end_run, log_metrics, start_run
+    from tuneline.tracking import end_run, log_metrics, start_run
 
     run_facts = layout.report("train_run")
     tags = {"stage": "evaluate"}

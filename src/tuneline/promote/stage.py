@@ -35,9 +35,10 @@ from tuneline.config.loader import Config
 from tuneline.errors import InputFileError, TunelineError
 from tuneline.jsonio import write_json
 from tuneline.layout import Layout
+from tuneline.lm.source import resolve_model_path
 from tuneline.promote.gate import passed
-from tuneline.train.inputs import read_split, resolve_model_path
-from tuneline.train.tracking import adapter_sha256
+from tuneline.splits import read_split
+from tuneline.tracking import adapter_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def _training_run(cfg: Config, layout: Layout, train: dict[str, Any]) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from tuneline.train.tracking import git_commit, start_run
+    from tuneline.tracking import git_commit, start_run
 
     facts = layout.report("train_run")
     run_id = json.loads(facts.read_text(encoding="utf-8")).get("mlflow_run_id") if facts.is_file() else None

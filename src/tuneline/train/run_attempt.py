@@ -118,10 +118,10 @@ def train_here(attempt: Attempt, plan: Plan) -> Outcome:
     import torch
     from transformers import set_seed
 
+    from tuneline.tracking import metrics_callback
     from tuneline.train.distributed import check_same_job, init_worker, job_fingerprint
     from tuneline.train.lora import count_parameters
     from tuneline.train.loss import loss_kernel_for
-    from tuneline.train.tracking import metrics_callback
     from tuneline.train.trainer import training_args
 
     cfg = attempt.cfg

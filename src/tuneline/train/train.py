@@ -39,12 +39,22 @@ from tuneline.jsonio import write_json
 from tuneline.layout import Layout
 from tuneline.lm.labels import build_rows
 from tuneline.lm.load import save_chat_format
+from tuneline.lm.source import resolve_model_path
 from tuneline.outdirs import check_replaceable, inside_workspace, replace_dir
 from tuneline.redact import redact
+from tuneline.splits import read_split
+from tuneline.tracking import (
+    end_run,
+    flatten,
+    git_commit,
+    log_metrics,
+    params_hash,
+    sha256_files,
+    start_run,
+)
 from tuneline.train.chat_rows import chat_format_for, write_rejected
 from tuneline.train.curves import write_curves
 from tuneline.train.distributed import check_rendezvous
-from tuneline.train.inputs import read_split, resolve_model_path
 from tuneline.train.loss import loss_kernel_for
 from tuneline.train.outputs import sort_target_modules, train_report
 from tuneline.train.packing import pack_rows
@@ -60,15 +70,6 @@ from tuneline.train.recovery import (
 )
 from tuneline.train.run_attempt import Attempt, OutOfMemory, run_attempt, run_node
 from tuneline.train.token_cache import tokenize_split
-from tuneline.train.tracking import (
-    end_run,
-    flatten,
-    git_commit,
-    log_metrics,
-    params_hash,
-    sha256_files,
-    start_run,
-)
 from tuneline.urls import anchored_url
 
 logger = logging.getLogger(__name__)

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from tuneline.config.loader import Config
+from tuneline.lm.batching import collate_padded
 from tuneline.progress import enabled as progress_enabled
 from tuneline.train.loss import install_loss_kernel
-from tuneline.train.packing import collate_packed, collate_padded
+from tuneline.train.packing import collate_packed
 from tuneline.train.plan import Plan
 
 logger = logging.getLogger(__name__)
