@@ -271,7 +271,7 @@ def test_tool_calls_are_rendered_as_training_saw_them_and_stored_as_sent(world: 
                                                                          server: RunningServer) -> None:
     """An OpenAI tool-use conversation: the model sees the call as ingest renders it (JSON text), the
     store keeps the structure, so an exported row goes back through ingest like any OpenAI data."""
-    from tuneline.data.formats import messages_format
+    from tuneline.formats import messages_format
 
     messages = [
         {"role": "user", "content": "How old am I if I was born in 1990?"},

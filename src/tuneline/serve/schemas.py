@@ -76,7 +76,7 @@ class ChatRequest(BaseModel):
         Raises:
             ValueError: the messages cannot be converted (the reason says why).
         """
-        from tuneline.data.formats import messages_format
+        from tuneline.formats import messages_format
 
         raw = {"messages": self.sent_messages()}
         if self.tools:
