@@ -69,8 +69,8 @@ class TokenStream:
 
 def cancel_criteria(flag: threading.Event) -> Any:
     """A transformers stopping criterion: stop every sequence once `flag` is set (checked per token)."""
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
+    import torch  # lazy: torch ~9 s; serve.models (so the CLI's serve module) imports this one
+    from transformers import StoppingCriteria, StoppingCriteriaList  # lazy: transformers ~5 s; as above
 
     class Cancelled(StoppingCriteria):
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
