@@ -97,8 +97,8 @@ def score_variant(
     max_length: int, schema: OutputSchemas | None,
 ) -> dict[str, Any]:
     """Loss on the whole test split, generation metrics on each sampled set, for one variant."""
-    from tuneline.evaluate.loss import loss_and_perplexity  # lazy: torch ~9 s
-    from tuneline.lm.generate import generate  # lazy: torch ~9 s, not in --help
+    from tuneline.evaluate.loss import loss_and_perplexity  # lazy: torch ~9 s; CLI imports this
+    from tuneline.lm.generate import generate  # lazy: torch ~9 s; CLI imports this
     from tuneline.lm.load import load_variant  # lazy: torch ~9 s (lm.load)
 
     e = cfg.evaluate

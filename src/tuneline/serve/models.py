@@ -206,7 +206,7 @@ class ServedModels(Rendering):
 
         Each reply dict also names the `variant` and `version` that answered (see `answering`).
         """
-        from tuneline.lm.generate import complete  # lazy: torch ~9 s; vLLM serving
+        from tuneline.lm.generate import complete  # lazy: torch ~9 s; vLLM serving skips it
 
         variant, version = self.answering(variant, version)
         name = f"v{version}"
@@ -273,7 +273,7 @@ def load_served_models(
     """
     from peft import PeftModel  # lazy: peft ~25 s; only local adapter variants need it
 
-    from tuneline.lm.load import load_variant  # lazy: torch ~9 s; vLLM serving
+    from tuneline.lm.load import load_variant  # lazy: torch ~9 s; vLLM serving skips it
 
     head = files[0]
     # The tokenizer (chat template, rendering options, stop set) is the one training saved with the adapter.
