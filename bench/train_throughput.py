@@ -61,8 +61,9 @@ from common import report_results
 os.environ.setdefault("TUNELINE_PROGRESS", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from tuneline.lm.batching import TokenCounter  # noqa: E402
 from tuneline.lm.labels import IGNORE_INDEX  # noqa: E402
-from tuneline.train.packing import TokenCounter, collate_packed, pack_rows  # noqa: E402
+from tuneline.train.packing import collate_packed, pack_rows  # noqa: E402
 
 PEAK_BF16 = 989e12  # H100 / H200 SXM dense BF16 tensor FLOP/s
 GPU_MODEL = {  # TinyLlama-1.1B's shape: 1.10 B parameters

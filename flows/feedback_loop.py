@@ -26,7 +26,6 @@ from tasks.feedback import (
     ab_decide_task,
     check_deployment,
     export_feedback_task,
-    export_markdown,
     publish_ab_report,
     publish_markdown,
     record_trigger_task,
@@ -36,6 +35,7 @@ from tasks.feedback import (
 from tasks.stages import WorkspaceBusy, workspace_lock
 from tuneline.config import load_config
 from tuneline.feedback.export import should_retrain
+from tuneline.summaries import export_markdown
 
 RETRAIN_DEPLOYMENT = "retrain/on-demand"
 

@@ -29,13 +29,7 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import Running
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tasks.artifacts import (
-    approval_request_markdown,
-    publish_approval,
-    publish_funnel,
-    publish_stage,
-    read_report,
-)
+from tasks.artifacts import publish_approval, publish_funnel, publish_stage
 from tasks.stages import (
     PIPELINE,
     STAGE_TASKS,
@@ -54,6 +48,7 @@ from tasks.stages import (
 from tuneline.config import load_config
 from tuneline.promote.status import MoveStatus
 from tuneline.stages import DATA_STAGES
+from tuneline.summaries import approval_request_markdown, read_report
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE_ENV = "TUNELINE_WORKSPACE"

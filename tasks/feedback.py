@@ -120,28 +120,6 @@ def publish_markdown(key: str, markdown: str, description: str) -> str:
     return str(create_markdown_artifact(markdown=markdown, key=artifact_key(key), description=description))
 
 
-def export_markdown(summary: dict[str, Any]) -> str:
-    """The export summary as markdown: counts per kind, skip reasons, files, what DVC added."""
-    c = summary["counts"]
-    table = "\n".join([
-        "### Feedback export",
-        "",
-        "| corrections | positive | negatives | skipped | recovered | SFT rows written |",
-        "|---|---|---|---|---|---|",
-        f"| {c['correction']} | {c['positive']} | {c['negative']} | {c['skipped']} | {c['recovered']} | "
-        f"{summary['sft_rows']} |",
-    ])
-    notes = []
-    if summary["skipped"]:
-        notes.append("Skipped: " + ", ".join(f"{k} {v}" for k, v in summary["skipped"].items()))
-    for label, key in (("SFT file", "sft_file"), ("Negatives file", "negatives_file")):
-        if summary[key]:
-            notes.append(f"{label}: `{summary[key]}`")
-    if summary["dvc_added"]:
-        notes.append(f"`dvc add`: {', '.join(summary['dvc_added'])}")
-    return "\n\n".join([table, *notes])
-
-
 @task(name="waiting_feedback", cache_policy=NO_CACHE)
 def waiting_feedback(workspace: str) -> dict[str, Any]:
     """Exported SFT rows not yet counted towards a retrain trigger (`tuneline.feedback.trigger`)."""

@@ -20,7 +20,7 @@ from tuneline.promote.aliases import promote
 from tuneline.registry.registry import register_candidate
 from tuneline.serve.app import create_app
 from tuneline.serve.server import build_state
-from tuneline.train.tracking import end_run, start_run
+from tuneline.tracking import end_run, start_run
 
 MODEL = "tuneline-demo"
 API_KEY = "test-key-123"

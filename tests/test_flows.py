@@ -29,7 +29,6 @@ from prefect.states import State
 
 from flows.retrain import ApprovalForm, RetrainParams, release_approval, retrain
 from prefect_harness import REPO, make_workspace, prefect_harness  # noqa: F401
-from tasks.artifacts import evaluate_table, gate_table, health_markdown, train_table
 from tasks.stages import (
     LOCK_FILE,
     PIPELINE,
@@ -40,6 +39,7 @@ from tasks.stages import (
     workspace_lock,
 )
 from tuneline.stages import DATA_STAGES
+from tuneline.summaries import evaluate_table, gate_table, health_markdown, train_table
 from tuneline.urls import anchored_url
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tuneline import formats
 from tuneline.config import Config, load_config
 from tuneline.config.ingest import IngestParams, Source
-from tuneline.data import formats
-from tuneline.data.formats import RowError
 from tuneline.data.ingest import convert_row, discover, run
+from tuneline.formats import RowError
 from tuneline.jsonio import read_json, read_jsonl
 from tuneline.layout import Layout
 

@@ -42,7 +42,7 @@ def test_a_tool_call_is_trained_as_clean_left_it(toks: dict[str, Any]) -> None:
     bring the original back into training."""
     from tuneline.config.clean import CleanParams
     from tuneline.data.clean import clean_record
-    from tuneline.data.formats import messages_format
+    from tuneline.formats import messages_format
 
     calls = [{"id": "c1", "type": "function",
               "function": {"name": "send", "arguments": '{"to": "bob.smith@corp.com"}'}}]

@@ -11,10 +11,11 @@ from tests.test_demo_base import build_tiny_base
 from tests.test_train import repeat_records
 
 from tuneline.jsonio import write_jsonl
+from tuneline.lm.batching import TokenCounter, collate_padded
 from tuneline.lm.chat import ChatFormat
 from tuneline.lm.labels import IGNORE_INDEX, encode_records
 from tuneline.train import token_cache
-from tuneline.train.packing import TokenCounter, collate_packed, collate_padded, pack_rows
+from tuneline.train.packing import collate_packed, pack_rows
 
 
 def rows_of_lengths(lengths: list[int]) -> list[dict[str, Any]]:

@@ -72,7 +72,7 @@ def test_store_errors_do_not_show_the_password() -> None:
 def test_mlflow_params_and_tags_are_redacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
 
-    from tuneline.train.tracking import end_run, start_run
+    from tuneline.tracking import end_run, start_run
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -37,7 +37,7 @@ from tuneline.registry.registry import (
     using_tracking_uri,
     version_info,
 )
-from tuneline.train.tracking import end_run, start_run
+from tuneline.tracking import end_run, start_run
 
 PROMPTS = [
     [{"role": "user", "content": "What sound does the cat make?"}],

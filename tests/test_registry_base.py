@@ -28,7 +28,7 @@ from tuneline.registry.base_ref import (
 )
 from tuneline.registry.registry import load_version, register_candidate, version_info
 from tuneline.serve.models import ServeError, download_version
-from tuneline.train.tracking import end_run, start_run
+from tuneline.tracking import end_run, start_run
 
 HUB_ID = "tuneline-test/tiny-base"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from tuneline import urls
 from tuneline.config.registry import RegistryParams
 from tuneline.promote import locks
 from tuneline.promote.aliases import promote, registry_lock
@@ -131,7 +132,7 @@ def pg_store(postgres_url: str) -> Iterator[str]:
     from sqlalchemy.engine import make_url
 
     name = f"mlflow_{uuid.uuid4().hex[:12]}"
-    admin = locks.libpq_url(str(make_url(postgres_url).set(database="postgres")))
+    admin = urls.libpq_url(str(make_url(postgres_url).set(database="postgres")))
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     uri = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
@@ -145,7 +146,7 @@ def advisory_locks(uri: str) -> list[tuple[int, bool]]:
     """(objid, granted) of tuneline's advisory locks in `uri`'s database, as the server sees them."""
     import psycopg
 
-    with psycopg.connect(locks.libpq_url(uri), autocommit=True) as conn:
+    with psycopg.connect(urls.libpq_url(uri), autocommit=True) as conn:
         return [(int(objid), bool(granted)) for objid, granted in conn.execute(
             "SELECT objid::bigint, granted FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
@@ -223,6 +224,7 @@ RACER = r"""
 import json, pathlib, sys, time
 import psycopg
 import tuneline.promote.aliases as aliases
+from tuneline import urls
 from tuneline.promote import locks
 
 uri, name, me, other, rounds_dir = sys.argv[1:6]
@@ -230,7 +232,7 @@ registry = None
 if len(sys.argv) > 6:
     from tuneline.config.registry import RegistryParams
     registry = RegistryParams(model_name=name, lock_url=sys.argv[6])
-lock_db = locks.libpq_url(sys.argv[6] if registry is not None else uri)
+lock_db = urls.libpq_url(sys.argv[6] if registry is not None else uri)
 read = aliases.aliases_of
 state = {}
 
@@ -397,7 +399,7 @@ def test_malformed_or_unusual_lock_urls_never_show_the_password(
     assert secret not in str(err.value)
     lock_url = url.format(secret=secret, nowhere="/run/pg")
     if "@" in url:  # a password where a password goes: recognised and masked
-        assert locks.has_password(lock_url) and secret not in locks.safe_url(lock_url)
+        assert urls.has_password(lock_url) and secret not in urls.safe_url(lock_url)
 
 
 def test_lock_url_in_params_refuses_unusual_passwords_without_repeating_them() -> None:

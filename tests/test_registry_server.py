@@ -27,7 +27,7 @@ from tuneline.registry.registry import (
     register_candidate,
     version_info,
 )
-from tuneline.train.tracking import end_run, start_run
+from tuneline.tracking import end_run, start_run
 
 pytestmark = pytest.mark.integration
 STARTUP_TIMEOUT_S = 60

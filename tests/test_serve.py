@@ -199,7 +199,7 @@ def test_challenger_on_another_base_is_refused(tmp_path: Path, world: World) -> 
     from tuneline.registry.registry import client as client_of
     from tuneline.registry.registry import register_candidate
     from tuneline.serve.models import load_served_models, resolve_versions
-    from tuneline.train.tracking import end_run, start_run
+    from tuneline.tracking import end_run, start_run
 
     other = build_tiny_base(tmp_path, steps=3, seed=7)
     adapter = save_adapter(other, tmp_path / "adapter", noisy=False)
@@ -271,7 +271,7 @@ def test_tool_calls_are_rendered_as_training_saw_them_and_stored_as_sent(world: 
                                                                          server: RunningServer) -> None:
     """An OpenAI tool-use conversation: the model sees the call as ingest renders it (JSON text), the
     store keeps the structure, so an exported row goes back through ingest like any OpenAI data."""
-    from tuneline.data.formats import messages_format
+    from tuneline.formats import messages_format
 
     messages = [
         {"role": "user", "content": "How old am I if I was born in 1990?"},

@@ -76,7 +76,7 @@ def test_retired_challenger_and_other_base_refused(world: World, server: Running
     from test_demo_base import build_tiny_base
     from test_registry import LINEAGE, save_adapter
     from tuneline.registry.registry import client, register_candidate
-    from tuneline.train.tracking import end_run, start_run
+    from tuneline.tracking import end_run, start_run
 
     client(world.uri).set_registered_model_alias(MODEL, "challenger", "2")
     wait_for(server, {"champion": "1", "challenger": "2"})

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from tuneline.config.loader import Config
+from tuneline.registry.registry import version_info
 
 
 def lock_at(root: Path, commit: str) -> dict[str, Any] | None:
@@ -54,8 +55,6 @@ def lineage(cfg: Config, root: Path, ref: str | None = None) -> dict[str, Any]:
     Raises:
         RegistryError: no such version or alias.
     """
-    from tuneline.registry.registry import version_info
-
     ref = ref or cfg.registry.champion_alias
     info = version_info(cfg.tracking.uri, cfg.registry.model_name, ref)
     tags, run = info["tags"], info.get("run") or {}

@@ -26,6 +26,7 @@ from tuneline.feedback.store import FeedbackStore
 from tuneline.jsonio import write_json, write_text
 from tuneline.layout import Layout
 from tuneline.redact import redact
+from tuneline.registry.registry import RegistryError, aliases_of
 
 logger = logging.getLogger(__name__)
 
@@ -193,9 +194,7 @@ def _vkey(version: str) -> tuple[int, str]:
 
 def _current_aliases(cfg: Config) -> dict[str, str | None]:
     """{"champion": v, "challenger": v} from the registry (None for an alias nobody holds)."""
-    from mlflow.exceptions import MlflowException
-
-    from tuneline.registry.registry import RegistryError, aliases_of
+    from mlflow.exceptions import MlflowException  # lazy: mlflow ~10 s, at the end only
 
     reg = cfg.registry
     try:

@@ -5,6 +5,7 @@ from urllib.parse import urlparse
 from pydantic import Field, field_validator
 
 from tuneline.config.base import Section
+from tuneline.urls import has_password, is_postgres
 
 
 class RegistryParams(Section):
@@ -40,8 +41,6 @@ class RegistryParams(Section):
     @field_validator("lock_url")
     @classmethod
     def _lock_url_is_postgres_without_password(cls, value: str | None) -> str | None:
-        from tuneline.promote.locks import has_password, is_postgres
-
         if value is None:
             return value
         try:

@@ -96,7 +96,7 @@ class BackTranslator:
     def __init__(self, params: BackTranslationParams) -> None:
         if params.model_path is None or params.reverse_model_path is None:
             raise ConfigError("augment.back_translation: model_path and reverse_model_path must both be set")
-        import torch
+        import torch  # lazy: torch ~9 s; only back-translation needs it, augment runs without
 
         self.params = params
         cuda = torch.cuda.is_available()
@@ -109,7 +109,7 @@ class BackTranslator:
     def _load(self, path: Path, key: str) -> tuple[Any, Any]:
         if not path.is_dir():
             raise ConfigError(f"augment.back_translation.{key}: model directory not found: {path}")
-        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer  # lazy: transformers ~5 s
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -123,7 +123,7 @@ class BackTranslator:
         return tokenizer, model
 
     def _translate(self, texts: list[str], pair: tuple[Any, Any], prefix: str) -> list[str]:
-        import torch
+        import torch  # lazy: torch ~9 s; only back-translation
 
         tokenizer, model = pair
         out: list[str] = []

@@ -55,7 +55,7 @@ def __getattr__(name: str) -> Any:
     # The near-dup engine pulls in scikit-learn, SciPy and numba (seconds per process): `dedup`, `split` and
     # `validate_splits` import this module even when they only compare exact keys, so it loads on first use.
     if name in ("search", "tfidf_vectorizer"):
-        from tuneline.data import neardup
+        from tuneline.data import neardup  # lazy: sklearn+scipy+numba ~10 s, near-dup only
 
         return getattr(neardup, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -78,7 +78,7 @@ def near_duplicate_pairs(
         threads: threads of the search (`tuneline.data.neardup.search_threads`); the pairs do not
             depend on it.
     """
-    from tuneline.data.neardup import search
+    from tuneline.data.neardup import search  # lazy: sklearn+scipy+numba ~10 s
 
     return search(texts, threshold, ngram_range, threads=threads).pairs()
 
@@ -89,7 +89,7 @@ def brute_force_pairs(
     """The same pairs as `near_duplicate_pairs`, by a blocked X @ X.T (O(N²): tests and benchmarks only)."""
     if len(texts) < 2:
         return set()
-    from tuneline.data.neardup import brute_force_matrix, tfidf_matrix
+    from tuneline.data.neardup import brute_force_matrix, tfidf_matrix  # lazy: sklearn+scipy+numba ~10 s
 
     return brute_force_matrix(tfidf_matrix(texts, ngram_range), threshold).pairs()
 
@@ -180,7 +180,7 @@ def dedup_records(
                 candidates.append(i)
     stats: dict[str, Any] = {}
     if near and len(candidates) > 1:
-        from tuneline.data.neardup import search
+        from tuneline.data.neardup import search  # lazy: sklearn+scipy+numba ~10 s
 
         started = time.perf_counter()
         # The texts are built for the search alone: it may free each one once vectorized.

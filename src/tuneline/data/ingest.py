@@ -32,10 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneline import formats
 from tuneline.config import Config
 from tuneline.config.ingest import IngestParams, Source
-from tuneline.data import formats
-from tuneline.data.formats import RowError
 from tuneline.data.readers import (
     DATA_EXTS,
     MAX_DEPTH,
@@ -49,6 +48,7 @@ from tuneline.data.readers import (
     printable,
 )
 from tuneline.errors import InputFileError
+from tuneline.formats import RowError
 from tuneline.jsonio import dumps_bytes
 from tuneline.layout import Layout
 from tuneline.ledger import Ledger

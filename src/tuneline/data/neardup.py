@@ -352,7 +352,11 @@ def _search_compiled(
     Each block's pairs depend only on its rows, and blocks are gathered in row order, so the result is the
     same for any number of threads (the kernel releases the GIL: threads run in parallel).
     """
-    from tuneline.data.neardup_kernel import fill_inverted, prefix_bounds, search_rows
+    from tuneline.data.neardup_kernel import (  # lazy: numba is optional; used only when HAVE_NUMBA
+        fill_inverted,
+        prefix_bounds,
+        search_rows,
+    )
 
     n, m = x.shape
     rank, limit, max_norm = _ranks(x, threshold, prefix_scale)

@@ -32,7 +32,7 @@ def load_output_schema(path: Path | str, key: str = KEY) -> Any:
     Raises:
         ConfigError: the file is missing, not JSON, or not a valid JSON Schema (naming the key and file).
     """
-    import jsonschema
+    import jsonschema  # lazy: jsonschema ~1.2 s; only when an output schema is configured
 
     path = Path(path)
     if not path.is_file():

@@ -239,7 +239,7 @@ class QualityClassifier:
         self.threshold = params.threshold
         if not self.path.is_file():
             raise ConfigError(f"clean.classifier.path: classifier file not found: {self.path}")
-        import joblib
+        import joblib  # lazy: joblib ~1 s; only with a trained quality classifier
 
         try:
             self.model = joblib.load(self.path)

@@ -401,8 +401,8 @@ def read_csv(path: Path, label: str, stats: FileStats) -> Iterator[RawRow]:
 
 def read_parquet(path: Path, label: str, stats: FileStats) -> Iterator[RawRow]:
     """Parquet, streamed in record batches; `index` is the 0-based row."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow as pa  # lazy: pyarrow ~0.8 s; only parquet sources need it
+    import pyarrow.parquet as pq  # lazy: pyarrow ~0.8 s; parquet only
 
     try:
         pf = pq.ParquetFile(path)

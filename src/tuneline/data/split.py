@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 
 from tuneline.config import Config
+from tuneline.config.ingest import IngestParams, Source
 from tuneline.config.split import SplitParams
 from tuneline.data.dedup import near_duplicate_pairs
+from tuneline.data.ingest import ingest_sources
 from tuneline.jsonio import read_jsonl
 from tuneline.layout import SPLITS, Layout
 from tuneline.ledger import Ledger
@@ -124,9 +126,6 @@ def assign_splits(
 
 def _eval_texts(eval_dir: Path, category_field: str) -> tuple[list[str], list[str]]:
     """Texts of the fixed eval sets — any format ingest reads, converted by the same code — and the files."""
-    from tuneline.config.ingest import IngestParams, Source
-    from tuneline.data.ingest import ingest_sources
-
     params = IngestParams(sources=[Source(path=eval_dir)], category_field=category_field)
     records, rejected, _, extra = ingest_sources(params)
     if rejected:

@@ -8,11 +8,11 @@ from typing import Any
 import torch
 
 from tuneline.evaluate.metrics import perplexity
+from tuneline.lm.batching import collate_padded
 from tuneline.lm.chat import ChatFormat
 from tuneline.lm.generate import batches, device_of
 from tuneline.lm.labels import IGNORE_INDEX, encode_records
 from tuneline.progress import track
-from tuneline.train.packing import collate_padded
 
 
 @torch.inference_mode()

@@ -88,7 +88,7 @@ def rouge_l(pred: str, ref: str) -> float:
     """
     global _scorer
     if _scorer is None:
-        from rouge_score import rouge_scorer
+        from rouge_score import rouge_scorer  # lazy: nltk ~8 s; `report` imports this
 
         _scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_TOKENIZER)
     if not _TOKENIZER.tokenize(pred) and not _TOKENIZER.tokenize(ref):
@@ -102,7 +102,7 @@ def as_validator(schema: Any) -> Any:
         return schema
     if isinstance(schema, str | Path):
         return load_output_schema(schema)
-    import jsonschema
+    import jsonschema  # lazy: jsonschema ~1.2 s; only when an output schema is configured
 
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)

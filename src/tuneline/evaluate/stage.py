@@ -31,12 +31,23 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from tuneline.config.ingest import IngestParams, Source
 from tuneline.config.loader import Config
+from tuneline.data.ingest import ingest_sources
 from tuneline.data.output_schema import OutputSchemas, load_output_schemas
 from tuneline.errors import InputFileError
+from tuneline.evaluate.headline import build_headline
+from tuneline.evaluate.metrics import compare, score_rows
+from tuneline.evaluate.review import write_review
 from tuneline.jsonio import write_json
 from tuneline.layout import Layout
-from tuneline.train.inputs import read_split, resolve_model_path
+from tuneline.lm.source import resolve_model_path
+from tuneline.registry.base_ref import registered_base
+from tuneline.registry.registry import aliases_of, client, using_tracking_uri
+from tuneline.splits import read_split
+from tuneline.tracking import adapter_sha256, end_run, log_metrics, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +81,6 @@ def eval_sets(cfg: Config) -> dict[str, list[dict[str, Any]]]:
     eval_dir = cfg.split.eval_dir
     if not cfg.evaluate.include_eval_sets or eval_dir is None or not Path(eval_dir).is_dir():
         return {}
-    from tuneline.config.ingest import IngestParams, Source
-    from tuneline.data.ingest import ingest_sources
 
     params = IngestParams(sources=[Source(path=Path(eval_dir))], category_field=cfg.ingest.category_field)
     records, rejected, _, _ = ingest_sources(params)
@@ -88,10 +97,9 @@ def score_variant(
     max_length: int, schema: OutputSchemas | None,
 ) -> dict[str, Any]:
     """Loss on the whole test split, generation metrics on each sampled set, for one variant."""
-    from tuneline.evaluate.loss import loss_and_perplexity
-    from tuneline.evaluate.metrics import score_rows
-    from tuneline.lm.generate import generate
-    from tuneline.lm.load import load_variant
+    from tuneline.evaluate.loss import loss_and_perplexity  # lazy: torch ~9 s; CLI imports this
+    from tuneline.lm.generate import generate  # lazy: torch ~9 s; CLI imports this
+    from tuneline.lm.load import load_variant  # lazy: torch ~9 s (lm.load)
 
     e = cfg.evaluate
     # Every variant renders with the candidate's tokenizer and options: the base is asked exactly what
@@ -126,11 +134,7 @@ def run(cfg: Config, layout: Layout, champion: tuple[str, str | None] | None = N
         InputFileError: the test split or the trained model is missing.
         ConfigError: a `task.output_schema` file is missing or unusable (naming its category and file).
     """
-    from tuneline.evaluate.headline import build_headline
-    from tuneline.evaluate.metrics import compare
-    from tuneline.evaluate.review import write_review
-    from tuneline.lm.generate import split_prompts
-    from tuneline.train.tracking import adapter_sha256
+    from tuneline.lm.generate import split_prompts  # lazy: torch ~9 s (lm.generate)
 
     test = read_split(layout, "test")
     sets = {"test": test, **eval_sets(cfg)}
@@ -208,11 +212,7 @@ def _registry_champion(
     """The champion's (base, adapter), downloaded from the registry, and which champion that is
     ({"champion_version", "champion_adapter_sha256"}, the sha from its version tag); None when there is
     none."""
-    import mlflow
-    import yaml
-
-    from tuneline.registry.base_ref import registered_base
-    from tuneline.registry.registry import aliases_of, client, using_tracking_uri
+    import mlflow  # lazy: mlflow ~10 s; the CLI imports this module
 
     reg = cfg.registry
     version = aliases_of(cfg.tracking.uri, reg.model_name).get(reg.champion_alias)
@@ -234,8 +234,6 @@ def _registry_champion(
 
 
 def _log_mlflow(cfg: Config, layout: Layout, report: dict[str, Any], results: dict[str, Any]) -> None:
-    from tuneline.train.tracking import end_run, log_metrics, start_run
-
     run_facts = layout.report("train_run")
     tags = {"stage": "evaluate"}
     if run_facts.is_file():
@@ -246,7 +244,7 @@ def _log_mlflow(cfg: Config, layout: Layout, report: dict[str, Any], results: di
     metrics = {f"{variant}.{k}": float(v) for variant, scores in report["variants"].items()
                for k, v in scores.items() if isinstance(v, int | float) and v is not None}
     log_metrics(cfg.tracking.uri, run_id, metrics, step=0)
-    import mlflow
+    import mlflow  # lazy: mlflow ~10 s; the CLI imports this module
 
     client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)
     table = [{"variant": name, **row} for name, r in results.items() for row in r["rows"]["test"]]

@@ -45,6 +45,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -302,12 +304,10 @@ def _insert_new(dialect: str) -> Any:
     """INSERT that skips a request id already stored: a retried batch whose first commit did land (the
     acknowledgement was lost) must not fail forever on its own rows."""
     if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        return insert(exchanges)
-    return dialect_insert(exchanges).on_conflict_do_nothing(index_elements=["request_id"])
+        return sqlite_insert(exchanges).on_conflict_do_nothing(index_elements=["request_id"])
+    if dialect == "postgresql":
+        return postgresql_insert(exchanges).on_conflict_do_nothing(index_elements=["request_id"])
+    return insert(exchanges)
 
 
 def _exchange_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from tuneline.lm.conversation import Message, template_messages
 from tuneline.lm.errors import RenderError
 from tuneline.lm.stops import PROBE_ANSWER, PROBE_EXCHANGE, encode_text, special_ids, stop_ids
 from tuneline.lm.template import profile, render
+from tuneline.lm.toolcalls import learn_format
 
 
 class ChatFormat:
@@ -107,8 +108,6 @@ class ChatFormat:
         """The template's tool-call format (`toolcalls.learn_format`), learnt on first use; None when
         the template renders no tool calls."""
         if self._tool_format is None:
-            from tuneline.lm.toolcalls import learn_format
-
             self._tool_format = learn_format(self.tokenizer) or False
         return self._tool_format or None
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from tuneline.lm.chat import ChatFormat
 
@@ -40,8 +41,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
 def load_tokenizer(source: str | Path, trust_remote_code: bool = False) -> Any:
     """A tokenizer set up for generation: padding on the left (prompts must end where generation
     starts), and the EOS as pad token when it has none."""
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -84,8 +83,6 @@ def load_variant(
     Returns:
         (model in eval mode with the KV cache on, its ChatFormat).
     """
-    from transformers import AutoModelForCausalLM
-
     device = device or default_device()
     tok_source: str | Path = base_path
     rendering = tokenizer_from if tokenizer_from is not None else adapter_path
@@ -100,7 +97,7 @@ def load_variant(
         trust_remote_code=trust_remote_code,
     )
     if adapter_path is not None:
-        from peft import PeftModel
+        from peft import PeftModel  # lazy: peft ~25 s (its own import); only an adapter variant needs it
 
         model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False)
     model.config.use_cache = True  # training turns it off; generation needs it for speed
@@ -115,8 +112,6 @@ def save_chat_format(directory: Path, chat: ChatFormat, template_source: str) ->
     """Save with a trained model what serving must reproduce: the tokenizer with the chat template that
     training rendered with, the rendering options (`chat_format.json`) and a `generation_config.json`
     whose EOS ids are the stop set (vLLM and `generate` stop where training taught the model to)."""
-    from transformers import GenerationConfig
-
     tokenizer = chat.tokenizer
     tokenizer.save_pretrained(directory)
     options = {"chat_template": template_source, "merge_system": chat.merge_system, "stop_ids": chat.stop_ids}
@@ -129,8 +124,6 @@ def save_chat_format(directory: Path, chat: ChatFormat, template_source: str) ->
 
 def base_generation_config(model_path: str, trust_remote_code: bool = False) -> Any:
     """The base model's generation config, or None when it has none."""
-    from transformers import GenerationConfig
-
     try:
         return GenerationConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):

@@ -84,8 +84,8 @@ def has_generation_block(template: str) -> bool:
 
 def referenced_names(template: str) -> set[str]:
     """Every variable name the template reads (jinja2's own analysis of its source)."""
-    import jinja2
-    from jinja2 import meta
+    import jinja2  # lazy: jinja2 ~0.3 s; `tuneline serve` imports toolcalls
+    from jinja2 import meta  # lazy: jinja2; as above
 
     plain = GENERATION_TAGS.sub("", template)  # transformers' own tag, unknown to plain jinja2
     env = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"])

@@ -44,12 +44,12 @@ from urllib.parse import urlparse
 from tuneline import filelock
 from tuneline.redact import MASK, redact_text
 from tuneline.registry.registry import RegistryError
+from tuneline.urls import is_postgres, libpq_url, safe_url
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".tuneline-aliases.lock"
 LOCK_URL_ENV = "TUNELINE_LOCK_DATABASE_URL"
-POSTGRES_SCHEMES = ("postgresql", "postgres")
 # classid of tuneline's advisory locks: the first 31 bits of sha256("tuneline.registry.aliases").
 NAMESPACE = int.from_bytes(hashlib.sha256(b"tuneline.registry.aliases").digest()[:4], "big") >> 1
 _warned: set[str] = set()
@@ -70,36 +70,6 @@ class Lock:
     def __str__(self) -> str:
         what = "advisory lock on" if self.kind == "postgres" else "lock file"
         return f"{what} {self.target} ({self.source})"
-
-
-def is_postgres(url: str) -> bool:
-    """Whether `url` names a PostgreSQL database (any SQLAlchemy driver suffix: postgresql+psycopg://)."""
-    return urlparse(url).scheme.split("+", 1)[0] in POSTGRES_SCHEMES
-
-
-def has_password(url: str) -> bool:
-    """Whether `url` carries a password (in its userinfo or as a `password=` / `sslpassword=` item)."""
-    return safe_url(url) != url
-
-
-def safe_url(url: str) -> str:
-    """`url` with its password masked (what messages show).
-
-    Besides the patterns `redact_text` knows, the userinfo password as `urlparse` reads it is masked: one
-    that libpq would reject (an unencoded space) still must not reach the message that says so.
-    """
-    text = redact_text(url, environ={})
-    try:
-        password = urlparse(url).password
-    except ValueError:  # a malformed netloc: the patterns above are all there is to go on
-        return text
-    return text.replace(f":{password}@", f":{MASK}@") if password else text
-
-
-def libpq_url(url: str) -> str:
-    """A SQLAlchemy-style PostgreSQL URL as libpq reads it: the `+driver` suffix dropped."""
-    scheme, sep, rest = url.partition("://")
-    return f"postgresql://{rest}" if sep and is_postgres(url) else url
 
 
 def lock_path_for(uri: str) -> Path:

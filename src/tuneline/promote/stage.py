@@ -37,6 +37,7 @@ from tuneline.jsonio import write_json
 from tuneline.layout import Layout
 from tuneline.lm.chat import ChatFormat
 from tuneline.lm.errors import RenderError
+from tuneline.lm.source import resolve_model_path
 from tuneline.promote.aliases import (
     GATE_STATUS,
     JUDGED_AGAINST,
@@ -58,8 +59,8 @@ from tuneline.registry.registry import (
     run_exists,
     version_info,
 )
-from tuneline.train.inputs import read_split, resolve_model_path
-from tuneline.train.tracking import adapter_sha256, git_commit, start_run
+from tuneline.splits import read_split
+from tuneline.tracking import adapter_sha256, git_commit, start_run
 
 logger = logging.getLogger(__name__)
 

@@ -130,7 +130,7 @@ def base_sha256(base_dir: str | Path) -> str:
 def _cached_commit(repo_id: str, revision: str) -> str | None:
     """The commit `revision` of `repo_id` resolves to in the local hub cache (what from_pretrained
     loaded), or None when the cache does not have it."""
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # lazy: hub API (httpx, anyio) 0.2-1 s
 
     found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
     if isinstance(found, str):
@@ -192,7 +192,7 @@ def local_base_dir(ref: BaseRef) -> str:
     """
     if ref.kind == "path":
         return ref.location
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # lazy: hub API (httpx, anyio) 0.2-1 s
 
     try:
         return snapshot_download(ref.location, revision=ref.revision)

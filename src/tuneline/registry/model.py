@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 
+from tuneline.lm.generate import complete
+from tuneline.lm.load import load_variant
 from tuneline.registry.base_ref import local_base_dir, reference_base, registered_base
 
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -50,8 +53,6 @@ def load_adapter_model(
     Raises:
         RenderError: the tokenizer has no chat template.
     """
-    from tuneline.lm.load import load_variant
-
     return load_variant(base_dir, adapter_dir, dtype=dtype, device=device)
 
 
@@ -70,8 +71,6 @@ def generate_replies(
     Raises:
         RenderError: a conversation the chat template cannot render (names the reason).
     """
-    from tuneline.lm.generate import complete
-
     converted = [chat.conversation({"id": f"row{i}", "messages": c, "meta": {}})
                  for i, c in enumerate(conversations)]
     return complete(model, chat, [m for m, _ in converted], max_new_tokens, batch_size=1,
@@ -108,8 +107,6 @@ def parse_conversations(model_input: Any) -> list[list[dict[str, str]]]:
     Raises:
         ValueError: the input has none of these shapes (names the offending row / message).
     """
-    import pandas as pd
-
     if isinstance(model_input, pd.DataFrame):
         if "messages" not in model_input.columns:
             raise ValueError(f"input DataFrame needs a `messages` column; got {list(model_input.columns)}")

@@ -11,9 +11,13 @@ share the loaded base is refused (logged; `/health` shows the error) and the old
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
+
+from tuneline.registry.registry import aliases_of
+from tuneline.serve.models import challenger_problem, download_version
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +44,6 @@ class AliasWatcher:
 
     def wanted(self) -> dict[str, str]:
         """variant -> version the aliases name now."""
-        from tuneline.registry.registry import aliases_of
-
         current = aliases_of(self.uri, self.model_name)
         out = {}
         champion = current.get(self.aliases["champion"])
@@ -49,8 +51,6 @@ class AliasWatcher:
             out["champion"] = champion
         challenger = current.get(self.aliases["challenger"]) if self.with_challenger else None
         if challenger is not None and challenger != champion:
-            from tuneline.serve.models import challenger_problem
-
             problem = challenger_problem(self.uri, self.model_name, challenger)
             if problem is None:
                 out["challenger"] = challenger
@@ -61,8 +61,6 @@ class AliasWatcher:
 
     def check(self) -> bool:
         """One poll: apply a change if there is one. Returns True when the served versions changed."""
-        from tuneline.serve.models import download_version
-
         wanted = self.wanted()
         if not wanted.get("champion") or wanted == self.models.versions:
             return False
@@ -79,8 +77,6 @@ class AliasWatcher:
         return True
 
     def _dir(self) -> Path:
-        import tempfile
-
         if self.cache_dir is None:
             self.cache_dir = Path(tempfile.mkdtemp(prefix="tuneline-serve-"))
         return self.cache_dir

@@ -29,6 +29,7 @@ from tuneline.serve.models import (
     ServeError,
     VersionFiles,
     _adapter_tokenizer,
+    base_identity,
 )
 
 
@@ -39,8 +40,6 @@ def vllm_command(files: list[VersionFiles], port: int = 8001, dtype: str = "auto
     Raises:
         ServeError: the versions do not share one base directory content (see `base_identity`).
     """
-    from tuneline.serve.models import base_identity
-
     head = files[0]
     if any(base_identity(f.base_dir) != base_identity(head.base_dir) for f in files[1:]):
         raise ServeError("the champion and challenger were trained on different bases; vLLM cannot share one")

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tuneline.formats import messages_format
+
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 # Below this temperature sampling is greedy decoding in all but name, and logits / temperature can
 # overflow to inf (HTTP 500 "probability tensor contains inf/nan"): such requests are decoded greedily.
@@ -76,8 +78,6 @@ class ChatRequest(BaseModel):
         Raises:
             ValueError: the messages cannot be converted (the reason says why).
         """
-        from tuneline.data.formats import messages_format
-
         raw = {"messages": self.sent_messages()}
         if self.tools:
             raw["tools"] = self.tools

@@ -20,6 +20,15 @@ from tuneline.config.loader import Config
 from tuneline.layout import Layout
 from tuneline.outdirs import replace_dir
 from tuneline.redact import redact
+from tuneline.tracking import (
+    end_run,
+    flatten,
+    git_commit,
+    log_metrics,
+    params_hash,
+    sha256_files,
+    start_run,
+)
 from tuneline.train.plan import Plan
 from tuneline.train.recovery import (
     REPLACES_TAG,
@@ -30,15 +39,6 @@ from tuneline.train.recovery import (
     stale_run,
 )
 from tuneline.train.run_attempt import Outcome
-from tuneline.train.tracking import (
-    end_run,
-    flatten,
-    git_commit,
-    log_metrics,
-    params_hash,
-    sha256_files,
-    start_run,
-)
 from tuneline.urls import anchored_url
 
 OUTPUT_SETTING = "train.output_dir"

@@ -11,6 +11,8 @@ import logging
 from collections import Counter
 from typing import Any
 
+from transformers import AutoTokenizer
+
 from tuneline.config.loader import Config
 from tuneline.errors import ConfigError
 from tuneline.jsonio import write_jsonl
@@ -32,8 +34,6 @@ def chat_format_for(cfg: Config, layout: Layout, model_path: str) -> tuple[ChatF
         ConfigError: no usable chat template (none on the tokenizer, or `model.chat_template` names
             nothing).
     """
-    from transformers import AutoTokenizer
-
     remote = cfg.model.trust_remote_code
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=remote)
     if tokenizer.pad_token_id is None:

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 logger = logging.getLogger(__name__)
 
 
@@ -34,8 +36,6 @@ class GpuSampler:
 
     def _nvml_reader(self) -> Callable[[], tuple[float, float, float]] | None:
         try:
-            import torch
-
             if not torch.cuda.is_available():
                 self.reason = "no CUDA device visible"
                 return None
@@ -44,7 +44,7 @@ class GpuSampler:
         except ImportError:
             index, uuid = int(os.environ.get("LOCAL_RANK", "0")), None
         try:
-            import pynvml  # nvidia-ml-py: installed with the NVIDIA stack, not a tuneline dependency
+            import pynvml  # lazy: nvidia-ml-py: optional, not a dependency
         except ImportError:
             self.reason = "nvidia-ml-py (pynvml) is not installed"
             return None

@@ -18,7 +18,7 @@ def lora_config(params: TrainParams, model: Any) -> Any:
     Raises:
         ConfigError: a target module matches no layer of the model (nor a layer with its role).
     """
-    from peft import LoraConfig, TaskType
+    from peft import LoraConfig, TaskType  # lazy: peft ~25 s; `import tuneline.train` (plan) stays light
 
     lora = params.lora
     targets = resolve_targets(lora.target_modules, linear_names(model))
@@ -44,7 +44,7 @@ def prepare_model(model: Any, params: TrainParams) -> Any:
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    from peft import get_peft_model
+    from peft import get_peft_model  # lazy: peft ~25 s; as above
 
     try:
         return get_peft_model(model, lora_config(params, model))

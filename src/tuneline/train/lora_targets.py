@@ -58,8 +58,8 @@ def matches(name: str, target: str) -> bool:
 
 def is_linear(module: Any) -> bool:
     """A layer peft can adapt as a linear one: `torch.nn.Linear` or GPT-2's transposed `Conv1D`."""
-    import torch
-    from transformers.pytorch_utils import Conv1D
+    import torch  # lazy: torch ~9 s; `tuneline plan` (tuneline.train) stays torch-free
+    from transformers.pytorch_utils import Conv1D  # lazy: transformers ~5 s; as above
 
     return isinstance(module, torch.nn.Linear | Conv1D)
 

@@ -34,6 +34,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
+
 from tuneline.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -49,7 +51,9 @@ def liger_loss() -> Any:
         ConfigError: liger-kernel (or the Triton it needs) cannot be imported.
     """
     try:
-        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+        from liger_kernel.transformers.functional import (  # lazy: optional liger-kernel
+            liger_fused_linear_cross_entropy,
+        )
     except ImportError as exc:
         raise ConfigError(
             f"{SETTING}: liger needs the liger-kernel package, which cannot be imported ({exc}); "
@@ -106,8 +110,6 @@ def loss_kernel_for(setting: str, zero_stage: int, backend: str = "deepspeed") -
     shard): FSDP2 hands the layer's weight around as a DTensor, which the chunked and fused kernels do not
     read (their gradients would bypass FSDP's reduce-scatter).
     """
-    import torch
-
     sharded = zero_stage == 3 or (backend == "fsdp" and zero_stage > 0)
     return resolve_loss_kernel(setting, cuda=torch.cuda.is_available(), sharded=sharded)
 
@@ -142,8 +144,6 @@ def linear_cross_entropy(
         (sum of the per-token losses in fp32, number of supervised tokens), both 0-d tensors; divide the
         sum by the count (a mean) or by the tokens of the whole accumulated batch.
     """
-    import torch
-
     labels = labels.reshape(-1).to(hidden.device)
     hidden = hidden.reshape(-1, hidden.shape[-1])
     keep = (labels != ignore_index).nonzero().squeeze(1)
@@ -162,8 +162,6 @@ def linear_cross_entropy(
 @functools.cache
 def _chunked_function() -> Any:
     """The autograd function, made on first use (the library imports torch lazily)."""
-    import torch
-
     class ChunkedLinearCE(torch.autograd.Function):
         """Forward computes each chunk's loss and its gradient at once (3 matmuls, no recomputation);
         backward scales the stored gradients by the incoming one."""
@@ -228,8 +226,6 @@ class LossKernel:
     """A chunked or liger loss installed on a causal LM (see the module docstring)."""
 
     def __init__(self, model: Any, kind: str) -> None:
-        import torch
-
         if kind not in ("chunked", "liger"):
             raise ValueError(f"no loss kernel to install for {kind!r}")
         self.kind = kind
@@ -275,8 +271,6 @@ class LossKernel:
 
     def _loss(self, logits: Any, labels: Any, vocab_size: int | None = None, num_items_in_batch: Any = None,
               ignore_index: int = IGNORE_INDEX, shift_labels: Any = None, **kwargs: Any) -> Any:
-        import torch
-
         hidden, self._hidden = self._hidden, None
         if hidden is None:  # the model ran outside `computing_loss`: its logits are whole
             return self._plain(logits, labels, vocab_size, num_items_in_batch=num_items_in_batch,

@@ -58,8 +58,8 @@ def model_shape(config: Any, trust_remote_code: bool = False) -> ModelShape:
         config: a `transformers.PretrainedConfig`.
         trust_remote_code: allow a checkpoint's own modelling code (`model.trust_remote_code`).
     """
-    import torch
-    from transformers import AutoModelForCausalLM
+    import torch  # lazy: torch ~9 s; `tuneline plan` (tuneline.train) stays torch-free
+    from transformers import AutoModelForCausalLM  # lazy: transformers ~5 s; as above
 
     try:
         with torch.device("meta"):

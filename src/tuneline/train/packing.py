@@ -9,19 +9,19 @@ no token attends to another row. The first label of every row is masked, so the 
 row never learns to predict the first token of the next.
 
 Batches are padded to their longest sequence; padding forms a segment of its own (positions restart)
-with ignored labels. `TokenCounter` counts real and padded tokens as batches are collated, which
-gives the useful-token fraction the trainer logs.
+with ignored labels. `lm.batching.TokenCounter` counts real and padded tokens as batches are collated,
+which gives the useful-token fraction the trainer logs; unpacked rows batch with `lm.batching.collate_padded`.
 """
 
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
 from typing import Any
 
-from tuneline.lm.labels import IGNORE_INDEX
+import torch
 
-Row = dict[str, Any]
+from tuneline.lm.batching import Row, TokenCounter
+from tuneline.lm.labels import IGNORE_INDEX
 
 
 def pack_rows(rows: list[Row], max_length: int) -> list[Row]:
@@ -70,22 +70,8 @@ def _concat(members: list[Row]) -> Row:
             "row_ids": [r.get("row_id") for r in members]}
 
 
-@dataclass
-class TokenCounter:
-    """Real vs. padded tokens seen by a collator (the useful-token fraction of training)."""
-
-    real: int = 0
-    total: int = 0
-
-    @property
-    def useful_fraction(self) -> float | None:
-        return self.real / self.total if self.total else None
-
-
 def collate_packed(rows: list[Row], pad_id: int, counter: TokenCounter | None = None) -> dict[str, Any]:
     """Batch packed rows: right-pad to the longest, positions restart in the padding, no attention mask."""
-    import torch
-
     width = max(len(r["input_ids"]) for r in rows)
     ids, labels, positions = [], [], []
     for r in rows:
@@ -101,22 +87,3 @@ def collate_packed(rows: list[Row], pad_id: int, counter: TokenCounter | None = 
         "labels": torch.tensor(labels, dtype=torch.long),
         "position_ids": torch.tensor(positions, dtype=torch.long),
     }
-
-
-def collate_padded(rows: list[Row], pad_id: int, counter: TokenCounter | None = None) -> dict[str, Any]:
-    """Batch unpacked rows: right-pad to the longest with an attention mask (packing off)."""
-    import torch
-
-    width = max(len(r["input_ids"]) for r in rows)
-    if counter is not None:
-        counter.real += sum(len(r["input_ids"]) for r in rows)
-        counter.total += width * len(rows)
-
-    def pad(key: str, value: int) -> Any:
-        return torch.tensor([r[key] + [value] * (width - len(r[key])) for r in rows], dtype=torch.long)
-
-    batch = {"input_ids": pad("input_ids", pad_id), "labels": pad("labels", IGNORE_INDEX)}
-    batch["attention_mask"] = torch.tensor(
-        [[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows], dtype=torch.long
-    )
-    return batch

@@ -134,7 +134,7 @@ def stale_run(previous: dict[str, Any]) -> str | None:
     if not run_id or not uri:
         return None
     try:
-        import mlflow
+        import mlflow  # lazy: mlflow ~10 s; only after a killed run, train.train imports this module
 
         status = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).info.status
     except Exception as exc:  # any store error: MlflowException, a connection error, a vanished db
@@ -145,7 +145,7 @@ def stale_run(previous: dict[str, Any]) -> str | None:
 
 def mark_killed(previous: dict[str, Any], run_id: str, replaced_by: str) -> None:
     """End the dead holder's run `run_id` as KILLED, tagged with the run that replaces it."""
-    import mlflow
+    import mlflow  # lazy: mlflow ~10 s; only after a killed run
 
     uri = previous["tracking_uri"]
     try:

@@ -19,10 +19,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tuneline.config.loader import Config
 from tuneline.errors import TunelineError
+from tuneline.tracking import metrics_callback
+from tuneline.train.distributed import (
+    check_same_job,
+    init_worker,
+    job_fingerprint,
+    launch_command,
+    worker_env,
+)
+from tuneline.train.gpu_monitor import GpuSampler
+from tuneline.train.lora import count_parameters, prepare_model
+from tuneline.train.loss import loss_kernel_for
 from tuneline.train.plan import Plan
-from tuneline.train.trainer import FitResult, fit, latest_checkpoint
+from tuneline.train.trainer import FitResult, fit, latest_checkpoint, training_args
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +93,7 @@ def run_attempt(attempt: Attempt, plan: Plan) -> Outcome:
 
 def load_model(cfg: Config, plan: Plan, model_path: str) -> tuple[Any, Any]:
     """Tokenizer (with a pad id) and the model to train (LoRA-wrapped or full) for `plan`."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tuneline.train.lora import prepare_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: transformers ~15 s; launcher skips
 
     remote = cfg.model.trust_remote_code
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=remote)
@@ -103,10 +113,7 @@ def load_model(cfg: Config, plan: Plan, model_path: str) -> tuple[Any, Any]:
 
 def make_monitor(cfg: Config, plan: Plan) -> Any:
     """The health monitor for `plan`; on a GPU it also samples utilization and memory (NVML)."""
-    import torch
-
-    from tuneline.train.gpu_monitor import GpuSampler
-    from tuneline.train.health import HealthMonitor
+    from tuneline.train.health import HealthMonitor  # lazy: transformers ~15 s; launcher skips
 
     gpu = GpuSampler() if torch.cuda.is_available() else None
     return HealthMonitor(cfg.train.health, plan_lr=plan.lr, warmup_frac=plan.warmup, schedule=plan.schedule,
@@ -115,14 +122,7 @@ def make_monitor(cfg: Config, plan: Plan) -> Any:
 
 def train_here(attempt: Attempt, plan: Plan) -> Outcome:
     """The attempt in this process (also what each launched worker runs)."""
-    import torch
-    from transformers import set_seed
-
-    from tuneline.train.distributed import check_same_job, init_worker, job_fingerprint
-    from tuneline.train.lora import count_parameters
-    from tuneline.train.loss import loss_kernel_for
-    from tuneline.train.tracking import metrics_callback
-    from tuneline.train.trainer import training_args
+    from transformers import set_seed  # lazy: transformers ~15 s; launcher skips
 
     cfg = attempt.cfg
     set_seed(cfg.seed)
@@ -149,8 +149,6 @@ def train_here(attempt: Attempt, plan: Plan) -> Outcome:
 
 def _launch(attempt: Attempt, plan: Plan) -> tuple[subprocess.CompletedProcess, list[str], Path]:
     """Write the job file, start this node's workers and wait for them; the result file rank 0 writes."""
-    from tuneline.train.distributed import launch_command, worker_env
-
     job = attempt.work / "job.json"
     result_path = attempt.work / "result.json"
     result_path.unlink(missing_ok=True)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tuneline.lm.chat import ChatFormat
 from tuneline.lm.labels import encode_all
 from tuneline.progress import track
@@ -110,8 +112,6 @@ def tokenize_split(
 
 
 def _save(path: Path, tok: Tokenized) -> None:
-    import numpy as np
-
     path.parent.mkdir(parents=True, exist_ok=True)
     offsets = np.cumsum([0, *tok.lengths], dtype=np.int64)
     flat_ids = np.fromiter((t for row in tok.ids for t in row), dtype=np.int64, count=int(offsets[-1]))
@@ -126,8 +126,6 @@ def _save(path: Path, tok: Tokenized) -> None:
 
 
 def _load(path: Path, key: str) -> Tokenized | None:
-    import numpy as np
-
     try:
         with np.load(path) as z:
             if str(z["key"]) != key:

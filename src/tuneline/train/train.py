@@ -41,7 +41,9 @@ from tuneline.jsonio import write_json
 from tuneline.layout import Layout
 from tuneline.lm.labels import build_rows
 from tuneline.lm.load import save_chat_format
+from tuneline.lm.source import resolve_model_path
 from tuneline.outdirs import check_replaceable, inside_workspace
+from tuneline.splits import read_split
 from tuneline.train.bookkeeping import (
     OUTPUT_SETTING,
     RunKey,
@@ -57,7 +59,6 @@ from tuneline.train.bookkeeping import (
 from tuneline.train.chat_rows import chat_format_for, write_rejected
 from tuneline.train.curves import write_curves
 from tuneline.train.distributed import check_rendezvous
-from tuneline.train.inputs import read_split, resolve_model_path
 from tuneline.train.loss import loss_kernel_for
 from tuneline.train.outputs import sort_target_modules, train_report
 from tuneline.train.packing import pack_rows

@@ -16,15 +16,22 @@ again, so the history, the report and the adapter's summary are those of an unin
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tuneline.config.loader import Config
+from tuneline.lm.batching import collate_padded
 from tuneline.progress import enabled as progress_enabled
+from tuneline.train.distributed import fsdp_on_cpu, training_kwargs
 from tuneline.train.loss import install_loss_kernel
-from tuneline.train.packing import collate_packed, collate_padded
+from tuneline.train.packing import collate_packed
 from tuneline.train.plan import Plan
 
 logger = logging.getLogger(__name__)
@@ -71,8 +78,6 @@ class Rows:
 
 def make_collator(packed: bool, pad_id: int) -> Any:
     """Collate rows into a batch, plus `pack_index` (the trainer maps a bad batch back to row ids)."""
-    import torch
-
     collate = collate_packed if packed else collate_padded
 
     def collator(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -93,8 +98,6 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 def _complete(checkpoint: Path) -> bool:
     """The trainer writes trainer_state.json last: a readable one means the checkpoint is whole."""
-    import json
-
     try:
         json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -107,10 +110,7 @@ def training_args(cfg: Config, plan: Plan, out: Path) -> Any:
 
     Under DeepSpeed, create them before loading the model: ZeRO-3 then partitions weights as they load.
     """
-    import torch
-    from transformers import TrainingArguments
-
-    from tuneline.train.distributed import training_kwargs
+    from transformers import TrainingArguments  # lazy: transformers ~15 s; launcher skips
 
     every = cfg.train.eval_every
     cadence = {"strategy": "epoch"} if every == "epoch" else {"strategy": "steps", "steps": every}
@@ -150,8 +150,8 @@ def training_args(cfg: Config, plan: Plan, out: Path) -> Any:
 def _token_counts() -> Any:
     """Real vs. padded tokens of the training batches (the useful-token fraction): a stateful callback,
     so checkpoints keep the counts and a resumed run goes on counting from them."""
-    from transformers import TrainerCallback
-    from transformers.trainer_callback import ExportableState
+    from transformers import TrainerCallback  # lazy: transformers ~15 s; launcher skips
+    from transformers.trainer_callback import ExportableState  # lazy: transformers ~15 s; launcher skips
 
     class TokenCounts(TrainerCallback, ExportableState):
         def __init__(self) -> None:
@@ -172,7 +172,7 @@ def _resume_callback(replay_to: list[Any], restore: list[Any]) -> Any:
     """A callback that, when training resumes from a checkpoint, puts back what the checkpoint's trainer
     state remembers: the attributes of the stateful callbacks in `restore`, and the log history before
     the checkpoint, replayed into `replay_to` (each entry as the log, and the evaluation, it was)."""
-    from transformers import TrainerCallback, TrainerControl
+    from transformers import TrainerCallback, TrainerControl  # lazy: transformers ~15 s; launcher skips
 
     class ResumeFromTrainerState(TrainerCallback):
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
@@ -199,10 +199,7 @@ def _resume_callback(replay_to: list[Any], restore: list[Any]) -> Any:
 
 
 def _trainer_class() -> Any:
-    from contextlib import nullcontext
-
-    import torch
-    from transformers import Trainer
+    from transformers import Trainer  # lazy: transformers ~15 s; launcher skips
 
     class TunelineTrainer(Trainer):
         """Trainer that counts the real tokens of its training batches, maps a non-finite training loss
@@ -259,12 +256,8 @@ def fit(
         save_to: where the main process saves the best model and the tokenizer (None: do not save).
         loss_kernel: `plain`, `chunked` or `liger` (`train.loss_kernel` resolved: `loss.loss_kernel_for`).
     """
-    import time
-
-    from transformers import EarlyStoppingCallback
-    from transformers.trainer_callback import PrinterCallback
-
-    from tuneline.train.distributed import fsdp_on_cpu
+    from transformers import EarlyStoppingCallback  # lazy: transformers ~15 s; launcher skips
+    from transformers.trainer_callback import PrinterCallback  # lazy: transformers ~15 s; launcher skips
 
     checkpoints = Path(args.output_dir)
     counts = _token_counts()

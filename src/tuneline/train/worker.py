@@ -14,8 +14,11 @@ import os
 import sys
 from pathlib import Path
 
+from tuneline.config.loader import Config
 from tuneline.jsonio import write_json
 from tuneline.redact import install_log_redaction
+from tuneline.train.distributed import is_main_process
+from tuneline.train.plan import Plan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,12 +29,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     install_log_redaction()
 
-    import torch
+    import torch  # lazy: torch ~9 s; the worker's `--help` answers without it
 
-    from tuneline.config.loader import Config
-    from tuneline.train.distributed import is_main_process
-    from tuneline.train.plan import Plan
-    from tuneline.train.run_attempt import OOM_EXIT, Attempt, OutOfMemory, outcome_json, train_here
+    from tuneline.train.run_attempt import (  # lazy: torch ~9 s; the worker's `--help` answers without it
+        OOM_EXIT,
+        Attempt,
+        OutOfMemory,
+        outcome_json,
+        train_here,
+    )
 
     job = json.loads(args.job.read_text(encoding="utf-8"))
     cfg = Config.model_validate(job["config"])

@@ -85,8 +85,8 @@ def start_run(uri: str, experiment: str, tags: dict[str, str], params: dict[str,
 
     A new experiment keeps its artifacts beside its store (`artifact_location`).
     """
-    import mlflow
-    from mlflow.entities import Param
+    import mlflow  # lazy: mlflow ~10 s; evaluate/promote/train import this, the CLI must not pay it
+    from mlflow.entities import Param  # lazy: mlflow ~10 s
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
@@ -101,8 +101,8 @@ def start_run(uri: str, experiment: str, tags: dict[str, str], params: dict[str,
 
 
 def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
-    import mlflow
-    from mlflow.entities import Metric
+    import mlflow  # lazy: mlflow ~10 s
+    from mlflow.entities import Metric  # lazy: mlflow ~10 s
 
     stamp = int(time.time() * 1000)
     mlflow.MlflowClient(tracking_uri=uri).log_batch(
@@ -112,7 +112,7 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> 
 
 def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
     """Set final tags and the run's status (FINISHED / FAILED / KILLED)."""
-    import mlflow
+    import mlflow  # lazy: mlflow ~10 s
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     for k, v in (tags or {}).items():
@@ -122,7 +122,7 @@ def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = No
 
 def metrics_callback(uri: str | None, run_id: str | None, history: list[dict[str, float]]) -> Any:
     """A TrainerCallback keeping each logged step's numbers in `history` and logging them to MLflow."""
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback  # lazy: transformers ~5 s; only the training process needs it
 
     class MetricsLog(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:

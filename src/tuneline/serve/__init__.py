@@ -1,0 +1,1 @@
+"""The inference server: OpenAI-compatible API, A/B routing, batching, streaming, hot reload of aliases."""
