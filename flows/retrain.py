@@ -34,21 +34,18 @@ from tasks.artifacts import (
     publish_stage,
     read_report,
 )
-from tasks.stages import (
+from tasks.dvc_stages import (
     PIPELINE,
     STAGE_TASKS,
     StageName,
-    approve_release,
     checkout_remote,
     dvc_pull,
     dvc_push,
     experiment_name,
     hydra_overrides,
-    record_no_decision,
-    recorded_approval,
-    reject_release,
-    workspace_lock,
 )
+from tasks.registry import approve_release, record_no_decision, recorded_approval, reject_release
+from tasks.workspace import workspace_lock
 from tuneline.config import load_config
 from tuneline.stages import DATA_STAGES
 

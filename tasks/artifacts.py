@@ -16,7 +16,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.stages import workspace_config
+from tasks.workspace import workspace_config
 from tuneline.layout import Layout
 from tuneline.stages import DATA_STAGES
 
@@ -275,7 +275,7 @@ def publish_stage(workspace: str, stage: str, newer_than: float | None = None) -
 @task(name="publish_funnel", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def publish_funnel(workspace: str) -> str | None:
     """Write reports/data.json and data.html (`tuneline report`), then publish the funnel as a table."""
-    from tuneline.data.pipeline import workspace_report
+    from tuneline.data_half import workspace_report
 
     root = Path(workspace)
     workspace_report(Layout(root), workspace_config(root))

@@ -30,15 +30,8 @@ from prefect.states import State
 from flows.retrain import ApprovalForm, RetrainParams, release_approval, retrain
 from prefect_harness import REPO, make_workspace, prefect_harness  # noqa: F401
 from tasks.artifacts import evaluate_table, gate_table, health_markdown, train_table
-from tasks.stages import (
-    LOCK_FILE,
-    PIPELINE,
-    WorkspaceBusy,
-    command_env,
-    hydra_overrides,
-    stage_command,
-    workspace_lock,
-)
+from tasks.dvc_stages import PIPELINE, command_env, hydra_overrides, stage_command
+from tasks.workspace import LOCK_FILE, WorkspaceBusy, workspace_lock
 from tuneline.stages import DATA_STAGES
 from tuneline.urls import anchored_url
 

@@ -19,6 +19,7 @@ from typing import Any
 from tuneline.config.loader import Config
 from tuneline.jsonio import write_text
 from tuneline.layout import Layout
+from tuneline.stages import DATA_STAGES
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def data_section(layout: Layout, cfg: Config) -> str:
 
     if not layout.report("ingest").is_file():
         return _missing("the data pipeline")
-    report = build_report(layout, cfg)
+    report = build_report(layout, cfg, DATA_STAGES)
     return (f"{funnel_html(report)}{ledger_html(report['ledger'], report['complete'])}"
             f"<h3>Splits: categories and lengths</h3>{splits_html(report['splits'])}")
 
