@@ -1,4 +1,5 @@
-"""`tuneline` command line: one command per stage, `data` for any files, `config show`.
+"""`tuneline` command line: one command per stage (a row of `tuneline.stages.STAGES`), `data` for any
+files, `config show`, and the commands around the pipeline (serve, ab, feedback, lineage, plan, report).
 
 Every command takes `--params FILE` (default: ./params.yaml when present, else built-in defaults) and
 any number of `--set section.key=value` overrides.
@@ -24,17 +25,16 @@ from tuneline.jsonio import write_json
 from tuneline.lineage import lineage, render
 from tuneline.run_report import run_report
 from tuneline.serve.server import serve, vllm_recipe
-from tuneline.stages import STAGE, STAGES, Stage, run_stage
+from tuneline.stages import DATA_STAGES, STAGE, STAGES, Stage, run_stage
 from tuneline.train import make_plan, render_plan
 
 app = typer.Typer(
     help="tuneline: turn raw, dirty data into a fine-tuned, validated model without silent failures.\n\n"
-    "The data half runs as stages: ingest -> validate_raw -> clean -> dedup -> split -> augment -> "
-    "validate_splits. Run them all with `dvc repro`, one with `tuneline <stage>`, or on any files with "
-    "`tuneline data --input PATH --output DIR`. Then build_base -> train -> evaluate -> promote (the gate "
-    "moves the registry alias). `tuneline serve` puts the champion and challenger behind an "
-    "OpenAI-compatible API; `tuneline ab` judges them on live feedback; `tuneline feedback export` turns "
-    "feedback into raw data for the next run.",
+    f"The data half runs as stages: {' -> '.join(DATA_STAGES)}. Run them all with `dvc repro`, one with "
+    "`tuneline <stage>`, or on any files with `tuneline data --input PATH --output DIR`. Then "
+    f"{' -> '.join(s.verb for s in STAGES if s.kind == 'model')} (the gate moves the registry alias). "
+    "`tuneline serve` puts the champion and challenger behind an OpenAI-compatible API; `tuneline ab` "
+    "judges them on live feedback; `tuneline feedback export` turns feedback into raw data for the next run.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
