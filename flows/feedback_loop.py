@@ -32,7 +32,7 @@ from tasks.feedback import (
     trigger_retrain,
     waiting_feedback,
 )
-from tasks.stages import WorkspaceBusy, workspace_lock
+from tasks.workspace import WorkspaceBusy, workspace_lock
 from tuneline.config import load_config
 from tuneline.feedback.export import should_retrain
 from tuneline.summaries import export_markdown

@@ -30,21 +30,18 @@ from prefect.states import Running
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tasks.artifacts import publish_approval, publish_funnel, publish_stage
-from tasks.stages import (
+from tasks.dvc_stages import (
     PIPELINE,
     STAGE_TASKS,
     StageName,
-    approve_release,
     checkout_remote,
     dvc_pull,
     dvc_push,
     experiment_name,
     hydra_overrides,
-    record_no_decision,
-    recorded_approval,
-    reject_release,
-    workspace_lock,
 )
+from tasks.registry import approve_release, record_no_decision, recorded_approval, reject_release
+from tasks.workspace import workspace_lock
 from tuneline.config import load_config
 from tuneline.promote.status import MoveStatus
 from tuneline.stages import DATA_STAGES

@@ -13,8 +13,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.stages import workspace_config
-from tuneline.data.pipeline import workspace_report
+from tasks.workspace import workspace_config
+from tuneline.data_half import workspace_report
 from tuneline.layout import Layout
 from tuneline.summaries import funnel_description, funnel_table, read_report, stage_summaries
 

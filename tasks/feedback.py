@@ -19,7 +19,8 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
 from tasks.artifacts import artifact_key
-from tasks.stages import transient, workspace_config
+from tasks.registry import transient
+from tasks.workspace import workspace_config
 from tuneline.config import Config
 from tuneline.layout import Layout
 from tuneline.urls import anchored_url

@@ -274,7 +274,7 @@ def test_a_winner_judged_against_another_champion_is_stale(tmp_path: Path, regis
 def test_a_retired_challenger_can_never_be_approved(tmp_path: Path, registry: str) -> None:
     """Fault: `tuneline promote --approve` made champion a version `ab decide` had retired as
     significantly worse (its gate.status still said it passed)."""
-    from tuneline.promote.stage import approve
+    from tuneline.promote.promote import approve
 
     make_model(registry, "retired")
     cfg = settings(tmp_path, registry, "retired", promote={"require_approval": True})

@@ -3,22 +3,69 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from tuneline.cli import app
-from tuneline.stages import DATA_STAGES
+from tuneline.stages import PIPELINE, STAGE
 
 runner = CliRunner()
+
+
+def _command_lines() -> list[list[str]]:
+    """Every command of the CLI, sub-apps included, with its required arguments."""
+    required = {"data": ["--input", "in.jsonl", "--output", "out"]}
+    lines = [[c.name, *required.get(c.name or "", [])] for c in app.registered_commands]
+    for group in app.registered_groups:
+        lines += [[group.name, c.name] for c in group.typer_instance.registered_commands]
+    return lines
 
 
 def test_help_lists_every_stage_and_data() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for stage in (*DATA_STAGES, "data", "config"):
+    for stage in (*PIPELINE, "data", "config"):
         assert stage in result.output
+
+
+@pytest.mark.parametrize("stage", PIPELINE)
+def test_stage_help_opens_with_the_tables_description(stage: str) -> None:
+    result = runner.invoke(app, [stage, "--help"], terminal_width=400)
+    assert result.exit_code == 0
+    assert STAGE[stage].description in " ".join(result.output.split())
+
+
+def test_model_stages_keep_their_own_options() -> None:
+    assert "--node-rank" in runner.invoke(app, ["train", "--help"]).output
+    promote = runner.invoke(app, ["promote", "--help"]).output
+    assert all(option in promote for option in ("--approve", "--approver", "--note"))
+
+
+@pytest.mark.parametrize("line", _command_lines(), ids=" ".join)
+def test_every_command_turns_a_typed_error_into_one_line_and_its_exit_code(
+    workspace: Path, line: list[str]
+) -> None:
+    """One error wrapper for every command (cli_common.command): a typed error is one red line and the
+    error's exit code, never a traceback."""
+    (workspace / "params.yaml").write_text("dedup:\n  treshold: 0.9\n")
+    result = runner.invoke(app, line)
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and "dedup.treshold: unknown key" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_import_stays_light() -> None:
+    """`tuneline --help` must not pay for torch, transformers, MLflow or SQLAlchemy: the stage table names
+    entry modules by dotted path and imports one only when its stage runs."""
+    code = ("import sys, tuneline.cli; heavy = ('torch', 'transformers', 'mlflow', 'sqlalchemy', 'peft'); "
+            "print(sorted(m for m in heavy if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_stage_help_shows_params_and_set() -> None:

@@ -19,7 +19,7 @@ import yaml
 
 from cluster_harness import Cluster
 from deploy.cluster_workers import set_param
-from tasks.stages import PIPELINE, checkout_remote, stage_skipped
+from tasks.dvc_stages import PIPELINE, checkout_remote, stage_skipped
 from tuneline.config import load_config
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
@@ -214,7 +214,7 @@ def test_set_param_keeps_comments_and_other_sections() -> None:
 def test_stage_command_pulls_run_cache_outputs_when_syncing() -> None:
     """A checkout that syncs with a remote runs `dvc repro --pull`: a run-cache hit whose outputs are only
     on the remote is fetched, not recomputed."""
-    from tasks.stages import stage_command
+    from tasks.dvc_stages import stage_command
 
     assert stage_command("train", pull=True) == ["dvc", "repro", "-s", "--pull", "train"]
     assert stage_command("train") == ["dvc", "repro", "-s", "train"]

@@ -13,7 +13,7 @@ from tuneline.config.build_base import BuildBaseParams
 from tuneline.config.loader import Config
 from tuneline.errors import InputFileError
 from tuneline.jsonio import write_jsonl
-from tuneline.train.demo_base import BUILD_INFO, build_base, build_demo_base
+from tuneline.train.build_base import BUILD_INFO, build_base, build_demo_base
 
 TINY = {"vocab_size": 320, "hidden_size": 16, "num_layers": 1, "num_heads": 2, "seq_len": 32, "batch_size": 4,
         "max_position_embeddings": 256}
@@ -187,7 +187,7 @@ def test_params_reject_heads_that_do_not_divide_width() -> None:
 def test_not_built_when_another_model_is_named(tmp_path: Path) -> None:
     """`dvc exp run -S model.name_or_path=<another model>` must not spend minutes building the demo base
     nobody trains: the stage leaves a note in its output folder and says so in its report."""
-    from tuneline.train.demo_base import NOT_BUILT
+    from tuneline.train.build_base import NOT_BUILT
 
     write_jsonl(tmp_path / "data" / "processed" / "train.jsonl", tiny_records())
     cfg = Config.model_validate({"model": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"},
@@ -202,7 +202,7 @@ def test_not_built_when_another_model_is_named(tmp_path: Path) -> None:
 def test_corpus_base_learns_only_the_corpus(tmp_path: Path) -> None:
     """With `build_base.corpus`, the weights learn from the corpus alone (the train split only lends its
     vocabulary): the demo's base must not already know what fine-tuning is meant to teach."""
-    from tuneline.train.demo_base import read_corpus
+    from tuneline.train.build_base import read_corpus
 
     processed = tmp_path / "data" / "processed"
     write_jsonl(processed / "train.jsonl", tiny_records())
@@ -223,7 +223,7 @@ def test_corpus_base_learns_only_the_corpus(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("line", ['{"txt": "x"}', "not json", '{"text": ""}', "[1]"])
 def test_bad_corpus_line_names_file_and_line(tmp_path: Path, line: str) -> None:
-    from tuneline.train.demo_base import read_corpus
+    from tuneline.train.build_base import read_corpus
 
     path = tmp_path / "c.jsonl"
     path.write_text('{"text": "fine"}\n\n' + line + "\n", encoding="utf-8")

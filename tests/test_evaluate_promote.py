@@ -56,8 +56,8 @@ def settings(root: Path, base: Path, **overrides: Any) -> Config:
 
 
 def cycle(cfg: Config, layout: Layout) -> tuple[dict, dict]:
-    from tuneline.evaluate.stage import run as evaluate
-    from tuneline.promote.stage import run as promote
+    from tuneline.evaluate.evaluate import run as evaluate
+    from tuneline.promote.promote import run as promote
     from tuneline.train.train import run as train
 
     train(cfg, layout)
@@ -65,7 +65,7 @@ def cycle(cfg: Config, layout: Layout) -> tuple[dict, dict]:
 
 
 def test_better_candidate_is_promoted_worse_one_refused(tiny_base: Path, workspace: Layout) -> None:
-    from tuneline.promote.stage import rollback
+    from tuneline.promote.promote import rollback
 
     root = workspace.root
     cfg = settings(root, tiny_base)
@@ -75,7 +75,7 @@ def test_better_candidate_is_promoted_worse_one_refused(tiny_base: Path, workspa
     assert evaluation["champion_version"] is None and evaluation["champion_adapter_sha256"] is None
     assert promotion["result"]["status"] == "promoted" and promotion["champion_after"] == "1"
     assert promotion["parity"]["parity"] and promotion["parity"]["rows"] == 3
-    from tuneline.promote.stage import run as promote_again
+    from tuneline.promote.promote import run as promote_again
 
     again = promote_again(cfg, workspace)  # nothing retrained (a nightly run with no news): no new version
     assert again["result"]["status"] == "already_champion" and again["version"] == "1"
@@ -91,7 +91,7 @@ def test_better_candidate_is_promoted_worse_one_refused(tiny_base: Path, workspa
     evaluation, promotion = cycle(crippled, workspace)
     assert "champion" in evaluation["variants"]  # compared with the champion on the same rows
     # ... and says which champion that was, and which model it scored (promote judges on that evidence).
-    from tuneline.promote.stage import adapter_sha256
+    from tuneline.promote.promote import adapter_sha256
     from tuneline.registry.registry import version_info
 
     champion_tags = version_info(crippled.tracking.uri, crippled.registry.model_name, "1")["tags"]
@@ -112,7 +112,7 @@ def test_better_candidate_is_promoted_worse_one_refused(tiny_base: Path, workspa
     _, promotion = cycle(gated, workspace)
     assert promotion["decision"]["status"] == "await_approval"
     assert promotion["result"]["status"] == "needs_approval" and promotion["champion_after"] == "1"
-    from tuneline.promote.stage import GateError, approve
+    from tuneline.promote.promote import GateError, approve
 
     with pytest.raises(GateError, match="only a version that passed the gate"):
         approve(gated, workspace, "2", "reviewer")

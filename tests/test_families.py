@@ -243,10 +243,10 @@ def cycled(family_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
 def cycle_family(family: str, base: Path, factory: pytest.TempPathFactory) -> dict[str, Any]:
     """train -> evaluate -> promote with the defaults (own template, default LoRA targets)."""
     from tuneline.config.loader import Config
-    from tuneline.evaluate.stage import run as evaluate
+    from tuneline.evaluate.evaluate import run as evaluate
     from tuneline.jsonio import write_json, write_jsonl
     from tuneline.layout import Layout
-    from tuneline.promote.stage import run as promote
+    from tuneline.promote.promote import run as promote
     from tuneline.train.train import run as train
 
     root = factory.mktemp(f"ws-{family}")

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from tuneline.config import Config, load_config
 from tuneline.config.ingest import IngestParams, Source
 from tuneline.data.ingest import ingest_sources
-from tuneline.data.pipeline import run_data
+from tuneline.data_half import run_data
 from tuneline.errors import InputFileError
 from tuneline.feedback.cli import feedback_app
 from tuneline.feedback.export import (

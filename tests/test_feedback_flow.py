@@ -24,7 +24,7 @@ from prefect.client.schemas.objects import FlowRun
 from flows.feedback_loop import FeedbackLoopParams, feedback_loop
 from prefect_harness import prefect_harness  # noqa: F401
 from tasks.feedback import DeploymentNotFound
-from tasks.stages import workspace_lock
+from tasks.workspace import workspace_lock
 from test_feedback_export import N_CORRECTIONS, N_POSITIVE, fill, git_dvc_repo
 from tuneline.config import load_config
 from tuneline.feedback.export import pending_count

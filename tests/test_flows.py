@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import yaml
@@ -26,19 +26,14 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun
 from prefect.flow_runs import resume_flow_run
 from prefect.states import State
+from prefect.utilities.callables import parameter_schema
 
 from flows.retrain import ApprovalForm, RetrainParams, release_approval, retrain
 from prefect_harness import REPO, make_workspace, prefect_harness  # noqa: F401
-from tasks.stages import (
-    LOCK_FILE,
-    PIPELINE,
-    WorkspaceBusy,
-    command_env,
-    hydra_overrides,
-    stage_command,
-    workspace_lock,
-)
+from tasks.dvc_stages import PIPELINE, StageName, command_env, hydra_overrides, stage_command
+from tasks.workspace import LOCK_FILE, WorkspaceBusy, workspace_lock
 from tuneline.stages import DATA_STAGES
+from tuneline.stages import PIPELINE as STAGE_TABLE_VERBS
 from tuneline.summaries import evaluate_table, gate_table, health_markdown, train_table
 from tuneline.urls import anchored_url
 
@@ -300,6 +295,15 @@ def test_stage_names_follow_dvc_yaml() -> None:
     stages = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
     assert list(PIPELINE) == stages
     assert PIPELINE[: len(DATA_STAGES)] == DATA_STAGES
+
+
+def test_run_form_offers_the_stage_tables_verbs() -> None:
+    """StageName derives from the stage table (`Literal[PIPELINE]`); Prefect's parameter schema of the
+    retrain flow (the run form in the UI) must still list exactly those verbs, in order."""
+    schema = parameter_schema(retrain.fn).model_dump()["definitions"]["RetrainParams"]["properties"]
+    for field in ("stages", "force"):
+        assert schema[field]["items"]["enum"] == list(STAGE_TABLE_VERBS)
+    assert get_args(StageName) == STAGE_TABLE_VERBS == PIPELINE
 
 
 def test_stage_commands(tmp_path: Path) -> None:

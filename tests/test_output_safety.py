@@ -18,12 +18,12 @@ from typer.testing import CliRunner
 from tuneline.cli import app
 from tuneline.config import load_config
 from tuneline.config.loader import Config
-from tuneline.data.pipeline import run_data
+from tuneline.data_half import run_data
 from tuneline.errors import OutputPathError
 from tuneline.jsonio import write_jsonl
 from tuneline.layout import Layout
 from tuneline.outdirs import MARKER, check_replaceable, claim_dir, fresh_dir, inside_workspace, replace_dir
-from tuneline.train.demo_base import BUILD_INFO, build_base
+from tuneline.train.build_base import BUILD_INFO, build_base
 
 runner = CliRunner()
 GOOD = {"instruction": "Say hi.", "input": "", "output": "Hi there!"}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tuneline.config import load_config
-from tuneline.data.pipeline import run_data, workspace_report
+from tuneline.data_half import run_data, workspace_report
 from tuneline.errors import DataValidationError
 from tuneline.jsonio import read_json, read_jsonl
 from tuneline.layout import Layout

@@ -11,7 +11,7 @@ import pytest
 from tuneline.config.promote import PromoteParams
 from tuneline.promote.aliases import promote, refusal
 from tuneline.promote.gate import Decision, decide
-from tuneline.promote.stage import gate_metrics
+from tuneline.promote.promote import gate_metrics
 from tuneline.promote.status import MoveStatus, Verdict, passed
 from tuneline.registry.registry import aliases_of, client
 from tuneline.serve.models import challenger_problem

@@ -23,7 +23,7 @@ from tuneline.jsonio import write_json, write_jsonl
 from tuneline.layout import Layout
 from tuneline.promote.aliases import apply_decision
 from tuneline.promote.gate import Decision
-from tuneline.promote.stage import adapter_sha256, approve
+from tuneline.promote.promote import adapter_sha256, approve
 from tuneline.promote.status import Verdict
 from tuneline.registry.registry import aliases_of, client, version_info
 
@@ -96,7 +96,7 @@ def evaluated(cfg: Config, layout: Layout, adapter: Path, loss: float,
 
 def promote_stage(cfg: Config, layout: Layout, evaluation: dict[str, Any], adapter: Path) -> dict[str, Any]:
     """`tuneline promote` with `evaluation` as reports/evaluate.json and `adapter` as the trained model."""
-    from tuneline.promote.stage import run
+    from tuneline.promote.promote import run
 
     write_json(layout.report("evaluate"), evaluation)
     trained(cfg, layout, adapter)
@@ -132,7 +132,7 @@ def test_a_candidate_evaluated_against_an_older_champion_is_not_judged(
 
 
 def test_stale_reason_names_each_mismatch() -> None:
-    from tuneline.promote.stage import stale_reason
+    from tuneline.promote.promote import stale_reason
 
     ok = {"variants": {"champion": {}}, "champion_version": "2", "champion_adapter_sha256": "s2",
           "candidate_adapter_sha256": "c"}
@@ -183,7 +183,7 @@ def test_approval_of_a_version_judged_against_a_replaced_champion_is_refused(tmp
 KILLED = """
 import json, os, signal, sys
 from pathlib import Path
-import tuneline.promote.stage as stage
+import tuneline.promote.promote as stage
 from tuneline.config.loader import Config
 from tuneline.layout import Layout
 

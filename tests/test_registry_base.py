@@ -219,7 +219,7 @@ def test_hub_base_can_be_copied_for_air_gapped_serving(
 def test_a_base_inside_the_workspace_is_copied_into_the_version(tmp_path: Path) -> None:
     """`models/base` is a pipeline output: `dvc exp run -S model.name_or_path=<other>` replaces it, and a
     champion that only referred to it could no longer be loaded to compare against."""
-    from tuneline.promote.stage import must_copy_base
+    from tuneline.promote.promote import must_copy_base
 
     workspace, outside = tmp_path / "ws", tmp_path / "models" / "qwen"
     (workspace / "models" / "base").mkdir(parents=True)

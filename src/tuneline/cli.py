@@ -1,4 +1,5 @@
-"""`tuneline` command line: one command per stage, `data` for any files, `config show`.
+"""`tuneline` command line: one command per stage (a row of `tuneline.stages.STAGES`), `data` for any
+files, `config show`, and the commands around the pipeline (serve, ab, feedback, lineage, plan, report).
 
 Every command takes `--params FILE` (default: ./params.yaml when present, else built-in defaults) and
 any number of `--set section.key=value` overrides.
@@ -6,27 +7,34 @@ any number of `--set section.key=value` overrides.
 
 from __future__ import annotations
 
+import inspect
+import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from tuneline.ab.cli import ab_app
-from tuneline.cli_common import ParamsOpt, SetOpt, fail, load, setup_logging
+from tuneline.cli_common import WORKSPACE, ParamsOpt, SetOpt, command, load
 from tuneline.config import dump_config
-from tuneline.errors import TunelineError
+from tuneline.data_half import run_data, workspace_report
 from tuneline.feedback.cli import feedback_app
-from tuneline.layout import Layout
-from tuneline.stages import DATA_STAGES, DESCRIPTIONS, run_stage
+from tuneline.jsonio import write_json
+from tuneline.lineage import lineage, render
+from tuneline.run_report import run_report
+from tuneline.serve.server import serve, vllm_recipe
+from tuneline.stages import DATA_STAGES, STAGE, STAGES, Stage, run_stage
+from tuneline.train import make_plan, render_plan
 
 app = typer.Typer(
     help="tuneline: turn raw, dirty data into a fine-tuned, validated model without silent failures.\n\n"
-    "The data half runs as stages: ingest -> validate_raw -> clean -> dedup -> split -> augment -> "
-    "validate_splits. Run them all with `dvc repro`, one with `tuneline <stage>`, or on any files with "
-    "`tuneline data --input PATH --output DIR`. Then build_base -> train -> evaluate -> promote (the gate "
-    "moves the registry alias). `tuneline serve` puts the champion and challenger behind an "
-    "OpenAI-compatible API; `tuneline ab` judges them on live feedback; `tuneline feedback export` turns "
-    "feedback into raw data for the next run.",
+    f"The data half runs as stages: {' -> '.join(DATA_STAGES)}. Run them all with `dvc repro`, one with "
+    "`tuneline <stage>`, or on any files with `tuneline data --input PATH --output DIR`. Then "
+    f"{' -> '.join(s.verb for s in STAGES if s.kind == 'model')} (the gate moves the registry alias). "
+    "`tuneline serve` puts the champion and challenger behind an OpenAI-compatible API; `tuneline ab` "
+    "judges them on live feedback; `tuneline feedback export` turns feedback into raw data for the next run.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -36,62 +44,25 @@ app.add_typer(config_app, name="config")
 app.add_typer(ab_app, name="ab")
 app.add_typer(feedback_app, name="feedback")
 
-_setup_logging, _load, _fail = setup_logging, load, fail
+
+# ---------------------------------------------------------------- the stages: one command per row of STAGES
+# A data stage's command is generic; a model stage adds its options and prints its one-line summary. The
+# first line of a stage command's help is the table's description, the rest the body's docstring.
 
 
-def _stage_command(name: str):
-    def command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
-        _setup_logging()
-        try:
-            run_stage(name, _load(params, set_), Layout(Path(".")))
-        except TunelineError as exc:
-            raise _fail(exc) from None
+def _data_stage(stage: Stage) -> Callable[..., None]:
+    def run(params: ParamsOpt = None, set_: SetOpt = None) -> None:
+        """Reads and writes the workspace under ./data and ./reports."""
+        run_stage(stage.verb, load(params, set_), WORKSPACE)
 
-    command.__name__ = name
-    command.__doc__ = f"{DESCRIPTIONS[name]}\n\nReads and writes the workspace under ./data and ./reports."
-    return command
+    return run
 
 
-for _name in DATA_STAGES:
-    app.command(_name)(_stage_command(_name))
-
-
-@app.command("data")
-def data_command(
-    input: Annotated[list[Path], typer.Option("--input", "-i", help="Raw file or directory (repeatable).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for train/val/test and reports.")],
-    params: ParamsOpt = None,
-    set_: SetOpt = None,
-) -> None:
-    """Run the whole data half on any files, outside the DVC workspace.
-
-    Writes DIR/train.jsonl, val.jsonl, test.jsonl, rejected.jsonl (every dropped row with stage, reason and
-    source), report.json (the funnel) and report.html.
-    """
-    from tuneline.data.pipeline import run_data
-
-    _setup_logging()
-    try:
-        summary = run_data(input, output, _load(params, set_))
-    except TunelineError as exc:
-        raise _fail(exc) from None
-    typer.echo(summary)
-
-
-@app.command("build_base")
 def build_base_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
-    """Build the demo base model (BPE tokenizer + tiny Llama, briefly pre-trained) from the train split.
-
-    Saves a Hugging Face model with safetensors, tokenizer and chat template to build_base.output_dir
+    """Saves a Hugging Face model with safetensors, tokenizer and chat template to build_base.output_dir
     (default models/base), loaded later through the same from_pretrained path as any hub model.
     """
-    from tuneline.train.demo_base import build_base
-
-    _setup_logging()
-    try:
-        info = build_base(_load(params, set_), Path("."))
-    except TunelineError as exc:
-        raise _fail(exc) from None
+    info = STAGE["build_base"].entry()(load(params, set_), WORKSPACE.root)
     if info.get("built") is False:
         typer.echo(f"demo base: not built ({info['reason']})")
         return
@@ -112,11 +83,8 @@ NodeRankOpt = Annotated[
 ]
 
 
-@app.command("train")
 def train_command(params: ParamsOpt = None, set_: SetOpt = None, node_rank: NodeRankOpt = None) -> None:
-    """Fine-tune the base model (LoRA by default) on data/processed/train.jsonl, validating on val.jsonl.
-
-    The pre-flight plan decides LR, warm-up, schedule, batch split, max length and precision; the loss is
+    """The pre-flight plan decides LR, warm-up, schedule, batch split, max length and precision; the loss is
     on assistant tokens only; rows are packed (train.packing). With train.num_processes > 1 (or a ZeRO
     stage) it launches torchrun / deepspeed workers; with train.num_nodes > 1 run it on every node, each
     with its --node-rank. A rerun after a crash resumes from the last
@@ -127,14 +95,8 @@ def train_command(params: ParamsOpt = None, set_: SetOpt = None, node_rank: Node
     records the run (params, loss / LR / grad-norm curves, val loss and perplexity, lineage tags) in MLflow.
     Exit code 5: the health monitor stopped the run (see the diagnosis in reports/train_health.json).
     """
-    from tuneline.train.train import run
-
-    _setup_logging()
-    try:
-        cfg = _load(params, set_)
-        report = run(cfg, Layout(Path(".")), node_rank=node_rank)
-    except TunelineError as exc:
-        raise _fail(exc) from None
+    cfg = load(params, set_)
+    report = STAGE["train"].entry()(cfg, WORKSPACE, node_rank=node_rank)
     if node_rank:
         typer.echo(f"train: node {node_rank} done (world size {report['world_size']}); node 0 wrote the "
                    f"adapter in {cfg.train.output_dir} and the reports")
@@ -144,29 +106,19 @@ def train_command(params: ParamsOpt = None, set_: SetOpt = None, node_rank: Node
                "(reports/train_health.json, reports/train_curves.html)")
 
 
-@app.command("evaluate")
 def evaluate_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
-    """Evaluate base, champion (from the registry, if any) and candidate on the held-out test split.
-
-    Loss and perplexity on every test row; greedy generations through the training chat template on
+    """Loss and perplexity on every test row; greedy generations through the training chat template on
     evaluate.max_rows rows: exact match, ROUGE-L, never-stopping share, JSON metrics with
     task.output_schema; per category. Writes reports/evaluate.json and reports/review.html (prompts side
     by side for human review) and logs an MLflow run with the metrics, the per-row table and the page.
     """
-    from tuneline.evaluate.stage import run
-
-    _setup_logging()
-    try:
-        report = run(_load(params, set_), Layout(Path(".")))
-    except TunelineError as exc:
-        raise _fail(exc) from None
+    report = STAGE["evaluate"].entry()(load(params, set_), WORKSPACE)
     v = report["variants"]
     champion = "" if "champion" not in v else f" (champion {v['champion'].get('rouge_l')})"
     typer.echo(f"evaluate: rouge_l base {v['base'].get('rouge_l')} -> candidate "
                f"{v['candidate'].get('rouge_l')}{champion}; reports/evaluate.json, reports/review.html")
 
 
-@app.command("promote")
 def promote_command(
     params: ParamsOpt = None,
     set_: SetOpt = None,
@@ -176,47 +128,73 @@ def promote_command(
     approver: Annotated[str | None, typer.Option("--approver", help="Who approves (default: $USER).")] = None,
     note: Annotated[str, typer.Option("--note", help="Why, recorded with the approval.")] = "",
 ) -> None:
-    """Register the candidate, check train/serve parity, run the promotion gate, move the champion alias.
-
-    The gate (params `promote`) compares candidate, base and champion on reports/evaluate.json and adds
+    """The gate (params `promote`) compares candidate, base and champion on reports/evaluate.json and adds
     training health, data validation and parity; reports/promote.json has one row per criterion.
     "Not promoted" is a result (exit 0). With promote.require_approval the champion moves only after
     `tuneline promote --approve VERSION`.
     """
-    import os
-
-    from tuneline.promote import stage
-
-    _setup_logging()
-    try:
-        cfg = _load(params, set_)
-        if approve is not None:
-            who = approver or os.environ.get("USER", "")
-            result = stage.approve(cfg, Layout(Path(".")), approve, who, note)
-            typer.echo(f"promote: {result['status']}: {result['reason']}")
-            return
-        report = stage.run(cfg, Layout(Path(".")))
-    except TunelineError as exc:
-        raise _fail(exc) from None
+    cfg = load(params, set_)
+    promote = STAGE["promote"].entry_module()
+    if approve is not None:
+        who = approver or os.environ.get("USER", "")
+        result = promote.approve(cfg, WORKSPACE, approve, who, note)
+        typer.echo(f"promote: {result['status']}: {result['reason']}")
+        return
+    report = STAGE["promote"].entry()(cfg, WORKSPACE)
     result = report["result"]
     typer.echo(f"promote: version {report['version']}: {result['status']} ({result['reason']}); "
                f"champion {report['champion_before']} -> {report['champion_after']}; reports/promote.json")
 
 
+MODEL_STAGE_COMMANDS: dict[str, Callable[..., None]] = {
+    "build_base": build_base_command,
+    "train": train_command,
+    "evaluate": evaluate_command,
+    "promote": promote_command,
+}
+
+
+def _register(stage: Stage) -> None:
+    body = MODEL_STAGE_COMMANDS[stage.verb] if stage.kind == "model" else _data_stage(stage)
+    details = inspect.getdoc(body) or ""
+    app.command(stage.verb, help=f"{stage.description}\n\n{details}" if details else stage.description)(
+        command()(body)
+    )
+
+
+for _stage in STAGES:
+    _register(_stage)
+
+
+# ---------------------------------------------------------------- the other commands
+
+
+@app.command("data")
+@command()
+def data_command(
+    input: Annotated[list[Path], typer.Option("--input", "-i", help="Raw file or directory (repeatable).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for train/val/test and reports.")],
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run the whole data half on any files, outside the DVC workspace.
+
+    Writes DIR/train.jsonl, val.jsonl, test.jsonl, rejected.jsonl (every dropped row with stage, reason and
+    source), report.json (the funnel) and report.html.
+    """
+    typer.echo(run_data(input, output, load(params, set_)))
+
+
 @app.command("rollback")
+@command()
 def rollback_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Move the champion alias back to the previous champion (registry.previous_alias)."""
-    from tuneline.promote.stage import rollback
-
-    _setup_logging()
-    try:
-        result = rollback(_load(params, set_))
-    except TunelineError as exc:
-        raise _fail(exc) from None
+    result = STAGE["promote"].entry_module().rollback(load(params, set_))
     typer.echo(f"rollback: {result['status']}: {result['reason']}")
 
 
 @app.command("lineage")
+@command(logs=False)
 def lineage_command(
     version: Annotated[str | None, typer.Argument(help="Version or alias (default: champion).")] = None,
     params: ParamsOpt = None,
@@ -225,18 +203,12 @@ def lineage_command(
 ) -> None:
     """Trace a registered model back to its data: alias -> version -> MLflow run -> git commit, params and
     data hashes -> dvc.lock at that commit -> processed splits and raw files (path, md5, size)."""
-    import json
-
-    from tuneline.lineage import lineage, render
-
-    try:
-        tree = lineage(_load(params, set_), Path("."), version)
-    except TunelineError as exc:
-        raise _fail(exc) from None
+    tree = lineage(load(params, set_), WORKSPACE.root, version)
     typer.echo(json.dumps(tree, indent=2) if as_json else render(tree))
 
 
 @app.command("plan")
+@command()
 def plan_command(
     model_config: Annotated[
         Path | None,
@@ -252,45 +224,31 @@ def plan_command(
     Example: tuneline plan --model-config llama-2-7b/config.json --set train.num_processes=8
     --set train.device_memory_gib=80 --set train.precision=bf16. Also writes reports/plan.json.
     """
-    from tuneline.jsonio import write_json
-    from tuneline.train import make_plan, render_plan
-
-    _setup_logging()
-    try:
-        plan = make_plan(_load(params, set_), model_config=model_config)
-    except TunelineError as exc:
-        raise _fail(exc) from None
-    write_json(Layout(Path(".")).report("plan"), plan.to_dict())
+    plan = make_plan(load(params, set_), model_config=model_config)
+    write_json(WORKSPACE.report("plan"), plan.to_dict())
     typer.echo(render_plan(plan))
 
 
 @app.command("report")
+@command()
 def report_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Write reports/data.{json,html} (funnel, categories, lengths) and reports/run.html: data funnel,
     training numbers, health and loss / LR curves, eval comparison, the gate's table and the lineage."""
-    from tuneline.data.pipeline import workspace_report
-    from tuneline.run_report import run_report
-
-    _setup_logging()
-    try:
-        cfg = _load(params, set_)
-        path = workspace_report(Layout(Path(".")), cfg)
-        run = run_report(Layout(Path(".")), cfg)
-    except TunelineError as exc:
-        raise _fail(exc) from None
+    cfg = load(params, set_)
+    path = workspace_report(WORKSPACE, cfg)
+    run = run_report(WORKSPACE, cfg)
     typer.echo(f"report: {path}, {run}")
 
 
 @config_app.command("show")
+@command(logs=False)
 def config_show(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Print the resolved configuration (params file + overrides + defaults) as YAML."""
-    try:
-        typer.echo(dump_config(_load(params, set_)), nl=False)
-    except TunelineError as exc:
-        raise _fail(exc) from None
+    typer.echo(dump_config(load(params, set_)), nl=False)
 
 
 @app.command("serve")
+@command()
 def serve_command(
     params: ParamsOpt = None,
     set_: SetOpt = None,
@@ -326,19 +284,13 @@ def serve_command(
     Example: tuneline serve --port 8000, then
     curl localhost:8000/v1/chat/completions -d '{"messages":[{"role":"user","content":"hi"}]}'
     """
-    from tuneline.serve.server import serve, vllm_recipe
-
-    _setup_logging()
     if old_canary_flag is not None:
         new = "--with-challenger" if old_canary_flag else "--champion-only"
         typer.echo(f"warning: --{'' if old_canary_flag else 'no-'}canary is deprecated, renamed {new} "
                    "(`canary` alone also named promote's setting and serve.canary_share)", err=True)
         with_challenger = old_canary_flag
-    try:
-        cfg = _load(params, set_)
-        if print_vllm:
-            typer.echo(vllm_recipe(cfg, with_challenger, download_dir))
-            return
-        serve(cfg, host, port, with_challenger, download_dir)
-    except TunelineError as exc:
-        raise _fail(exc) from None
+    cfg = load(params, set_)
+    if print_vllm:
+        typer.echo(vllm_recipe(cfg, with_challenger, download_dir))
+        return
+    serve(cfg, host, port, with_challenger, download_dir)

@@ -1,10 +1,16 @@
-"""Row accounting: every stage proves rows read = rows kept + rows rejected, and says why rows left."""
+"""Row accounting: every stage proves rows read = rows kept + rows rejected, and says why rows left.
+
+`finish_stage` is how a data stage ends: the ledger is checked before any output is written.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+from tuneline.jsonio import write_json, write_jsonl
+from tuneline.layout import Layout
 
 
 class LedgerError(AssertionError):
@@ -48,3 +54,27 @@ class Ledger:
             "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
             **self.extra,
         }
+
+
+def finish_stage(
+    layout: Layout,
+    ledger: Ledger,
+    rejected: list[dict[str, Any]],
+    outputs: dict[Any, list[dict[str, Any]]],
+) -> dict[str, Any]:
+    """Check the ledger, then write every output, the stage's rejected file and its report, atomically.
+
+    Raises:
+        LedgerError: the ledger does not add up, or `rejected` holds another number of rows than it counted
+            (nothing is written then).
+    """
+    if len(rejected) != ledger.rows_rejected:
+        raise LedgerError(
+            f"{ledger.stage}: {len(rejected)} rejected rows written but {ledger.rows_rejected} counted"
+        )
+    report = ledger.report()
+    for path, rows in outputs.items():
+        write_jsonl(path, rows)
+    write_jsonl(layout.rejected(ledger.stage), rejected)
+    write_json(layout.report(ledger.stage), report)
+    return report

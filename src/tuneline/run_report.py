@@ -23,6 +23,7 @@ from tuneline.html import cell, esc, page, status, table
 from tuneline.jsonio import write_text
 from tuneline.layout import Layout
 from tuneline.lineage import lineage, render
+from tuneline.stages import DATA_STAGES
 from tuneline.train.curves import charts
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def _missing(stage: str) -> str:
 def data_section(layout: Layout, cfg: Config) -> str:
     if not layout.report("ingest").is_file():
         return _missing("the data pipeline")
-    report = build_report(layout, cfg)
+    report = build_report(layout, cfg, DATA_STAGES)
     return (f"{funnel_html(report)}{ledger_html(report['ledger'], report['complete'])}"
             f"<h3>Splits: categories and lengths</h3>{splits_html(report['splits'])}")
 

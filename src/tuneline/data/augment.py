@@ -24,10 +24,9 @@ from tuneline.data.synonyms import SynonymReplacer, load_dictionary
 from tuneline.errors import ConfigError, InputFileError
 from tuneline.jsonio import read_jsonl
 from tuneline.layout import SPLITS, Layout
-from tuneline.ledger import Ledger
+from tuneline.ledger import Ledger, finish_stage
 from tuneline.progress import track
 from tuneline.records import content_id
-from tuneline.stages import finish_stage
 
 log = logging.getLogger(__name__)
 

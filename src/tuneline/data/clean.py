@@ -37,10 +37,9 @@ from tuneline.data.quality import (
 from tuneline.errors import InputFileError
 from tuneline.jsonio import read_jsonl
 from tuneline.layout import Layout
-from tuneline.ledger import Ledger
+from tuneline.ledger import Ledger, finish_stage
 from tuneline.progress import track
 from tuneline.records import reject
-from tuneline.stages import finish_stage
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,9 @@ from typing import TYPE_CHECKING, Any
 from tuneline.config import Config
 from tuneline.jsonio import read_jsonl
 from tuneline.layout import Layout
-from tuneline.ledger import Ledger
+from tuneline.ledger import Ledger, finish_stage
 from tuneline.progress import track
 from tuneline.records import record_text, reject
-from tuneline.stages import finish_stage
 
 if TYPE_CHECKING:
     from tuneline.data.neardup import SearchResult

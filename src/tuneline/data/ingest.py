@@ -51,10 +51,9 @@ from tuneline.errors import InputFileError
 from tuneline.formats import RowError
 from tuneline.jsonio import dumps_bytes
 from tuneline.layout import Layout
-from tuneline.ledger import Ledger
+from tuneline.ledger import Ledger, finish_stage
 from tuneline.progress import track
 from tuneline.records import make_record, reject
-from tuneline.stages import finish_stage
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ turns them into one self-contained page a person would rather look at than read.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,15 +16,14 @@ from tuneline.html import Markup, esc, fmt, page, status, table
 from tuneline.jsonio import read_json, read_jsonl
 from tuneline.layout import SPLITS, Layout
 from tuneline.records import is_augmented, record_text
-from tuneline.stages import DATA_STAGES
 
 LENGTH_EDGES = [0, 50, 100, 200, 400, 800, 1600, 3200, 6400, 12800]
 VALIDATION_STAGES = ("validate_raw", "validate_splits")
 
 
-def _stage_reports(layout: Layout) -> dict[str, dict[str, Any]]:
+def _stage_reports(layout: Layout, stages: Sequence[str]) -> dict[str, dict[str, Any]]:
     out = {}
-    for stage in DATA_STAGES:
+    for stage in stages:
         path = layout.report(stage)
         if path.exists():
             out[stage] = read_json(path)
@@ -52,9 +52,16 @@ def _split_facts(layout: Layout, field: str) -> dict[str, dict[str, Any]]:
     return facts
 
 
-def build_report(layout: Layout, cfg: Config) -> dict[str, Any]:
-    """Facts for the report page (also written as JSON next to it)."""
-    reports = _stage_reports(layout)
+def build_report(layout: Layout, cfg: Config, stages: Sequence[str]) -> dict[str, Any]:
+    """Facts for the report page (also written as JSON next to it).
+
+    Args:
+        layout: the workspace whose reports and splits are read.
+        cfg: the config (the stratify field).
+        stages: the data stages in pipeline order (`tuneline.stages.DATA_STAGES`; passed in, so the data
+            package never imports the stage table that imports it).
+    """
+    reports = _stage_reports(layout, stages)
     splits = _split_facts(layout, cfg.split.stratify_field)
     funnel = [
         {k: rep.get(k) for k in ("stage", "rows_in", "rows_kept", "rows_rejected", "rows_added",
@@ -65,7 +72,7 @@ def build_report(layout: Layout, cfg: Config) -> dict[str, Any]:
     rejected = sum(row["rows_rejected"] or 0 for row in funnel)
     augmented = sum(s["augmented"] for s in splits.values())
     final = sum(s["rows"] for s in splits.values()) - augmented
-    complete = all(stage in reports for stage in DATA_STAGES)
+    complete = all(stage in reports for stage in stages)
     validation = {
         stage: {
             "success": rep.get("success"),
@@ -76,7 +83,7 @@ def build_report(layout: Layout, cfg: Config) -> dict[str, Any]:
     return {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "complete": complete,
-        "stopped_after": next((s for s in reversed(DATA_STAGES) if s in reports), None),
+        "stopped_after": next((s for s in reversed(stages) if s in reports), None),
         "funnel": funnel,
         "ledger": {"raw_rows": raw, "final_rows": final, "rejected": rejected, "augmented": augmented,
                    "balanced": complete and raw == final + rejected},

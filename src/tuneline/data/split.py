@@ -28,9 +28,8 @@ from tuneline.data.dedup import near_duplicate_pairs
 from tuneline.data.ingest import ingest_sources
 from tuneline.jsonio import read_jsonl
 from tuneline.layout import SPLITS, Layout
-from tuneline.ledger import Ledger
+from tuneline.ledger import Ledger, finish_stage
 from tuneline.records import record_text, reject
-from tuneline.stages import finish_stage
 
 log = logging.getLogger(__name__)
 NO_STRATUM = "(none)"

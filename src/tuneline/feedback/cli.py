@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tuneline.cli_common import ParamsOpt, SetOpt, fail, load, setup_logging
-from tuneline.errors import TunelineError
+from tuneline.cli_common import ParamsOpt, SetOpt, command, load
 
 feedback_app = typer.Typer(
     help="Turn served exchanges with user feedback into raw training data (data/raw/feedback).",
@@ -21,16 +20,13 @@ RootOpt = Annotated[
 
 
 @feedback_app.command("export")
+@command()
 def export_command(params: ParamsOpt = None, set_: SetOpt = None, root: RootOpt = Path(".")) -> None:
     """Export unexported feedback: corrections and positives as SFT rows to feedback.export_dir, thumbs
     down to feedback.negatives_dir, then `dvc add` both (feedback.dvc_add)."""
-    from tuneline.feedback.export import export_feedback
+    from tuneline.feedback.export import export_feedback  # lazy: sqlalchemy (feedback store), ~0.3 s
 
-    setup_logging()
-    try:
-        summary = export_feedback(load(params, set_), root)
-    except TunelineError as exc:
-        raise fail(exc) from None
+    summary = export_feedback(load(params, set_), root)
     c = summary["counts"]
     typer.echo(
         f"{summary['sft_rows']} SFT rows ({c['correction']} corrections, {c['positive']} positive), "
@@ -46,15 +42,13 @@ def export_command(params: ParamsOpt = None, set_: SetOpt = None, root: RootOpt 
 
 
 @feedback_app.command("status")
+@command(logs=False)
 def status_command(params: ParamsOpt = None, set_: SetOpt = None, root: RootOpt = Path(".")) -> None:
     """Unexported feedback by kind, and whether an export now would reach feedback.retrain_threshold."""
-    from tuneline.feedback.export import pending_counts, should_retrain
+    from tuneline.feedback.export import pending_counts, should_retrain  # lazy: sqlalchemy, ~0.3 s
 
-    try:
-        cfg = load(params, set_)
-        counts = pending_counts(cfg, root=root)
-    except TunelineError as exc:
-        raise fail(exc) from None
+    cfg = load(params, set_)
+    counts = pending_counts(cfg, root=root)
     sft = counts["correction"] + counts["positive"]
     threshold = cfg.feedback.retrain_threshold
     typer.echo(" ".join(f"{k}={v}" for k, v in counts.items()))

@@ -1,17 +1,17 @@
-"""Prefect tasks for the pipeline's steps: one DVC stage, one DVC remote call or one registry call each.
+"""Prefect tasks that run the pipeline's stages through DVC: one task per stage, `dvc pull`, `dvc push`.
 
 DVC owns the artifact DAG and its cache (`dvc.lock`, the run cache, remotes): a stage task runs
 `dvc repro -s <stage>` in the workspace, so DVC skips an unchanged stage and a retrain after a params
 change reruns only what depends on it. With parameter overrides the stage runs as a DVC experiment
 (`dvc exp run -s <stage> --set-param k=v`), which records the exact params next to `dvc.lock`.
 
-Retries live on the steps that fail transiently (remote storage, the tracking server), never on a
-stage: a failed data contract or a diverged training run fails the same way on a second try.
+Retries live on the steps that fail transiently (remote storage), never on a stage: a failed data
+contract or a diverged training run fails the same way on a second try. The registry's tasks are in
+`tasks.registry`, the workspace's config and run lock in `tasks.workspace`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -20,40 +20,21 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Literal, get_args
+from typing import IO, Any, Literal
 
 import yaml
+from configobj import ConfigObj  # DVC's own config parser (a DVC dependency)
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import State, TaskRun
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
-from tuneline import filelock
-from tuneline.config import Config, load_config
-from tuneline.errors import TunelineError
-from tuneline.layout import Layout
-from tuneline.urls import anchored_url
+from tuneline.stages import PIPELINE
 
-StageName = Literal[
-    "ingest",
-    "validate_raw",
-    "clean",
-    "dedup",
-    "split",
-    "augment",
-    "validate_splits",
-    "build_base",
-    "train",
-    "evaluate",
-    "promote",
-]
-PIPELINE: tuple[str, ...] = get_args(StageName)
+StageName = Literal[PIPELINE]  # type: ignore[valid-type]  # the verbs of tuneline.stages.STAGES, in order
+"""A stage's verb; the retrain flow's `stages` parameter, so Prefect's run form offers exactly these."""
 TAIL_LINES = 40
-LOCK_FILE = ".tuneline/run.lock"
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +42,6 @@ log = logging.getLogger(__name__)
 class CommandFailed(RuntimeError):
     """A workspace command (a stage, `dvc pull`, `dvc push`) exited non-zero; the message ends with its
     stderr tail."""
-
-
-class WorkspaceBusy(RuntimeError):
-    """Another run holds the workspace lock."""
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
@@ -223,8 +200,6 @@ def checkout_remote(workspace: str | Path) -> str | None:
     path = Path(workspace) / ".dvc" / "config.local"
     if not path.is_file():
         return None
-    from configobj import ConfigObj  # DVC's own config parser (a DVC dependency)
-
     remote = ConfigObj(str(path)).get("core", {}).get("remote")
     return str(remote) if remote else None
 
@@ -256,8 +231,8 @@ def push_run_cache_reports(workspace: Path) -> int:
     pushes only the outputs of the workspace's cached outs; another checkout then finds the entry, misses
     its report and reruns the stage. DVC's own transfer, on the objects the entries name. Returns how many
     objects were sent."""
-    from dvc.repo import Repo
-    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc.repo import Repo  # lazy: ~0.65 s measured; every flow imports this module, one push needs it
+    from dvc_data.hashfile.hash_info import HashInfo  # lazy: with dvc.repo above
 
     runs = workspace / ".dvc" / "cache" / "runs"
     oids: set[str] = set()
@@ -271,138 +246,3 @@ def push_run_cache_reports(workspace: Path) -> int:
         if not objs:
             return 0
         return len(repo.cloud.push(objs).transferred)
-
-
-# ---------------------------------------------------------------- registry (in process)
-
-
-def workspace_config(workspace: str | Path) -> Config:
-    """The workspace's params.yaml, with its tracking URI anchored to the workspace."""
-    root = Path(workspace).resolve()
-    cfg = load_config(root / "params.yaml")
-    tracking = cfg.tracking.model_copy(update={"uri": anchored_url(cfg.tracking.uri, root)})
-    return cfg.model_copy(update={"tracking": tracking})
-
-
-def transient(_task: Any, _run: TaskRun, state: State) -> bool:
-    """Retry a registry call unless it failed for a reason a retry cannot fix (tuneline's typed errors,
-    a bad argument)."""
-    exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
-    return not isinstance(exc, TunelineError | ValueError)
-
-
-@task(
-    name="recorded_approval",
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=transient,
-    cache_policy=NO_CACHE,
-)
-def recorded_approval(workspace: str, version: str) -> dict[str, str] | None:
-    """The approval decision recorded on `version` ({"decision", "by", "at", "note"}), or None."""
-    from tuneline.promote.aliases import approval_of
-
-    cfg = workspace_config(workspace)
-    return approval_of(cfg.tracking.uri, cfg.registry.model_name, version)
-
-
-@task(
-    name="approve_release",
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=transient,
-    cache_policy=NO_CACHE,
-)
-def approve_release(workspace: str, version: str, approver: str, note: str = "") -> dict[str, Any]:
-    """Record the approval of `version` and promote it (`tuneline promote --approve`); the promotion's
-    result, e.g. status "promoted" or "conflict" when the champion moved meanwhile."""
-    from tuneline.promote.stage import approve
-
-    root = Path(workspace)
-    return approve(workspace_config(root), Layout(root), version, approver, note)
-
-
-@task(
-    name="reject_release",
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=transient,
-    cache_policy=NO_CACHE,
-)
-def reject_release(workspace: str, version: str, approver: str, note: str = "") -> dict[str, str]:
-    """Record a person's rejection of `version`; the champion stays."""
-    from tuneline.promote.aliases import record_approval
-
-    cfg = workspace_config(workspace)
-    return record_approval(cfg.tracking.uri, cfg.registry.model_name, version, approver, "rejected", note)
-
-
-@task(
-    name="record_no_decision",
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=transient,
-    cache_policy=NO_CACHE,
-)
-def record_no_decision(workspace: str, version: str, waited_s: int, run_name: str) -> dict[str, str]:
-    """Tag `version` with an approval request that timed out; no approval.decision is written, so
-    `tuneline promote --approve VERSION` still works later. The champion stays."""
-    from datetime import UTC, datetime
-
-    from tuneline.registry.registry import set_version_tags
-
-    cfg = workspace_config(workspace)
-    tags = {
-        "approval.no_decision_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "approval.no_decision_after_s": str(waited_s),
-        "approval.no_decision_run": run_name,
-    }
-    set_version_tags(cfg.tracking.uri, cfg.registry.model_name, version, tags)
-    return tags
-
-
-# ---------------------------------------------------------------- one run per workspace
-
-
-def _describe(holder: str) -> str:
-    try:
-        info = json.loads(holder)
-    except json.JSONDecodeError:
-        return "another process"
-    return (
-        f"run {info.get('flow_run_name')!r} ({info.get('flow_run_id')}, pid {info.get('pid')} on "
-        f"{info.get('host')}, since {info.get('started_at')})"
-    )
-
-
-@contextmanager
-def workspace_lock(workspace: Path, holder: dict[str, Any], wait_s: float = 0.0) -> Iterator[Path]:
-    """Hold the workspace's exclusive run lock (`.tuneline/run.lock`, an `fcntl.flock`) for a whole run.
-
-    The lock belongs to the open file, so it is released when the process ends, however it ends: a
-    crashed run never leaves a stale lock. The file names the holder for the next one's message.
-
-    Raises:
-        WorkspaceBusy: still held by another run after `wait_s` seconds; the message names the holder.
-    """
-    path = workspace / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+", encoding="utf-8") as handle:
-        if not filelock.acquire(handle, wait_s):
-            handle.seek(0)
-            raise WorkspaceBusy(
-                f"workspace {workspace} is busy: {_describe(handle.read())} holds {path}. "
-                "Two runs on one workspace would corrupt it; this run stops without touching it. "
-                "Retry when that run ends, or pass lock_wait_s to wait for it."
-            )
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps(holder))
-        handle.flush()
-        try:
-            yield path
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            handle.flush()
-            filelock.release(handle)

@@ -79,7 +79,7 @@ def gather_rejected(layout: Layout, dest: Path) -> int:
 
 def write_report(layout: Layout, cfg: Config, json_path: Path, html_path: Path) -> dict[str, Any]:
     """Build the data report of `layout` and write it as JSON and as the HTML page."""
-    report = build_report(layout, cfg)
+    report = build_report(layout, cfg, DATA_STAGES)
     write_json(json_path, report)
     write_text(html_path, render_html(report))
     return report
