@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_registry import make_model
+from helpers import make_model
 from tuneline.promote.aliases import apply_decision, promote, retire_challenger
 from tuneline.promote.gate import Decision
 from tuneline.registry.registry import aliases_of, client, version_info

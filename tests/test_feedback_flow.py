@@ -22,10 +22,10 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun
 
 from flows.feedback_loop import FeedbackLoopParams, feedback_loop
+from helpers import N_CORRECTIONS, N_POSITIVE, fill, git_dvc_repo
 from prefect_harness import prefect_harness  # noqa: F401
 from tasks.feedback import DeploymentNotFound, export_markdown
 from tasks.stages import workspace_lock
-from test_feedback_export import N_CORRECTIONS, N_POSITIVE, fill, git_dvc_repo
 from tuneline.config import load_config
 from tuneline.feedback.export import pending_count
 from tuneline.feedback.store import FeedbackStore

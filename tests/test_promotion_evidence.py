@@ -16,8 +16,7 @@ from typing import Any
 
 import pytest
 
-from test_demo_base import build_tiny_base
-from test_registry import save_adapter
+from helpers import save_adapter
 from tuneline.config.loader import Config
 from tuneline.jsonio import write_json, write_jsonl
 from tuneline.layout import Layout
@@ -30,11 +29,11 @@ BASE_LOSS = 2.0
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def models(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny base and one adapter per candidate name (the same weights; a note file makes each
     trained-model directory, and so its adapter_sha256, distinct)."""
     root = tmp_path_factory.mktemp("models")
-    base = build_tiny_base(root, steps=5)
+    base = tiny_base
     adapter = save_adapter(base, root / "adapter", noisy=False)
     out = {"base": base}
     for name in ("p", "a", "b", "c", "d"):

@@ -15,20 +15,18 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mlflow_harness import mlflow_server
 from tuneline.config.registry import RegistryParams
 from tuneline.promote import locks
 from tuneline.promote.aliases import promote, registry_lock
@@ -329,40 +327,6 @@ def test_two_hosts_race_on_a_postgresql_store(pg_store: str, tmp_path: Path) -> 
     PostgreSQL-backed MLflow store. Before the database lock, both read the same champion and both moved
     it (two "promoted", or a RegistryError from the read-back): never one winner and one conflict."""
     race(pg_store, "two-hosts", tmp_path, rounds=20)
-
-
-@contextmanager
-def mlflow_server(backend: str, tmp_path: Path) -> Iterator[str]:
-    """A bare `mlflow server` on a free loopback port over `backend`; yields its http URI."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    log = tmp_path / "server.log"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers",
-           "1", "--backend-store-uri", backend, "--artifacts-destination", str(tmp_path / "artifacts")]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                cwd=tmp_path)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        def healthy() -> bool:
-            assert proc.poll() is None, f"mlflow server exited: {log.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-                    return resp.status == 200
-            except OSError:
-                return False
-
-        _wait_for(healthy, "the mlflow server to answer /health", limit_s=120)
-        yield uri
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server's process group: its workers too
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
 
 
 @pytest.mark.integration
