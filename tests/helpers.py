@@ -14,11 +14,15 @@ built from these live in conftest.py).
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -195,11 +199,30 @@ def reference_replies(base: Path, adapter: Path | None, max_new_tokens: int) -> 
 T0 = 1_700_006_400.0  # 2023-11-15 00:00 UTC, a day boundary
 
 
+_STORE_TEMPLATE: list[Path] = []  # the session's migrated, empty store (built on first use)
+
+
 def empty_registry(root: Path) -> str:
-    """The URI of a sqlite MLflow registry in `root`, its schema created (once, for a module's tests)."""
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client(uri).search_registered_models()
-    return uri
+    """The URI of a new sqlite MLflow tracking + registry store `root/mlflow.db`, its schema in place.
+
+    MLflow builds a new store's schema by running every migration (seconds on a busy 2-core machine, per
+    store): it is run once per session, into a template, and each store starts as a copy of it.
+    """
+    if not _STORE_TEMPLATE:
+        folder = Path(tempfile.mkdtemp(prefix="tuneline-mlflow-template-"))
+        atexit.register(shutil.rmtree, folder, True)
+        cwd = os.getcwd()
+        os.chdir(folder)  # the default experiment's artifact folder: here, never the test's cwd
+        try:
+            client(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+        finally:
+            os.chdir(cwd)
+        _STORE_TEMPLATE.append(folder / "mlflow.db")
+    db = root / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(_STORE_TEMPLATE[0]) as source, sqlite3.connect(db) as target:
+        source.backup(target)
+    return f"sqlite:///{db}"
 
 
 def make_model(uri: str, name: str, versions: int) -> None:

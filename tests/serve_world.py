@@ -13,7 +13,7 @@ from typing import Any
 
 import uvicorn
 
-from helpers import LINEAGE, save_adapter
+from helpers import LINEAGE, empty_registry, save_adapter
 from tuneline.config import load_config
 from tuneline.promote.aliases import promote
 from tuneline.registry.registry import register_candidate
@@ -38,7 +38,7 @@ def build_world(root: Path, base: Path, **serve: Any) -> World:
     """Register a zero-init adapter (v1, champion) and a noisy one (v2, challenger) on the tiny `base`."""
     adapters = {"champion": save_adapter(base, root / "adapter_a", noisy=False),
                 "challenger": save_adapter(base, root / "adapter_b", noisy=True)}
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = empty_registry(root)
     versions = {}
     cwd = os.getcwd()
     os.chdir(root)  # the sqlite store puts artifacts under ./mlruns

@@ -244,6 +244,7 @@ def _stage(root: Path, base: Path, kernel: str) -> dict:
     return run(Config.model_validate(settings), layout)
 
 
+@pytest.mark.integration
 def test_train_stage_with_chunked_loss_gives_the_plain_loss_curve(tiny_base: Path, tmp_path: Path) -> None:
     """The train stage with `loss_kernel: chunked` (packed rows, LoRA, CPU) logs the plain run's training
     and validation losses step for step, and says which kernel computed them."""

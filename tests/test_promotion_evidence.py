@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from helpers import save_adapter
+from helpers import empty_registry, save_adapter
 from tuneline.config.loader import Config
 from tuneline.jsonio import write_json, write_jsonl
 from tuneline.layout import Layout
@@ -154,7 +154,7 @@ AWAIT = Decision(promote=False, status="await_approval", rows=[])
 def test_approval_of_a_version_judged_against_a_replaced_champion_is_refused(tmp_path: Path) -> None:
     """Fault: v2 and v3 both awaited approval (both judged against v1); `--approve 3`, then
     `--approve 2` made v2 champion over v3, which it was never compared with."""
-    cfg = Config.model_validate({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    cfg = Config.model_validate({"tracking": {"uri": empty_registry(tmp_path)},
                                  "registry": {"model_name": "m"}})
     uri, layout = cfg.tracking.uri, Layout(tmp_path)
     mc = client(uri)

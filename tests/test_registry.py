@@ -74,7 +74,7 @@ def world(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     base = tiny_base
     good = save_adapter(base, root / "adapter_good", noisy=False)
     bad = save_adapter(base, root / "adapter_bad", noisy=True)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = empty_registry(root)
     runs = {}
     for name in ("good", "bad"):
         runs[name] = start_run(uri, "tuneline", LINEAGE, {"train.lr": "0.002"}, f"train-{name}")

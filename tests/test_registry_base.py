@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import PROMPTS, reference_replies, save_adapter
+from helpers import PROMPTS, empty_registry, reference_replies, save_adapter
 from tuneline.registry.base_ref import (
     BaseModelError,
     BaseRef,
@@ -43,7 +43,7 @@ def files(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
     """A fresh sqlite registry in tmp_path and one finished training run."""
     monkeypatch.chdir(tmp_path)  # the sqlite store puts artifacts under ./mlruns
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = empty_registry(tmp_path)
     run = start_run(uri, "tuneline", {"git_commit": "abc"}, {}, "train")
     end_run(uri, run, "FINISHED")
     return uri, run

@@ -59,6 +59,7 @@ def trained(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     return root, report, cfg
 
 
+@pytest.mark.integration
 def test_loss_falls_and_report_has_no_timings(trained: tuple[Path, dict, Config]) -> None:
     root, report, _ = trained
     assert report["steps"] == 18  # 48 rows / effective batch 8 x 3 epochs
@@ -70,6 +71,7 @@ def test_loss_falls_and_report_has_no_timings(trained: tuple[Path, dict, Config]
     assert not [k for k in on_disk if "second" in k or "time" in k or "runtime" in k]
 
 
+@pytest.mark.integration
 def test_adapter_dir_contract_and_only_lora_weights_changed(
     trained: tuple[Path, dict, Config], tiny_base: Path
 ) -> None:
@@ -107,6 +109,7 @@ def test_adapter_dir_contract_and_only_lora_weights_changed(
             assert torch.equal(value, original[key]), name
 
 
+@pytest.mark.integration
 def test_mlflow_run_has_params_metrics_and_tags(trained: tuple[Path, dict, Config]) -> None:
     import mlflow
 
@@ -128,6 +131,7 @@ def test_mlflow_run_has_params_metrics_and_tags(trained: tuple[Path, dict, Confi
     assert Path(exp.artifact_location.removeprefix("file://")) == root / "mlruns"
 
 
+@pytest.mark.integration
 def test_same_inputs_and_seed_give_the_same_adapter(
     trained: tuple[Path, dict, Config], tmp_path: Path
 ) -> None:
@@ -170,6 +174,7 @@ def phi3_base(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return out
 
 
+@pytest.mark.integration
 def test_phi3_default_targets_train_its_fused_qkv(phi3_base: Path, tmp_path: Path) -> None:
     """Regression: the guide's default [q_proj, v_proj] failed on Phi-3 ("match no linear layer"); it now
     adapts the fused qkv_proj, and the train report and the adapter config say so."""

@@ -51,6 +51,7 @@ def poisoned_base(base: Path, out: Path, records: list[dict[str, Any]], bad_id: 
     return out
 
 
+@pytest.mark.integration
 def test_nan_loss_stops_with_a_diagnosis_and_no_adapter(tiny_base: Path, tmp_path: Path) -> None:
     from tuneline.train.train import TrainingError, run
 
@@ -75,6 +76,7 @@ def test_nan_loss_stops_with_a_diagnosis_and_no_adapter(tiny_base: Path, tmp_pat
     assert mlflow_status(tmp_path) == "FAILED"
 
 
+@pytest.mark.integration
 def test_out_of_memory_backs_off_and_resumes(
     tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
