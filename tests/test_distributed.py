@@ -421,6 +421,7 @@ def _check_two_ranks(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.integration
 def test_ranks_refuse_another_job_or_rank_0_outside_node_0(tmp_path: Path) -> None:
     """Every node prepares its own job: a node with other data trained other rows in lockstep, and a
     rendezvous that puts rank 0 on another node writes the outputs where node 0's stage never looks.

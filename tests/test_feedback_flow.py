@@ -31,7 +31,7 @@ from tuneline.feedback.export import pending_count
 from tuneline.feedback.store import FeedbackStore
 from tuneline.jsonio import read_json
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.integration]  # Prefect flows
 PROBE = "retrain-probe/on-demand"
 N_SFT = N_CORRECTIONS + N_POSITIVE + 1
 

@@ -42,7 +42,7 @@ from tasks.stages import (
 from tuneline.stages import DATA_STAGES
 from tuneline.urls import anchored_url
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.integration]  # Prefect flows
 PAUSE_TIMEOUT_S = 240
 
 
@@ -88,7 +88,6 @@ def registry(workspace: Path) -> tuple[Any, str]:
 # ---------------------------------------------------------------- the whole pipeline
 
 
-@pytest.mark.integration
 def test_retrain_end_to_end_pauses_for_approval_then_promotes(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path / "ws", {"promote.require_approval": True})
     params = RetrainParams(

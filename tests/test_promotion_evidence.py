@@ -101,6 +101,7 @@ def promote_stage(cfg: Config, layout: Layout, evaluation: dict[str, Any], adapt
     return run(cfg, layout)
 
 
+@pytest.mark.integration
 def test_a_candidate_evaluated_against_an_older_champion_is_not_judged(
     ws: tuple[Config, Layout], models: dict[str, Path]
 ) -> None:
@@ -195,6 +196,7 @@ stage.run(Config.model_validate(json.loads(sys.argv[2])), Layout(root))
 """
 
 
+@pytest.mark.integration
 def test_a_version_registered_by_a_killed_run_is_judged_by_the_next(
     ws: tuple[Config, Layout], models: dict[str, Path]
 ) -> None:
@@ -219,6 +221,7 @@ def test_a_version_registered_by_a_killed_run_is_judged_by_the_next(
     assert promote_stage(cfg, layout, evaluation, models["c"])["result"]["status"] == "already_champion"
 
 
+@pytest.mark.integration
 def test_a_run_that_died_between_the_verdict_and_the_alias_move_is_completed(
     ws: tuple[Config, Layout], models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -342,6 +342,7 @@ print(json.dumps(promote(uri, name, version, "1").to_dict()), flush=True)
 """
 
 
+@pytest.mark.integration
 def test_concurrent_promotions_processes(store: str, tmp_path: Path) -> None:
     make_model(store, "prace", 4)
     promote(store, "prace", "1", None)

@@ -167,6 +167,7 @@ with registry_lock(sys.argv[1], sys.argv[2], lock_path=sys.argv[3]):
 """
 
 
+@pytest.mark.integration
 def test_a_killed_holder_releases_the_lock(pg_store: str, tmp_path: Path) -> None:
     """kill -9 of a promoter inside the critical section: the server ends its session and the lock with it,
     so the next promoter gets it (a file lock on a host that died would be gone with the host anyway)."""
@@ -190,6 +191,7 @@ def test_a_killed_holder_releases_the_lock(pg_store: str, tmp_path: Path) -> Non
             holder.wait(30)
 
 
+@pytest.mark.integration
 def test_a_waiting_promoter_is_queued_in_the_database(pg_store: str, tmp_path: Path) -> None:
     """While one promoter holds the lock, another (its own lock file) waits in pg_locks, then sees the
     champion the holder set and refuses with "conflict"."""
@@ -322,6 +324,7 @@ def race(uri: str, name: str, tmp_path: Path, rounds: int, lock_url: str | None 
                 host.wait(30)
 
 
+@pytest.mark.integration
 def test_two_hosts_race_on_a_postgresql_store(pg_store: str, tmp_path: Path) -> None:
     """The acceptance race: 20 rounds, two processes with separate workspaces and lock files, one
     PostgreSQL-backed MLflow store. Before the database lock, both read the same champion and both moved
