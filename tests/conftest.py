@@ -51,7 +51,9 @@ def _digest(folder: Path) -> str:
 def _shared_base(tmp_path_factory: pytest.TempPathFactory, name: str, steps: int) -> Iterator[Path]:
     """Build a tiny demo base once for the session; fail the session if a test changed it (a test that
     writes into a base copies it first)."""
-    from helpers import build_tiny_base  # lazy: torch+transformers+peft, ~5-10 s; light modules skip it
+    # helpers imports torch+transformers+peft: 9.7 s by -X importtime on a busy 2-core machine, against 1 s
+    # for this conftest; a run of modules that need no model must not pay it.
+    from helpers import build_tiny_base  # lazy: torch+transformers+peft, ~9.7 s; model-free runs skip it
 
     base = build_tiny_base(tmp_path_factory.mktemp(name), steps=steps)
     before = _digest(base)
