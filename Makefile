@@ -1,6 +1,7 @@
 # The two commands a newcomer runs on a fresh machine:
 #   make run   - set up .venv and run the retrain flow (every stage, gate, promotion) on the demo data
 #   make test  - set up .venv and run the whole test suite
+# and, while changing code: make test-fast - the unit tests only (docs/testing.md)
 VENV ?= .venv
 BIN := $(VENV)/bin
 export OMP_NUM_THREADS ?= 1
@@ -10,7 +11,7 @@ export PREFECT_LOGGING_EXTRA_LOGGERS ?= tuneline
 # tuneline's log lines reach the Prefect UI inside a flow run; outside one (a stage run alone) they stay local.
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW ?= ignore
 
-.PHONY: setup run test lint bench serve demo-ab deploy clean-outputs cluster cluster-down
+.PHONY: setup run test test-fast lint bench serve demo-ab deploy clean-outputs cluster cluster-down
 
 setup:
 	@bash scripts/setup.sh
@@ -23,6 +24,11 @@ run: setup
 test: setup
 	$(BIN)/python -m ruff check src tests bench flows tasks deploy scripts
 	$(BIN)/python -m pytest
+
+# The unit tests only: no whole-pipeline / server / training-end-to-end tests (`integration`), no team
+# cluster, no GPU; stops at the first failure. The tests CI must run are `make test`'s; docs/testing.md.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not integration and not cluster and not gpu" -x -q
 
 lint: setup
 	$(BIN)/python -m ruff check src tests bench flows tasks deploy scripts

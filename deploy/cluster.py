@@ -35,6 +35,7 @@ if str(REPO_ROOT) not in sys.path:  # `python deploy/cluster.py` puts deploy/, n
 from deploy import cluster_workers as workers  # noqa: E402
 from tuneline.cluster import postgres as pg  # noqa: E402
 from tuneline.cluster import procs  # noqa: E402
+from tuneline.cluster.mlflow_server import mlflow_server_command  # noqa: E402
 from tuneline.cluster.secrets import CREDENTIALS, load_credentials, write_private  # noqa: E402
 
 BUCKET = "tuneline"
@@ -229,20 +230,7 @@ def start_mlflow(state: Path, info: dict[str, Any], creds: dict[str, str]) -> in
         "MLFLOW_BACKEND_STORE_URI": database_url(info, "mlflow"),
     }  # no password in it: PGPASSWORD
     env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(info["ports"]["mlflow"]),
-        "--workers",
-        "2",
-        "--artifacts-destination",
-        f"s3://{BUCKET}/mlflow",
-    ]
+    cmd = mlflow_server_command(info["ports"]["mlflow"], f"s3://{BUCKET}/mlflow", workers=2)
     return procs.spawn(
         "mlflow", cmd, env, folder, folder / "server.log", layout(state)["pids"] / "mlflow.pid"
     )

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         set_seed,
     )
 
-    from test_demo_base import tiny_records
+    from helpers import tiny_records
     from tuneline.config.loader import Config
     from tuneline.lm.chat import ChatFormat
     from tuneline.lm.labels import encode_records

@@ -13,8 +13,7 @@ from typing import Any
 
 import uvicorn
 
-from test_demo_base import build_tiny_base
-from test_registry import LINEAGE, save_adapter
+from helpers import LINEAGE, empty_registry, save_adapter
 from tuneline.config import load_config
 from tuneline.promote.aliases import promote
 from tuneline.registry.registry import register_candidate
@@ -35,12 +34,11 @@ class World:
     cfg: Any
 
 
-def build_world(root: Path, **serve: Any) -> World:
-    """Register a zero-init adapter (v1, champion) and a noisy one (v2, challenger) on one tiny base."""
-    base = build_tiny_base(root, steps=10)
+def build_world(root: Path, base: Path, **serve: Any) -> World:
+    """Register a zero-init adapter (v1, champion) and a noisy one (v2, challenger) on the tiny `base`."""
     adapters = {"champion": save_adapter(base, root / "adapter_a", noisy=False),
                 "challenger": save_adapter(base, root / "adapter_b", noisy=True)}
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = empty_registry(root)
     versions = {}
     cwd = os.getcwd()
     os.chdir(root)  # the sqlite store puts artifacts under ./mlruns

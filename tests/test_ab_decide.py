@@ -10,49 +10,19 @@ from typing import Any
 import pytest
 from sqlalchemy import insert
 
+from helpers import T0, ab_settings, empty_registry, make_ab_model
 from tuneline.ab.decide import decide, run
 from tuneline.config.ab import AbParams
-from tuneline.config.loader import Config
 from tuneline.feedback.store import FeedbackStore, feedback
 from tuneline.jsonio import read_json
 from tuneline.layout import Layout
 from tuneline.promote.aliases import record_approval
 from tuneline.registry.registry import aliases_of, client, version_info
 
-T0 = 1_700_006_400.0  # 2023-11-15 00:00 UTC, a day boundary
-
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> str:
-    uri = f"sqlite:///{tmp_path_factory.mktemp('ab-registry') / 'mlflow.db'}"
-    client(uri).search_registered_models()  # create the schema once for the module
-    return uri
-
-
-def make_model(uri: str, name: str, versions: int = 2, champion: str | None = "1",
-               challenger: str | None = "2") -> None:
-    """A registered model with cheap versions (no packaged model) and the A/B aliases."""
-    mc = client(uri)
-    mc.create_registered_model(name)
-    for i in range(versions):  # each passed the offline gate (only such a version is canaried), the
-        # first with no champion to compare against, the others against the champion
-        judged = "none" if i == 0 else (champion or "none")
-        mc.create_model_version(name, source=f"/nowhere/{name}/{i + 1}",
-                                tags={"gate.status": "promote", "gate.champion": judged})
-    if champion:
-        mc.set_registered_model_alias(name, "champion", champion)
-    if challenger:
-        mc.set_registered_model_alias(name, "challenger", challenger)
-
-
-def settings(tmp_path: Path, uri: str, name: str, **sections: dict[str, Any]) -> Config:
-    data: dict[str, Any] = {
-        "tracking": {"uri": uri},
-        "registry": {"model_name": name},
-        "serve": {"store_url": f"sqlite:///{tmp_path / 'feedback.db'}"},
-    }
-    data.update(sections)
-    return Config.model_validate(data)
+    return empty_registry(tmp_path_factory.mktemp("ab-registry"))
 
 
 def simulate(
@@ -96,8 +66,8 @@ def arms(store: FeedbackStore, model: str, champion: tuple[int, int], challenger
 
 
 def test_clear_win_promotes(tmp_path: Path, registry: str) -> None:
-    make_model(registry, "win")
-    cfg = settings(tmp_path, registry, "win")
+    make_ab_model(registry, "win")
+    cfg = ab_settings(tmp_path, registry, "win")
     store = FeedbackStore(cfg.serve.store_url)
     arms(store, "win", champion=(300, 150), challenger=(300, 240))
     out = run(cfg, Layout(tmp_path), store)
@@ -114,8 +84,8 @@ def test_clear_win_promotes(tmp_path: Path, registry: str) -> None:
 
 
 def test_clear_win_waits_for_approval(tmp_path: Path, registry: str) -> None:
-    make_model(registry, "gated")
-    cfg = settings(tmp_path, registry, "gated", promote={"require_approval": True})
+    make_ab_model(registry, "gated")
+    cfg = ab_settings(tmp_path, registry, "gated", promote={"require_approval": True})
     store = FeedbackStore(cfg.serve.store_url)
     arms(store, "gated", champion=(300, 150), challenger=(300, 240))
     out = run(cfg, Layout(tmp_path), store)
@@ -129,8 +99,8 @@ def test_clear_win_waits_for_approval(tmp_path: Path, registry: str) -> None:
 
 
 def test_clear_loss_retires(tmp_path: Path, registry: str) -> None:
-    make_model(registry, "loss")
-    cfg = settings(tmp_path, registry, "loss")
+    make_ab_model(registry, "loss")
+    cfg = ab_settings(tmp_path, registry, "loss")
     store = FeedbackStore(cfg.serve.store_url)
     arms(store, "loss", champion=(300, 240), challenger=(300, 150))
     out = run(cfg, Layout(tmp_path), store)
@@ -141,8 +111,8 @@ def test_clear_loss_retires(tmp_path: Path, registry: str) -> None:
 
 
 def test_too_little_data_collects_whatever_the_difference(tmp_path: Path, registry: str) -> None:
-    make_model(registry, "small")
-    cfg = settings(tmp_path, registry, "small")  # min_feedback 100 by default
+    make_ab_model(registry, "small")
+    cfg = ab_settings(tmp_path, registry, "small")  # min_feedback 100 by default
     store = FeedbackStore(cfg.serve.store_url)
     arms(store, "small", champion=(20, 4), challenger=(20, 19))
     out = run(cfg, Layout(tmp_path), store)
@@ -155,8 +125,8 @@ def test_too_little_data_collects_whatever_the_difference(tmp_path: Path, regist
 
 
 def test_no_significant_difference_collects(tmp_path: Path, registry: str) -> None:
-    make_model(registry, "tie")
-    cfg = settings(tmp_path, registry, "tie")
+    make_ab_model(registry, "tie")
+    cfg = ab_settings(tmp_path, registry, "tie")
     store = FeedbackStore(cfg.serve.store_url)
     arms(store, "tie", champion=(400, 240), challenger=(400, 246))
     out = run(cfg, Layout(tmp_path), store)
@@ -166,8 +136,8 @@ def test_no_significant_difference_collects(tmp_path: Path, registry: str) -> No
 
 
 def test_no_challenger(tmp_path: Path, registry: str) -> None:
-    make_model(registry, "solo", versions=1, challenger=None)
-    cfg = settings(tmp_path, registry, "solo")
+    make_ab_model(registry, "solo", versions=1, challenger=None)
+    cfg = ab_settings(tmp_path, registry, "solo")
     store = FeedbackStore(cfg.serve.store_url)
     simulate(store, "solo", "1", "champion", 200, 100, seed=3)
     out = run(cfg, Layout(tmp_path), store)
@@ -176,8 +146,8 @@ def test_no_challenger(tmp_path: Path, registry: str) -> None:
 
 
 def test_pinned_feedback_does_not_count(tmp_path: Path, registry: str) -> None:
-    make_model(registry, "pinned")
-    cfg = settings(tmp_path, registry, "pinned")
+    make_ab_model(registry, "pinned")
+    cfg = ab_settings(tmp_path, registry, "pinned")
     store = FeedbackStore(cfg.serve.store_url)
     simulate(store, "pinned", "1", "champion", 300, 150, seed=1)
     # Enthusiasts who chose the challenger themselves: a big, biased sample, not evidence.
@@ -223,9 +193,9 @@ def test_decide_rules() -> None:
 
 def test_a_winner_that_did_not_pass_the_gate_is_not_promoted(tmp_path: Path, registry: str) -> None:
     """Live feedback alone never promotes: the challenger must also have passed the offline gate."""
-    make_model(registry, "ungated")
+    make_ab_model(registry, "ungated")
     client(registry).set_model_version_tag("ungated", "2", "gate.status", "rejected")
-    cfg = settings(tmp_path, registry, "ungated")
+    cfg = ab_settings(tmp_path, registry, "ungated")
     store = FeedbackStore(cfg.serve.store_url)
     arms(store, "ungated", champion=(300, 150), challenger=(300, 240))
     out = run(cfg, Layout(tmp_path), store)
@@ -237,9 +207,9 @@ def test_a_winner_that_did_not_pass_the_gate_is_not_promoted(tmp_path: Path, reg
 def test_a_winner_the_gate_sent_for_approval_waits_for_it(tmp_path: Path, registry: str) -> None:
     """Fault: `ab decide` read promote.require_approval (off) instead of the challenger's own verdict
     (gate.status await_approval) and promoted it with no approval."""
-    make_model(registry, "verdict")
+    make_ab_model(registry, "verdict")
     client(registry).set_model_version_tag("verdict", "2", "gate.status", "await_approval")
-    cfg = settings(tmp_path, registry, "verdict")  # promote.require_approval is off today
+    cfg = ab_settings(tmp_path, registry, "verdict")  # promote.require_approval is off today
     store = FeedbackStore(cfg.serve.store_url)
     arms(store, "verdict", champion=(300, 150), challenger=(300, 240))
     out = run(cfg, Layout(tmp_path), store)
@@ -255,9 +225,9 @@ def test_a_winner_the_gate_sent_for_approval_waits_for_it(tmp_path: Path, regist
 def test_a_winner_judged_against_another_champion_is_stale(tmp_path: Path, registry: str) -> None:
     """Fault: a canary judged offline against champion 1 was promoted on live feedback over champion 3,
     which its gate never compared it with. Also a version with no record of its champion (fail closed)."""
-    make_model(registry, "moved", versions=3, champion="3")
+    make_ab_model(registry, "moved", versions=3, champion="3")
     client(registry).set_model_version_tag("moved", "2", "gate.champion", "1")  # judged when 1 was champion
-    cfg = settings(tmp_path, registry, "moved")
+    cfg = ab_settings(tmp_path, registry, "moved")
     store = FeedbackStore(cfg.serve.store_url)
     simulate(store, "moved", "3", "champion", 300, 150, seed=1)
     simulate(store, "moved", "2", "challenger", 300, 240, seed=2)
@@ -276,8 +246,8 @@ def test_a_retired_challenger_can_never_be_approved(tmp_path: Path, registry: st
     significantly worse (its gate.status still said it passed)."""
     from tuneline.promote.promote import approve
 
-    make_model(registry, "retired")
-    cfg = settings(tmp_path, registry, "retired", promote={"require_approval": True})
+    make_ab_model(registry, "retired")
+    cfg = ab_settings(tmp_path, registry, "retired", promote={"require_approval": True})
     store = FeedbackStore(cfg.serve.store_url)
     arms(store, "retired", champion=(300, 240), challenger=(300, 150))
     assert run(cfg, Layout(tmp_path), store)["result"]["status"] == "retired"

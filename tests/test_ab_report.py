@@ -9,13 +9,12 @@ from typing import Any
 
 import pytest
 
-from test_ab_decide import T0, make_model, settings
+from helpers import T0, ab_settings, empty_registry, make_ab_model
 from tuneline.ab.report import ab_report, render_markdown
 from tuneline.ab.stats import AbDataError
 from tuneline.feedback.store import FeedbackStore, StoreError
 from tuneline.jsonio import read_json
 from tuneline.layout import Layout
-from tuneline.registry.registry import client
 
 DAY = 86400.0
 EVIL = "<script>alert('x')</script>"
@@ -23,9 +22,8 @@ EVIL = "<script>alert('x')</script>"
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> str:
-    uri = f"sqlite:///{tmp_path_factory.mktemp('ab-report-registry') / 'mlflow.db'}"
-    client(uri).search_registered_models()
-    make_model(uri, "demo", versions=3)  # champion 1, challenger 2; version 3 never served
+    uri = empty_registry(tmp_path_factory.mktemp("ab-report-registry"))
+    make_ab_model(uri, "demo", versions=3)  # champion 1, challenger 2; version 3 never served
     return uri
 
 
@@ -73,7 +71,7 @@ def store(tmp_path: Path) -> FeedbackStore:
 
 
 def test_report_numbers(tmp_path: Path, registry: str, store: FeedbackStore) -> None:
-    cfg = settings(tmp_path, registry, "demo", ab={"min_rating": 4, "alpha": 0.05, "bucket": "day"})
+    cfg = ab_settings(tmp_path, registry, "demo", ab={"min_rating": 4, "alpha": 0.05, "bucket": "day"})
     report = ab_report(cfg, Layout(tmp_path), store, now=T0 + 2 * DAY)
     assert read_json(tmp_path / "reports" / "ab.json") == report
     assert report["aliases"] == {"champion": "1", "challenger": "2"}
@@ -125,7 +123,7 @@ def test_report_numbers(tmp_path: Path, registry: str, store: FeedbackStore) -> 
 def test_page_escapes_user_text_and_names_the_variants(
     tmp_path: Path, registry: str, store: FeedbackStore
 ) -> None:
-    cfg = settings(tmp_path, registry, "demo")
+    cfg = ab_settings(tmp_path, registry, "demo")
     ab_report(cfg, Layout(tmp_path), store, now=T0 + 2 * DAY)
     page = (tmp_path / "reports" / "ab.html").read_text(encoding="utf-8")
     assert "champion" in page and "challenger" in page and "<svg" in page
@@ -136,15 +134,15 @@ def test_page_escapes_user_text_and_names_the_variants(
 
 
 def test_markdown_summary(tmp_path: Path, registry: str, store: FeedbackStore) -> None:
-    report = ab_report(settings(tmp_path, registry, "demo"), Layout(tmp_path), store, now=T0)
+    report = ab_report(ab_settings(tmp_path, registry, "demo"), Layout(tmp_path), store, now=T0)
     md = render_markdown(report)
     assert "| champion | 1 | 5 | 3 | 66.7% |" in md and "| challenger | 2 | 4 | 4 | 25.0% |" in md
     assert "not significant" in md
 
 
 def test_no_challenger_and_empty_store(tmp_path: Path, registry: str) -> None:
-    make_model(registry, "fresh", versions=1, challenger=None)
-    cfg = settings(tmp_path, registry, "fresh")
+    make_ab_model(registry, "fresh", versions=1, challenger=None)
+    cfg = ab_settings(tmp_path, registry, "fresh")
     report = ab_report(cfg, Layout(tmp_path))  # opens (and creates) the store from serve.store_url
     assert report["arms"]["challenger"] is None and report["test"] is None
     assert report["arms"]["champion"]["rated"] == 0 and report["arms"]["champion"]["rate"] is None
@@ -153,12 +151,12 @@ def test_no_challenger_and_empty_store(tmp_path: Path, registry: str) -> None:
 
 def test_bad_inputs_fail_clearly(tmp_path: Path, registry: str, store: FeedbackStore) -> None:
     with pytest.raises(StoreError, match="serve.store_url"):
-        ab_report(settings(tmp_path, registry, "demo", serve={"store_url": "not a url"}), Layout(tmp_path))
+        ab_report(ab_settings(tmp_path, registry, "demo", serve={"store_url": "not a url"}), Layout(tmp_path))
     # A row written around the store's checks (a thumb of 5) is named, not silently counted.
     with store.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE feedback SET thumb = 5 WHERE request_id = 'c1'")
     with pytest.raises(AbDataError, match="'c1'"):
-        ab_report(settings(tmp_path, registry, "demo"), Layout(tmp_path), store)
+        ab_report(ab_settings(tmp_path, registry, "demo"), Layout(tmp_path), store)
 
 
 def test_cli_report_and_decide(tmp_path: Path, registry: str, store: FeedbackStore,

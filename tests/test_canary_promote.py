@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_registry import make_model
+from helpers import empty_registry, make_model
 from tuneline.promote.aliases import apply_decision, promote, retire_challenger
 from tuneline.promote.gate import Decision
 from tuneline.promote.status import Verdict
@@ -18,7 +18,7 @@ FAIL = Decision(promote=False, status=Verdict.REJECTED, rows=[])
 
 @pytest.fixture()
 def store(tmp_path) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = empty_registry(tmp_path)
     make_model(uri, "m", 3)
     return uri
 

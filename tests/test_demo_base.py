@@ -9,50 +9,12 @@ from typing import Any
 
 import pytest
 
+from helpers import ANIMALS, TINY, TINY_BASE_STEPS, build_tiny_base, tiny_records
 from tuneline.config.build_base import BuildBaseParams
 from tuneline.config.loader import Config
 from tuneline.errors import InputFileError
 from tuneline.jsonio import write_jsonl
 from tuneline.train.build_base import BUILD_INFO, build_base, build_demo_base
-
-TINY = {"vocab_size": 320, "hidden_size": 16, "num_layers": 1, "num_heads": 2, "seq_len": 32, "batch_size": 4,
-        "max_position_embeddings": 256}
-
-ANIMALS = ["cat", "dog", "fox", "owl", "bee"]
-
-
-def tiny_records(n: int = 20) -> list[dict[str, Any]]:
-    """A small, repetitive chat corpus (so a few steps of pre-training visibly lower the loss)."""
-    records = []
-    for i in range(n):
-        animal = ANIMALS[i % len(ANIMALS)]
-        messages = [
-            {"role": "user", "content": f"What sound does the {animal} make?"},
-            {"role": "assistant", "content": f"The {animal} makes the {animal} sound, number {i % 3}."},
-        ]
-        if i % 4 == 0:
-            messages.insert(0, {"role": "system", "content": "Answer in one sentence."})
-        records.append({"id": f"r{i}", "messages": messages, "category": None, "meta": {}, "source": {}})
-    return records
-
-
-def build_tiny_base(tmp_path: Path, steps: int = 20, seed: int = 0) -> Path:
-    """Build a tiny demo base into `tmp_path/base` (reusable by other tests) and return its directory."""
-    out = tmp_path / "base"
-    build_demo_base(tiny_records(), BuildBaseParams(pretrain_steps=steps, lr=1e-2, **TINY), seed, out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_base(tmp_path_factory.mktemp("demo"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_base: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_base)
 
 
 def test_saves_hf_safetensors_and_build_info(tiny_base: Path) -> None:
@@ -62,7 +24,7 @@ def test_saves_hf_safetensors_and_build_info(tiny_base: Path) -> None:
     assert not any(n.endswith(".bin") for n in names)
     assert not [p for p in tiny_base.parent.iterdir() if p.name.startswith(".")]  # no temp dir left behind
     info = json.loads((tiny_base / BUILD_INFO).read_text())
-    assert info["records"] == 20 and info["seed"] == 0 and info["params"]["pretrain_steps"] == 20
+    assert info["records"] == 20 and info["seed"] == 0 and info["params"]["pretrain_steps"] == TINY_BASE_STEPS
     assert info["parameters"] > 0 and len(info["corpus_sha256"]) == 64
     gen = json.loads((tiny_base / "generation_config.json").read_text())
     assert (gen["eos_token_id"], gen["pad_token_id"], gen["bos_token_id"]) == (2, 0, 1)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.test_demo_base import build_tiny_base
 
+from helpers import this_machines_address
 from tuneline.config.loader import Config
 from tuneline.errors import ConfigError
 from tuneline.train.distributed import (
@@ -421,6 +421,7 @@ def _check_two_ranks(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.integration
 def test_ranks_refuse_another_job_or_rank_0_outside_node_0(tmp_path: Path) -> None:
     """Every node prepares its own job: a node with other data trained other rows in lockstep, and a
     rendezvous that puts rank 0 on another node writes the outputs where node 0's stage never looks.
@@ -450,19 +451,8 @@ PER_DEVICE = 2
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_base(tmp_path_factory.mktemp("dist"))
-
-
-def this_machines_address() -> str | None:
-    """A non-loopback address of this machine (a many-node run refuses a loopback master_addr)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))  # a UDP connect only picks the route: nothing is sent
-        except OSError:
-            return None
-        addr = s.getsockname()[0]
-    return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
+def base(tiny_base: Path) -> Path:
+    return tiny_base
 
 
 def launch(

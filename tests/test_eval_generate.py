@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from test_demo_base import build_tiny_base, tiny_records
+from helpers import save_adapter, tiny_records
 from tuneline.evaluate.loss import loss_and_perplexity
 from tuneline.evaluate.metrics import score_rows
 from tuneline.lm.chat import ChatFormat
@@ -52,40 +52,20 @@ def eval_records() -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # 300 steps: enough that greedy replies depend on the prompt and end with EOS.
-    return build_tiny_base(tmp_path_factory.mktemp("eval"), steps=300)
-
-
-@pytest.fixture(scope="module")
-def adapter(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def adapter(learned_tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real peft LoRA adapter with non-zero B (so it changes the model), saved with its tokenizer."""
-    from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     out = tmp_path_factory.mktemp("adapter")
-    torch.manual_seed(0)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(tiny_base),
-        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type=TaskType.CAUSAL_LM),
-    )
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.5)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_base).save_pretrained(out)
-    return out
+    return save_adapter(learned_tiny_base, out, noisy=True, alpha=8, only_b=True)
 
 
 @pytest.fixture(scope="module")
-def base_variant(tiny_base: Path) -> tuple[Any, Any]:
-    return load_variant(tiny_base, device="cpu")
+def base_variant(learned_tiny_base: Path) -> tuple[Any, Any]:
+    return load_variant(learned_tiny_base, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def lora_variant(tiny_base: Path, adapter: Path) -> tuple[Any, Any]:
-    return load_variant(tiny_base, adapter, dtype="fp32", device="cpu")
+def lora_variant(learned_tiny_base: Path, adapter: Path) -> tuple[Any, Any]:
+    return load_variant(learned_tiny_base, adapter, dtype="fp32", device="cpu")
 
 
 def test_prompt_is_everything_before_the_last_assistant_turn() -> None:
@@ -104,7 +84,7 @@ def test_prompt_is_everything_before_the_last_assistant_turn() -> None:
 
 
 def test_variant_loading(
-    tiny_base: Path, adapter: Path, base_variant: tuple[Any, Any], lora_variant: tuple[Any, Any]
+    learned_tiny_base: Path, adapter: Path, base_variant: tuple[Any, Any], lora_variant: tuple[Any, Any]
 ) -> None:
     from peft import PeftModel
 
@@ -115,12 +95,12 @@ def test_variant_loading(
     assert not base.training and not lora.training
     assert base.config.use_cache and lora.config.use_cache
     # The adapter's own tokenizer (what training saved), left-padding for generation.
-    assert Path(lora_tok.name_or_path) == adapter and Path(base_tok.name_or_path) == tiny_base
+    assert Path(lora_tok.name_or_path) == adapter and Path(base_tok.name_or_path) == learned_tiny_base
     assert lora_tok.padding_side == "left" and lora_tok.chat_template
     assert lora_chat.stop_ids == [lora_tok.eos_token_id]
     assert next(lora.parameters()).dtype == torch.float32
     with pytest.raises(ValueError, match="dtype 'int8'"):
-        load_variant(tiny_base, dtype="int8", device="cpu")
+        load_variant(learned_tiny_base, dtype="int8", device="cpu")
 
 
 def test_greedy_generation_stops_at_eos_and_batching_changes_nothing(base_variant: tuple[Any, Any]) -> None:
@@ -244,10 +224,10 @@ def test_loss_is_token_weighted_over_assistant_tokens(
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_variants_match_cpu_and_batch(
-    tiny_base: Path, adapter: Path, lora_variant: tuple[Any, Any]
+    learned_tiny_base: Path, adapter: Path, lora_variant: tuple[Any, Any]
 ) -> None:
     records = eval_records()
-    model, chat = load_variant(tiny_base, adapter, dtype="fp32", device="cuda")
+    model, chat = load_variant(learned_tiny_base, adapter, dtype="fp32", device="cuda")
     assert next(model.parameters()).is_cuda
     rows = generate(model, chat, records, max_new_tokens=12, batch_size=5)
     assert rows == generate(model, chat, records, max_new_tokens=12, batch_size=1)
@@ -255,7 +235,7 @@ def test_cuda_variants_match_cpu_and_batch(
     assert loss_and_perplexity(model, chat, records, 256, batch_size=3)["loss"] == pytest.approx(
         cpu_loss, rel=1e-4
     )
-    half, _ = load_variant(tiny_base, adapter, device="cuda")  # auto: bf16 where the GPU has it
+    half, _ = load_variant(learned_tiny_base, adapter, device="cuda")  # auto: bf16 where the GPU has it
     assert next(half.parameters()).dtype == (
         torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     )

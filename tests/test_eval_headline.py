@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from helpers import empty_registry
 from tuneline.evaluate.headline import build_headline, gain, headline_html, pick_pairs
 from tuneline.evaluate.metrics import score_rows
 from tuneline.evaluate.review import review_html
@@ -147,7 +148,7 @@ def test_run_report_opens_with_the_headline(tmp_path: Path) -> None:
     # an evaluation written before the headline file existed: the table only, from evaluate.json
     assert "Before / after" in headline_section(layout) and "pair" not in headline_section(layout)
     write_json(layout.report("evaluate_headline"), headline())
-    cfg = Config.model_validate({"tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"}})
+    cfg = Config.model_validate({"tracking": {"uri": empty_registry(tmp_path)}})
     page = run_report(layout, cfg).read_text(encoding="utf-8")
     assert page.index("Before / after fine-tuning") < page.index("<h2>Data</h2>")
     assert "regression · category qa · id q2" in page and "<script" not in page

@@ -8,39 +8,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.test_demo_base import build_tiny_base
-from tests.test_train import repeat_records
 
+from helpers import LORA_NO_DROPOUT, repeat_workspace, train_settings
 from tuneline.config.loader import Config
-from tuneline.jsonio import write_json, write_jsonl
+from tuneline.jsonio import write_json
 from tuneline.layout import Layout
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_base(tmp_path_factory.mktemp("base"), steps=300)
-
-
-@pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Layout:
-    root = tmp_path_factory.mktemp("ws")
-    layout = Layout(root)
-    write_jsonl(layout.processed("train"), repeat_records(48))
-    write_jsonl(layout.processed("val"), repeat_records(12, offset=1))
-    write_jsonl(layout.processed("test"), repeat_records(12, offset=2))
+    layout = repeat_workspace(tmp_path_factory.mktemp("ws"), test=12)
     write_json(layout.report("validate_splits"), {"success": True})
     return layout
 
 
 def settings(root: Path, base: Path, **overrides: Any) -> Config:
     data: dict[str, Any] = {
-        "seed": 0,
-        "model": {"name_or_path": str(base)},
-        "train": {"lr": 0.02, "epochs": 3, "effective_batch": 8, "per_device_batch": 4, "packing": False,
-                  "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
-        "tracking": {"uri": f"sqlite:///{root}/mlflow.db", "experiment": "test"},
+        **train_settings(root, base, epochs=3, lora=LORA_NO_DROPOUT),
         "evaluate": {"max_rows": 8, "max_new_tokens": 8, "review_samples": 4},
         "promote": {"primary_metric": "loss", "min_gain": 0.01, "max_never_stop_rate": 1.0,
                     "parity_probe_rows": 3},
@@ -64,11 +50,11 @@ def cycle(cfg: Config, layout: Layout) -> tuple[dict, dict]:
     return evaluate(cfg, layout), promote(cfg, layout)
 
 
-def test_better_candidate_is_promoted_worse_one_refused(tiny_base: Path, workspace: Layout) -> None:
+def test_better_candidate_is_promoted_worse_one_refused(learned_tiny_base: Path, workspace: Layout) -> None:
     from tuneline.promote.promote import rollback
 
     root = workspace.root
-    cfg = settings(root, tiny_base)
+    cfg = settings(root, learned_tiny_base)
     evaluation, promotion = cycle(cfg, workspace)
     cand, base = evaluation["variants"]["candidate"], evaluation["variants"]["base"]
     assert cand["loss"] < base["loss"] - 0.01 and "champion" not in evaluation["variants"]
@@ -87,7 +73,7 @@ def test_better_candidate_is_promoted_worse_one_refused(tiny_base: Path, workspa
     assert review.index("Before / after fine-tuning") < review.index('<section class="sample">')
 
     # A crippled candidate (a learning rate too small to move anything) is refused, with its reasons.
-    crippled = settings(root, tiny_base, train__lr=1e-7)
+    crippled = settings(root, learned_tiny_base, train__lr=1e-7)
     evaluation, promotion = cycle(crippled, workspace)
     assert "champion" in evaluation["variants"]  # compared with the champion on the same rows
     # ... and says which champion that was, and which model it scored (promote judges on that evidence).
@@ -108,7 +94,7 @@ def test_better_candidate_is_promoted_worse_one_refused(tiny_base: Path, workspa
     assert on_disk["decision"]["rows"] and on_disk["result"]["status"] == "rejected"
 
     # Release gating: a good candidate waits for a person, then moves; rollback restores the old one.
-    gated = settings(root, tiny_base, train__lr=0.03, promote__require_approval=True)
+    gated = settings(root, learned_tiny_base, train__lr=0.03, promote__require_approval=True)
     _, promotion = cycle(gated, workspace)
     assert promotion["decision"]["status"] == "await_approval"
     assert promotion["result"]["status"] == "needs_approval" and promotion["champion_after"] == "1"

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import random
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from helpers import N_CORRECTIONS, N_POSITIVE, fill, git_dvc_repo
 from tuneline.config import Config, load_config
 from tuneline.config.ingest import IngestParams, Source
 from tuneline.data.ingest import ingest_sources
@@ -37,78 +33,6 @@ from tuneline.jsonio import read_json, read_jsonl
 from tuneline.urls import anchored_url
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
-WORDS = (
-    "amber basalt cedar delta ember fjord granite harbor iris juniper kelp lagoon meadow nectar orchid "
-    "pebble quartz raven saffron tundra umber violet willow xenon yarrow zephyr anchor beacon canyon "
-    "dune estuary falcon glacier heron island jasper kestrel lantern marble nebula oasis prairie quill "
-    "reef summit thistle upland valley walnut yonder zinnia"
-).split()
-N_CORRECTIONS, N_POSITIVE = 20, 20
-
-
-def sentence(rng: random.Random, n: int = 9) -> str:
-    return " ".join(rng.sample(WORDS, n)).capitalize() + "."
-
-
-def exchange(i: int, rng: random.Random, finish_reason: str = "stop") -> dict[str, Any]:
-    return {
-        "request_id": f"req-{i:03d}",
-        "created_at": 1_735_000_000.0 + i,
-        "user_hash": f"u{i % 5}",
-        "variant": "champion" if i % 2 else "challenger",
-        "model_name": "tuneline-demo",
-        "model_version": "3" if i % 2 else "4",
-        "pinned": False,
-        "latency_ms": 12.5,
-        "prompt_tokens": 9,
-        "completion_tokens": 11,
-        "finish_reason": finish_reason,
-        "messages": [
-            {"role": "system", "content": "You answer briefly."},
-            {"role": "user", "content": f"Question {i}: {sentence(rng)} Explain?"},
-        ],
-        "answer": f"Served answer {i}: {sentence(rng)}",
-    }
-
-
-def fill(store: FeedbackStore) -> dict[str, str]:
-    """Exchanges with feedback of every kind; returns request id -> the kind it must export as."""
-    rng = random.Random(7)
-    kinds: dict[str, str] = {}
-    i = 0
-
-    def add(kind: str, finish_reason: str = "stop", **fb: Any) -> str:
-        nonlocal i
-        ex = exchange(i, rng, finish_reason)
-        i += 1
-        store.record_exchanges([ex])
-        if fb:
-            store.record_feedback(ex["request_id"], **fb)
-        kinds[ex["request_id"]] = kind
-        return ex["request_id"]
-
-    for _ in range(N_CORRECTIONS):
-        add("correction", thumb=-1, correction=f"Corrected: {sentence(rng)} {sentence(rng)}")
-    for _ in range(N_POSITIVE):
-        add("positive", thumb=1)
-    add("positive", rating=5)  # no thumb: the rating decides (>= ab.min_rating)
-    add("negative", rating=2)
-    add("negative", thumb=-1, comment="wrong river")
-    changed = add("negative", thumb=1)
-    store.record_feedback(changed, thumb=-1)  # the LATEST feedback counts
-    add("skipped", comment="nice formatting")
-    add("skipped", finish_reason="length", thumb=1)
-    add("none")  # never rated: not read at all
-    return kinds
-
-
-def git_dvc_repo(path: Path) -> Path:
-    path.mkdir(parents=True)
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
-    dvc = str(Path(sys.executable).parent / "dvc")
-    subprocess.run([dvc, "init", "-q"], cwd=path, check=True, env=env)
-    return path
 
 
 def config(tmp_path: Path, *overrides: str) -> Config:

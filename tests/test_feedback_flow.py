@@ -22,17 +22,17 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun
 
 from flows.feedback_loop import FeedbackLoopParams, feedback_loop
+from helpers import N_CORRECTIONS, N_POSITIVE, fill, git_dvc_repo
 from prefect_harness import prefect_harness  # noqa: F401
 from tasks.feedback import DeploymentNotFound
 from tasks.workspace import workspace_lock
-from test_feedback_export import N_CORRECTIONS, N_POSITIVE, fill, git_dvc_repo
 from tuneline.config import load_config
 from tuneline.feedback.export import pending_count
 from tuneline.feedback.store import FeedbackStore
 from tuneline.jsonio import read_json
 from tuneline.summaries import export_markdown
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.integration]  # Prefect flows
 PROBE = "retrain-probe/on-demand"
 N_SFT = N_CORRECTIONS + N_POSITIVE + 1
 

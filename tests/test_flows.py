@@ -37,7 +37,7 @@ from tuneline.stages import PIPELINE as STAGE_TABLE_VERBS
 from tuneline.summaries import evaluate_table, gate_table, health_markdown, train_table
 from tuneline.urls import anchored_url
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.integration]  # Prefect flows
 PAUSE_TIMEOUT_S = 240
 
 
@@ -83,7 +83,6 @@ def registry(workspace: Path) -> tuple[Any, str]:
 # ---------------------------------------------------------------- the whole pipeline
 
 
-@pytest.mark.integration
 def test_retrain_end_to_end_pauses_for_approval_then_promotes(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path / "ws", {"promote.require_approval": True})
     params = RetrainParams(

@@ -13,15 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.families import FAMILIES, model_config, train_tokenizer
-from tests.test_demo_base import build_tiny_base
-from tests.test_train import repeat_records
 
+from families import FAMILIES, model_config, train_tokenizer
+from helpers import LORA_NO_DROPOUT, repeat_workspace, train_settings
 from tuneline.config.loader import Config
 from tuneline.config.train import TrainParams
 from tuneline.errors import ConfigError
-from tuneline.jsonio import write_jsonl
-from tuneline.layout import Layout
 from tuneline.lm.labels import IGNORE_INDEX
 from tuneline.train.loss import install_loss_kernel, linear_cross_entropy, resolve_loss_kernel
 from tuneline.train.packing import collate_packed, pack_rows
@@ -238,27 +235,16 @@ def test_auto_on_cuda_without_liger_is_chunked() -> None:
     assert resolve_loss_kernel("auto", cuda=True) == "chunked"
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_base(tmp_path_factory.mktemp("base"), steps=10)
-
-
 def _stage(root: Path, base: Path, kernel: str) -> dict:
     from tuneline.train.train import run
 
-    layout = Layout(root)
-    write_jsonl(layout.processed("train"), repeat_records(24))
-    write_jsonl(layout.processed("val"), repeat_records(6, offset=1))
-    cfg = Config.model_validate({
-        "seed": 0,
-        "model": {"name_or_path": str(base)},
-        "train": {"lr": 0.02, "epochs": 2, "effective_batch": 4, "per_device_batch": 2, "packing": True,
-                  "max_length": 64, "loss_kernel": kernel, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
-        "tracking": {"uri": f"sqlite:///{root}/mlflow.db", "experiment": "test"},
-    })
-    return run(cfg, layout)
+    layout = repeat_workspace(root, train=24, val=6)
+    settings = train_settings(root, base, effective_batch=4, per_device_batch=2, packing=True, max_length=64,
+                              loss_kernel=kernel, lora=LORA_NO_DROPOUT)
+    return run(Config.model_validate(settings), layout)
 
 
+@pytest.mark.integration
 def test_train_stage_with_chunked_loss_gives_the_plain_loss_curve(tiny_base: Path, tmp_path: Path) -> None:
     """The train stage with `loss_kernel: chunked` (packed rows, LoRA, CPU) logs the plain run's training
     and validation losses step for step, and says which kernel computed them."""

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.test_demo_base import build_tiny_base
 
 from tuneline.config.train import HealthParams
 from tuneline.train.health import (
@@ -206,11 +205,6 @@ def test_gpu_sampler_thread_aggregates_samples() -> None:
 # ---- the monitor in real Trainer runs -------------------------------------------------------------
 
 BAD_TOKEN = 300  # id of a token no row of the corpus uses; its embedding is poisoned in one test
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_base(tmp_path_factory.mktemp("base"), steps=2)
 
 
 def _rows(tokenizer: Any, answers: list[str], prefix: str, eos_label: bool = True) -> list[dict[str, Any]]:

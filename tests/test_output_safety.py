@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.test_demo_base import TINY, tiny_records
 from typer.testing import CliRunner
 
+from helpers import TINY, tiny_records
 from tuneline.cli import app
 from tuneline.config import load_config
 from tuneline.config.loader import Config

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.test_demo_base import build_tiny_base
-from tests.test_train import repeat_records
 
+from helpers import repeat_records
 from tuneline.jsonio import write_jsonl
 from tuneline.lm.batching import TokenCounter, collate_padded
 from tuneline.lm.chat import ChatFormat
@@ -58,11 +57,6 @@ def test_collate_counts_useful_tokens() -> None:
     counter = TokenCounter()
     padded = collate_padded(rows_of_lengths([6, 2]), pad_id=0, counter=counter)
     assert padded["attention_mask"].tolist()[1] == [1, 1, 0, 0, 0, 0] and counter.useful_fraction == 8 / 12
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_base(tmp_path_factory.mktemp("base"), steps=5)
 
 
 def test_packed_batch_has_no_attention_across_rows(tiny_base: Path) -> None:

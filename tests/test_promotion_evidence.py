@@ -16,8 +16,7 @@ from typing import Any
 
 import pytest
 
-from test_demo_base import build_tiny_base
-from test_registry import save_adapter
+from helpers import empty_registry, save_adapter
 from tuneline.config.loader import Config
 from tuneline.jsonio import write_json, write_jsonl
 from tuneline.layout import Layout
@@ -31,11 +30,11 @@ BASE_LOSS = 2.0
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def models(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny base and one adapter per candidate name (the same weights; a note file makes each
     trained-model directory, and so its adapter_sha256, distinct)."""
     root = tmp_path_factory.mktemp("models")
-    base = build_tiny_base(root, steps=5)
+    base = tiny_base
     adapter = save_adapter(base, root / "adapter", noisy=False)
     out = {"base": base}
     for name in ("p", "a", "b", "c", "d"):
@@ -103,6 +102,7 @@ def promote_stage(cfg: Config, layout: Layout, evaluation: dict[str, Any], adapt
     return run(cfg, layout)
 
 
+@pytest.mark.integration
 def test_a_candidate_evaluated_against_an_older_champion_is_not_judged(
     ws: tuple[Config, Layout], models: dict[str, Path]
 ) -> None:
@@ -156,7 +156,7 @@ AWAIT = Decision(promote=False, status=Verdict.AWAIT_APPROVAL, rows=[])
 def test_approval_of_a_version_judged_against_a_replaced_champion_is_refused(tmp_path: Path) -> None:
     """Fault: v2 and v3 both awaited approval (both judged against v1); `--approve 3`, then
     `--approve 2` made v2 champion over v3, which it was never compared with."""
-    cfg = Config.model_validate({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    cfg = Config.model_validate({"tracking": {"uri": empty_registry(tmp_path)},
                                  "registry": {"model_name": "m"}})
     uri, layout = cfg.tracking.uri, Layout(tmp_path)
     mc = client(uri)
@@ -197,6 +197,7 @@ stage.run(Config.model_validate(json.loads(sys.argv[2])), Layout(root))
 """
 
 
+@pytest.mark.integration
 def test_a_version_registered_by_a_killed_run_is_judged_by_the_next(
     ws: tuple[Config, Layout], models: dict[str, Path]
 ) -> None:
@@ -221,6 +222,7 @@ def test_a_version_registered_by_a_killed_run_is_judged_by_the_next(
     assert promote_stage(cfg, layout, evaluation, models["c"])["result"]["status"] == "already_champion"
 
 
+@pytest.mark.integration
 def test_a_run_that_died_between_the_verdict_and_the_alias_move_is_completed(
     ws: tuple[Config, Layout], models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

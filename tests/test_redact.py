@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from helpers import empty_registry
 from tuneline.config import dump_config, load_config
 from tuneline.feedback.store import FeedbackStore, StoreError
 from tuneline.redact import MASK, install_log_redaction, redact
@@ -75,7 +76,7 @@ def test_mlflow_params_and_tags_are_redacted(tmp_path: Path, monkeypatch: pytest
     from tuneline.tracking import end_run, start_run
 
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = empty_registry(tmp_path)
     params = {"serve.store_url": STORE_URL, "lr": "0.001"}
     run = start_run(uri, "tuneline", {"source": STORE_URL}, params, "r")
     end_run(uri, run, "FINISHED", {"backend": f"http://gpu/v1?token={PASSWORD}"})

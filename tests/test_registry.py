@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from test_demo_base import build_tiny_base, tiny_records
+from helpers import (
+    LINEAGE,
+    PROMPTS,
+    empty_registry,
+    make_model,
+    reference_replies,
+    save_adapter,
+    tiny_records,
+)
 from tuneline.config.promote import PromoteParams
 from tuneline.config.registry import RegistryParams
 from tuneline.promote.aliases import (
@@ -39,64 +47,6 @@ from tuneline.registry.registry import (
 )
 from tuneline.tracking import end_run, start_run
 
-PROMPTS = [
-    [{"role": "user", "content": "What sound does the cat make?"}],
-    [{"role": "system", "content": "Answer in one sentence."}, {"role": "user", "content": "And the owl?"}],
-    [{"role": "user", "content": "Tell me about the fox."}],
-]
-LINEAGE = {"git_commit": "0123abc", "data_hash": "d" * 64, "params_hash": "p" * 64}
-
-
-def save_adapter(base: Path, out: Path, noisy: bool) -> Path:
-    """A real peft LoRA adapter on the tiny base: zero-initialised (= the base) or large random weights
-    (a deliberately worse model), saved with the tokenizer and chat template as training does."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    config = LoraConfig(
-        r=4,
-        lora_alpha=64,
-        target_modules=["q_proj", "v_proj"],
-        init_lora_weights=not noisy,
-        task_type="CAUSAL_LM",
-    )
-    peft_model = get_peft_model(model, config)
-    if noisy:
-        with torch.no_grad():
-            for name, p in peft_model.named_parameters():
-                if "lora_" in name:
-                    p.normal_(0.0, 0.5)
-    peft_model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base).save_pretrained(out)
-    return out
-
-
-def reference_replies(base: Path, adapter: Path | None, max_new_tokens: int) -> list[str]:
-    """Greedy replies computed directly with transformers + peft (independent of tuneline's loader)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(base)
-    if adapter is not None:
-        model = PeftModel.from_pretrained(model, adapter)
-    model.eval()
-    tok = AutoTokenizer.from_pretrained(adapter or base)
-    out = []
-    for messages in PROMPTS:
-        enc = tok.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-        with torch.no_grad():
-            ids = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
-            )
-        out.append(tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
-    return out
-
 
 def mean_loss(base: Path, adapter: Path | None) -> float:
     """Mean next-token loss of the model on the tiny corpus (the evaluate stage's `loss`, in small)."""
@@ -118,13 +68,13 @@ def mean_loss(base: Path, adapter: Path | None) -> float:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def world(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Tiny base, two adapters, one sqlite registry with both registered (artifacts under the tmp dir)."""
     root = tmp_path_factory.mktemp("registry")
-    base = build_tiny_base(root, steps=10)
+    base = tiny_base
     good = save_adapter(base, root / "adapter_good", noisy=False)
     bad = save_adapter(base, root / "adapter_bad", noisy=True)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = empty_registry(root)
     runs = {}
     for name in ("good", "bad"):
         runs[name] = start_run(uri, "tuneline", LINEAGE, {"train.lr": "0.002"}, f"train-{name}")
@@ -275,17 +225,7 @@ def test_parse_conversations_shapes() -> None:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("aliases")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client(uri).search_registered_models()  # create the schema once for the module
-    return uri
-
-
-def make_model(uri: str, name: str, versions: int) -> None:
-    mc = client(uri)
-    mc.create_registered_model(name)
-    for i in range(versions):
-        mc.create_model_version(name, source=f"/nowhere/{name}/{i + 1}")
+    return empty_registry(tmp_path_factory.mktemp("aliases"))
 
 
 def test_lock_path_next_to_the_store(tmp_path: Path) -> None:
@@ -402,6 +342,7 @@ print(json.dumps(promote(uri, name, version, "1").to_dict()), flush=True)
 """
 
 
+@pytest.mark.integration
 def test_concurrent_promotions_processes(store: str, tmp_path: Path) -> None:
     make_model(store, "prace", 4)
     promote(store, "prace", "1", None)

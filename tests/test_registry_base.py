@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from test_demo_base import build_tiny_base
-from test_registry import PROMPTS, reference_replies, save_adapter
+from helpers import PROMPTS, empty_registry, reference_replies, save_adapter
 from tuneline.registry.base_ref import (
     BaseModelError,
     BaseRef,
@@ -35,17 +34,16 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def files(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("base_ref")
-    base = build_tiny_base(root, steps=2)
-    return {"base": base, "adapter": save_adapter(base, root / "adapter", noisy=True)}
+    return {"base": tiny_base, "adapter": save_adapter(tiny_base, root / "adapter", noisy=True)}
 
 
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
     """A fresh sqlite registry in tmp_path and one finished training run."""
     monkeypatch.chdir(tmp_path)  # the sqlite store puts artifacts under ./mlruns
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = empty_registry(tmp_path)
     run = start_run(uri, "tuneline", {"git_commit": "abc"}, {}, "train")
     end_run(uri, run, "FINISHED")
     return uri, run

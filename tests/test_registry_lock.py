@@ -15,20 +15,18 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mlflow_harness import mlflow_server
 from tuneline import urls
 from tuneline.config.registry import RegistryParams
 from tuneline.promote import locks
@@ -170,6 +168,7 @@ with registry_lock(sys.argv[1], sys.argv[2], lock_path=sys.argv[3]):
 """
 
 
+@pytest.mark.integration
 def test_a_killed_holder_releases_the_lock(pg_store: str, tmp_path: Path) -> None:
     """kill -9 of a promoter inside the critical section: the server ends its session and the lock with it,
     so the next promoter gets it (a file lock on a host that died would be gone with the host anyway)."""
@@ -193,6 +192,7 @@ def test_a_killed_holder_releases_the_lock(pg_store: str, tmp_path: Path) -> Non
             holder.wait(30)
 
 
+@pytest.mark.integration
 def test_a_waiting_promoter_is_queued_in_the_database(pg_store: str, tmp_path: Path) -> None:
     """While one promoter holds the lock, another (its own lock file) waits in pg_locks, then sees the
     champion the holder set and refuses with "conflict"."""
@@ -326,45 +326,12 @@ def race(uri: str, name: str, tmp_path: Path, rounds: int, lock_url: str | None 
                 host.wait(30)
 
 
+@pytest.mark.integration
 def test_two_hosts_race_on_a_postgresql_store(pg_store: str, tmp_path: Path) -> None:
     """The acceptance race: 20 rounds, two processes with separate workspaces and lock files, one
     PostgreSQL-backed MLflow store. Before the database lock, both read the same champion and both moved
     it (two "promoted", or a RegistryError from the read-back): never one winner and one conflict."""
     race(pg_store, "two-hosts", tmp_path, rounds=20)
-
-
-@contextmanager
-def mlflow_server(backend: str, tmp_path: Path) -> Iterator[str]:
-    """A bare `mlflow server` on a free loopback port over `backend`; yields its http URI."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    log = tmp_path / "server.log"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers",
-           "1", "--backend-store-uri", backend, "--artifacts-destination", str(tmp_path / "artifacts")]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                cwd=tmp_path)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        def healthy() -> bool:
-            assert proc.poll() is None, f"mlflow server exited: {log.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-                    return resp.status == 200
-            except OSError:
-                return False
-
-        _wait_for(healthy, "the mlflow server to answer /health", limit_s=120)
-        yield uri
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server's process group: its workers too
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
 
 
 @pytest.mark.integration

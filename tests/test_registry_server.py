@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from test_demo_base import build_tiny_base
-from test_registry import PROMPTS, reference_replies, save_adapter
+from helpers import PROMPTS, reference_replies, save_adapter
+from mlflow_harness import mlflow_server
 from tuneline.config.promote import PromoteParams
 from tuneline.config.registry import RegistryParams
 from tuneline.promote.aliases import apply_decision, rollback
@@ -30,71 +23,20 @@ from tuneline.registry.registry import (
 from tuneline.tracking import end_run, start_run
 
 pytestmark = pytest.mark.integration
-STARTUP_TIMEOUT_S = 60
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
-    """A `mlflow server` on a free 127.0.0.1 port; yields its http URI; stopped (whole group) at the end."""
-    port = free_port()
-    log = (tmp_path / "server.log").open("w")
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'server.db'}",
-        "--artifacts-destination",
-        str(tmp_path / "artifacts"),
-    ]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"mlflow server exited ({proc.returncode}): {(tmp_path / 'server.log').read_text()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy in {STARTUP_TIMEOUT_S}s")
-            time.sleep(0.25)
+    """A `mlflow server` (sqlite backend, proxied local artifacts); yields its http URI."""
+    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path) as uri:
         yield uri
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (its workers)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        log.close()
 
 
 def test_register_gate_promote_over_http(
-    server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: str, tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    base = build_tiny_base(tmp_path, steps=5)
+    base = tiny_base
     adapter = save_adapter(base, tmp_path / "adapter", noisy=True)
     names = RegistryParams(model_name="served")
     run_id = start_run(

@@ -30,8 +30,8 @@ ASK = [{"role": "user", "content": "What sound does the cat make?"}]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    return build_world(tmp_path_factory.mktemp("serve"), canary_share=0.3)
+def world(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
+    return build_world(tmp_path_factory.mktemp("serve"), tiny_base, canary_share=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -194,8 +194,7 @@ def test_concurrent_load_nothing_lost_and_canary_share_observed(world: World, se
 
 
 def test_challenger_on_another_base_is_refused(tmp_path: Path, world: World) -> None:
-    from test_demo_base import build_tiny_base
-    from test_registry import LINEAGE, save_adapter
+    from helpers import LINEAGE, build_tiny_base, save_adapter
     from tuneline.registry.registry import client as client_of
     from tuneline.registry.registry import register_candidate
     from tuneline.serve.models import load_served_models, resolve_versions

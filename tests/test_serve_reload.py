@@ -19,8 +19,8 @@ ASK = [{"role": "user", "content": "What sound does the cat make?"}]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    return build_world(tmp_path_factory.mktemp("reload"), canary_share=0.5, reload_s=0.2)
+def world(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
+    return build_world(tmp_path_factory.mktemp("reload"), tiny_base, canary_share=0.5, reload_s=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +73,7 @@ def test_retired_challenger_and_other_base_refused(world: World, server: Running
                                                     tmp_path: Path) -> None:
     import os
 
-    from test_demo_base import build_tiny_base
-    from test_registry import LINEAGE, save_adapter
+    from helpers import LINEAGE, build_tiny_base, save_adapter
     from tuneline.registry.registry import client, register_candidate
     from tuneline.tracking import end_run, start_run
 

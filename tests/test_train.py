@@ -8,39 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.test_demo_base import build_tiny_base
 
+from helpers import LORA_NO_DROPOUT, repeat_records, repeat_workspace, train_settings
 from tuneline.config.loader import Config
-from tuneline.jsonio import write_jsonl
 from tuneline.layout import Layout
 from tuneline.lm.chat import ChatFormat
 from tuneline.lm.labels import IGNORE_INDEX, build_rows, encode_records
-
-WORDS = ["cat", "dog", "fox", "owl", "bee", "ant"]
-
-
-def repeat_records(n: int, offset: int = 0) -> list[dict[str, Any]]:
-    """A learnable task: the answer repeats the word named in the question."""
-    out = []
-    for i in range(n):
-        w = WORDS[(i + offset) % len(WORDS)]
-        out.append({"id": f"r{offset}-{i}", "category": None, "meta": {}, "source": {}, "messages": [
-            {"role": "user", "content": f"Repeat the word {w}."},
-            {"role": "assistant", "content": w},
-        ]})
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_base(tmp_path_factory.mktemp("base"), steps=10)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_base: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_base)
 
 
 def test_labels_supervise_only_assistant_tokens(tokenizer: Any) -> None:
@@ -80,20 +53,13 @@ def trained(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     from tuneline.train.train import run
 
     root = tmp_path_factory.mktemp("ws")
-    layout = Layout(root)
-    write_jsonl(layout.processed("train"), repeat_records(48))
-    write_jsonl(layout.processed("val"), repeat_records(12, offset=1))
-    cfg = Config.model_validate({
-        "seed": 0,
-        "model": {"name_or_path": str(tiny_base)},
-        "train": {"lr": 0.02, "epochs": 3, "effective_batch": 8, "per_device_batch": 4, "packing": False,
-                  "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
-        "tracking": {"uri": f"sqlite:///{root}/mlflow.db", "experiment": "test"},
-    })
+    layout = repeat_workspace(root)
+    cfg = Config.model_validate(train_settings(root, tiny_base, epochs=3, lora=LORA_NO_DROPOUT))
     report = run(cfg, layout)
     return root, report, cfg
 
 
+@pytest.mark.integration
 def test_loss_falls_and_report_has_no_timings(trained: tuple[Path, dict, Config]) -> None:
     root, report, _ = trained
     assert report["steps"] == 18  # 48 rows / effective batch 8 x 3 epochs
@@ -105,6 +71,7 @@ def test_loss_falls_and_report_has_no_timings(trained: tuple[Path, dict, Config]
     assert not [k for k in on_disk if "second" in k or "time" in k or "runtime" in k]
 
 
+@pytest.mark.integration
 def test_adapter_dir_contract_and_only_lora_weights_changed(
     trained: tuple[Path, dict, Config], tiny_base: Path
 ) -> None:
@@ -142,6 +109,7 @@ def test_adapter_dir_contract_and_only_lora_weights_changed(
             assert torch.equal(value, original[key]), name
 
 
+@pytest.mark.integration
 def test_mlflow_run_has_params_metrics_and_tags(trained: tuple[Path, dict, Config]) -> None:
     import mlflow
 
@@ -163,6 +131,7 @@ def test_mlflow_run_has_params_metrics_and_tags(trained: tuple[Path, dict, Confi
     assert Path(exp.artifact_location.removeprefix("file://")) == root / "mlruns"
 
 
+@pytest.mark.integration
 def test_same_inputs_and_seed_give_the_same_adapter(
     trained: tuple[Path, dict, Config], tmp_path: Path
 ) -> None:
@@ -205,21 +174,14 @@ def phi3_base(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return out
 
 
+@pytest.mark.integration
 def test_phi3_default_targets_train_its_fused_qkv(phi3_base: Path, tmp_path: Path) -> None:
     """Regression: the guide's default [q_proj, v_proj] failed on Phi-3 ("match no linear layer"); it now
     adapts the fused qkv_proj, and the train report and the adapter config say so."""
     from tuneline.train.train import run
 
-    layout = Layout(tmp_path)
-    write_jsonl(layout.processed("train"), repeat_records(16))
-    write_jsonl(layout.processed("val"), repeat_records(4, offset=1))
-    cfg = Config.model_validate({
-        "seed": 0,
-        "model": {"name_or_path": str(phi3_base)},
-        "train": {"lr": 0.02, "epochs": 1, "effective_batch": 8, "per_device_batch": 4, "packing": False,
-                  "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "test"},
-    })
+    layout = repeat_workspace(tmp_path, train=16, val=4)
+    cfg = Config.model_validate(train_settings(tmp_path, phi3_base, epochs=1, lora=LORA_NO_DROPOUT))
     report = run(cfg, layout)
     assert report["lora_targets"] == ["qkv_proj"]
     (note,) = report["lora_target_notes"]

@@ -10,10 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.test_demo_base import build_tiny_base
-from tests.test_distributed import this_machines_address
-from tests.test_train_recovery import _write_params, config, workspace_with_data
 
+from helpers import LORA_NO_DROPOUT, repeat_workspace, this_machines_address, train_settings, write_params
 from tuneline.config.loader import Config
 from tuneline.layout import Layout
 from tuneline.train.distributed import free_port
@@ -21,22 +19,17 @@ from tuneline.train.distributed import free_port
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_base(tmp_path_factory.mktemp("base"), steps=10)
-
-
 def stage_settings(root: Path, base: Path, **train: object) -> dict:
     # LoRA dropout off: DeepSpeed's engine draws random numbers of its own, so with dropout the two
     # launchers would see different masks; without it they compute the same thing.
-    return config(root, base, **{"lr": 5e-3, "epochs": 2, "per_device_batch": 2, "master_port": free_port(),
-                                 "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, **train})
+    return train_settings(root, base, **{"lr": 5e-3, "epochs": 2, "per_device_batch": 2,
+                                         "master_port": free_port(), "lora": LORA_NO_DROPOUT, **train})
 
 
 def train_stage(root: Path, base: Path, **train: object) -> tuple[dict, Layout]:
     from tuneline.train.train import run
 
-    layout = workspace_with_data(root, rows=32)
+    layout = repeat_workspace(root, train=32)
     return run(Config.model_validate(stage_settings(root, base, **train)), layout), layout
 
 
@@ -130,10 +123,10 @@ def test_two_nodes_train_what_one_node_with_two_processes_trains(
     addr = this_machines_address()
     if addr is None:
         pytest.skip("no non-loopback address on this machine")
-    layout = workspace_with_data(tmp_path, rows=32)
+    layout = repeat_workspace(tmp_path, train=32)
     settings = stage_settings(tmp_path, tiny_base, num_nodes=2, num_processes=1, master_addr=addr,
                               zero_stage=0)
-    params = _write_params(tmp_path, settings)
+    params = write_params(tmp_path, settings)
     cli = Path(sys.executable).with_name("tuneline")
     node1 = subprocess.Popen([str(cli), "train", "--params", str(params), "--node-rank", "1"], cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ})

@@ -12,37 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from tests.test_demo_base import build_tiny_base
-from tests.test_train import repeat_records
 
+from helpers import repeat_records, repeat_workspace, train_settings, write_params
 from tuneline.config.loader import Config
 from tuneline.jsonio import write_jsonl
-from tuneline.layout import Layout
 from tuneline.train import run_attempt as attempt_module
 from tuneline.train.plan import backoff, make_plan
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_base(tmp_path_factory.mktemp("base"), steps=10)
-
-
-def workspace_with_data(root: Path, rows: int = 48) -> Layout:
-    layout = Layout(root)
-    write_jsonl(layout.processed("train"), repeat_records(rows))
-    write_jsonl(layout.processed("val"), repeat_records(12, offset=1))
-    return layout
-
-
-def config(root: Path, base: Path, **train: Any) -> dict[str, Any]:
-    return {
-        "seed": 0,
-        "model": {"name_or_path": str(base)},
-        "train": {"lr": 0.02, "epochs": 2, "effective_batch": 8, "per_device_batch": 4, "packing": False,
-                  "lora": {"r": 4, "alpha": 8, "dropout": 0.1}, **train},
-        "tracking": {"uri": f"sqlite:///{root}/mlflow.db", "experiment": "test"},
-    }
 
 
 def mlflow_status(root: Path) -> str:
@@ -76,10 +51,11 @@ def poisoned_base(base: Path, out: Path, records: list[dict[str, Any]], bad_id: 
     return out
 
 
+@pytest.mark.integration
 def test_nan_loss_stops_with_a_diagnosis_and_no_adapter(tiny_base: Path, tmp_path: Path) -> None:
     from tuneline.train.train import TrainingError, run
 
-    layout = workspace_with_data(tmp_path)
+    layout = repeat_workspace(tmp_path)
     garbage = {**repeat_records(1)[0], "id": "garbage"}
     garbage["messages"] = [{"role": "user", "content": "Repeat the word zyzzyva qoph."},
                            {"role": "assistant", "content": "cat"}]
@@ -87,7 +63,7 @@ def test_nan_loss_stops_with_a_diagnosis_and_no_adapter(tiny_base: Path, tmp_pat
     write_jsonl(layout.processed("train"), records)
     base = poisoned_base(tiny_base, tmp_path / "poisoned", records, "garbage")
     with pytest.raises(TrainingError, match="health monitor") as err:
-        settings = config(tmp_path, base, lr="auto", effective_batch=7, per_device_batch=7)
+        settings = train_settings(tmp_path, base, lr="auto", effective_batch=7, per_device_batch=7)
         run(Config.model_validate(settings), layout)
     assert err.value.exit_code == 5
     health = json.loads(layout.report("train_health").read_text())
@@ -100,6 +76,7 @@ def test_nan_loss_stops_with_a_diagnosis_and_no_adapter(tiny_base: Path, tmp_pat
     assert mlflow_status(tmp_path) == "FAILED"
 
 
+@pytest.mark.integration
 def test_out_of_memory_backs_off_and_resumes(
     tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -123,8 +100,8 @@ def test_out_of_memory_backs_off_and_resumes(
         return real_fit(*args, callbacks=[*callbacks, *extra], **kw)
 
     monkeypatch.setattr(attempt_module, "fit", fit_with_oom)
-    layout = workspace_with_data(tmp_path)
-    report = run(Config.model_validate(config(tmp_path, tiny_base, eval_every=2)), layout)
+    layout = repeat_workspace(tmp_path)
+    report = run(Config.model_validate(train_settings(tmp_path, tiny_base, eval_every=2)), layout)
     assert calls == [4, 2]
     assert (report["per_device_batch"], report["grad_accum"], report["effective_batch"]) == (2, 4, 8)
     assert report["steps"] == 12  # 48 rows / 8 x 2 epochs, the same as without the OOM
@@ -145,12 +122,6 @@ def test_backoff_keeps_the_effective_batch(tiny_base: Path) -> None:
     assert seen == [(6, False), (3, True), (1, True)]
 
 
-def _write_params(root: Path, cfg: dict[str, Any]) -> Path:
-    path = root / "params.yaml"
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    return path
-
-
 @pytest.mark.integration
 def test_rerun_after_kill_9_resumes_to_the_same_adapter(tiny_base: Path, tmp_path: Path) -> None:
     """Fault 20: after kill -9 the rerun resumed to the same weights, but lost the history of the steps
@@ -161,15 +132,15 @@ def test_rerun_after_kill_9_resumes_to_the_same_adapter(tiny_base: Path, tmp_pat
     from tuneline.train.recovery import REPLACED_BY_TAG, REPLACES_TAG
     from tuneline.train.train import run
 
-    settings = config(tmp_path / "a", tiny_base, epochs=3, eval_every=2)
-    first = workspace_with_data(tmp_path / "a")
+    settings = train_settings(tmp_path / "a", tiny_base, epochs=3, eval_every=2)
+    first = repeat_workspace(tmp_path / "a")
     expected_report = run(Config.model_validate(settings), first)
     expected = tmp_path / "a" / "models" / "adapter"
 
     root = tmp_path / "b"
-    second = workspace_with_data(root)
+    second = repeat_workspace(root)
     killed = {**settings, "tracking": {"uri": f"sqlite:///{root}/mlflow.db", "experiment": "test"}}
-    params = _write_params(root, killed)
+    params = write_params(root, killed)
     cli = Path(sys.executable).with_name("tuneline")
     proc = subprocess.Popen([str(cli), "train", "--params", str(params)], cwd=root,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
