@@ -31,8 +31,8 @@ import yaml
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tuneline.config.loader import Config
 from tuneline.config.build_base import BuildBaseParams
+from tuneline.config.loader import Config
 from tuneline.feedback.store import FeedbackStore
 from tuneline.jsonio import write_jsonl
 from tuneline.layout import Layout

@@ -324,15 +324,6 @@ def test_floors_never_import_feature_packages() -> None:
     assert offenders == []
 
 
-# Files whose function-level imports their owners hoist in parallel branches of issue 16. Once merged, a
-# file listed here with no bare function-level import fails the test below: take it off the list (the list
-# ends empty).
-LAZY_PENDING = {
-    "ab/cli.py", "ab/decide.py", "ab/page.py", "cli.py", "cli_common.py", "config/loader.py",
-    "data/contracts.py",
-    "feedback/cli.py", "promote/aliases.py", "promote/locks.py", "promote/promote.py", "registry/registry.py",
-    "run_report.py", "train/build_base.py", "train/distributed.py", "train/plan.py", "train/train.py",
-}
 
 
 def bare_function_imports() -> dict[str, list[str]]:
@@ -363,11 +354,8 @@ def test_function_level_imports_carry_a_measured_reason() -> None:
     """An import inside a function is kept only for a measured start-up cost (or an optional dependency),
     said in a trailing `# lazy: <reason>`; "breaks a loop" is not a reason: the loop is fixed instead."""
     bare = bare_function_imports()
-    offenders = {f: lines for f, lines in bare.items() if f not in LAZY_PENDING}
-    assert offenders == {}, "hoist to module top or add `# lazy: <measured reason>`:\n" + "\n".join(
-        f"  {f}:{line}" for f, lines in offenders.items() for line in lines)
-    done = sorted(LAZY_PENDING - set(bare))
-    assert done == [], f"clean now: remove from LAZY_PENDING {done}"
+    assert bare == {}, "hoist to module top or add `# lazy: <measured reason>`:\n" + "\n".join(
+        f"  {f}:{line}" for f, lines in bare.items() for line in lines)
 
 
 HEAVY = ("torch", "transformers", "mlflow", "sklearn", "scipy", "numba", "pandas", "fastapi",

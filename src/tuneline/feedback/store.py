@@ -50,7 +50,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
-from tuneline.errors import TunelineError
+from tuneline.feedback.errors import StoreError, UnknownRequest
 from tuneline.redact import redact
 
 logger = logging.getLogger(__name__)
@@ -88,16 +88,6 @@ feedback = Table(
     Column("exported_at", Float, index=True),
     Column("export_file", String(512)),
 )
-
-
-class StoreError(TunelineError):
-    """The feedback store cannot be opened or refused a write (unknown request id, bad URL)."""
-
-
-class UnknownRequest(StoreError):
-    """Feedback names a request id the store has never seen."""
-
-    exit_code = 4
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

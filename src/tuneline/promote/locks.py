@@ -75,7 +75,7 @@ class Lock:
 def lock_path_for(uri: str) -> Path:
     """The lock file that serializes alias moves for the file-locked tracking store at `uri`."""
     if uri.startswith("sqlite:"):
-        from sqlalchemy.engine import make_url
+        from sqlalchemy.engine import make_url  # lazy: sqlalchemy ~1.4 s; the CLI's promote path imports this
 
         database = make_url(uri).database
         if database and database != ":memory:":
@@ -195,7 +195,7 @@ def _flock(path: Path, timeout_s: float) -> Iterator[None]:
 def _advisory(url: str, lock: Lock, key: tuple[int, int], timeout_s: float) -> Iterator[Any]:
     """Hold the session-level advisory lock `key` on a connection of its own to `url` (yielded)."""
     try:
-        import psycopg
+        import psycopg  # lazy: an optional extra (tuneline[postgres]); only a PostgreSQL lock needs it
     except ImportError as exc:
         raise RegistryError(f"the registry lock ({lock}) needs psycopg: pip install 'tuneline[postgres]'"
                             ) from exc

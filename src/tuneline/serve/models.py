@@ -23,7 +23,10 @@ from typing import Any
 import yaml
 
 from tuneline.errors import TunelineError
+from tuneline.lm.toolcalls import parse_tool_calls
+from tuneline.promote.status import passed
 from tuneline.registry.base_ref import BaseModelError, registered_base
+from tuneline.registry.registry import aliases_of, using_tracking_uri, version_info
 from tuneline.serve.streaming import cancel_criteria
 
 logger = logging.getLogger(__name__)
@@ -54,9 +57,8 @@ def download_version(uri: str, model_name: str, version: str, variant: str, into
         ServeError: the version's MLmodel has no adapter, or its base is missing on this host or is not
             the base it was registered with (content hash).
     """
-    import mlflow
+    import mlflow  # lazy: mlflow ~10 s; `tuneline serve --help` and the routing tests do without
 
-    from tuneline.registry.registry import using_tracking_uri
 
     local = into / f"v{version}"
     if not (local / "MLmodel").is_file():  # a version's files never change: download once
@@ -101,7 +103,6 @@ def prompt_length(chat: Any, conversation: Conversation) -> int:
 def reply_tool_calls(chat: Any, raw: str, seed: str, names: set[str]) -> tuple[str, list[dict[str, Any]]]:
     """(content, OpenAI tool_calls) of a reply, read in the template's own tool-call format; only calls
     of the request's tools (`names`) count."""
-    from tuneline.lm.toolcalls import parse_tool_calls
 
     return parse_tool_calls(chat.tool_format, raw, seed, names)
 
@@ -207,7 +208,7 @@ class ServedModels(Rendering):
 
         Each reply dict also names the `variant` and `version` that answered (see `answering`).
         """
-        from tuneline.lm.generate import complete
+        from tuneline.lm.generate import complete  # lazy: torch ~9 s; vLLM serving skips it
 
         variant, version = self.answering(variant, version)
         name = f"v{version}"
@@ -224,8 +225,6 @@ class ServedModels(Rendering):
 
 def challenger_problem(uri: str, model_name: str, version: str) -> str | None:
     """Why a challenger version must not be canaried (it did not pass the gate), or None when it may."""
-    from tuneline.promote.status import passed
-    from tuneline.registry.registry import version_info
 
     gate = version_info(uri, model_name, version)["tags"].get("gate.status")
     if passed(gate):
@@ -242,7 +241,6 @@ def resolve_versions(
     Raises:
         ServeError: there is no champion.
     """
-    from tuneline.registry.registry import aliases_of
 
     current = aliases_of(uri, model_name)
     champion = current.get(aliases["champion"])
@@ -277,9 +275,9 @@ def load_served_models(
     Raises:
         ServeError: a challenger on a different base or with a different chat template.
     """
-    from peft import PeftModel
+    from peft import PeftModel  # lazy: peft ~25 s; only local adapter variants need it
 
-    from tuneline.lm.load import load_variant
+    from tuneline.lm.load import load_variant  # lazy: torch ~9 s; vLLM serving skips it
 
     head = files[0]
     # The tokenizer (chat template, rendering options, stop set) is the one training saved with the adapter.
@@ -296,7 +294,7 @@ def load_served_models(
 
 
 def _adapter_tokenizer(adapter_dir: Path, fallback: Any) -> Any:
-    from tuneline.lm.load import load_tokenizer
+    from tuneline.lm.load import load_tokenizer  # lazy: torch ~9 s (lm.load)
 
     if not (adapter_dir / "tokenizer_config.json").is_file():
         return fallback
@@ -308,7 +306,7 @@ def _adapter_tokenizer(adapter_dir: Path, fallback: Any) -> Any:
 
 def _cannot_share(base: VersionFiles, base_id: str, other: VersionFiles, chat: Any) -> str | None:
     """Why `other` cannot be served on the loaded base with the loaded chat format, or None."""
-    from tuneline.lm.load import saved_chat_options
+    from tuneline.lm.load import saved_chat_options  # lazy: torch ~9 s (lm.load)
 
     if other.base_dir != base.base_dir and base_identity(other.base_dir) != base_id:
         return "it was trained on a different base model"

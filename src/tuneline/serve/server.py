@@ -10,8 +10,10 @@ from typing import Any
 
 from tuneline.config import Config
 from tuneline.config.serve import ServeParams
-from tuneline.redact import redact
-from tuneline.serve.models import ServeError
+from tuneline.redact import install_log_redaction, redact
+from tuneline.serve.engine import Batcher
+from tuneline.serve.models import ServeError, load_served_models, resolve_versions
+from tuneline.serve.reload import AliasWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,6 @@ def api_keys(params: ServeParams, host: str, environ: dict[str, str] | None = No
 
 def version_files(cfg: Config, with_challenger: bool = True, cache_dir: Path | None = None) -> list:
     """The champion's (and, with_challenger, the challenger's) files, downloaded from the registry."""
-    from tuneline.serve.models import resolve_versions
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     reg = cfg.registry
@@ -55,12 +56,10 @@ def version_files(cfg: Config, with_challenger: bool = True, cache_dir: Path | N
 
 def build_state(cfg: Config, host: str, with_challenger: bool = True, cache_dir: Path | None = None):
     """Load everything `create_app` needs from the config (registry aliases, store, limits)."""
-    from tuneline.feedback.store import FeedbackStore
-    from tuneline.feedback.writer import ExchangeWriter
-    from tuneline.serve.app import ServerState
-    from tuneline.serve.engine import Batcher
-    from tuneline.serve.models import load_served_models
-    from tuneline.serve.remote import RemoteModels
+    from tuneline.feedback.store import FeedbackStore  # lazy: sqlalchemy ~1.4 s; the CLI imports this module
+    from tuneline.feedback.writer import ExchangeWriter  # lazy: sqlalchemy ~1.4 s (writer)
+    from tuneline.serve.app import ServerState  # lazy: fastapi ~1.8 s; the CLI imports this module
+    from tuneline.serve.remote import RemoteModels  # lazy: torch ~9 s + httpx
 
     params = cfg.serve
     keys = api_keys(params, host)
@@ -77,7 +76,6 @@ def build_state(cfg: Config, host: str, with_challenger: bool = True, cache_dir:
     batcher = Batcher(models, params.max_batch_size, params.batch_wait_ms, params.max_queue)
     watcher = None
     if params.reload_s > 0 and not params.backend_url:  # a backend reloads itself (restart vLLM)
-        from tuneline.serve.reload import AliasWatcher
 
         reg = cfg.registry
         watcher = AliasWatcher(cfg.tracking.uri, reg.model_name,
@@ -92,7 +90,10 @@ def build_state(cfg: Config, host: str, with_challenger: bool = True, cache_dir:
 
 def vllm_recipe(cfg: Config, with_challenger: bool = True, download_dir: Path | None = None) -> str:
     """The vLLM command for the current champion (and challenger), and how to route in front of it."""
-    from tuneline.serve.remote import render_vllm_command, vllm_command
+    from tuneline.serve.remote import (  # lazy: torch ~9 s (lm.load); the CLI imports this module
+        render_vllm_command,
+        vllm_command,
+    )
 
     files = version_files(cfg, with_challenger, download_dir)
     dtype = "auto" if cfg.serve.dtype == "auto" else cfg.serve.dtype
@@ -115,9 +116,9 @@ def startup_line(cfg: Config, state: Any, host: str, port: int) -> str:
 def serve(cfg: Config, host: str | None = None, port: int | None = None, with_challenger: bool = True,
           download_dir: Path | None = None) -> None:
     """Run the server until interrupted (Ctrl-C drains the queue and commits every exchange)."""
-    import uvicorn
+    import uvicorn  # lazy: uvicorn ~0.4 s; the CLI imports this module
 
-    from tuneline.serve.app import create_app
+    from tuneline.serve.app import create_app  # lazy: fastapi ~1.8 s; the CLI imports this module
 
     host = host or cfg.serve.host
     port = port or cfg.serve.port
@@ -128,9 +129,8 @@ def serve(cfg: Config, host: str | None = None, port: int | None = None, with_ch
 
 def uvicorn_config(app: Any, host: str, port: int) -> Any:
     """uvicorn's config, with its own log handlers (set up by the config) redacting like every other."""
-    import uvicorn
+    import uvicorn  # lazy: uvicorn ~0.4 s; the CLI imports this module
 
-    from tuneline.redact import install_log_redaction
 
     config = uvicorn.Config(app, host=host, port=port, log_level="warning")
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):

@@ -21,7 +21,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
-from tuneline.feedback.store import StoreError
+from tuneline.feedback.errors import StoreError
 from tuneline.serve.schemas import openai_error
 
 logger = logging.getLogger(__name__)
