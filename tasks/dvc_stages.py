@@ -30,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
+from tuneline.config.loader import has_key
 from tuneline.stages import PIPELINE
 
 StageName = Literal[PIPELINE]  # type: ignore[valid-type]  # the verbs of tuneline.stages.STAGES, in order
@@ -116,20 +117,11 @@ def run_command(args: list[str], cwd: Path) -> dict[str, Any]:
     return result
 
 
-def _has_key(raw: dict[str, Any], dotted: str) -> bool:
-    node: Any = raw
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
 def hydra_overrides(workspace: Path, overrides: dict[str, str]) -> list[str]:
     """`--set-param` values for `dvc exp run`: `key=value`, or `+key=value` for a key that params.yaml
     leaves at its default (DVC's override grammar appends only with `+`)."""
     raw = yaml.safe_load((workspace / "params.yaml").read_text(encoding="utf-8")) or {}
-    return [f"{'' if _has_key(raw, k) else '+'}{k}={v}" for k, v in sorted(overrides.items())]
+    return [f"{'' if has_key(raw, k) else '+'}{k}={v}" for k, v in sorted(overrides.items())]
 
 
 def stage_command(

@@ -140,7 +140,8 @@ def _pop(tree: dict[str, Any], dotted: str) -> tuple[bool, Any]:
     return True, node.pop(leaf)
 
 
-def _has(tree: dict[str, Any], dotted: str) -> bool:
+def has_key(tree: dict[str, Any], dotted: str) -> bool:
+    """Whether the nested mapping `tree` holds the dotted key (`train.lr`: tree["train"]["lr"])."""
     node: Any = tree
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -168,7 +169,7 @@ def rename_keys(raw: dict[str, Any], where: str) -> dict[str, Any]:
         found, value = _pop(out, key.old)
         if not found:
             continue
-        if _has(out, key.new):
+        if has_key(out, key.new):
             raise ConfigError(f"{where}: `{key.old}` and `{key.new}` are both set; `{key.old}` is the old "
                               f"name of `{key.new}`: keep only `{key.new}`")
         warnings.warn(f"{where}: params key `{key.old}` is deprecated, renamed `{key.new}` ({key.why}); "
