@@ -28,26 +28,21 @@ def transient(_task: Any, _run: TaskRun, state: State) -> bool:
     return not isinstance(exc, TunelineError | ValueError)
 
 
-@task(
-    name="recorded_approval",
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=transient,
-    cache_policy=NO_CACHE,
-)
+def registry_task(name: str) -> Any:
+    """The task decorator of every registry call: named `name`, retried twice after 10 s when the failure
+    is `transient`, never cached (each call reads or writes the live registry)."""
+    return task(name=name, retries=2, retry_delay_seconds=10, retry_condition_fn=transient,
+                cache_policy=NO_CACHE)
+
+
+@registry_task("recorded_approval")
 def recorded_approval(workspace: str, version: str) -> dict[str, str] | None:
     """The approval decision recorded on `version` ({"decision", "by", "at", "note"}), or None."""
     cfg = workspace_config(workspace)
     return approval_of(cfg.tracking.uri, cfg.registry.model_name, version)
 
 
-@task(
-    name="approve_release",
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=transient,
-    cache_policy=NO_CACHE,
-)
+@registry_task("approve_release")
 def approve_release(workspace: str, version: str, approver: str, note: str = "") -> dict[str, Any]:
     """Record the approval of `version` and promote it (`tuneline promote --approve`); the promotion's
     result, e.g. status "promoted" or "conflict" when the champion moved meanwhile."""
@@ -55,26 +50,14 @@ def approve_release(workspace: str, version: str, approver: str, note: str = "")
     return approve(workspace_config(root), Layout(root), version, approver, note)
 
 
-@task(
-    name="reject_release",
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=transient,
-    cache_policy=NO_CACHE,
-)
+@registry_task("reject_release")
 def reject_release(workspace: str, version: str, approver: str, note: str = "") -> dict[str, str]:
     """Record a person's rejection of `version`; the champion stays."""
     cfg = workspace_config(workspace)
     return record_approval(cfg.tracking.uri, cfg.registry.model_name, version, approver, "rejected", note)
 
 
-@task(
-    name="record_no_decision",
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=transient,
-    cache_policy=NO_CACHE,
-)
+@registry_task("record_no_decision")
 def record_no_decision(workspace: str, version: str, waited_s: int, run_name: str) -> dict[str, str]:
     """Tag `version` with an approval request that timed out; no approval.decision is written, so
     `tuneline promote --approve VERSION` still works later. The champion stays."""
